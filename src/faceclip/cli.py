@@ -1,0 +1,211 @@
+"""The ``faceclip`` command line: parses arguments, calls the library, prints results.
+
+Every subcommand is a small function ``_cmd_<name>(args) -> int``. Errors derived from
+:class:`faceclip.errors.FaceClipError` are printed as one message (no traceback) and give
+exit status 2; an unexpected exception gives exit status 1 with a short message (run with
+``--debug`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from faceclip.errors import FaceClipError
+
+log = logging.getLogger("faceclip")
+
+EPILOG = """examples:
+  faceclip models list
+  faceclip models install ict                       # download + convert (once)
+  faceclip models install ict --from ICT-FaceKit/   # convert a local clone or archive
+  faceclip models preview --out preview.png         # render the mean face and expressions
+  faceclip demo --out results/                      # the main job on the bundled example
+  faceclip export-mean --out mean_face/ --geometry head_eyes
+"""
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from faceclip.facemodel.registry import list_models
+
+    rows = list_models()
+    header = ("name", "installed", "source / path", "licence")
+    table = [header] + [(r.name, "yes" if r.installed else "no", r.location, r.licence) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cmd_models_install(args: argparse.Namespace) -> int:
+    from faceclip.facemodel.registry import install_model
+
+    path = install_model(args.name, source=args.source, force=args.force, progress=not args.quiet)
+    print(f"installed {args.name}: {path}")
+    return 0
+
+
+def _cmd_models_preview(args: argparse.Namespace) -> int:
+    from faceclip.facemodel import load_face_model
+    from faceclip.io.preview import save_model_preview
+
+    model = load_face_model(args.face_model, path=args.face_model_path, geometry=args.geometry)
+    out = save_model_preview(model, Path(args.out), size_px=args.size)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_export_mean(args: argparse.Namespace) -> int:
+    from faceclip.api import export_mean_face
+
+    files = export_mean_face(
+        Path(args.out),
+        face_model=args.face_model,
+        face_model_path=args.face_model_path,
+        geometry=args.geometry,
+    )
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from faceclip.api import run_demo
+
+    files = run_demo(Path(args.out))
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_face_model_args(p: argparse.ArgumentParser, geometry_default: str | None = None) -> None:
+    p.add_argument("--face-model", default="ict", choices=["ict", "bfm"], help="face model (default: ict)")
+    p.add_argument(
+        "--face-model-path",
+        default=None,
+        help="model file for models you bring yourself (bfm: BFM_model_front.mat)",
+    )
+    p.add_argument(
+        "--geometry",
+        default=geometry_default,
+        help="ICT sub-geometry: face, head, head_eyes, full (default: the model's own)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``faceclip`` command."""
+    parser = argparse.ArgumentParser(
+        prog="faceclip",
+        description="FaceCLIP: detailed 3D faces from single photos.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # models
+    p_models = sub.add_parser(
+        "models",
+        help="list, install and preview face models",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    msub = p_models.add_subparsers(dest="models_command", metavar="ACTION")
+    p = msub.add_parser("list", help="show known face models and whether they are installed")
+    p.set_defaults(func=_cmd_models_list)
+    p = msub.add_parser(
+        "install",
+        help="convert a face model into FaceCLIP's compact cache",
+        epilog="examples:\n  faceclip models install ict\n  faceclip models install ict --from ~/ICT-FaceKit\n"
+        "  faceclip models install ict --from ict-facekit.tar.xz\n"
+        "  faceclip models install bfm --from BFM/BFM_model_front.mat",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", choices=["ict", "bfm"])
+    p.add_argument("--from", dest="source", default=None, help="local clone, folder or archive to convert")
+    p.add_argument("--force", action="store_true", help="convert again even if a cache exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_models_install)
+    p = msub.add_parser(
+        "preview",
+        help="render the mean face and a few expressions to a PNG",
+        epilog="example:\n  faceclip models preview --out preview.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_face_model_args(p)
+    p.add_argument("--out", default="model_preview.png", help="output PNG")
+    p.add_argument("--size", type=int, default=384, help="tile size in pixels")
+    p.set_defaults(func=_cmd_models_preview)
+
+    # export-mean
+    p = sub.add_parser(
+        "export-mean",
+        help="export the mean face as OBJ/MTL/PNG, PLY and GLB",
+        epilog="example:\n  faceclip export-mean --out mean_face/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_face_model_args(p, geometry_default=None)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_export_mean)
+
+    # demo (the README's main job)
+    p = sub.add_parser(
+        "demo",
+        help="run the main job on the bundled example and write results to a folder",
+        epilog="example:\n  faceclip demo --out results/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.set_defaults(func=_cmd_demo)
+
+    # ---- further subcommands (landmarks, reconstruct, evaluate, train...) go above this line
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``faceclip`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.version:
+        from faceclip import __version__
+
+        print(f"faceclip {__version__}")
+        return 0
+    func = getattr(args, "func", None)
+    if func is None:
+        # A group without an action (e.g. bare ``faceclip models``) prints its help.
+        if args.command == "models":
+            parser.parse_args(["models", "--help"])
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except FaceClipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last-resort guard, see module docstring
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
