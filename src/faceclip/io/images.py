@@ -1,0 +1,358 @@
+"""Robust image input: any photo a user may point FaceCLIP at, as an RGB ``uint8`` array.
+
+Every loader returns pixels as a NumPy array of shape ``(H, W, 3)``, dtype ``uint8``, RGB
+channel order, rows top to bottom, already turned upright according to the EXIF orientation
+tag. Coordinates used elsewhere in FaceCLIP refer to this upright array: x to the right,
+y down, origin at the top-left corner of the image, pixel centres at ``+0.5``.
+
+Handled: EXIF orientation (all 8 values), grayscale and 1-bit, palette (with or without
+transparency), alpha (composited on a background colour), CMYK (colour-managed when the file
+carries an ICC profile), 16-bit and 32-bit integer and float images, multi-frame files (the
+first frame is used). Refused with :class:`faceclip.errors.InputError` naming the file:
+missing paths, folders, empty files, non-images, truncated or corrupt data, and images
+above a configurable pixel count (a decompression-bomb guard that fires on the header,
+before any pixel is decoded).
+
+Example::
+
+    from faceclip.io.images import load_image, read_image
+
+    rgb = load_image("photo.jpg")              # (H, W, 3) uint8
+    img = read_image("scan.png", background=(0, 0, 0))
+    img.rgb.shape, img.exif_orientation, img.source_mode
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faceclip.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "LoadedImage",
+    "IMAGE_SUFFIXES",
+    "as_rgb_uint8",
+    "list_image_files",
+    "load_image",
+    "read_image",
+]
+
+#: Default limit on width x height (120 megapixels: above any phone camera's default
+#: output, far below what would exhaust memory). Raise it with ``max_pixels=``.
+DEFAULT_MAX_PIXELS = 120_000_000
+
+#: Default colour that transparent pixels are composited onto (RGB, 0..255).
+DEFAULT_BACKGROUND = (255, 255, 255)
+
+_PIL_LIMIT_LOCK = threading.Lock()
+_HEIF_SUFFIXES = {".heic", ".heif", ".avif"}
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image as FaceCLIP uses it, with what was done to get there.
+
+    Attributes:
+        rgb: pixels, shape ``(H, W, 3)``, ``uint8``, RGB, upright (EXIF applied).
+        path: the file it came from.
+        format: the file format as Pillow names it (``"JPEG"``, ``"PNG"``...).
+        source_mode: Pillow's mode of the stored pixels (``"RGB"``, ``"L"``, ``"CMYK"``,
+            ``"I;16"``, ``"P"``, ``"RGBA"``...).
+        source_size: ``(width, height)`` as stored in the file, before orientation.
+        exif_orientation: the EXIF orientation tag (1 = upright, 2..8 = flipped/rotated).
+        had_alpha: whether transparency was composited onto a background.
+        n_frames: number of frames in the file (only the first is used).
+    """
+
+    rgb: np.ndarray
+    path: Path
+    format: str
+    source_mode: str
+    source_size: tuple[int, int]
+    exif_orientation: int
+    had_alpha: bool
+    n_frames: int = 1
+
+    @property
+    def width(self) -> int:
+        """Width in pixels of the upright image."""
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        """Height in pixels of the upright image."""
+        return int(self.rgb.shape[0])
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+) -> np.ndarray:
+    """Load an image file as an upright RGB array.
+
+    Args:
+        path: image file (any format Pillow reads: JPEG, PNG, TIFF, WebP, BMP, GIF...).
+        max_pixels: refuse images whose width x height exceeds this (``None``: no limit).
+        background: RGB colour that transparent pixels are composited onto.
+
+    Returns:
+        ``(H, W, 3)`` ``uint8`` RGB array.
+
+    Raises:
+        InputError: the file is missing, empty, not an image, truncated or too large.
+    """
+    return read_image(path, max_pixels=max_pixels, background=background).rgb
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+) -> LoadedImage:
+    """Like :func:`load_image`, returning a :class:`LoadedImage` with metadata."""
+    p = Path(path)
+    data = _read_bytes(p)
+    with _open_pil(p, data, max_pixels) as im:
+        _check_size(p, im.size, max_pixels)
+        fmt = im.format or "unknown"
+        n_frames = int(getattr(im, "n_frames", 1) or 1)
+        if n_frames > 1:
+            log.info("%s has %d frames; using the first", p, n_frames)
+        orientation = _exif_orientation(im)
+        source_mode, source_size = im.mode, im.size
+        try:
+            im.load()
+            upright = ImageOps.exif_transpose(im) if orientation != 1 else im
+            rgb, had_alpha = _pil_to_rgb(upright, background)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise InputError(
+                f"{p}: cannot decode the {fmt} image ({_short(exc)}); the file is truncated or corrupt",
+                hint="re-export or re-download the file",
+            ) from exc
+    return LoadedImage(
+        rgb=rgb,
+        path=p,
+        format=fmt,
+        source_mode=source_mode,
+        source_size=(int(source_size[0]), int(source_size[1])),
+        exif_orientation=orientation,
+        had_alpha=had_alpha,
+        n_frames=n_frames,
+    )
+
+
+def as_rgb_uint8(array: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Bring an in-memory image to the ``(H, W, 3)`` ``uint8`` RGB form used everywhere.
+
+    Accepts ``(H, W)`` grayscale, ``(H, W, 1)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA
+    (alpha is dropped: composite beforehand if it matters); ``uint8`` as is, ``uint16``
+    scaled from 0..65535, floats read as 0..1. Returns a C-contiguous array (the input
+    itself when it already has that form).
+
+    Raises:
+        InputError: unsupported shape, dtype or an empty image.
+    """
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise InputError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image array, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{name}: empty image of shape {a.shape}")
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.uint16:
+        a = _scale_uint16(a)
+    elif a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.clip(np.nan_to_num(a) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise InputError(f"{name}: unsupported image dtype {a.dtype} (use uint8, uint16 or float in 0..1)")
+    return np.ascontiguousarray(a)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_bytes(p: Path) -> bytes:
+    """Read the whole file, turning file-system problems into :class:`InputError`."""
+    if not p.exists():
+        raise InputError(f"{p}: no such file", hint="check the path")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not an image file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read the file ({_short(exc)})") from exc
+    if not data:
+        raise InputError(f"{p}: the file is empty (0 bytes)", hint="re-export or re-download the file")
+    return data
+
+
+def _open_pil(p: Path, data: bytes, max_pixels: int | None) -> Image.Image:
+    """Open (header only) with Pillow; our own size check replaces Pillow's bomb guard."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if max_pixels is None or max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or 0):
+                # Pillow refuses above 2 * MAX_IMAGE_PIXELS on open; lift it for this call only.
+                with _PIL_LIMIT_LOCK:
+                    saved = Image.MAX_IMAGE_PIXELS
+                    Image.MAX_IMAGE_PIXELS = None
+                    try:
+                        return Image.open(io.BytesIO(data))
+                    finally:
+                        Image.MAX_IMAGE_PIXELS = saved
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"{p}: image dimensions exceed the limit of {max_pixels:,} pixels ({_short(exc)})",
+            hint="pass a larger max_pixels (CLI: --max-pixels) if the file is trusted",
+        ) from exc
+    except UnidentifiedImageError as exc:
+        hint = "convert it to JPEG or PNG"
+        if p.suffix.lower() in _HEIF_SUFFIXES:
+            hint = "convert it to JPEG or PNG, or install pillow-heif"
+        raise InputError(f"{p}: not a recognised image format ({len(data):,} bytes)", hint=hint) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(f"{p}: corrupt image header ({_short(exc)})") from exc
+
+
+def _check_size(p: Path, size: tuple[int, int], max_pixels: int | None) -> None:
+    w, h = int(size[0]), int(size[1])
+    if w <= 0 or h <= 0:
+        raise InputError(f"{p}: image has no pixels ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise InputError(
+            f"{p}: image is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.1f} megapixels (decompression-bomb guard)",
+            hint="pass a larger max_pixels (CLI: --max-pixels) if the file is trusted",
+        )
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - broken EXIF blocks are common; treat as upright
+        log.debug("unreadable EXIF block; assuming upright", exc_info=True)
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _pil_to_rgb(im: Image.Image, background: tuple[int, int, int]) -> tuple[np.ndarray, bool]:
+    """Convert any Pillow mode to ``(H, W, 3)`` uint8 RGB; returns (rgb, had_alpha)."""
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return _gray_to_rgb(_int_to_uint8(np.asarray(im), sixteen_bit=mode != "I")), False
+    if mode == "F":
+        return _gray_to_rgb(_float_to_uint8(np.asarray(im, dtype=np.float32))), False
+    im = _apply_icc(im)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L", "RGB") and "transparency" in im.info)
+    if has_alpha:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+        return _composite(rgba, background), True
+    if mode == "L":
+        return _gray_to_rgb(np.asarray(im, dtype=np.uint8)), False
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8)), False
+
+
+def _apply_icc(im: Image.Image) -> Image.Image:
+    """Convert CMYK (and other colour-managed images) to sRGB through their ICC profile."""
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("CMYK", "RGB"):
+        return im
+    try:
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        desc = ImageCms.getProfileDescription(src) or ""
+        if im.mode == "RGB" and "srgb" in desc.lower():
+            return im
+        dst = ImageCms.createProfile("sRGB")
+        return ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+    except Exception:  # noqa: BLE001 - a broken profile must not make the photo unusable
+        log.debug("ICC conversion failed; converting without colour management", exc_info=True)
+        return im
+
+
+def _composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """Alpha-composite ``(H, W, 4)`` uint8 onto a solid RGB colour -> ``(H, W, 3)`` uint8."""
+    alpha = rgba[:, :, 3:4].astype(np.float32) / 255.0
+    bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
+    out = rgba[:, :, :3].astype(np.float32) * alpha + bg * (1.0 - alpha)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def _scale_uint16(a: np.ndarray) -> np.ndarray:
+    return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _int_to_uint8(a: np.ndarray, *, sixteen_bit: bool) -> np.ndarray:
+    """Integer grayscale (16-bit, or 32-bit of unknown range) to uint8."""
+    a = a.astype(np.int64)
+    if sixteen_bit or (a.min() >= 0 and a.max() > 255 and a.max() <= 65535):
+        return _scale_uint16(np.clip(a, 0, 65535).astype(np.uint16))
+    if a.min() >= 0 and a.max() <= 255:
+        return a.astype(np.uint8)
+    return _float_to_uint8(a.astype(np.float32))
+
+
+def _float_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Float grayscale to uint8: 0..1 data as is, anything else stretched min..max."""
+    a = np.nan_to_num(a)
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        scaled = a
+    else:
+        scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+#: File suffixes treated as images when a folder is given instead of files.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
+
+
+def list_image_files(paths: list[str | os.PathLike[str]]) -> list[Path]:
+    """Expand folders into the image files they hold (sorted, not recursive).
+
+    Files are kept as given whatever their suffix (so a misnamed file still gets a clear
+    error from the loader); for folders, only files with an :data:`IMAGE_SUFFIXES` suffix
+    are taken.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
