@@ -12,7 +12,9 @@ happen at load time. Keys:
     expression_basis (K_exp, V, 3) float32
     expression_names (K_exp,)   str
     triangles       (F, 3)      int32, CCW seen from outside
-    uv              (F, 3, 2)   float32 per-corner UVs, v up
+    uv              (F, 3, 2)   float32 per-corner UVs, v up (may span several unit tiles)
+    uv_group        (F,)        int32 UV group of each triangle (optional; groups are packed
+                                into one square atlas at load time, see pack_uv_atlas)
     tri_polygon     (F,)        int32 index of the source polygon each triangle came from
     landmarks68     (68,)       int32
     contour_candidates (2, M)   int32, -1 padded (optional)
@@ -65,6 +67,7 @@ class ModelArrays:
     albedo_mean: np.ndarray | None = None
     albedo_basis: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    uv_group: np.ndarray | None = None
 
 
 def save_cache(arrays: ModelArrays, path: Path) -> Path:
@@ -91,6 +94,8 @@ def save_cache(arrays: ModelArrays, path: Path) -> Path:
     }
     for key, idx in arrays.regions.items():
         payload[f"region__{key}"] = np.asarray(idx, dtype=np.int32)
+    if arrays.uv_group is not None:
+        payload["uv_group"] = arrays.uv_group.astype(np.int32)
     if arrays.contour_candidates is not None:
         payload["contour_candidates"] = arrays.contour_candidates.astype(np.int32)
     if arrays.albedo_mean is not None:
@@ -160,6 +165,7 @@ def load_cache(path: Path, fix_hint: str) -> ModelArrays:
         albedo_mean=data.get("albedo_mean"),
         albedo_basis=data.get("albedo_basis"),
         meta=json.loads(str(data["meta"])) if "meta" in data else {},
+        uv_group=data.get("uv_group"),
     )
     _validate(arrays, path, fix_hint)
     return arrays
@@ -210,6 +216,32 @@ def select_geometry(arrays: ModelArrays, geometry: str) -> tuple[np.ndarray, np.
     return vids, np.nonzero(tri_ok)[0]
 
 
+def pack_uv_atlas(uv: np.ndarray, group: np.ndarray | None) -> np.ndarray:
+    """Pack per-corner UVs of several UV groups into one square atlas in [0, 1].
+
+    Args:
+        uv: (F, 3, 2) per-corner UVs; each group lies in one unit tile (any integer offset).
+        group: (F,) group index per triangle, or None (single group).
+
+    Returns:
+        (F, 3, 2) UVs in [0, 1]: the groups present, in increasing index order (the face first),
+        fill the cells of a g x g grid (g = ceil(sqrt(groups))) row by row from the top-left.
+    """
+    if group is None or len(np.unique(group)) == 1:
+        return uv - np.floor(uv.reshape(-1, 2).min(axis=0))  # shift the single tile to [0, 1]
+    present = np.unique(group)
+    g = int(np.ceil(np.sqrt(len(present))))
+    out = np.empty_like(uv)
+    for cell, gid in enumerate(present):
+        sel = group == gid
+        local = uv[sel] - np.floor(uv[sel].reshape(-1, 2).mean(axis=0))
+        local = np.clip(local, 0.0, 1.0)
+        col, row = cell % g, cell // g
+        out[sel, :, 0] = (col + local[..., 0]) / g
+        out[sel, :, 1] = 1.0 - (row + 1.0 - local[..., 1]) / g
+    return out
+
+
 def build_face_model(arrays: ModelArrays, geometry: str | None = None) -> FaceModel:
     """Build a :class:`FaceModel` (mm, float32, CPU) for one sub-geometry of ``arrays``."""
     geometry = geometry or arrays.default_geometry
@@ -244,7 +276,8 @@ def build_face_model(arrays: ModelArrays, geometry: str | None = None) -> FaceMo
         expression_basis_mm=t(take(arrays.expression_basis) * s),
         expression_names=list(arrays.expression_names),
         triangles=t(remap[arrays.triangles[tids].astype(np.int64)]),
-        uv=t(arrays.uv[tids]),
+        uv=t(pack_uv_atlas(arrays.uv[tids], None if arrays.uv_group is None else arrays.uv_group[tids])
+             .astype(np.float32)),
         landmarks68=t(lmk),
         regions=regions,
         albedo_mean=None if arrays.albedo_mean is None else t(take(arrays.albedo_mean)),

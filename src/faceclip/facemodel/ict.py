@@ -203,6 +203,27 @@ def parse_readme(text: str) -> dict:
 # --------------------------------------------------------------------------- conversion
 
 
+# UV tiles: ICT lays its UVs out UDIM-style (face in tile u 0-1, head and neck and the sockets in
+# tile 1, gums 2, teeth 3, lacrimal 4-5, eyelashes 6) and the eyeballs / eye blend / occlusion
+# meshes reuse tile 0 with their own textures. Each such group becomes one cell of a square
+# atlas at load time (see faceclip.facemodel.cache.pack_uv_atlas).
+def _uv_groups(owner: np.ndarray, uv_c: np.ndarray, geom_table: dict) -> tuple[np.ndarray, list[str]]:
+    """(F,) group index per triangle and the group names (face first)."""
+    names: list[str] = []
+    group = np.zeros(len(owner), dtype=np.int64)
+    for part, (_, (p0, p1)) in geom_table.items():
+        sel = (owner >= p0) & (owner <= p1)
+        if not sel.any():
+            continue
+        tile = int(np.floor(uv_c[sel][..., 0].mean()))
+        key = f"tile{tile}" if part.startswith(("Face", "Head", "Mouth", "Eye socket", "Gums", "Teeth",
+                                                     "Lacrimal", "Eyelashes")) else part.lower().replace(" ", "_")
+        if key not in names:
+            names.append(key)
+        group[sel] = names.index(key)
+    return group, names
+
+
 def convert_ict(source: Path, progress: Callable[[int, int], None] | None = None) -> ModelArrays:
     """Convert an ICT-FaceKit folder or archive into :class:`ModelArrays` (source units: cm).
 
@@ -322,6 +343,7 @@ def _assemble(source: Path, neutral_bytes: bytes, meshes: dict, readme_text: str
         eye_geometry=verts_of(eye_parts),
         mouth_interior=verts_of(mouth_parts),
     )
+    uv_group, group_names = _uv_groups(owner, uv_c, geom_table)
     narrow = np.arange(0, 6706)  # README "Narrow face area" [0:6705]
     regions["face_narrow"] = narrow
     regions["skin"] = np.intersect1d(regions["skin"], narrow)
@@ -353,5 +375,6 @@ def _assemble(source: Path, neutral_bytes: bytes, meshes: dict, readme_text: str
         expression_range="blendshape",
         contour_candidates=contour,
         meta={"jaw_right": readme.get("jaw_right"), "jaw_left": readme.get("jaw_left"),
-              "source_units": "cm"},
+              "source_units": "cm", "uv_group_names": group_names},
+        uv_group=uv_group,
     )

@@ -1,0 +1,85 @@
+"""High-level Python API; the ``faceclip`` command line only wraps these functions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from faceclip.facemodel import FaceModel, load_face_model
+
+# A neutral mid skin tone (linear-ish sRGB in [0, 1]) for models without an albedo basis.
+DEFAULT_SKIN_RGB = (0.80, 0.64, 0.54)
+
+
+def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh",
+                vertex_colors=None, texture=None) -> list[Path]:
+    """Write ``<stem>.obj/.mtl/_texture.png``, ``<stem>.ply`` and ``<stem>.glb`` into ``out_dir``.
+
+    Args:
+        model: supplies triangles and per-corner UVs.
+        vertices_mm: (V, 3) vertices in mm.
+        vertex_colors: (V, 3) in [0, 1], used for the PLY (and baked into the texture when no
+            ``texture`` is given); default: the model's mean albedo, else a uniform skin tone.
+        texture: (H, W, 3) UV texture (uint8 or float); default: baked from the vertex colours.
+    """
+    from faceclip.io.mesh import bake_vertex_colors, write_glb, write_obj, write_ply
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = model.n_vertices
+    if vertex_colors is None:
+        if model.albedo_mean is not None:
+            vertex_colors = model.albedo_mean.detach().cpu().numpy()
+        else:
+            vertex_colors = np.tile(np.asarray(DEFAULT_SKIN_RGB), (n, 1))
+    vertex_colors = np.clip(np.asarray(vertex_colors, dtype=np.float64), 0, 1)
+    if texture is None:
+        texture = bake_vertex_colors(model.uv, model.triangles, vertex_colors, size_px=512)
+    files = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, texture)
+    files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors))
+    files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture))
+    return files
+
+
+def export_mean_face(out_dir: Path, face_model: str = "ict", face_model_path: str | None = None,
+                     geometry: str | None = None, preview: bool = True) -> list[Path]:
+    """Export a model's mean face (OBJ/MTL/PNG, PLY, GLB), a preview PNG and ``params.json``."""
+    from faceclip.io.mesh import atomic_path
+    from faceclip.io.preview import save_model_preview
+
+    model = load_face_model(face_model, path=face_model_path, geometry=geometry)
+    out_dir = Path(out_dir)
+    files = export_mesh(model, model.mean_mm, out_dir)
+    if preview:
+        files.append(save_model_preview(model, out_dir / "preview.png"))
+    params = {
+        "model": model.name,
+        "geometry": model.geometry,
+        "method": "mean face",
+        "units": "mm",
+        "orientation": "right-handed; +X subject's left, +Y up, +Z out of the face",
+        "n_vertices": model.n_vertices,
+        "n_triangles": model.n_triangles,
+        "identity": [0.0] * model.n_identity,
+        "expression": {name: 0.0 for name in model.expression_names},
+        "licence": model.licence,
+    }
+    with atomic_path(out_dir / "params.json") as tmp:
+        tmp.write_text(json.dumps(params, indent=2))
+    files.append(out_dir / "params.json")
+    return files
+
+
+def run_demo(out_dir: Path) -> list[Path]:
+    """The README's main job on the bundled defaults.
+
+    Until reconstruction from photos lands, it installs the default model if needed and exports
+    its mean face (``head_eyes`` geometry, as reconstruction will use) with a preview.
+    """
+    from faceclip.facemodel.registry import cache_path, install_model
+
+    if not cache_path("ict").is_file():
+        install_model("ict")
+    return export_mean_face(Path(out_dir) / "mean_face", geometry="head_eyes")

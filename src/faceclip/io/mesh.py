@@ -1,0 +1,231 @@
+"""Mesh export: OBJ + MTL + texture PNG, PLY with vertex colours, and binary glTF (GLB).
+
+All writers take millimetre vertices in FaceCLIP's model frame (right-handed, +X toward the
+subject's left, +Y up, +Z out of the face; see :mod:`faceclip.facemodel.base`) and write them
+unchanged, so files open upright and facing +Z in MeshLab; glTF is +Y up by definition, so
+Blender's importer shows the face upright facing -Y (its front view). Every file is written
+atomically: to a temporary file in the target folder, then renamed, so a crash never leaves a
+half-written mesh.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+ArrayLike = np.ndarray
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_mesh(vertices: np.ndarray, triangles: np.ndarray) -> None:
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"vertices must be (V, 3), got {vertices.shape}")
+    if triangles.ndim != 2 or triangles.shape[1] != 3:
+        raise ValueError(f"triangles must be (F, 3), got {triangles.shape}")
+    if not np.isfinite(vertices).all():
+        raise ValueError("vertices contain NaN or infinite values; refusing to write a broken mesh")
+    if triangles.size and (triangles.min() < 0 or triangles.max() >= len(vertices)):
+        raise ValueError("triangle indices out of range")
+
+
+def _to_uint8_image(texture: np.ndarray) -> Image.Image:
+    t = _np(texture)
+    if t.dtype != np.uint8:
+        t = (np.clip(t, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if t.ndim != 3 or t.shape[2] != 3:
+        raise ValueError(f"texture must be (H, W, 3), got {t.shape}")
+    return Image.fromarray(t, "RGB")
+
+
+def _unique_uv(uv_corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F, 3, 2) per-corner UVs -> unique UVs (T, 2) and (F, 3) indices into them."""
+    flat = uv_corners.reshape(-1, 2).astype(np.float64)
+    uniq, inverse = np.unique(np.round(flat, 7), axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1, 3)
+
+
+def write_obj(
+    path: str | Path,
+    vertices_mm,
+    triangles,
+    uv=None,
+    texture=None,
+    material_name: str = "face",
+) -> list[Path]:
+    """Write a Wavefront OBJ (+ MTL and texture PNG when ``uv`` and ``texture`` are given).
+
+    Args:
+        path: the .obj path; the MTL is ``<stem>.mtl`` and the texture ``<stem>_texture.png``
+            beside it.
+        vertices_mm: (V, 3) vertices in mm.
+        triangles: (F, 3) vertex indices (0-based), counter-clockwise seen from outside.
+        uv: (F, 3, 2) per-corner UVs in [0, 1] (v up), or None.
+        texture: (H, W, 3) uint8 or float [0, 1] RGB, row 0 = top (v = 1), or None.
+
+    Returns:
+        The written files, OBJ first.
+    """
+    path = Path(path)
+    v = _np(vertices_mm).astype(np.float64)
+    f = _np(triangles).astype(np.int64)
+    _check_mesh(v, f)
+    written: list[Path] = []
+    lines = ["# FaceCLIP mesh: millimetres, right-handed, +X subject's left, +Y up, +Z toward viewer"]
+    mtl_name = tex_name = None
+    if uv is not None and texture is not None:
+        mtl_name, tex_name = f"{path.stem}.mtl", f"{path.stem}_texture.png"
+        with atomic_path(path.parent / tex_name) as tmp:
+            _to_uint8_image(texture).save(tmp, format="PNG")
+        written.append(path.parent / tex_name)
+        with atomic_path(path.parent / mtl_name) as tmp:
+            tmp.write_text(
+                f"newmtl {material_name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {tex_name}\n"
+            )
+        written.append(path.parent / mtl_name)
+        lines.append(f"mtllib {mtl_name}")
+    lines.extend(f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in v)
+    if uv is not None:
+        uniq, tidx = _unique_uv(_np(uv))
+        if tidx.shape[0] != f.shape[0]:
+            raise ValueError(f"uv has {tidx.shape[0]} triangles, mesh has {f.shape[0]}")
+        lines.extend(f"vt {a:.7f} {b:.7f}" for a, b in uniq)
+        if mtl_name:
+            lines.append(f"usemtl {material_name}")
+        lines.extend(
+            f"f {a + 1}/{ta + 1} {b + 1}/{tb + 1} {c + 1}/{tc + 1}"
+            for (a, b, c), (ta, tb, tc) in zip(f, tidx)
+        )
+    else:
+        lines.extend(f"f {a + 1} {b + 1} {c + 1}" for a, b, c in f)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return [path] + written
+
+
+def write_ply(path: str | Path, vertices_mm, triangles, vertex_colors=None) -> Path:
+    """Write a binary PLY with optional per-vertex colours ((V, 3) uint8 or float in [0, 1])."""
+    import trimesh
+
+    v = _np(vertices_mm).astype(np.float64)
+    f = _np(triangles).astype(np.int64)
+    _check_mesh(v, f)
+    mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
+    if vertex_colors is not None:
+        c = _np(vertex_colors)
+        if c.dtype != np.uint8:
+            c = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
+        mesh.visual.vertex_colors = np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], axis=1)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(mesh.export(file_type="ply"))
+    return path
+
+
+def split_by_uv(vertices: np.ndarray, triangles: np.ndarray, uv_corners: np.ndarray):
+    """Duplicate vertices along UV seams so that each vertex has one UV (for glTF).
+
+    Returns:
+        vertices (V', 3), triangles (F, 3), per-vertex uv (V', 2), source vertex index (V',).
+    """
+    uniq_uv, tidx = _unique_uv(uv_corners)
+    pairs = np.stack([triangles.reshape(-1), tidx.reshape(-1)], axis=1)
+    uniq_pairs, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    return (
+        vertices[uniq_pairs[:, 0]],
+        inverse.reshape(-1, 3),
+        uniq_uv[uniq_pairs[:, 1]],
+        uniq_pairs[:, 0],
+    )
+
+
+def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, vertex_colors=None) -> Path:
+    """Write binary glTF 2.0: textured when ``uv`` and ``texture`` are given, else vertex colours.
+
+    Positions are written in mm as they are (glTF nominally uses metres; importers that honour
+    this show a 1000x larger object: scale by 0.001 on import if needed).
+    """
+    import trimesh
+
+    v = _np(vertices_mm).astype(np.float64)
+    f = _np(triangles).astype(np.int64)
+    _check_mesh(v, f)
+    if uv is not None and texture is not None:
+        v2, f2, uv2, _ = split_by_uv(v, f, _np(uv))
+        visual = trimesh.visual.TextureVisuals(
+            uv=uv2, material=trimesh.visual.material.PBRMaterial(
+                baseColorTexture=_to_uint8_image(texture), metallicFactor=0.0, roughnessFactor=0.9)
+        )
+        mesh = trimesh.Trimesh(vertices=v2, faces=f2, visual=visual, process=False)
+    else:
+        mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
+        if vertex_colors is not None:
+            c = _np(vertex_colors)
+            if c.dtype != np.uint8:
+                c = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
+            mesh.visual.vertex_colors = c
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh)))
+    return path
+
+
+def bake_vertex_colors(uv_corners, triangles, vertex_colors, size_px: int = 512) -> np.ndarray:
+    """Paint per-vertex colours into a UV texture (flat colour per triangle, seams dilated).
+
+    Args:
+        uv_corners: (F, 3, 2) UVs in [0, 1], v up.
+        triangles: (F, 3) vertex indices.
+        vertex_colors: (V, 3) float in [0, 1].
+        size_px: texture side.
+
+    Returns:
+        (size_px, size_px, 3) uint8 texture, row 0 = v 1.
+    """
+    from PIL import ImageDraw, ImageFilter
+
+    uvc = _np(uv_corners)
+    col = _np(vertex_colors)[_np(triangles)].mean(axis=1)  # (F, 3)
+    scale = 2  # supersample, then downsample: smoother edges
+    s = size_px * scale
+    img = Image.new("RGB", (s, s), (0, 0, 0))
+    mask = Image.new("L", (s, s), 0)
+    draw, mdraw = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    xy = np.stack([uvc[..., 0] * s, (1.0 - uvc[..., 1]) * s], axis=-1)
+    rgb = (np.clip(col, 0, 1) * 255 + 0.5).astype(np.uint8)
+    for poly, c in zip(xy, rgb):
+        pts = [tuple(p) for p in poly]
+        draw.polygon(pts, fill=tuple(int(x) for x in c))
+        mdraw.polygon(pts, fill=255)
+    # Dilate colours over the seams so bilinear lookups near UV island borders stay on colour.
+    for _ in range(4):
+        grown = img.filter(ImageFilter.MaxFilter(5))
+        img = Image.composite(img, grown, mask)
+        mask = mask.filter(ImageFilter.MaxFilter(5))
+    return np.asarray(img.resize((size_px, size_px), Image.BILINEAR))
