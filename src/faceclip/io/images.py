@@ -211,24 +211,18 @@ def _read_bytes(p: Path) -> bytes:
 
 def _open_pil(p: Path, data: bytes, max_pixels: int | None) -> Image.Image:
     """Open (header only) with Pillow; our own size check replaces Pillow's bomb guard."""
+    lift = max_pixels is None or max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or 0)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if max_pixels is None or max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or 0):
-                # Pillow refuses above 2 * MAX_IMAGE_PIXELS on open; lift it for this call only.
-                with _PIL_LIMIT_LOCK:
-                    saved = Image.MAX_IMAGE_PIXELS
-                    Image.MAX_IMAGE_PIXELS = None
-                    try:
-                        return Image.open(io.BytesIO(data))
-                    finally:
-                        Image.MAX_IMAGE_PIXELS = saved
-            return Image.open(io.BytesIO(data))
+        try:
+            return _pil_open(data, lift_limit=lift)
+        except Image.DecompressionBombError:
+            # Pillow refused on its own (2 x MAX_IMAGE_PIXELS) limit: read the header again
+            # without it, so the refusal below states the dimensions and our limit.
+            im = _pil_open(data, lift_limit=True)
+            _check_size(p, im.size, max_pixels)
+            raise
     except Image.DecompressionBombError as exc:
-        raise InputError(
-            f"{p}: image dimensions exceed the limit of {max_pixels:,} pixels ({_short(exc)})",
-            hint="pass a larger max_pixels (CLI: --max-pixels) if the file is trusted",
-        ) from exc
+        raise InputError(f"{p}: {_short(exc)}", hint="pass a larger max_pixels (CLI: --max-pixels)") from exc
     except UnidentifiedImageError as exc:
         hint = "convert it to JPEG or PNG"
         if p.suffix.lower() in _HEIF_SUFFIXES:
@@ -236,6 +230,25 @@ def _open_pil(p: Path, data: bytes, max_pixels: int | None) -> Image.Image:
         raise InputError(f"{p}: not a recognised image format ({len(data):,} bytes)", hint=hint) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"{p}: corrupt image header ({_short(exc)})") from exc
+
+
+def _pil_open(data: bytes, *, lift_limit: bool) -> Image.Image:
+    """``Image.open`` without Pillow's bomb warning; ``lift_limit`` also lifts its hard limit.
+
+    Lifting changes Pillow's global ``MAX_IMAGE_PIXELS`` for the duration of the call only
+    (header parsing), under a lock; the caller applies its own limit right after.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if not lift_limit:
+            return Image.open(io.BytesIO(data))
+        with _PIL_LIMIT_LOCK:
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                return Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
 
 
 def _check_size(p: Path, size: tuple[int, int], max_pixels: int | None) -> None:
