@@ -84,6 +84,72 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- landmarks
+
+
+def _cmd_landmarks(args: argparse.Namespace) -> int:
+    """Detect faces and 68 landmarks in each image; JSON per image, optional overlays."""
+    import json
+
+    from tqdm import tqdm
+
+    from faceclip.detect.report import LandmarksOptions, plan_landmark_outputs, process_landmarks_file
+    from faceclip.errors import InputError, ModelNotInstalledError
+    from faceclip.io.images import list_image_files
+
+    images = list_image_files(args.images)
+    if not images:
+        raise InputError(f"no image files in {' '.join(args.images)}")
+    json_out = Path(args.json) if args.json else None
+    plan = plan_landmark_outputs(images, json_out, Path(args.overlay) if args.overlay else None)
+    opts = LandmarksOptions(
+        detector=args.detector,
+        upsample=args.upsample,
+        threshold=args.threshold,
+        max_side_px=args.max_side_px or None,
+        min_face_px=args.min_face_px,
+        largest_only=args.largest,
+        max_pixels=args.max_pixels or None,
+    )
+    failed = n_faces = 0
+    bar = tqdm(total=len(images), unit="image", file=sys.stderr, disable=True if args.quiet or len(images) < 2 else None)
+    for path, (json_path, overlay_path) in zip(images, plan):
+        try:
+            record = process_landmarks_file(path, opts, json_path=json_path, overlay_path=overlay_path)
+        except ModelNotInstalledError:
+            bar.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+            if args.debug and not isinstance(exc, FaceClipError):
+                raise
+            failed += 1
+            tqdm.write(f"error: {_one_line_error(path, exc)}", file=sys.stderr)
+        else:
+            n_faces += len(record["faces"])
+            if not record["faces"]:
+                tqdm.write(f"warning: {path}: no face found (try --upsample 1 or --detector cnn)", file=sys.stderr)
+            if json_out is None:
+                tqdm.write(json.dumps(record), file=sys.stdout)
+            for out in (json_path, overlay_path):
+                if out is not None and not args.quiet:
+                    tqdm.write(f"wrote {out}", file=sys.stdout)
+        bar.update(1)
+    bar.close()
+    if len(images) > 1:
+        print(f"landmarks: {len(images)} images, {n_faces} faces, {failed} failed", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _one_line_error(path: Path, exc: BaseException) -> str:
+    """``PATH: message (hint: ...)`` on one line, for per-file errors in batches."""
+    if isinstance(exc, FaceClipError):
+        text = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+    else:
+        text = f"{type(exc).__name__}: {exc} (run with --debug for details)"
+    text = " ".join(text.split())
+    return text if str(path) in text else f"{path}: {text}"
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -167,6 +233,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.set_defaults(func=_cmd_demo)
+
+    # landmarks
+    p = sub.add_parser(
+        "landmarks",
+        help="detect faces and 68 landmarks; write JSON and overlay PNGs",
+        epilog="examples:\n  faceclip landmarks photo.jpg\n  faceclip landmarks photo.jpg --json photo.json --overlay overlays/\n"
+        "  faceclip landmarks photos/ --json out/ --overlay out/ --upsample 1\n\n"
+        "JSON per image: {\"image\": PATH, \"width\": W, \"height\": H, \"faces\": [{\"box\": [x0, y0, x1, y1],\n"
+        "  \"score\": S, \"landmarks68\": [[x, y], ...]}]} in image pixels (x right, y down, pixel centres at +0.5),\n"
+        "largest face first. Without --json, one JSON line per image goes to stdout.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--json", metavar="OUT", default=None, help="a .json file (one image) or a folder (<name>.json each)")
+    p.add_argument("--overlay", metavar="DIR", default=None, help="folder for overlay PNGs (<name>.png each)")
+    p.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="hog (fast, default) or cnn (slower)")
+    p.add_argument(
+        "--upsample", type=int, default=None, metavar="N", help="double the image N times to find small faces (default: auto)"
+    )
+    p.add_argument("--threshold", type=float, default=0.0, help="minimum detector score (default: 0)")
+    p.add_argument("--min-face-px", type=float, default=0.0, help="ignore faces smaller than this (pixels)")
+    p.add_argument("--largest", action="store_true", help="keep only the largest face of each image")
+    p.add_argument(
+        "--max-side-px", type=int, default=1600, help="detect on a copy downscaled to this longer side (0: never)"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=120_000_000, help="refuse larger images (decompression-bomb guard; 0: no limit)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no 'wrote' lines")
+    p.set_defaults(func=_cmd_landmarks)
 
     # ---- further subcommands (landmarks, reconstruct, evaluate, train...) go above this line
     return parser
