@@ -129,7 +129,8 @@ def download_ict(dest_dir: Path, url: str | None = None, progress: bool = True) 
 def _bar(total: int | None, desc: str, enabled: bool, unit: str = "it"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, unit_scale=unit == "B",
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    return tqdm(total=total, desc=desc, disable=None if enabled else True, unit=unit, unit_scale=unit == "B",
                 leave=False)
 
 
