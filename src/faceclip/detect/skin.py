@@ -4,10 +4,11 @@ Two layers:
 
 1. :func:`face_region_mask`: the landmark polygon (jawline, and the eyebrows raised onto
    the forehead), minus the eyes, the eyebrows and the open mouth.
-2. :func:`skin_mask`: inside that region, the pixels whose chroma fits a Gaussian colour
-   model in YCbCr space (Cr, Cb), fitted robustly (two passes, outliers trimmed) on the
-   region's inner part. This drops hair, beards, glasses frames and occluders whose colour
-   differs from the skin. Grayscale images carry no chroma: the mask is then the region.
+2. :func:`skin_mask`: inside that region, the pixels that fit a Gaussian colour model in
+   YCbCr space, fitted robustly (two passes, outliers trimmed) on the mid-face (cheeks and
+   nose, lips left out). Luma is down-weighted (x0.4) so that shading on the skin stays
+   skin while hair, beards, glasses frames, occluders and blown-out highlights drop out.
+   On grayscale images only the luma term is left, so the mask is close to the region.
 
 All masks are ``(S, S)`` bool arrays aligned with the crop; landmarks are ``(68, 2)`` crop
 pixels (pixel centres at ``+0.5``), e.g. :attr:`faceclip.detect.align.AlignedFace.landmarks`.
@@ -29,7 +30,8 @@ from faceclip.io.images import as_rgb_uint8
 __all__ = ["face_region_mask", "skin_mask"]
 
 _SHIFT = 4  # fractional bits for cv2 polygon drawing
-_CHROMA_FLOOR_VAR = 4.0  # variance floor (Cr, Cb units^2): keeps the model sane on flat chroma
+_FLOOR_VAR = 4.0  # variance floor (8-bit units^2): keeps the model sane on flat colours
+_LUMA_WEIGHT = 0.4  # luma counts half: shading varies more than skin chroma
 
 
 def face_region_mask(
@@ -79,7 +81,7 @@ def skin_mask(
     landmarks68: np.ndarray,
     *,
     valid: np.ndarray | None = None,
-    max_mahalanobis: float = 3.0,
+    max_mahalanobis: float = 3.5,
     forehead: float = 0.4,
 ) -> np.ndarray:
     """Skin pixels of a face crop.
@@ -89,22 +91,24 @@ def skin_mask(
         landmarks68: ``(68, 2)`` landmarks in the crop's pixels.
         valid: optional ``(H, W)`` bool, pixels that carry image content
             (:attr:`AlignedFace.valid`); others are never skin.
-        max_mahalanobis: chroma distance (in standard deviations) still counted as skin.
+        max_mahalanobis: colour distance (in standard deviations) still counted as skin.
         forehead: see :func:`face_region_mask`.
 
     Returns:
         ``(H, W)`` bool mask, a subset of the face region.
     """
     rgb = as_rgb_uint8(crop)
+    lm = _check_landmarks(landmarks68)
     h, w = rgb.shape[:2]
-    region = face_region_mask(landmarks68, (h, w), forehead=forehead)
+    region = face_region_mask(lm, (h, w), forehead=forehead)
     if valid is not None:
         region &= np.asarray(valid, dtype=bool)
-    chroma = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[:, :, 1:].astype(np.float64)  # (H, W, 2) Cr, Cb
-    sample = _inner(region, landmarks68)
+    features = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb).astype(np.float64)  # (H, W, 3) Y, Cr, Cb
+    features[:, :, 0] *= _LUMA_WEIGHT
+    sample = _mid_face(lm, (h, w)) & region
     if sample.sum() < 20:
         return region
-    d2 = _mahalanobis_sq(chroma, chroma[sample])
+    d2 = _mahalanobis_sq(features, features[sample], max_mahalanobis)
     skin = region & (d2 <= max_mahalanobis**2)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
     skin = cv2.morphologyEx(skin.astype(np.uint8), cv2.MORPH_OPEN, kernel)
@@ -134,26 +138,40 @@ def _carve(mask: np.ndarray, pts: np.ndarray, *, closed: bool, thickness: int) -
     cv2.polylines(mask, [poly], closed, 0, thickness, cv2.LINE_8, _SHIFT)
 
 
-def _inner(region: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
-    """The region's inner part (eroded by ~10% of the face size): the colour sample."""
-    lm = np.asarray(landmarks68, dtype=np.float64)
+def _mid_face(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Upper cheeks and nose (hull of points 1, 2, 14, 15, 28, 33), above any moustache, minus the lips."""
+    mask = np.zeros(shape, np.uint8)
+    hull = cv2.convexHull(lm[[1, 2, 14, 15, 28, 33]].astype(np.float32)).reshape(-1, 2)
+    cv2.fillPoly(mask, [_to_cv(hull)], 1, cv2.LINE_8, _SHIFT)
+    lips = np.zeros(shape, np.uint8)
+    cv2.fillPoly(lips, [_to_cv(lm[48:60])], 1, cv2.LINE_8, _SHIFT)
     face_px = float(np.linalg.norm(lm[36:48].mean(0) - lm[8]))
-    k = max(3, int(round(0.1 * face_px)) | 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    return cv2.erode(region.astype(np.uint8), kernel).astype(bool)
+    k = max(3, int(round(0.08 * face_px)) | 1)
+    lips = cv2.dilate(lips, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return (mask > 0) & (lips == 0)
 
 
-def _mahalanobis_sq(chroma: np.ndarray, sample: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distance of ``(H, W, 2)`` chroma to a robust fit of ``(N, 2)`` samples."""
-    keep = sample
-    for _ in range(2):  # fit, trim outliers (hair, glasses), refit
+def _mahalanobis_sq(features: np.ndarray, sample: np.ndarray, trim: float) -> np.ndarray:
+    """Squared Mahalanobis distance of ``(H, W, C)`` features to a robust Gaussian fit of ``(N, C)`` samples.
+
+    Robust start (the 75% of samples closest to the per-channel median, in MAD units), then
+    fit, drop samples farther than ``trim`` standard deviations (moustache, glasses,
+    stickers, nostrils), refit.
+    """
+    floor = np.eye(sample.shape[1]) * _FLOOR_VAR
+    med = np.median(sample, axis=0)
+    mad = np.median(np.abs(sample - med), axis=0) * 1.4826 + 1.0
+    r = np.sqrt((((sample - med) / mad) ** 2).sum(1))
+    keep = sample[r <= np.quantile(r, 0.75)]
+    for _ in range(2):
         mean = keep.mean(0)
-        cov = np.cov(keep.T) + np.eye(2) * _CHROMA_FLOOR_VAR
-        inv = np.linalg.inv(cov)
+        inv = np.linalg.inv(np.cov(keep.T) + floor)
         d = sample - mean
-        d2_sample = np.einsum("ni,ij,nj->n", d, inv, d)
-        trimmed = sample[d2_sample <= 9.0]
-        if len(trimmed) >= 10:
-            keep = trimmed
-    diff = chroma - mean
+        trimmed = sample[np.einsum("ni,ij,nj->n", d, inv, d) <= trim**2]
+        if len(trimmed) < 10:
+            break
+        keep = trimmed
+    mean = keep.mean(0)
+    inv = np.linalg.inv(np.cov(keep.T) + floor)
+    diff = features - mean
     return np.einsum("hwi,ij,hwj->hw", diff, inv, diff)
