@@ -83,7 +83,7 @@ def test_single_image_json_and_overlay(tmp_path: Path, capsys: pytest.CaptureFix
     lm = np.array(face["landmarks68"])
     assert lm.shape == (68, 2)
     assert (lm[:, 0] > x0 - 20).all() and (lm[:, 0] < x1 + 20).all()
-    overlay = np.asarray(Image.open(tmp_path / "ov" / "astronaut.png"))
+    overlay = np.asarray(Image.open(tmp_path / "ov" / "astronaut_landmarks.png"))
     assert overlay.shape == (512, 512, 3)
     assert (overlay != np.asarray(Image.open(ASTRONAUT).convert("RGB"))).any(axis=2).sum() > 500
     assert f"wrote {out_json}" in out
@@ -135,7 +135,7 @@ def test_batch_with_bad_files_keeps_going(corpus: dict[str, Path], tmp_path: Pat
     rc, out, err = run(["landmarks", *map(str, inputs), "--json", str(out_dir), "--overlay", str(out_dir)], capsys)
     assert rc == 2
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["astronaut.json", "astronaut.png", "dogs.json", "dogs.png", "rgba.json", "rgba.png"]
+    assert names == ["astronaut.json", "astronaut_landmarks.png", "dogs.json", "dogs_landmarks.png", "rgba.json", "rgba_landmarks.png"]
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 4
     for bad in ("empty", "text", "truncated", "bomb"):
@@ -154,9 +154,11 @@ def test_folder_input_and_duplicate_names(tmp_path: Path) -> None:
     a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.png"
     plan = plan_landmark_outputs([a, b, tmp_path / "x-2.jpg"], tmp_path / "out", tmp_path / "ov")
     assert [p[0].name for p in plan] == ["x.json", "x-2.json", "x-2-2.json"]
-    assert [p[1].name for p in plan] == ["x.png", "x-2.png", "x-2-2.png"]
+    assert [p[1].name for p in plan] == ["x_landmarks.png", "x-2_landmarks.png", "x-2-2_landmarks.png"]
     with pytest.raises(InputError):
         plan_landmark_outputs([a, b], tmp_path / "one.json", None)
+    with pytest.raises(InputError, match="overwrite an input"):
+        plan_landmark_outputs([tmp_path / "x.json"], tmp_path, None)
 
 
 def test_unexpected_error_is_per_file_and_debug_raises(

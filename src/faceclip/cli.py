@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--json", metavar="OUT", default=None, help="a .json file (one image) or a folder (<name>.json each)")
-    p.add_argument("--overlay", metavar="DIR", default=None, help="folder for overlay PNGs (<name>.png each)")
+    p.add_argument("--overlay", metavar="DIR", default=None, help="folder for overlay PNGs (<name>_landmarks.png each)")
     p.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="hog (fast, default) or cnn (slower)")
     p.add_argument(
         "--upsample", type=int, default=None, metavar="N", help="double the image N times to find small faces (default: auto)"

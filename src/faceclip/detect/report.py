@@ -106,11 +106,13 @@ def plan_landmark_outputs(
     """Output paths ``(json_path, overlay_path)`` for each image, decided before any work.
 
     ``json_out`` ending in ``.json`` names the file of a single image; otherwise it is a
-    folder receiving ``<stem>.json`` per image. Overlays go to ``<overlay_dir>/<stem>.png``.
-    Images sharing a stem get ``-2``, ``-3``... suffixes in input order.
+    folder receiving ``<stem>.json`` per image. Overlays go to
+    ``<overlay_dir>/<stem>_landmarks.png``. Images sharing a stem get ``-2``, ``-3``...
+    suffixes in input order.
 
     Raises:
-        InputError: a ``.json`` file was given for several images.
+        InputError: a ``.json`` file was given for several images, or an output path
+            would overwrite one of the input images.
     """
     single_json = json_out is not None and json_out.suffix.lower() == ".json" and not json_out.is_dir()
     if single_json and len(images) != 1:
@@ -122,8 +124,12 @@ def plan_landmark_outputs(
     plan: list[tuple[Path | None, Path | None]] = []
     for stem in stems:
         jp = None if json_out is None else (json_out if single_json else json_out / f"{stem}.json")
-        op = None if overlay_dir is None else overlay_dir / f"{stem}.png"
+        op = None if overlay_dir is None else overlay_dir / f"{stem}_landmarks.png"
         plan.append((jp, op))
+    inputs = {Path(p).resolve() for p in images}
+    for out in (p for pair in plan for p in pair if p is not None):
+        if out.resolve() in inputs:
+            raise InputError(f"output {out} would overwrite an input image", hint="choose another output folder")
     return plan
 
 
