@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from faceclip.detect import align_face, detect_boxes, predict_landmarks, skin_mask
 from faceclip.io.images import load_image

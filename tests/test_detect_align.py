@@ -76,7 +76,9 @@ def test_estimate_similarity_recovers_a_known_transform() -> None:
 def test_estimate_similarity_without_rotation() -> None:
     truth = SimilarityTransform.from_params(scale=0.5, rotation_rad=0.0, translation=(3.0, 4.0))
     src = np.array([[0.0, 0.0], [10.0, 0.0], [5.0, 8.0]])
-    est = estimate_similarity(src, truth.image_to_crop(src) + [[0.3, 0.0], [0.0, 0.0], [0.0, 0.3]], allow_rotation=False)
+    est = estimate_similarity(
+        src, truth.image_to_crop(src) + [[0.3, 0.0], [0.0, 0.0], [0.0, 0.3]], allow_rotation=False
+    )
     assert est.rotation_rad == 0.0 and est.scale == pytest.approx(0.5, rel=0.05)
     with pytest.raises(InputError):
         estimate_similarity(np.ones((3, 2)), np.zeros((3, 2)))
@@ -175,7 +177,9 @@ def test_face_at_the_border_has_an_invalid_region(astronaut: np.ndarray, astrona
 
 
 @needs_faces
-def test_high_resolution_crop_matches_low_resolution_crop(astronaut: np.ndarray, astronaut_landmarks: np.ndarray) -> None:
+def test_high_resolution_crop_matches_low_resolution_crop(
+    astronaut: np.ndarray, astronaut_landmarks: np.ndarray
+) -> None:
     """Downscaling by ~7x goes through the prefilter and still gives the same crop."""
     big = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)
     small = align_face(astronaut, astronaut_landmarks)

@@ -30,7 +30,9 @@ def bomb_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,9 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 def test_single_image_json_and_overlay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_json = tmp_path / "astro.json"
-    rc, out, err = run(["landmarks", str(ASTRONAUT), "--json", str(out_json), "--overlay", str(tmp_path / "ov")], capsys)
+    rc, out, err = run(
+        ["landmarks", str(ASTRONAUT), "--json", str(out_json), "--overlay", str(tmp_path / "ov")], capsys
+    )
     assert rc == 0, err
     rec = json.loads(out_json.read_text())
     assert set(rec) == {"image", "width", "height", "faces"}
@@ -99,7 +103,9 @@ def test_stdout_json_lines_without_json_option(capsys: pytest.CaptureFixture[str
 
 
 @pytest.mark.parametrize("kind", ["rgba", "cmyk", "gray16", "rotated"])
-def test_awkward_but_valid_images_give_a_face(kind: str, corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_awkward_but_valid_images_give_a_face(
+    kind: str, corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, out, err = run(["landmarks", str(corpus[kind]), "--quiet"], capsys)
     assert rc == 0, err
     rec = json.loads(out)
@@ -118,7 +124,9 @@ def test_awkward_but_valid_images_give_a_face(kind: str, corpus: dict[str, Path]
         ("bomb", "above the limit"),
     ],
 )
-def test_bad_file_alone(kind: str, message: str, corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_file_alone(
+    kind: str, message: str, corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_json = tmp_path / "x.json"
     rc, out, err = run(["landmarks", str(corpus[kind]), "--json", str(out_json), "--overlay", str(tmp_path)], capsys)
     assert rc == 2
@@ -129,13 +137,22 @@ def test_bad_file_alone(kind: str, message: str, corpus: dict[str, Path], tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no temp files
 
 
-def test_batch_with_bad_files_keeps_going(corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_with_bad_files_keeps_going(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "out"
     inputs = [corpus["empty"], ASTRONAUT, corpus["text"], corpus["truncated"], DOGS, corpus["bomb"], corpus["rgba"]]
     rc, out, err = run(["landmarks", *map(str, inputs), "--json", str(out_dir), "--overlay", str(out_dir)], capsys)
     assert rc == 2
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["astronaut.json", "astronaut_landmarks.png", "dogs.json", "dogs_landmarks.png", "rgba.json", "rgba_landmarks.png"]
+    assert names == [
+        "astronaut.json",
+        "astronaut_landmarks.png",
+        "dogs.json",
+        "dogs_landmarks.png",
+        "rgba.json",
+        "rgba_landmarks.png",
+    ]
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 4
     for bad in ("empty", "text", "truncated", "bomb"):

@@ -21,10 +21,10 @@ from faceclip.detect import (
     NoFaceError,
     detect_boxes,
     detect_faces,
+    models,
     predict_landmarks,
     select_faces,
 )
-from faceclip.detect import models
 from faceclip.errors import InputError, ModelNotInstalledError
 from faceclip.io.images import load_image
 
@@ -41,10 +41,10 @@ def read_annotations() -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
         for image in ET.parse(FACES / xml).getroot().iter("image"):
             faces = []
             for b in image.iter("box"):
-                l, t, w, h = (int(b.get(k)) for k in ("left", "top", "width", "height"))
+                x, t, w, h = (int(b.get(k)) for k in ("left", "top", "width", "height"))
                 parts = sorted(b.iter("part"), key=lambda p: int(p.get("name")))
                 lm = np.array([[int(p.get("x")), int(p.get("y"))] for p in parts], dtype=np.float64) + 0.5
-                faces.append((np.array([l, t, l + w, t + h], dtype=np.float64), lm))
+                faces.append((np.array([x, t, x + w, t + h], dtype=np.float64), lm))
             out.append((image.get("file"), faces))
     return out
 
@@ -123,7 +123,9 @@ def test_single_face_result(astronaut: np.ndarray) -> None:
     lm = f.landmarks
     assert lm is not None and lm.shape == (68, 2)
     m = 0.15 * f.width
-    inside = (lm[:, 0] > f.box[0] - m) & (lm[:, 0] < f.box[2] + m) & (lm[:, 1] > f.box[1] - m) & (lm[:, 1] < f.box[3] + m)
+    inside = (
+        (lm[:, 0] > f.box[0] - m) & (lm[:, 0] < f.box[2] + m) & (lm[:, 1] > f.box[1] - m) & (lm[:, 1] < f.box[3] + m)
+    )
     assert inside.all()
     assert lm[36:42, 0].mean() < lm[42:48, 0].mean()  # point 36.. is the image-left eye
     assert lm[19, 1] < lm[30, 1] < lm[57, 1] < lm[8, 1]  # brow above nose above mouth above chin

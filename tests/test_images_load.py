@@ -33,7 +33,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    )
 
 
 def small_rgb(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
@@ -318,7 +320,13 @@ def test_as_rgb_uint8_layouts() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [np.zeros((4,), np.uint8), np.zeros((4, 4, 2), np.uint8), np.zeros((0, 4, 3), np.uint8), np.zeros((4, 4, 3), np.int64)]
+    "bad",
+    [
+        np.zeros((4,), np.uint8),
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((0, 4, 3), np.uint8),
+        np.zeros((4, 4, 3), np.int64),
+    ],
 )
 def test_as_rgb_uint8_refuses(bad: np.ndarray) -> None:
     with pytest.raises(InputError):

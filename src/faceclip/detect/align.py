@@ -85,7 +85,10 @@ class SimilarityTransform:
 
     @classmethod
     def from_params(cls, scale: float, rotation_rad: float, translation: tuple[float, float]) -> SimilarityTransform:
-        """Build from scale, counter-clockwise-in-math (clockwise on screen, y down) angle and shift."""
+        """Build from scale, angle and shift: ``[[s cos, -s sin, tx], [s sin, s cos, ty]]``.
+
+        With y pointing down, a positive angle turns points clockwise on screen.
+        """
         c, s = scale * np.cos(rotation_rad), scale * np.sin(rotation_rad)
         m = np.array([[c, -s, translation[0]], [s, c, translation[1]], [0.0, 0.0, 1.0]])
         return cls(m)

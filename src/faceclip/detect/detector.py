@@ -103,7 +103,9 @@ def detect_boxes(
     faces: list[Face] = []
     for up in steps:
         faces = _run_detector(small, detector, up, threshold)
-        log.debug("%s detector, upsample %d on %dx%d: %d faces", detector, up, small.shape[1], small.shape[0], len(faces))
+        log.debug(
+            "%s detector, upsample %d on %dx%d: %d faces", detector, up, small.shape[1], small.shape[0], len(faces)
+        )
         if faces:
             break
     for face in faces:
@@ -160,11 +162,9 @@ def _downscale(rgb: np.ndarray, max_side_px: int | None) -> tuple[np.ndarray, fl
 def _run_detector(rgb: np.ndarray, detector: DetectorName, upsample: int, threshold: float) -> list[Face]:
     if detector == "hog":
         rects, scores, _ = models.hog_detector().run(rgb, upsample, threshold)
-        return [_face_from_rect(r, s, "hog", upsample) for r, s in zip(rects, scores)]
+        return [_face_from_rect(r, s, "hog", upsample) for r, s in zip(rects, scores, strict=False)]
     dets = models.cnn_detector()(rgb, upsample)
-    return [
-        _face_from_rect(d.rect, d.confidence, "cnn", upsample) for d in dets if float(d.confidence) >= threshold
-    ]
+    return [_face_from_rect(d.rect, d.confidence, "cnn", upsample) for d in dets if float(d.confidence) >= threshold]
 
 
 def _face_from_rect(rect: Any, score: float, detector: str, upsample: int) -> Face:

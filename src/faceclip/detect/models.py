@@ -83,13 +83,13 @@ def import_dlib() -> Any:
     return dlib
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hog_detector() -> Any:
     """dlib's frontal face detector (HOG + linear SVM), loaded once."""
     return import_dlib().get_frontal_face_detector()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cnn_detector() -> Any:
     """dlib's CNN (MMOD) face detector, loaded once."""
     path = dlib_model_path(MMOD_DETECTOR)
@@ -97,7 +97,7 @@ def cnn_detector() -> Any:
     return import_dlib().cnn_face_detection_model_v1(str(path))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shape_predictor_68() -> Any:
     """dlib's 68-point shape predictor (iBUG 300-W scheme), loaded once."""
     path = dlib_model_path(SHAPE_PREDICTOR_68)

@@ -40,7 +40,9 @@ def draw_faces(image: np.ndarray, faces: Sequence[Face], *, label: bool = True) 
         if label:
             scale = max(0.35, min(1.5, size / 160))
             org = (int(face.box[0]), max(int(face.box[1]) - 4, 10))
-            cv2.putText(out, f"{i}: {face.score:.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, scale, _BOX_RGB, thick, cv2.LINE_AA)
+            cv2.putText(
+                out, f"{i}: {face.score:.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, scale, _BOX_RGB, thick, cv2.LINE_AA
+            )
     return out
 
 
