@@ -89,6 +89,15 @@ def test_detector_finds_every_annotated_face(name: str, annotated: list) -> None
         assert err < 0.06, (name, box, err)  # landmarks from a slightly different box
 
 
+def test_auto_upsampling_finds_the_small_faces_of_group_photos() -> None:
+    found = total = 0
+    for name, annotated in ANNOTATIONS:
+        faces = detect_faces(load_image(FACES / name), landmarks=False)  # upsample=None: auto
+        total += len(annotated)
+        found += sum(any(iou(f.box, box) > 0.5 for f in faces) for box, _ in annotated)
+    assert found >= 0.9 * total
+
+
 def test_landmarks_from_the_annotated_box_reproduce_dlib_exactly() -> None:
     exact, mean_err = 0, []
     for name, annotated in ANNOTATIONS:

@@ -7,9 +7,11 @@ in original-image pixels (x right, y down, origin at the top-left corner, pixel 
 
 Speed: large images are detected on a copy downscaled so that its longer side is at most
 ``max_side_px``; boxes are mapped back and landmarks are predicted on the full-resolution
-image. ``upsample=None`` (auto) runs the detector at the image's own scale and, only when
-that finds nothing on a modest-size image, once more at 2x: that keeps single-face photos
-fast while still finding small faces. Pass ``upsample=1`` to always look for small faces
+image. ``upsample=None`` (auto) runs the detector at the image's own scale and, when that
+finds no confident face (none scoring at least ``AUTO_CONFIDENT_SCORE``) on a modest-size
+image, once more at 2x, whose results replace the first (the 2x pyramid covers the same
+scales and finer ones). That keeps photos with a clear face fast while still finding small
+faces; a group photo that holds one large face and many small ones needs ``upsample=1``
 (HOG finds faces down to about 80 px at ``upsample=0``, 40 px at 1, 20 px at 2).
 
 Example::
@@ -45,6 +47,8 @@ DetectorName = Literal["hog", "cnn"]
 DEFAULT_MAX_SIDE_PX = 1600
 #: Auto upsampling retries at 2x only when the detection image has at most this many pixels.
 AUTO_UPSAMPLE_MAX_PIXELS = 1_300_000
+#: Auto upsampling keeps the first pass when one of its faces scores at least this.
+AUTO_CONFIDENT_SCORE = 0.5
 _MAX_UPSAMPLE = 4
 
 
@@ -102,11 +106,12 @@ def detect_boxes(
     steps = [upsample] if upsample is not None else _auto_steps(small)
     faces: list[Face] = []
     for up in steps:
-        faces = _run_detector(small, detector, up, threshold)
+        found = _run_detector(small, detector, up, threshold)
         log.debug(
-            "%s detector, upsample %d on %dx%d: %d faces", detector, up, small.shape[1], small.shape[0], len(faces)
+            "%s detector, upsample %d on %dx%d: %d faces", detector, up, small.shape[1], small.shape[0], len(found)
         )
-        if faces:
+        faces = found or faces
+        if any(f.score >= AUTO_CONFIDENT_SCORE for f in faces):
             break
     for face in faces:
         face.box = face.box / np.array([sx, sy, sx, sy])
