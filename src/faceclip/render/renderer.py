@@ -1,0 +1,151 @@
+"""High-level mesh renderer: projection, rasterization, SH shading, texture, antialiasing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from faceclip.render.antialiasing import EdgeTopology, antialias, edge_topology
+from faceclip.render.camera import PerspectiveCamera
+from faceclip.render.interpolate import interpolate_uv, interpolate_vertex_attributes, sample_texture
+from faceclip.render.rasterize import DEFAULT_ZNEAR_MM, Fragments, rasterize
+from faceclip.render.shading import sh_irradiance, vertex_normals
+
+__all__ = ["RenderOutput", "render_mesh", "MeshRenderer"]
+
+
+@dataclass
+class RenderOutput:
+    """What :func:`render_mesh` returns.
+
+    Attributes:
+        image: (B, H, W, C) colour, composited over the background (antialiased if asked).
+        alpha: (B, H, W) coverage in [0, 1] (antialiased: fractional at silhouettes, with
+            gradients wrt the geometry); use it for silhouette / mask losses.
+        mask: (B, H, W) bool hard coverage.
+        depth: (B, H, W) camera depth in mm (0 on the background).
+        fragments: the sparse rasterization result.
+        xy: (B, V, 2) projected vertices in pixels.
+    """
+
+    image: Tensor
+    alpha: Tensor
+    mask: Tensor
+    depth: Tensor
+    fragments: Fragments
+    xy: Tensor
+
+
+def render_mesh(
+    vertices_mm: Tensor,
+    triangles: Tensor,
+    camera: PerspectiveCamera,
+    vertex_colors: Tensor | None = None,
+    texture: Tensor | None = None,
+    uv: Tensor | None = None,
+    sh_coeffs: Tensor | None = None,
+    background: float | Tensor = 0.0,
+    cull_backfaces: bool = True,
+    antialiased: bool = True,
+    topology: EdgeTopology | None = None,
+    znear: float = DEFAULT_ZNEAR_MM,
+) -> RenderOutput:
+    """Render a (batched) mesh.
+
+    Albedo comes from ``texture`` (sampled per pixel at the interpolated ``uv``) or from
+    ``vertex_colors`` (interpolated), or is white. With ``sh_coeffs`` the albedo is multiplied
+    by the SH irradiance of the interpolated vertex normal in the view frame (see
+    :mod:`faceclip.render.shading`); irradiance is evaluated per vertex and interpolated
+    (Gouraud), as in Deep3DFaceRecon.
+
+    Args:
+        vertices_mm: (V, 3) or (B, V, 3) model-space vertices.
+        triangles: (F, 3) long, counter-clockwise seen from the front.
+        camera: B (or 1) cameras.
+        vertex_colors: (V, C) or (B, V, C).
+        texture: (Ht, Wt, C) or (B, Ht, Wt, C), row 0 = top (v = 1).
+        uv: per-vertex (V, 2) / (B, V, 2) or per-corner (F, 3, 2) / (B, F, 3, 2) in [0, 1], v up.
+        sh_coeffs: (B, 9, C) or (9, C) SH lighting; None renders the unlit albedo.
+        background: scalar or (C,) colour of uncovered pixels.
+        cull_backfaces: skip triangles facing away from the camera.
+        antialiased: apply :func:`~faceclip.render.antialiasing.antialias` (silhouette gradients).
+        topology: cached :func:`edge_topology` of ``triangles``.
+        znear: near plane (mm).
+    Returns:
+        :class:`RenderOutput`.
+    """
+    triangles = triangles.to(vertices_mm.device, torch.long)
+    B = max(camera.batch_size, vertices_mm.shape[0] if vertices_mm.ndim == 3 else 1)
+    cam = camera.expand(B)
+    verts = vertices_mm if vertices_mm.ndim == 3 else vertices_mm.unsqueeze(0)
+    xy, z = cam.project_with_depth(verts)
+    if xy.shape[0] != B:
+        xy, z = xy.expand(B, -1, -1), z.expand(B, -1)
+    frags = rasterize(xy, z, triangles, cam.image_size, cull_backfaces=cull_backfaces, znear=znear)
+
+    if texture is not None:
+        if uv is None:
+            raise ValueError("texture rendering needs uv")
+        albedo = sample_texture(texture, interpolate_uv(uv, frags, triangles), frags.batch_index)
+    elif vertex_colors is not None:
+        albedo = interpolate_vertex_attributes(vertex_colors, frags, triangles)
+    else:
+        albedo = verts.new_ones(frags.pix.shape[0], 3)
+    color = albedo
+    if sh_coeffs is not None:
+        normals = cam.to_view(vertex_normals(verts, triangles))
+        if normals.shape[0] != B:
+            normals = normals.expand(B, -1, -1)
+        coeffs = sh_coeffs if sh_coeffs.ndim == 3 else sh_coeffs.unsqueeze(0)
+        irradiance = sh_irradiance(normals, coeffs.expand(B, -1, -1))
+        color = albedo * interpolate_vertex_attributes(irradiance, frags, triangles)
+
+    C = color.shape[-1]
+    bg = torch.as_tensor(background, dtype=color.dtype, device=color.device).expand(C)
+    ones = color.new_ones(color.shape[0], 1)
+    rgba = frags.to_image(torch.cat([color, ones], 1), torch.cat([bg, bg.new_zeros(1)]))
+    if antialiased:
+        rgba = antialias(rgba, frags, xy, triangles, topology)
+    return RenderOutput(image=rgba[..., :C], alpha=rgba[..., C], mask=frags.mask,
+                        depth=frags.depth_image, fragments=frags, xy=xy)
+
+
+class MeshRenderer(nn.Module):
+    """:func:`render_mesh` with a fixed topology (adjacency cached) and options.
+
+    Example::
+
+        renderer = MeshRenderer(triangles, uv=uv)
+        out = renderer(vertices_mm, camera, texture=tex, sh_coeffs=sh)
+        out.image  # (B, H, W, 3)
+    """
+
+    def __init__(
+        self, triangles: Tensor, uv: Tensor | None = None, cull_backfaces: bool = True,
+        antialiased: bool = True, background: float | Tensor = 0.0,
+        znear: float = DEFAULT_ZNEAR_MM,
+    ) -> None:
+        super().__init__()
+        triangles = torch.as_tensor(triangles, dtype=torch.long)
+        self.register_buffer("triangles", triangles, persistent=False)
+        self.register_buffer("neighbor", edge_topology(triangles).neighbor, persistent=False)
+        self.uv: Tensor | None
+        self.register_buffer("uv", None if uv is None else torch.as_tensor(uv), persistent=False)
+        self.cull_backfaces = cull_backfaces
+        self.antialiased = antialiased
+        self.background = background
+        self.znear = znear
+
+    def forward(
+        self, vertices_mm: Tensor, camera: PerspectiveCamera, vertex_colors: Tensor | None = None,
+        texture: Tensor | None = None, sh_coeffs: Tensor | None = None,
+    ) -> RenderOutput:
+        """See :func:`render_mesh`."""
+        return render_mesh(
+            vertices_mm, self.triangles, camera, vertex_colors=vertex_colors, texture=texture,
+            uv=self.uv, sh_coeffs=sh_coeffs, background=self.background,
+            cull_backfaces=self.cull_backfaces, antialiased=self.antialiased,
+            topology=EdgeTopology(self.neighbor), znear=self.znear,
+        )

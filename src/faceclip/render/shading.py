@@ -1,0 +1,162 @@
+"""Normals and Lambertian shading under 2nd-order spherical-harmonics (SH) lighting.
+
+SH convention (identical to Deep3DFaceRecon's ``add_illumination``, so its 27 ``gamma``
+coefficients transfer unchanged): irradiance at a surface with unit normal
+``n = (x, y, z)`` is ``E(n) = sum_k Y_k(n) * L_k`` for k = 0..8 per colour channel, where the
+basis already includes the Lambertian convolution constants (Ramamoorthi & Hanrahan 2001)
+``a0 = pi, a1 = 2 pi / sqrt(3), a2 = 2 pi / sqrt(8)`` and the SH normalisation constants
+``c0 = 1 / sqrt(4 pi), c1 = sqrt(3) / sqrt(4 pi), c2 = 3 sqrt(5) / sqrt(12 pi)``:
+
+====  ==========================================
+k     Y_k(n)
+====  ==========================================
+0     a0 c0
+1     -a1 c1 y
+2     a1 c1 z
+3     -a1 c1 x
+4     a2 c2 x y
+5     -a2 c2 y z
+6     a2 c2 (0.5 / sqrt(3)) (3 z^2 - 1)
+7     -a2 c2 x z
+8     a2 c2 0.5 (x^2 - y^2)
+====  ==========================================
+
+Normals are expressed in the *view frame* (x right, y up, z toward the camera; see
+:meth:`PerspectiveCamera.to_view`), so the light is fixed relative to the camera. Colour =
+albedo * E(n). With ``L_0 = 0.8 / (a0 c0)`` (Deep3DFaceRecon adds 0.8 to ``gamma[0]``), a
+white albedo renders at 0.8 everywhere. A light from the front and above has ``L_2 > 0``
+(z toward the viewer) and ``L_1 < 0`` (note the minus sign of ``Y_1``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["face_normals", "vertex_normals", "sh_basis", "sh_irradiance", "sh_shade_vertices",
+           "SH_CONSTANTS", "sh_from_deep3d", "sh_ambient", "sh_directional"]
+
+_A = (math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0))
+_C = (1 / math.sqrt(4 * math.pi), math.sqrt(3.0) / math.sqrt(4 * math.pi),
+      3 * math.sqrt(5.0) / math.sqrt(12 * math.pi))
+#: Per-basis constant factors of :func:`sh_basis` (including signs), shape (9,).
+SH_CONSTANTS = (
+    _A[0] * _C[0], -_A[1] * _C[1], _A[1] * _C[1], -_A[1] * _C[1],
+    _A[2] * _C[2], -_A[2] * _C[2], _A[2] * _C[2] * 0.5 / math.sqrt(3.0), -_A[2] * _C[2],
+    _A[2] * _C[2] * 0.5,
+)
+
+
+def face_normals(vertices: Tensor, triangles: Tensor, normalize: bool = True) -> Tensor:
+    """Triangle normals (counter-clockwise = front).
+
+    Args:
+        vertices: (V, 3) or (B, V, 3); triangles: (F, 3) long.
+    Returns:
+        (..., F, 3) unit normals (or area-weighted, twice the area, if not ``normalize``).
+    """
+    v0 = vertices.index_select(-2, triangles[:, 0])
+    v1 = vertices.index_select(-2, triangles[:, 1])
+    v2 = vertices.index_select(-2, triangles[:, 2])
+    n = torch.cross(v1 - v0, v2 - v0, dim=-1)
+    return torch.nn.functional.normalize(n, dim=-1, eps=1e-12) if normalize else n
+
+
+def vertex_normals(vertices: Tensor, triangles: Tensor) -> Tensor:
+    """Area-weighted vertex normals.
+
+    Args:
+        vertices: (V, 3) or (B, V, 3); triangles: (F, 3) long.
+    Returns:
+        (..., V, 3) unit normals (zero for unreferenced vertices); differentiable.
+    """
+    fn = face_normals(vertices, triangles, normalize=False)  # (..., F, 3)
+    out = torch.zeros_like(vertices)
+    for k in range(3):
+        out = out.index_add(-2, triangles[:, k], fn)
+    return torch.nn.functional.normalize(out, dim=-1, eps=1e-12)
+
+
+def sh_basis(normals: Tensor) -> Tensor:
+    """The 9 SH irradiance basis values (with Lambertian constants) of unit normals.
+
+    Args:
+        normals: (..., 3) unit normals in the view frame.
+    Returns:
+        (..., 9).
+    """
+    x, y, z = normals.unbind(-1)
+    one = torch.ones_like(x)
+    basis = torch.stack([one, y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y], dim=-1)
+    return basis * torch.tensor(SH_CONSTANTS, dtype=normals.dtype, device=normals.device)
+
+
+def sh_irradiance(normals: Tensor, coeffs: Tensor) -> Tensor:
+    """Irradiance per colour channel.
+
+    Args:
+        normals: (B, N, 3) unit normals in the view frame.
+        coeffs: (B, 9, C) (or (9, C)) SH coefficients per channel.
+    Returns:
+        (B, N, C).
+    """
+    return torch.matmul(sh_basis(normals), coeffs)
+
+
+def sh_shade_vertices(
+    vertices: Tensor, triangles: Tensor, albedo: Tensor, coeffs: Tensor, to_view=None,
+) -> Tensor:
+    """Lambertian SH shading at the vertices (Gouraud): ``albedo * E(n)``.
+
+    Args:
+        vertices: (B, V, 3) model-space vertices.
+        triangles: (F, 3) long.
+        albedo: (B, V, C) or (V, C) vertex albedo, or None for white (C = 3).
+        coeffs: (B, 9, C) SH coefficients.
+        to_view: optional callable rotating (B, V, 3) normals into the view frame, e.g.
+            ``camera.to_view``; identity (frontal camera) if None.
+    Returns:
+        (B, V, C) shaded vertex colours.
+    """
+    n = vertex_normals(vertices, triangles)
+    if to_view is not None:
+        n = to_view(n)
+    irr = sh_irradiance(n, coeffs)
+    return irr if albedo is None else albedo * irr
+
+
+def sh_from_deep3d(gamma: Tensor, init_ambient: float = 0.8) -> Tensor:
+    """Convert Deep3DFaceRecon's (B, 27) ``gamma`` (RGB-major) to (B, 9, 3) coefficients.
+
+    Deep3DFaceRecon adds ``init_ambient`` to each channel's first coefficient.
+    """
+    g = gamma.reshape(-1, 3, 9).transpose(1, 2).clone()
+    g[:, 0, :] = g[:, 0, :] + init_ambient
+    return g
+
+
+def sh_ambient(level: float = 0.8, batch_size: int = 1, channels: int = 3,
+               device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Uniform light: irradiance ``level`` for every normal. Returns (B, 9, C)."""
+    c = torch.zeros(batch_size, 9, channels, device=device, dtype=dtype)
+    c[:, 0, :] = level / SH_CONSTANTS[0]
+    return c
+
+
+def sh_directional(direction_view: tuple[float, float, float], ambient: float = 0.4,
+                   diffuse: float = 0.6, batch_size: int = 1, channels: int = 3,
+                   device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Ambient plus the first-order part of a directional light toward ``direction_view``.
+
+    Irradiance is ``ambient + diffuse * max-free linear term (n . d)`` (bands 0 and 1 only),
+    with ``d`` the unit direction *toward* the light in the view frame (x right, y up, z to
+    the viewer). E.g. ``(0, 0.5, 1)`` lights from the front and above. Returns (B, 9, C).
+    """
+    d = torch.tensor(direction_view, dtype=dtype)
+    d = d / d.norm()
+    c = sh_ambient(ambient, batch_size, channels, device, dtype)
+    lin = torch.stack([d[1] / SH_CONSTANTS[1], d[2] / SH_CONSTANTS[2], d[0] / SH_CONSTANTS[3]])
+    c[:, 1:4, :] = (diffuse * lin).to(device).view(1, 3, 1)
+    return c
