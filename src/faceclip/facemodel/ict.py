@@ -346,6 +346,9 @@ def _assemble(source: Path, neutral_bytes: bytes, meshes: dict, readme_text: str
     uv_group, group_names = _uv_groups(owner, uv_c, geom_table)
     narrow = np.arange(0, 6706)  # README "Narrow face area" [0:6705]
     regions["face_narrow"] = narrow
+    # README "Eyeball Details": sclera and iris vertex ranges of both eyeballs.
+    regions["sclera"] = np.concatenate([np.arange(21451, 22221), np.arange(23021, 23791)])
+    regions["iris"] = np.concatenate([np.arange(22221, 23021), np.arange(23791, 24591)])
     regions["skin"] = np.intersect1d(regions["skin"], narrow)
 
     contour = None

@@ -1,0 +1,108 @@
+"""The parameters of one reconstructed face, as one typed object that travels along the pipeline.
+
+Frames: the face model lives in model space (mm; +X subject's left, +Y up, +Z out of the face).
+The head pose is a rotation given by Euler angles (pitch about +X, yaw about +Y, roll about +Z,
+applied in that order: ``R_head = Rz(roll) @ Ry(yaw) @ Rx(pitch)``) and a translation. The camera
+is OpenCV-style (x right, y down, z forward), so model -> camera is
+``X_cam = F @ R_head @ X + t`` with ``F = diag(1, -1, -1)``: zero angles give a frontal face.
+Positive yaw turns the face toward the subject's left (the nose moves to the image's right);
+positive pitch tilts the face down (the nose moves down in the image); positive roll turns it
+counter-clockwise as seen by the camera... in model terms, about +Z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+from faceclip.render.camera import PerspectiveCamera
+
+_FLIP = (1.0, -1.0, -1.0)
+
+
+def euler_to_matrix(angles_rad: Tensor) -> Tensor:
+    """(B, 3) (pitch, yaw, roll) in radians -> (B, 3, 3) ``Rz(roll) @ Ry(yaw) @ Rx(pitch)``."""
+    p, y, r = angles_rad.unbind(-1)
+    cp, sp, cy, sy, cr, sr = p.cos(), p.sin(), y.cos(), y.sin(), r.cos(), r.sin()
+    one, zero = torch.ones_like(p), torch.zeros_like(p)
+    rx = torch.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], -1).reshape(-1, 3, 3)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(-1, 3, 3)
+    rz = torch.stack([cr, -sr, zero, sr, cr, zero, zero, zero, one], -1).reshape(-1, 3, 3)
+    return rz @ ry @ rx
+
+
+def matrix_to_euler(R: Tensor) -> Tensor:
+    """Inverse of :func:`euler_to_matrix` for |yaw| < 90 degrees: (B, 3, 3) -> (B, 3)."""
+    yaw = torch.asin((-R[:, 2, 0]).clamp(-1.0, 1.0))
+    pitch = torch.atan2(R[:, 2, 1], R[:, 2, 2])
+    roll = torch.atan2(R[:, 1, 0], R[:, 0, 0])
+    return torch.stack([pitch, yaw, roll], dim=-1)
+
+
+@dataclass
+class FaceParams:
+    """Parameters of B faces.
+
+    Attributes:
+        identity: (B, K_id) identity coefficients (N(0, 1) prior).
+        expression: (B, K_exp) expression coefficients (ICT: blendshape weights in [0, 1]).
+        angles_rad: (B, 3) head pitch, yaw, roll.
+        translation_mm: (B, 3) translation in camera space (z = distance to the camera).
+        focal_px: (B,) focal length in pixels of the image the face is fitted in.
+        sh: (B, 9, 3) spherical-harmonics lighting, 9 bands x RGB (see faceclip.render).
+        albedo: (B, K_alb, 3) albedo coefficients (meaning set by the albedo model).
+        image_size: (H, W) of the image the camera refers to.
+    """
+
+    identity: Tensor
+    expression: Tensor
+    angles_rad: Tensor
+    translation_mm: Tensor
+    focal_px: Tensor
+    sh: Tensor
+    albedo: Tensor
+    image_size: tuple[int, int]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.identity.shape[0])
+
+    def rotation(self) -> Tensor:
+        """(B, 3, 3) head rotation in model space."""
+        return euler_to_matrix(self.angles_rad)
+
+    def camera(self) -> PerspectiveCamera:
+        """The OpenCV camera that images the posed head (principal point at the image centre)."""
+        flip = torch.tensor(_FLIP, dtype=self.angles_rad.dtype, device=self.angles_rad.device)
+        R = flip[None, :, None] * self.rotation()
+        h, w = self.image_size
+        return PerspectiveCamera.create(R, self.translation_mm, self.focal_px, (h, w),
+                                        principal_point_px=(w / 2.0, h / 2.0))
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image_size"}
+
+    def detach(self) -> "FaceParams":
+        return replace(self, **{k: v.detach().clone() for k, v in self.tensors().items()})
+
+    def to(self, device: torch.device | str) -> "FaceParams":
+        return replace(self, **{k: v.to(device) for k, v in self.tensors().items()})
+
+    @staticmethod
+    def initial(batch: int, n_identity: int, n_expression: int, n_albedo: int, image_size: tuple[int, int],
+                focal_px: float, distance_mm: float, device: torch.device | str = "cpu") -> "FaceParams":
+        """Mean face, frontal, at ``distance_mm``, with ambient white light and mean albedo."""
+        sh = torch.zeros(batch, 9, 3, device=device)
+        sh[:, 0] = 0.8
+        return FaceParams(
+            identity=torch.zeros(batch, n_identity, device=device),
+            expression=torch.zeros(batch, n_expression, device=device),
+            angles_rad=torch.zeros(batch, 3, device=device),
+            translation_mm=torch.tensor([[0.0, 0.0, distance_mm]], device=device).repeat(batch, 1),
+            focal_px=torch.full((batch,), float(focal_px), device=device),
+            sh=sh,
+            albedo=torch.zeros(batch, n_albedo, 3, device=device),
+            image_size=image_size,
+        )

@@ -1,0 +1,253 @@
+"""From fitted parameters back to the photo: image-space camera, UV texture unwrap, overlay.
+
+The fitting works in the aligned crop; the crop is a 2-D similarity of the photo, so the fitted
+camera maps exactly to a camera of the original photo (:func:`image_camera`): a similarity of
+the image plane is a rotation about the optical axis, a change of focal length and a shift of
+the principal point. Everything here renders in original-image pixels through that camera,
+restricted to a window around the face so that large photos stay cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from faceclip.facemodel.base import FaceModel
+from faceclip.fit.params import FaceParams
+from faceclip.render.camera import PerspectiveCamera
+from faceclip.render.interpolate import interpolate_vertex_attributes
+from faceclip.render.rasterize import rasterize, rasterize_mesh
+from faceclip.render.shading import sh_irradiance, sh_shade_vertices, vertex_normals
+
+
+def image_camera(params: FaceParams, crop_to_image: np.ndarray, image_size: tuple[int, int]) -> PerspectiveCamera:
+    """The camera of the original photo equivalent to the crop camera of ``params``.
+
+    Args:
+        params: fitted parameters (camera in crop pixels, principal point at the crop centre).
+        crop_to_image: (2, 3) or (3, 3) similarity matrix, crop pixels -> image pixels.
+        image_size: (H, W) of the photo.
+    """
+    M = np.asarray(crop_to_image, dtype=np.float64)[:2]
+    a, b = M[0, 0], M[1, 0]
+    s = float(np.hypot(a, b))
+    rot2 = np.array([[a, -b], [b, a]]) / s
+    cam = params.camera()
+    dt = cam.R.dtype
+    Rz = torch.eye(3, dtype=dt)
+    Rz[:2, :2] = torch.from_numpy(rot2).to(dt)
+    Rz = Rz.to(cam.device)
+    c_crop = np.stack([cam.cx.detach().cpu().numpy(), cam.cy.detach().cpu().numpy()], -1)  # (B, 2)
+    c_img = c_crop @ M[:, :2].T + M[:, 2]
+    return PerspectiveCamera.create(
+        Rz @ cam.R, cam.t @ Rz.T, torch.stack([cam.fx * s, cam.fy * s], -1), image_size,
+        principal_point_px=torch.from_numpy(c_img).to(dt).to(cam.device),
+    )
+
+
+@dataclass
+class Window:
+    """A sub-rectangle of the photo rendered at ``scale`` (output pixels per photo pixel)."""
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+    scale: float
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return max(1, round(self.height * self.scale)), max(1, round(self.width * self.scale))
+
+
+def face_window(camera: PerspectiveCamera, vertices_mm: Tensor, image_size: tuple[int, int],
+                max_side_px: int = 1024, margin_px: int = 4) -> Window:
+    """Bounding window of the projected mesh inside the photo, with a render scale <= 1."""
+    xy = camera.project(vertices_mm)[0].detach()
+    h, w = image_size
+    x0 = int(max(0, np.floor(float(xy[:, 0].min())) - margin_px))
+    y0 = int(max(0, np.floor(float(xy[:, 1].min())) - margin_px))
+    x1 = int(min(w, np.ceil(float(xy[:, 0].max())) + margin_px))
+    y1 = int(min(h, np.ceil(float(xy[:, 1].max())) + margin_px))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    scale = min(1.0, max_side_px / max(x1 - x0, y1 - y0))
+    return Window(x0, y0, x1 - x0, y1 - y0, scale)
+
+
+def window_camera(camera: PerspectiveCamera, win: Window) -> PerspectiveCamera:
+    """The camera whose image is ``win`` of ``camera``'s image, resampled by ``win.scale``."""
+    s = win.scale
+    return PerspectiveCamera.create(
+        camera.R, camera.t, torch.stack([camera.fx * s, camera.fy * s], -1), win.out_size,
+        principal_point_px=torch.stack([(camera.cx - win.x0) * s, (camera.cy - win.y0) * s], -1),
+    )
+
+
+def _bilinear(image: Tensor, xy: Tensor) -> Tensor:
+    """Sample (H, W, C) at (N, 2) continuous pixel coordinates (centres at +0.5), clamped."""
+    H, W, _ = image.shape
+    x = (xy[:, 0] - 0.5).clamp(0, W - 1)
+    y = (xy[:, 1] - 0.5).clamp(0, H - 1)
+    x0, y0 = x.floor().long(), y.floor().long()
+    x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
+    fx, fy = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bot = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def _visibility(cam_win: PerspectiveCamera, win: Window, depth_img: Tensor, pts_mm: Tensor,
+                normals: Tensor, tol_mm: float = 3.0) -> tuple[Tensor, Tensor]:
+    """Visibility weight in [0, 1] and photo pixel coordinates of model-space points.
+
+    Args:
+        depth_img: (h, w) depth of the window render (0 where empty).
+        pts_mm: (N, 3) model-space points; normals: (N, 3) their unit normals.
+    Returns:
+        weight (N,), xy (N, 2) in photo pixels.
+    """
+    cam_pts = cam_win.to_camera(pts_mm)[0]  # (N, 3)
+    xy_win = cam_win.camera_to_pixels(cam_pts.unsqueeze(0))[0]
+    h, w = depth_img.shape
+    col = (xy_win[:, 0]).floor().long()
+    row = (xy_win[:, 1]).floor().long()
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    # Lenient z-test against the farthest rendered depth of the 3x3 neighbourhood (empty pixels
+    # count as nothing), so that texels on steep surfaces are not lost to resampling.
+    finite = torch.where(depth_img > 0, depth_img, torch.full_like(depth_img, -1e9))
+    pooled = torch.nn.functional.max_pool2d(finite[None, None], 3, 1, 1)[0, 0]
+    z_ref = pooled[row.clamp(0, h - 1), col.clamp(0, w - 1)]
+    visible = inside & (cam_pts[:, 2] <= z_ref + tol_mm)
+    n_cam = torch.matmul(normals, cam_win.R[0].T)
+    view = -cam_pts / cam_pts.norm(dim=1, keepdim=True).clamp_min(1e-9)
+    cos = (n_cam * view).sum(1)
+    weight = visible.float() * ((cos - 0.1) / 0.4).clamp(0, 1)
+    xy_img = torch.stack([xy_win[:, 0] / win.scale + win.x0, xy_win[:, 1] / win.scale + win.y0], 1)
+    return weight, xy_img
+
+
+def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params: FaceParams,
+                   cam_img: PerspectiveCamera, photo: np.ndarray, size_px: int = 1024,
+                   delight: bool = False) -> tuple[np.ndarray, float]:
+    """A full UV texture from the photo, with visibility-aware blending.
+
+    Texels seen by the camera take the photo's colour (weighted by how frontally they are seen);
+    unseen texels take the colour of their left-right mirror point where that is seen, and the
+    fitted albedo (lit by the fitted light, or unlit with ``delight``) elsewhere. With
+    ``delight`` the photo colours are divided by the fitted irradiance.
+
+    Args:
+        vertices_mm: (V, 3) canonical vertices; albedo: (V, 3) fitted albedo.
+        cam_img: camera of the photo (from :func:`image_camera`).
+        photo: (H, W, 3) uint8 original photo.
+
+    Returns:
+        (size_px, size_px, 3) uint8 texture (row 0 = v 1), and the fraction of face texels
+        that came from the photo directly.
+    """
+    dev = vertices_mm.device
+    S = size_px
+    tri = model.triangles.to(dev)
+    F = tri.shape[0]
+    uv = model.uv.to(dev).reshape(-1, 2)
+    xy = torch.stack([uv[:, 0] * S, (1 - uv[:, 1]) * S], 1).unsqueeze(0)
+    corner_tris = torch.arange(F * 3, device=dev).view(F, 3)
+    frag = rasterize(xy, torch.full((1, F * 3), 100.0, device=dev), corner_tris, (S, S))
+    verts = vertices_mm.unsqueeze(0)
+    normals = vertex_normals(verts, tri)[0]
+    pos = interpolate_vertex_attributes(vertices_mm, _Remap(frag), tri)
+    nrm = torch.nn.functional.normalize(interpolate_vertex_attributes(normals, _Remap(frag), tri), dim=1)
+    alb = interpolate_vertex_attributes(albedo, _Remap(frag), tri)
+
+    win = face_window(cam_img, verts, cam_img.image_size)
+    cam_win = window_camera(cam_img, win)
+    dfrag, _, _ = rasterize_mesh(verts, tri, cam_win, cull_backfaces=True)
+    depth_img = dfrag.depth_image[0]
+    photo_t = torch.tensor(photo, device=dev, dtype=torch.float32) / 255.0
+    irr = sh_irradiance(cam_img.to_view(nrm.unsqueeze(0)), params.sh.to(dev))[0].clamp_min(0.05)
+
+    w1, xy1 = _visibility(cam_win, win, depth_img, pos, nrm)
+    c1 = _bilinear(photo_t, xy1)
+    mirror = torch.tensor([-1.0, 1.0, 1.0], device=dev)
+    w2, xy2 = _visibility(cam_win, win, depth_img, pos * mirror, nrm * mirror)
+    c2 = _bilinear(photo_t, xy2)
+    if delight:
+        c1, c2, fallback = c1 / irr, c2 / irr, alb
+    else:
+        fallback = alb * irr
+    w1, w2 = w1.unsqueeze(1), w2.unsqueeze(1)
+    color = w1 * c1 + (1 - w1) * (w2 * c2 + (1 - w2) * fallback)
+
+    tex = torch.zeros(S * S, 3, device=dev)
+    tex[frag.pix] = color.clamp(0, 1)
+    covered = torch.zeros(S * S, dtype=torch.bool, device=dev)
+    covered[frag.pix] = True
+    out = _fill_empty(tex.view(S, S, 3).cpu().numpy(), covered.view(S, S).cpu().numpy())
+    face_texels = torch.isin(frag.face, torch.nonzero(model.region_mask("face")[model.triangles].all(1)).flatten().to(dev))
+    photo_fraction = float((w1[:, 0] > 0.5)[face_texels].float().mean()) if face_texels.any() else 0.0
+    return (out * 255.0 + 0.5).astype(np.uint8), photo_fraction
+
+
+class _Remap:
+    """Fragments of the UV raster seen as fragments of the mesh (corner triangles -> triangles)."""
+
+    def __init__(self, frag) -> None:
+        self.face = frag.face
+        self.bary = frag.bary
+        self.batch_size = 1
+        self.batch_index = torch.zeros_like(frag.face)
+
+
+def _fill_empty(tex: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Give every uncovered texel the colour of the nearest covered one (seam padding)."""
+    from scipy.ndimage import distance_transform_edt
+
+    if covered.all() or not covered.any():
+        return tex
+    _, (ri, ci) = distance_transform_edt(~covered, return_indices=True)
+    return tex[ri, ci]
+
+
+def overlay_triangles(model: FaceModel) -> Tensor:
+    """Triangles shown in overlays: the narrow face area and the eyeballs (the classic view of
+    face reconstruction papers; the neck and back of the head would hide the photo)."""
+    keep = torch.zeros(model.n_vertices, dtype=torch.bool)
+    for region in ("face_narrow", "sclera", "iris"):
+        if region in model.regions:
+            keep[model.regions[region].cpu()] = True
+    if not keep.any():
+        keep[:] = True
+    return model.triangles[keep[model.triangles.cpu()].all(1)]
+
+
+def render_overlay(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params: FaceParams,
+                   cam_img: PerspectiveCamera, photo: np.ndarray, max_side_px: int = 1024) -> np.ndarray:
+    """The shaded face (fitted albedo x fitted SH light) composited over the photo.
+
+    Returns:
+        (H, W, 3) uint8, same size as ``photo``.
+    """
+    import cv2
+
+    dev = vertices_mm.device
+    verts = vertices_mm.unsqueeze(0)
+    tri = overlay_triangles(model).to(dev)
+    win = face_window(cam_img, verts[:, torch.unique(tri)], cam_img.image_size, max_side_px=max_side_px)
+    cam_win = window_camera(cam_img, win)
+    colors = sh_shade_vertices(verts, model.triangles.to(dev), albedo.unsqueeze(0), params.sh.to(dev),
+                               to_view=cam_win.to_view)
+    frag, _, _ = rasterize_mesh(verts, tri, cam_win, cull_backfaces=True)
+    col = interpolate_vertex_attributes(colors, frag, tri)
+    rgb = frag.to_image(col.clamp(0, 1), 0.0)[0].cpu().numpy()
+    alpha = frag.mask[0].float().cpu().numpy()
+    if win.scale != 1.0:
+        rgb = cv2.resize(rgb, (win.width, win.height), interpolation=cv2.INTER_LINEAR)
+        alpha = cv2.resize(alpha, (win.width, win.height), interpolation=cv2.INTER_LINEAR)
+    out = photo.astype(np.float32) / 255.0
+    region = out[win.y0:win.y0 + win.height, win.x0:win.x0 + win.width]
+    a = alpha[..., None]
+    region[:] = a * rgb + (1 - a) * region
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
