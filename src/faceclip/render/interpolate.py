@@ -36,8 +36,10 @@ def interpolate_vertex_attributes(attributes: Tensor, fragments: Fragments, tria
             flat = attributes.reshape(B * V, C)
     else:
         flat, C = attributes, attributes.shape[-1]
-    corner = flat.index_select(0, vid.reshape(-1)).view(-1, 3, C)
-    return torch.einsum("nk,nkc->nc", fragments.bary.to(corner.dtype), corner)
+    bary = fragments.bary.to(flat.dtype)
+    out = flat.index_select(0, vid[:, 0]) * bary[:, 0:1]
+    out = out + flat.index_select(0, vid[:, 1]) * bary[:, 1:2]
+    return out + flat.index_select(0, vid[:, 2]) * bary[:, 2:3]
 
 
 def interpolate_face_attributes(face_attributes: Tensor, fragments: Fragments) -> Tensor:
@@ -58,7 +60,7 @@ def interpolate_face_attributes(face_attributes: Tensor, fragments: Fragments) -
             corner = flat.index_select(0, fragments.batch_index * F + fragments.face)
     else:
         corner = face_attributes.index_select(0, fragments.face)
-    return torch.einsum("nk,nkc->nc", fragments.bary.to(corner.dtype), corner)
+    return (fragments.bary.to(corner.dtype).unsqueeze(-1) * corner).sum(1)
 
 
 def interpolate_uv(uv: Tensor, fragments: Fragments, triangles: Tensor) -> Tensor:

@@ -58,9 +58,11 @@ def face_normals(vertices: Tensor, triangles: Tensor, normalize: bool = True) ->
         (..., F, 3) unit normals (or area-weighted, twice the area, if not ``normalize``).
     """
     v0 = vertices.index_select(-2, triangles[:, 0])
-    v1 = vertices.index_select(-2, triangles[:, 1])
-    v2 = vertices.index_select(-2, triangles[:, 2])
-    n = torch.cross(v1 - v0, v2 - v0, dim=-1)
+    e1 = vertices.index_select(-2, triangles[:, 1]) - v0
+    e2 = vertices.index_select(-2, triangles[:, 2]) - v0
+    ax, ay, az = e1.unbind(-1)
+    bx, by, bz = e2.unbind(-1)
+    n = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], dim=-1)
     return torch.nn.functional.normalize(n, dim=-1, eps=1e-12) if normalize else n
 
 
@@ -73,9 +75,13 @@ def vertex_normals(vertices: Tensor, triangles: Tensor) -> Tensor:
         (..., V, 3) unit normals (zero for unreferenced vertices); differentiable.
     """
     fn = face_normals(vertices, triangles, normalize=False)  # (..., F, 3)
-    out = torch.zeros_like(vertices)
-    for k in range(3):
-        out = out.index_add(-2, triangles[:, k], fn)
+    V, F = vertices.shape[-2], triangles.shape[0]
+    lead = vertices.shape[:-2]
+    nb = int(torch.tensor(lead).prod()) if lead else 1
+    offset = (torch.arange(nb, device=vertices.device) * V).view(nb, 1, 1)
+    idx = (triangles.unsqueeze(0) + offset).reshape(-1)  # (nb * F * 3,) corner -> flat vertex
+    contrib = fn.reshape(nb, F, 1, 3).expand(nb, F, 3, 3).reshape(-1, 3)
+    out = vertices.new_zeros(nb * V, 3).index_add(0, idx, contrib).view(*lead, V, 3)
     return torch.nn.functional.normalize(out, dim=-1, eps=1e-12)
 
 
