@@ -72,14 +72,30 @@ def export_mean_face(out_dir: Path, face_model: str = "ict", face_model_path: st
     return files
 
 
-def run_demo(out_dir: Path) -> list[Path]:
-    """The README's main job on the bundled defaults.
+def example_image() -> Path:
+    """The bundled example photo (NASA's public-domain astronaut portrait)."""
+    from faceclip.errors import InputError
+    from faceclip.paths import repo_root
 
-    Until reconstruction from photos lands, it installs the default model if needed and exports
-    its mean face (``head_eyes`` geometry, as reconstruction will use) with a preview.
+    candidates = [Path(__file__).resolve().parent / "data" / "astronaut.png"]
+    root = repo_root()
+    if root is not None:
+        candidates.append(root / "examples" / "astronaut.png")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise InputError("the bundled example image examples/astronaut.png is missing",
+                     hint="run from a complete checkout of the repository")
+
+
+def run_demo(out_dir: Path, fast: bool = False):
+    """The README's main job: reconstruct the bundled example photo into ``out_dir``.
+
+    Installs the default face model first if needed. Returns the batch reports.
     """
     from faceclip.facemodel.registry import cache_path, install_model
+    from faceclip.fit.pipeline import ReconstructOptions, reconstruct_batch
 
     if not cache_path("ict").is_file():
         install_model("ict")
-    return export_mean_face(Path(out_dir) / "mean_face", geometry="head_eyes")
+    return reconstruct_batch([example_image()], Path(out_dir), ReconstructOptions(fast=fast))

@@ -23,6 +23,7 @@ EPILOG = """examples:
   faceclip models install ict                       # download + convert (once)
   faceclip models install ict --from ICT-FaceKit/   # convert a local clone or archive
   faceclip models preview --out preview.png         # render the mean face and expressions
+  faceclip reconstruct photo.jpg --out results/     # photo -> textured 3D face
   faceclip demo --out results/                      # the main job on the bundled example
   faceclip export-mean --out mean_face/ --geometry head_eyes
 """
@@ -78,13 +79,40 @@ def _cmd_export_mean(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from faceclip.api import run_demo
 
-    files = run_demo(Path(args.out))
-    for f in files:
-        print(f"wrote {f}")
-    return 0
+    reports = run_demo(Path(args.out), fast=args.fast)
+    return _print_reconstruct_summary(reports, Path(args.out))
 
 
 # --------------------------------------------------------------------------- landmarks
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from faceclip.fit.pipeline import ReconstructOptions, expand_inputs, reconstruct_batch
+
+    inputs = expand_inputs(args.inputs)
+    if not inputs:
+        raise FaceClipError("no input images", hint="give image files, folders or glob patterns")
+    options = ReconstructOptions(
+        fast=args.fast, all_faces=args.all_faces, min_face_px=args.min_face_px, device=args.device,
+        seed=args.seed, texture_px=args.texture_size, delight=args.delight,
+        face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
+    )
+    reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet)
+    return _print_reconstruct_summary(reports, Path(args.out))
+
+
+def _print_reconstruct_summary(reports, out: Path) -> int:
+    n_faces = sum(len(r.faces) for r in reports)
+    failed = [r for r in reports if r.error]
+    for r in reports:
+        if r.error:
+            msg = r.error if str(r.image) in r.error else f"{r.image}: {r.error}"
+            print(f"FAILED {msg}", file=sys.stderr)
+        for f in r.faces:
+            total = sum(v for k, v in f.seconds.items() if not k.startswith("fit_"))
+            print(f"ok     {r.image} face {f.face_index} -> {f.folder}  (landmark NME {f.landmark_nme:.4f}, {total:.2f} s)")
+    print(f"{len(reports) - len(failed)}/{len(reports)} images reconstructed, {n_faces} faces, results in {out}")
+    return 1 if failed else 0
 
 
 def _cmd_landmarks(args: argparse.Namespace) -> int:
@@ -227,11 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     # demo (the README's main job)
     p = sub.add_parser(
         "demo",
-        help="run the main job on the bundled example and write results to a folder",
-        epilog="example:\n  faceclip demo --out results/",
+        help="reconstruct the bundled example photo (examples/astronaut.png) into a folder",
+        epilog="example:\n  faceclip demo --out results/      # writes results/astronaut/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--fast", action="store_true", help="the fast fitting mode")
     p.set_defaults(func=_cmd_demo)
 
     # landmarks
@@ -263,6 +292,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no 'wrote' lines")
     p.set_defaults(func=_cmd_landmarks)
+
+    # reconstruct (the main job)
+    p = sub.add_parser(
+        "reconstruct",
+        help="3D faces from photos: textured mesh (OBJ/PLY/GLB), params.json, overlay.png per face",
+        epilog="examples:\n  faceclip reconstruct photo.jpg --out results/\n"
+        "  faceclip reconstruct photos/ 'more/*.png' --out results/ --all-faces\n"
+        "  faceclip reconstruct photo.jpg --out results/ --fast\n\n"
+        "Each face gets a folder <out>/<image stem>[_face<k>]/ with mesh.obj (+ .mtl, _texture.png),\n"
+        "mesh.ply, mesh.glb, params.json and overlay.png. Exit status 1 if any image failed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", default="fit", choices=["fit"],
+                   help="fit: analysis-by-synthesis fitting (regression arrives with trained weights)")
+    p.add_argument("--fast", action="store_true", help="fewer, lower-resolution fitting steps (~4x faster)")
+    p.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
+    p.add_argument("--min-face-px", type=float, default=40.0, help="ignore smaller faces (default 40)")
+    p.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector (default hog)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic per seed)")
+    p.add_argument("--texture-size", type=int, default=1024, help="UV texture side in pixels (default 1024)")
+    p.add_argument("--delight", action="store_true", help="divide the texture by the fitted lighting")
+    p.add_argument("--face-model", default="ict", choices=["ict", "bfm"], help="face model (default ict)")
+    p.add_argument("--face-model-path", default=None, help="BFM_model_front.mat for --face-model bfm")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_reconstruct)
 
     # ---- further subcommands (landmarks, reconstruct, evaluate, train...) go above this line
     return parser

@@ -67,19 +67,22 @@ def build_contour_bands(model: FaceModel, half_height_mm: float = 3.0, margin_mm
 
 
 @torch.no_grad()
-def select_contour_vertices(bands: ContourBands, vertices_mm: Tensor, camera: PerspectiveCamera) -> Tensor:
+def select_contour_vertices(bands: ContourBands, vertices_mm: Tensor, camera: PerspectiveCamera,
+                            rows: Tensor | None = None) -> Tensor:
     """Pick, per batch element and sliding landmark, the outermost candidate in the image.
 
     Args:
-        vertices_mm: (B, V, 3) model-space vertices.
+        vertices_mm: (B, V, 3) model-space vertices, or (B, N, 3) rows of a vertex subset.
         camera: B cameras (including the head pose).
+        rows: (V_full,) map from vertex index to row of ``vertices_mm`` when it is a subset.
 
     Returns:
-        (B, K) chosen vertex indices.
+        (B, K) chosen vertex indices (of the full mesh).
     """
     B = vertices_mm.shape[0]
     K, M = bands.candidates.shape
-    pts = vertices_mm[:, bands.candidates.reshape(-1)]  # (B, K*M, 3)
+    flat = bands.candidates.reshape(-1)
+    pts = vertices_mm[:, flat if rows is None else rows[flat]]  # (B, K*M, 3)
     xy = camera.project(pts).reshape(B, K, M, 2)
     # Image direction of the model's +X axis (the subject's left) at the head centre.
     centre = vertices_mm.mean(1, keepdim=True)  # (B, 1, 3)
@@ -93,10 +96,14 @@ def select_contour_vertices(bands: ContourBands, vertices_mm: Tensor, camera: Pe
 
 
 def landmark_vertex_ids(model: FaceModel, bands: ContourBands | None, vertices_mm: Tensor,
-                        camera: PerspectiveCamera) -> Tensor:
-    """(B, 68) vertex index per landmark, with the sliding contour resolved (or fixed if None)."""
+                        camera: PerspectiveCamera, rows: Tensor | None = None) -> Tensor:
+    """(B, 68) vertex index per landmark, with the sliding contour resolved (or fixed if None).
+
+    ``vertices_mm`` may be a vertex subset addressed through ``rows`` (see
+    :func:`select_contour_vertices`); the returned indices are full-mesh indices.
+    """
     B = vertices_mm.shape[0]
     ids = model.landmarks68.to(vertices_mm.device).unsqueeze(0).expand(B, -1).clone()
     if bands is not None:
-        ids[:, bands.landmark_ids] = select_contour_vertices(bands, vertices_mm, camera)
+        ids[:, bands.landmark_ids] = select_contour_vertices(bands, vertices_mm, camera, rows)
     return ids

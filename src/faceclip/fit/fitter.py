@@ -192,19 +192,11 @@ class Fitter:
         """(B, 68, 2) landmark pixels with the sliding contour; ``vertices_mm`` may be the subset."""
         cam = params.camera()
         if sub:
-            full_ids = landmark_vertex_ids(self.model, self.bands, self._scatter_sub(vertices_mm), cam)
-            ids = self._lm_remap[full_ids]
+            ids = self._lm_remap[landmark_vertex_ids(self.model, self.bands, vertices_mm, cam, self._lm_remap)]
         else:
             ids = landmark_vertex_ids(self.model, self.bands, vertices_mm, cam)
         pts = torch.gather(vertices_mm, 1, ids.unsqueeze(-1).expand(-1, -1, 3))
         return cam.project(pts)
-
-    def _scatter_sub(self, sub_vertices: Tensor) -> Tensor:
-        """Subset vertices -> a (B, V, 3) tensor valid at the subset (zeros elsewhere)."""
-        B = sub_vertices.shape[0]
-        full = torch.zeros(B, self.model.n_vertices, 3, dtype=sub_vertices.dtype, device=self.device)
-        full[:, self._lm_vids] = sub_vertices.detach()
-        return full
 
     def render(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, size_px: int | None = None):
         """Render the face area with SH shading into the crop frame.

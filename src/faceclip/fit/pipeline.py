@@ -188,7 +188,7 @@ class Reconstructor:
         files = write_face_outputs(folder, self.model, result, texture, overlay, params)
         seconds["write"] = time.perf_counter() - t0
         params_seconds = {k2: round(v, 4) for k2, v in seconds.items()}
-        log.info("%s face %d: NME %.4f, %.2f s", path, k, nme, sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
+        log.debug("%s face %d: NME %.4f, %.2f s", path, k, nme, sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
         return FaceOutput(path, k, folder, files, nme, params_seconds)
 
     def _params_json(self, path, k, face, result: FitResult, cam, lm_img, nme, photo_fraction, aligned) -> dict:

@@ -64,6 +64,13 @@ def _to_uint8_image(texture: np.ndarray) -> Image.Image:
     return Image.fromarray(t, "RGB")
 
 
+def _rows(fmt: str, values: np.ndarray) -> str:
+    """Format each row of a 2-D array with ``fmt`` (one printf call for the whole array)."""
+    if len(values) == 0:
+        return ""
+    return ((fmt + "\n") * len(values) % tuple(values.ravel().tolist())).rstrip("\n")
+
+
 def _unique_uv(uv_corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(F, 3, 2) per-corner UVs -> unique UVs (T, 2) and (F, 3) indices into them."""
     flat = uv_corners.reshape(-1, 2).astype(np.float64)
@@ -110,22 +117,20 @@ def write_obj(
             )
         written.append(path.parent / mtl_name)
         lines.append(f"mtllib {mtl_name}")
-    lines.extend(f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in v)
+    lines.append(_rows("v %.6f %.6f %.6f", v))
     if uv is not None:
         uniq, tidx = _unique_uv(_np(uv))
         if tidx.shape[0] != f.shape[0]:
             raise ValueError(f"uv has {tidx.shape[0]} triangles, mesh has {f.shape[0]}")
-        lines.extend(f"vt {a:.7f} {b:.7f}" for a, b in uniq)
+        lines.append(_rows("vt %.7f %.7f", uniq))
         if mtl_name:
             lines.append(f"usemtl {material_name}")
-        lines.extend(
-            f"f {a + 1}/{ta + 1} {b + 1}/{tb + 1} {c + 1}/{tc + 1}"
-            for (a, b, c), (ta, tb, tc) in zip(f, tidx)
-        )
+        corners = np.stack([f + 1, tidx + 1], axis=-1).reshape(len(f), 6)
+        lines.append(_rows("f %d/%d %d/%d %d/%d", corners))
     else:
-        lines.extend(f"f {a + 1} {b + 1} {c + 1}" for a, b, c in f)
+        lines.append(_rows("f %d %d %d", f + 1))
     with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text("\n".join(line for line in lines if line) + "\n")
     return [path] + written
 
 
