@@ -147,16 +147,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--skip-deodr", action="store_true")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc malloc keeps freed memory (faceclip.render.perf); affects both renderers")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from faceclip.render.perf import keep_freed_memory
+
+        keep_freed_memory()
     if args.memory_probe:
         memory_probe()
         return
 
     meshes = load_meshes()
-    print(f"# device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} runs={args.runs}")
+    print(f"# device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} runs={args.runs} "
+          f"load_avg_1min={__import__('os').getloadavg()[0]:.2f}")
     print(f"{'mesh':<11} {'tris':>6} {'size':>4} {'B':>2} {'pass':<7} {'ours_ms':>9} {'deodr_ms':>9} {'ratio':>6}")
     headline = float("nan")
     for name, (verts, tris) in meshes.items():

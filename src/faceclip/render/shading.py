@@ -79,9 +79,12 @@ def vertex_normals(vertices: Tensor, triangles: Tensor) -> Tensor:
     lead = vertices.shape[:-2]
     nb = int(torch.tensor(lead).prod()) if lead else 1
     offset = (torch.arange(nb, device=vertices.device) * V).view(nb, 1, 1)
-    idx = (triangles.unsqueeze(0) + offset).reshape(-1)  # (nb * F * 3,) corner -> flat vertex
-    contrib = fn.reshape(nb, F, 1, 3).expand(nb, F, 3, 3).reshape(-1, 3)
-    out = vertices.new_zeros(nb * V, 3).index_add(0, idx, contrib).view(*lead, V, 3)
+    idx = triangles.unsqueeze(0) + offset  # (nb, F, 3) corner -> flat vertex
+    flat_fn = fn.reshape(nb * F, 3)
+    out = vertices.new_zeros(nb * V, 3)
+    for k in range(3):
+        out = out.index_add(0, idx[:, :, k].reshape(-1), flat_fn)
+    out = out.view(*lead, V, 3)
     return torch.nn.functional.normalize(out, dim=-1, eps=1e-12)
 
 
