@@ -213,7 +213,7 @@ class Reconstructor:
             "identity": [round(float(x), 6) for x in p.identity[0]],
             "expression": {n: round(float(x), 6) for n, x in zip(m.expression_names, p.expression[0])},
             "rotation": {
-                "euler_pitch_yaw_roll_deg": [round(float(np.degrees(a)), 4) for a in p.angles_rad[0]],
+                "euler_pitch_yaw_roll_deg": [round(float(a) * 180.0 / np.pi, 4) for a in p.angles_rad[0]],
                 "head_matrix": np.round(R, 6).tolist(),
                 "camera_matrix_R": np.round(cam.R[0].cpu().numpy(), 6).tolist(),
                 "convention": "X_cam = camera_matrix_R @ X_model + translation_mm (OpenCV camera: x right, y down, z forward)",
