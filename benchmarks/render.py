@@ -20,7 +20,6 @@ measured in a fresh subprocess. The last line is ``speedup_vs_deodr_70k_224_b8_f
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -130,15 +129,23 @@ def deodr_fn(verts: torch.Tensor, tris: torch.Tensor, size: int, batch: int,
     return run
 
 
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB (ru_maxrss survives exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def memory_probe(size: int = 224, batch: int = 8) -> None:
-    """Print peak RSS (MiB) before and after one batch-8 224 forward+backward of the 70k mesh."""
+    """Print RSS before and peak RSS after batch-8 224 forward+backward of the 70k mesh (MiB)."""
     v, f, _ = sphere_with_triangles(70000, radius_mm=80.0)
     fn = ours_fn(v, f, size, batch, True, "cpu")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    base = _status_mib("VmRSS")
     fn()
     fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"{base:.1f} {peak:.1f}")
+    print(f"{base:.1f} {_status_mib('VmHWM'):.1f}")
 
 
 def main() -> None:
