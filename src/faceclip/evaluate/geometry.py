@@ -28,6 +28,7 @@ __all__ = [
     "Similarity",
     "fit_similarity",
     "icp",
+    "align_surface_to_points",
 ]
 
 
@@ -297,3 +298,55 @@ def icp(
             break
         prev = err
     return total, it
+
+
+def align_surface_to_points(
+    surface: SurfaceQuery,
+    points: np.ndarray,
+    *,
+    init: Similarity | None = None,
+    with_scale: bool = False,
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+    relative_tolerance: float = 0.0,
+    surface_keypoints: np.ndarray | None = None,
+    point_keypoints: np.ndarray | None = None,
+    keypoint_weight: float = 0.0,
+) -> tuple[Similarity, int]:
+    """ICP moving a *surface* onto fixed points (scan-to-mesh alignment).
+
+    Minimises ``sum_i d(points_i, T(surface))^2`` over similarity (``with_scale``) or rigid ``T``
+    by alternating closest points and closed-form fits; optional keypoint pairs
+    (``surface_keypoints`` move with the surface) carry ``keypoint_weight`` each, in units of one
+    surface pair. The surface index stays static: the closest point on ``T(S)`` of ``q`` is
+    ``T(closest point on S of T^-1(q))`` for any similarity ``T``.
+
+    Stops when the weighted mean squared residual changes by less than ``tolerance`` (absolute)
+    or ``relative_tolerance`` (relative), or after ``max_iterations``; as in REALY's rICP the fit
+    of the last iteration is measured but not applied.
+
+    Returns:
+        ``T`` (apply it to the surface's vertices) and the number of iterations.
+    """
+    pts = np.asarray(points, np.float64)
+    T = init or Similarity.identity()
+    prev = 0.0
+    it = 0
+    has_kp = surface_keypoints is not None and len(surface_keypoints) > 0 and keypoint_weight > 0
+    for it in range(max_iterations + 1):
+        closest, _, _ = surface.closest(T.inverse().apply(pts))
+        src = T.apply(closest)
+        dst = pts
+        w = np.ones(len(src))
+        if has_kp:
+            src = np.concatenate([src, T.apply(surface_keypoints)])
+            dst = np.concatenate([dst, point_keypoints])
+            w = np.concatenate([w, np.full(len(point_keypoints), float(keypoint_weight))])
+        fit = fit_similarity(src, dst, with_scale=with_scale, weights=w)
+        err = float((w * ((fit.apply(src) - dst) ** 2).sum(1)).sum() / w.sum())
+        change = abs(err - prev)
+        if it >= max_iterations or change < tolerance or (it > 0 and change <= relative_tolerance * prev):
+            break
+        prev = err
+        T = T.then(fit)
+    return T, it

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from faceclip.evaluate.geometry import Similarity, SurfaceQuery, fit_similarity
+from faceclip.evaluate.geometry import Similarity, SurfaceQuery, align_surface_to_points, fit_similarity
 from faceclip.evaluate.keypoints import REALY_NONRIGID_KEYPOINTS, REALY_RIGID_KEYPOINTS, realy_keypoint_set, seven_from
 from faceclip.evaluate.mesh import Mesh
 from faceclip.evaluate.nicp import NicpParams, nicp
@@ -215,36 +215,15 @@ def _region_icp(
     options: RealyOptions,
     unit: float,
 ) -> tuple[Similarity, int]:
-    """REALY's rICP: the rigid transform T moving the prediction onto the ground-truth region.
-
-    The prediction's surface is static (``pred_surface``); instead of moving it by the current T
-    we query it with ``T^-1(gt)`` and map the closest points forward, which is the same pairing.
-    """
+    """REALY's rICP: the rigid transform T moving the prediction onto the ground-truth region."""
     n_all = len(gt_points)
     step = max(1, int(np.ceil(n_all / options.rigid_max_points)))
-    pts = gt_points[::step]
-    # REALY repeats the keypoints int(N_region / N_kp) times (a quarter for the cheek), i.e. the
-    # keypoints carry about as much weight as all region vertices together.
+    # REALY repeats the keypoints int(N_region / N_kp) times (a quarter of that for the cheek),
+    # so that the keypoints weigh about as much as all region vertices together; with a
+    # subsample of every step-th vertex the per-keypoint weight is divided by the step.
     rate = int(n_all / max(len(gt_kp), 1) * kp_share) if len(gt_kp) else 0
-    kp_weight_each = rate / step  # per subsampled point, keep the same total share
-    T = Similarity.identity()
-    prev = 0.0
-    it = 0
-    tol = options.rigid_tolerance * unit ** 2
-    for it in range(options.rigid_max_iterations + 1):
-        inv = T.inverse()
-        closest, _, _ = pred_surface.closest(inv.apply(pts))
-        src = T.apply(closest)  # pairs on the moved prediction
-        dst = pts
-        w = np.ones(len(src))
-        if rate > 0:
-            src = np.concatenate([src, T.apply(pred_kp)])
-            dst = np.concatenate([dst, gt_kp])
-            w = np.concatenate([w, np.full(len(gt_kp), kp_weight_each)])
-        step_t = fit_similarity(src, dst, with_scale=False, weights=w)
-        err = float((w * ((step_t.apply(src) - dst) ** 2).sum(1)).sum() / w.sum())
-        if abs(err - prev) < tol or it >= options.rigid_max_iterations:
-            break
-        prev = err
-        T = T.then(step_t)
-    return T, it
+    return align_surface_to_points(
+        pred_surface, gt_points[::step], with_scale=False,
+        max_iterations=options.rigid_max_iterations, tolerance=options.rigid_tolerance * unit ** 2,
+        surface_keypoints=pred_kp, point_keypoints=gt_kp, keypoint_weight=rate / step,
+    )
