@@ -168,6 +168,67 @@ def _cmd_landmarks(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+# --------------------------------------------------------------------------- evaluate / benchmark
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run a benchmark protocol on a mesh pair or a benchmark folder; table + JSON/CSV."""
+    from tqdm import tqdm
+
+    from faceclip.evaluate.report import format_rows, write_csv, write_json
+    from faceclip.evaluate.runner import evaluate_paths
+
+    bar = tqdm(total=0, unit="mesh", file=sys.stderr, disable=True if args.quiet else None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    report = evaluate_paths(
+        args.protocol, args.pred, args.gt, pred_keypoints=args.pred_keypoints, gt_keypoints=args.gt_keypoints,
+        gt_unit_mm=args.gt_unit_mm, facescape_projection=args.facescape_projection,
+        now_image_list=args.image_list, progress=progress,
+    )
+    bar.close()
+    print(format_rows(report.rows, max_rows=args.max_rows))
+    print()
+    print(f"{args.protocol} summary:")
+    print(format_rows([report.summary]))
+    for err in report.errors:
+        print(f"error: {err}", file=sys.stderr)
+    json_path = Path(args.json) if args.json else (Path(args.out) / f"{args.protocol}.json" if args.out else None)
+    csv_path = Path(args.csv) if args.csv else (Path(args.out) / f"{args.protocol}.csv" if args.out else None)
+    if json_path:
+        print(f"wrote {write_json(json_path, report.as_dict())}")
+    if csv_path:
+        print(f"wrote {write_csv(csv_path, report.rows)}")
+    return 2 if report.errors else 0
+
+
+def _cmd_benchmark_synthetic(args: argparse.Namespace) -> int:
+    """Synthetic benchmark; the last line is ``synthetic_nmse_all_mm: X``."""
+    from tqdm import tqdm
+
+    from faceclip.evaluate.benchmark import format_report, get_method, run_synthetic_benchmark
+    from faceclip.evaluate.report import write_csv, write_json
+
+    get_method(args.method)  # unknown names fail before any work
+    bar = tqdm(total=args.n, unit="face", file=sys.stderr, disable=True if args.quiet else None)
+    report = run_synthetic_benchmark(
+        args.n, seed=args.seed, method=args.method, size_px=args.size,
+        progress=lambda done: bar.update(done - bar.n),
+        save_samples_to=Path(args.save_samples) if args.save_samples else None,
+    )
+    bar.close()
+    if args.out:
+        out = Path(args.out)
+        print(f"wrote {write_json(out / 'synthetic.json', report.as_dict())}")
+        print(f"wrote {write_csv(out / 'synthetic.csv', [s.as_row() for s in report.samples])}")
+    print(format_report(report))
+    print(f"synthetic_nmse_all_mm: {report.nmse_all_mm:.4f}")
+    return 0
+
+
 def _one_line_error(path: Path, exc: BaseException) -> str:
     """``PATH: message (hint: ...)`` on one line, for per-file errors in batches."""
     if isinstance(exc, FaceClipError):
@@ -320,6 +381,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-model-path", default=None, help="BFM_model_front.mat for --face-model bfm")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_reconstruct)
+
+    # evaluate
+    p = sub.add_parser(
+        "evaluate",
+        help="score reconstructions with the REALY, FaceScape, NoW or MICC protocol",
+        epilog="examples:\n"
+        "  faceclip evaluate --protocol realy --pred pred.obj --gt REALY/data/REALY_scan_region/1 \\\n"
+        "      --gt-keypoints REALY/data/REALY_HIFI3D_keypoints/1.obj --gt-unit-mm 8.754 --pred-keypoints model:ict\n"
+        "  faceclip evaluate --protocol realy --pred preds/ --gt REALY/data --out results/\n"
+        "  faceclip evaluate --protocol now --pred now_preds/ --gt NoW_Dataset/final_release_version --out results/\n"
+        "  faceclip evaluate --protocol micc --pred micc_preds/ --gt micc_scans/ --json micc.json\n"
+        "  faceclip evaluate --protocol facescape --pred fs_preds/ --gt facescape/benchmark --csv fs.csv\n\n"
+        "keypoints: a file of K rows 'x y z', a file of K vertex indices, or model:ict (the ICT\n"
+        "landmark vertices). Folder layouts: see the README's Evaluation section.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--protocol", required=True, choices=["realy", "facescape", "now", "micc"])
+    p.add_argument("--pred", required=True, metavar="MESH_OR_DIR", help="predicted mesh or folder of predictions")
+    p.add_argument("--gt", required=True, metavar="MESH_OR_DIR", help="ground-truth mesh/region folder, or the benchmark's data folder")
+    p.add_argument("--pred-keypoints", default=None, metavar="FILE", help="prediction keypoints (file, index file, folder or model:ict)")
+    p.add_argument("--gt-keypoints", default=None, metavar="FILE", help="ground-truth keypoints (single-pair mode)")
+    p.add_argument("--gt-unit-mm", type=float, default=1.0, help="mm per ground-truth unit (REALY scans: the metrical scale)")
+    p.add_argument("--facescape-projection", choices=["orthographic", "perspective"], default="orthographic",
+                   help="camera of a single FaceScape pair (default: orthographic, the in-the-wild set)")
+    p.add_argument("--image-list", default=None, help="NoW: imagepathsvalidation.txt / imagepathstest.txt")
+    p.add_argument("--out", default=None, metavar="DIR", help="write <protocol>.json and <protocol>.csv here")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    p.add_argument("--csv", default=None, metavar="FILE", help="write the per-item rows as CSV")
+    p.add_argument("--max-rows", type=int, default=50, help="rows printed in the table (all rows go to the files)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+    # benchmark
+    p_bench = sub.add_parser(
+        "benchmark",
+        help="benchmarks that need no external data (synthetic faces)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bsub = p_bench.add_subparsers(dest="benchmark_command", metavar="ACTION")
+    p = bsub.add_parser(
+        "synthetic",
+        help="render synthetic faces, reconstruct them, score shape (REALY-style) and landmarks (NME)",
+        epilog="examples:\n  faceclip benchmark synthetic --n 100 --seed 0 --method mean\n"
+        "  faceclip benchmark synthetic --n 20 --method fit --out results/ --save-samples results/samples\n\n"
+        "Prints a table per yaw bin and ends with 'synthetic_nmse_all_mm: X'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--n", type=int, default=100, help="number of faces (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same faces")
+    p.add_argument("--method", default="mean", choices=["mean", "fit", "regress"],
+                   help="mean: the posed mean face (the floor); fit: test-time fitting; regress: the network")
+    p.add_argument("--size", type=int, default=224, choices=[224, 512], help="input image size in pixels")
+    p.add_argument("--out", default=None, metavar="DIR", help="write synthetic.json and synthetic.csv here")
+    p.add_argument("--save-samples", default=None, metavar="DIR", help="also save every sample (PNGs, GT mesh, JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_benchmark_synthetic)
 
     # ---- further subcommands (landmarks, reconstruct, evaluate, train...) go above this line
     return parser
