@@ -73,6 +73,19 @@ def test_glb_round_trip_textured(tmp_path, quad_mesh):
     assert np.array_equal(np.asarray(img.convert("RGB")), tex)
 
 
+def test_glb_jpeg_texture(tmp_path):
+    v = np.array([[0, 0, 0], [10, 0, 0], [10, 10, 0]], dtype=np.float64)
+    f = np.array([[0, 1, 2]])
+    uv = np.array([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]])
+    yy, xx = np.mgrid[0:64, 0:64]
+    tex = np.stack([xx * 4, yy * 4, np.full_like(xx, 128)], -1).astype(np.uint8)  # smooth ramp
+    write_glb(tmp_path / "j.glb", v, f, uv, tex, texture_format="jpeg")
+    (mesh,) = trimesh.load(tmp_path / "j.glb").geometry.values()
+    back = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB")).astype(float)
+    assert back.shape == tex.shape and np.abs(back - tex).mean() < 2.0
+    assert b"image/jpeg" in (tmp_path / "j.glb").read_bytes()
+
+
 def test_split_by_uv_duplicates_only_seam_vertices(quad_mesh):
     v, f, uv, _ = quad_mesh
     v2, f2, uv2, src = split_by_uv(v, f, uv)

@@ -14,7 +14,7 @@ DEFAULT_SKIN_RGB = (0.80, 0.64, 0.54)
 
 
 def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh",
-                vertex_colors=None, texture=None) -> list[Path]:
+                vertex_colors=None, texture=None, glb_texture_format: str = "png") -> list[Path]:
     """Write ``<stem>.obj/.mtl/_texture.png``, ``<stem>.ply`` and ``<stem>.glb`` into ``out_dir``.
 
     Args:
@@ -23,6 +23,7 @@ def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh"
         vertex_colors: (V, 3) in [0, 1], used for the PLY (and baked into the texture when no
             ``texture`` is given); default: the model's mean albedo, else a uniform skin tone.
         texture: (H, W, 3) UV texture (uint8 or float); default: baked from the vertex colours.
+        glb_texture_format: ``"png"`` or ``"jpeg"`` (faster, smaller) for the GLB's texture.
     """
     from faceclip.io.mesh import bake_vertex_colors, write_glb, write_obj, write_ply
 
@@ -39,7 +40,8 @@ def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh"
         texture = bake_vertex_colors(model.uv, model.triangles, vertex_colors, size_px=512)
     files = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, texture)
     files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors))
-    files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture))
+    files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
+                           texture_format=glb_texture_format))
     return files
 
 

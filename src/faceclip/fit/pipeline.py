@@ -261,9 +261,10 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy())
+        export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy(),
+                    glb_texture_format="jpeg")
         (tmp / "params.json").write_text(json.dumps(params, indent=1))
-        Image.fromarray(overlay).save(tmp / "overlay.png")
+        Image.fromarray(overlay).save(tmp / "overlay.png", compress_level=3)
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
         os.chmod(tmp, 0o755)

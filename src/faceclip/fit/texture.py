@@ -88,15 +88,17 @@ def window_camera(camera: PerspectiveCamera, win: Window) -> PerspectiveCamera:
 
 def _bilinear(image: Tensor, xy: Tensor) -> Tensor:
     """Sample (H, W, C) at (N, 2) continuous pixel coordinates (centres at +0.5), clamped."""
-    H, W, _ = image.shape
+    H, W, C = image.shape
+    flat = image.reshape(H * W, C)
     x = (xy[:, 0] - 0.5).clamp(0, W - 1)
     y = (xy[:, 1] - 0.5).clamp(0, H - 1)
     x0, y0 = x.floor().long(), y.floor().long()
     x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
     fx, fy = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
-    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
-    bot = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
-    return top * (1 - fy) + bot * fy
+    r0, r1 = y0 * W, y1 * W
+    top = torch.lerp(flat.index_select(0, r0 + x0), flat.index_select(0, r0 + x1), fx)
+    bot = torch.lerp(flat.index_select(0, r1 + x0), flat.index_select(0, r1 + x1), fx)
+    return torch.lerp(top, bot, fy)
 
 
 def _visibility(cam_win: PerspectiveCamera, win: Window, depth_img: Tensor, pts_mm: Tensor,
@@ -129,6 +131,56 @@ def _visibility(cam_win: PerspectiveCamera, win: Window, depth_img: Tensor, pts_
     return weight, xy_img
 
 
+@dataclass
+class UVRaster:
+    """The model's UV atlas rasterized once: which triangle and barycentrics each texel has.
+
+    Attributes:
+        size_px: texture side S.
+        frag: fragments of the UV-space rasterization (``face`` indexes the model's triangles).
+        fill_rows, fill_cols: (S, S) nearest covered texel of every texel (seam padding).
+        face_texel: (N,) bool, texel belongs to the face area.
+    """
+
+    size_px: int
+    frag: object
+    fill_rows: np.ndarray
+    fill_cols: np.ndarray
+    face_texel: Tensor
+
+
+_UV_CACHE: dict[tuple, UVRaster] = {}
+
+
+def uv_raster(model: FaceModel, size_px: int) -> UVRaster:
+    """Rasterize ``model``'s UV atlas at ``size_px`` (memoised per topology and size)."""
+    from scipy.ndimage import distance_transform_edt
+
+    tri = model.triangles
+    dev = tri.device
+    key = (model.name, model.geometry, model.n_vertices, model.n_triangles, size_px, str(dev))
+    if key in _UV_CACHE:
+        return _UV_CACHE[key]
+    S = size_px
+    F = tri.shape[0]
+    uv = model.uv.to(dev).reshape(-1, 2)
+    xy = torch.stack([uv[:, 0] * S, (1 - uv[:, 1]) * S], 1).unsqueeze(0)
+    corner_tris = torch.arange(F * 3, device=dev).view(F, 3)
+    # Any constant depth in front of the near plane: the UV layout has no overlaps to resolve.
+    frag = rasterize(xy, torch.full((1, F * 3), 100.0, device=dev), corner_tris, (S, S))
+    covered = np.zeros(S * S, dtype=bool)
+    covered[frag.pix.cpu().numpy()] = True
+    covered = covered.reshape(S, S)
+    if covered.all() or not covered.any():
+        rows, cols = np.indices((S, S))
+    else:
+        _, (rows, cols) = distance_transform_edt(~covered, return_indices=True)
+    face_tri = model.region_mask("face")[tri].all(1)
+    raster = UVRaster(S, frag, rows, cols, face_tri[frag.face])
+    _UV_CACHE[key] = raster
+    return raster
+
+
 def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params: FaceParams,
                    cam_img: PerspectiveCamera, photo: np.ndarray, size_px: int = 1024,
                    delight: bool = False) -> tuple[np.ndarray, float]:
@@ -151,44 +203,45 @@ def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
     dev = vertices_mm.device
     S = size_px
     tri = model.triangles.to(dev)
-    F = tri.shape[0]
-    uv = model.uv.to(dev).reshape(-1, 2)
-    xy = torch.stack([uv[:, 0] * S, (1 - uv[:, 1]) * S], 1).unsqueeze(0)
-    corner_tris = torch.arange(F * 3, device=dev).view(F, 3)
-    frag = rasterize(xy, torch.full((1, F * 3), 100.0, device=dev), corner_tris, (S, S))
+    raster = uv_raster(model, S)
+    frag = _Remap(raster.frag)
     verts = vertices_mm.unsqueeze(0)
     normals = vertex_normals(verts, tri)[0]
-    pos = interpolate_vertex_attributes(vertices_mm, _Remap(frag), tri)
-    nrm = torch.nn.functional.normalize(interpolate_vertex_attributes(normals, _Remap(frag), tri), dim=1)
-    alb = interpolate_vertex_attributes(albedo, _Remap(frag), tri)
+    irr_v = sh_irradiance(cam_img.to_view(normals.unsqueeze(0)), params.sh.to(dev))[0].clamp_min(0.05)
+    # One interpolation of everything per texel: position, normal, albedo, irradiance (V, 12).
+    attrs = interpolate_vertex_attributes(torch.cat([vertices_mm, normals, albedo, irr_v], 1), frag, tri)
+    pos, alb, irr = attrs[:, 0:3], attrs[:, 6:9], attrs[:, 9:12]
+    nrm = torch.nn.functional.normalize(attrs[:, 3:6], dim=1)
 
     win = face_window(cam_img, verts, cam_img.image_size)
     cam_win = window_camera(cam_img, win)
     dfrag, _, _ = rasterize_mesh(verts, tri, cam_win, cull_backfaces=True)
     depth_img = dfrag.depth_image[0]
     photo_t = torch.tensor(photo, device=dev, dtype=torch.float32) / 255.0
-    irr = sh_irradiance(cam_img.to_view(nrm.unsqueeze(0)), params.sh.to(dev))[0].clamp_min(0.05)
 
+    # Start from the fallback, then blend in the mirror view and the direct view where seen
+    # (sampling the photo only for those texels).
+    color = alb if delight else alb * irr
     w1, xy1 = _visibility(cam_win, win, depth_img, pos, nrm)
-    c1 = _bilinear(photo_t, xy1)
+    need = torch.nonzero(w1 < 1.0).flatten()
     mirror = torch.tensor([-1.0, 1.0, 1.0], device=dev)
-    w2, xy2 = _visibility(cam_win, win, depth_img, pos * mirror, nrm * mirror)
-    c2 = _bilinear(photo_t, xy2)
-    if delight:
-        c1, c2, fallback = c1 / irr, c2 / irr, alb
-    else:
-        fallback = alb * irr
-    w1, w2 = w1.unsqueeze(1), w2.unsqueeze(1)
-    color = w1 * c1 + (1 - w1) * (w2 * c2 + (1 - w2) * fallback)
+    w2, xy2 = _visibility(cam_win, win, depth_img, pos[need] * mirror, nrm[need] * mirror)
+    for ids, w, xy in ((need, w2, xy2), (None, w1, xy1)):
+        seen = torch.nonzero(w > 0).flatten()
+        rows = seen if ids is None else ids[seen]
+        c = _bilinear(photo_t, xy[seen])
+        if delight:
+            c = c / irr[rows]
+        ws = w[seen].unsqueeze(1)
+        color = color.index_copy(0, rows, ws * c + (1 - ws) * color[rows])
 
     tex = torch.zeros(S * S, 3, device=dev)
-    tex[frag.pix] = color.clamp(0, 1)
-    covered = torch.zeros(S * S, dtype=torch.bool, device=dev)
-    covered[frag.pix] = True
-    out = _fill_empty(tex.view(S, S, 3).cpu().numpy(), covered.view(S, S).cpu().numpy())
-    face_texels = torch.isin(frag.face, torch.nonzero(model.region_mask("face")[model.triangles].all(1)).flatten().to(dev))
-    photo_fraction = float((w1[:, 0] > 0.5)[face_texels].float().mean()) if face_texels.any() else 0.0
-    return (out * 255.0 + 0.5).astype(np.uint8), photo_fraction
+    tex[raster.frag.pix] = color.clamp(0, 1)
+    tex_np = (tex.view(S, S, 3).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    out = tex_np[raster.fill_rows, raster.fill_cols]
+    ft = raster.face_texel.to(dev)
+    photo_fraction = float((w1 > 0.5)[ft].float().mean()) if ft.any() else 0.0
+    return out, photo_fraction
 
 
 class _Remap:
@@ -199,16 +252,6 @@ class _Remap:
         self.bary = frag.bary
         self.batch_size = 1
         self.batch_index = torch.zeros_like(frag.face)
-
-
-def _fill_empty(tex: np.ndarray, covered: np.ndarray) -> np.ndarray:
-    """Give every uncovered texel the colour of the nearest covered one (seam padding)."""
-    from scipy.ndimage import distance_transform_edt
-
-    if covered.all() or not covered.any():
-        return tex
-    _, (ri, ci) = distance_transform_edt(~covered, return_indices=True)
-    return tex[ri, ci]
 
 
 def overlay_triangles(model: FaceModel) -> Tensor:

@@ -10,6 +10,7 @@ half-written mesh.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from contextlib import contextmanager
@@ -71,11 +72,34 @@ def _rows(fmt: str, values: np.ndarray) -> str:
     return ((fmt + "\n") * len(values) % tuple(values.ravel().tolist())).rstrip("\n")
 
 
+_TOPOLOGY_CACHE: dict[tuple, tuple] = {}
+
+
+def _memo(kind: str, *arrays: np.ndarray, compute):
+    """Memoise a topology-only computation by the content hash of its input arrays."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(str(a.shape).encode())
+    key = (kind, h.hexdigest())
+    if key not in _TOPOLOGY_CACHE:
+        if len(_TOPOLOGY_CACHE) > 16:
+            _TOPOLOGY_CACHE.clear()
+        _TOPOLOGY_CACHE[key] = compute()
+    return _TOPOLOGY_CACHE[key]
+
+
 def _unique_uv(uv_corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(F, 3, 2) per-corner UVs -> unique UVs (T, 2) and (F, 3) indices into them."""
-    flat = uv_corners.reshape(-1, 2).astype(np.float64)
-    uniq, inverse = np.unique(np.round(flat, 7), axis=0, return_inverse=True)
-    return uniq, inverse.reshape(-1, 3)
+
+    def compute():
+        flat = uv_corners.reshape(-1, 2).astype(np.float64)
+        uniq, inverse = np.unique(np.round(flat, 7), axis=0, return_inverse=True)
+        return uniq, inverse.reshape(-1, 3)
+
+    return _memo("uv", uv_corners, compute=compute)
 
 
 def write_obj(
@@ -109,7 +133,7 @@ def write_obj(
     if uv is not None and texture is not None:
         mtl_name, tex_name = f"{path.stem}.mtl", f"{path.stem}_texture.png"
         with atomic_path(path.parent / tex_name) as tmp:
-            _to_uint8_image(texture).save(tmp, format="PNG")
+            _to_uint8_image(texture).save(tmp, format="PNG", compress_level=3)
         written.append(path.parent / tex_name)
         with atomic_path(path.parent / mtl_name) as tmp:
             tmp.write_text(
@@ -160,8 +184,12 @@ def split_by_uv(vertices: np.ndarray, triangles: np.ndarray, uv_corners: np.ndar
         vertices (V', 3), triangles (F, 3), per-vertex uv (V', 2), source vertex index (V',).
     """
     uniq_uv, tidx = _unique_uv(uv_corners)
-    pairs = np.stack([triangles.reshape(-1), tidx.reshape(-1)], axis=1)
-    uniq_pairs, inverse = np.unique(pairs, axis=0, return_inverse=True)
+
+    def compute():
+        pairs = np.stack([triangles.reshape(-1), tidx.reshape(-1)], axis=1)
+        return np.unique(pairs, axis=0, return_inverse=True)
+
+    uniq_pairs, inverse = _memo("split", triangles, uv_corners, compute=compute)
     return (
         vertices[uniq_pairs[:, 0]],
         inverse.reshape(-1, 3),
@@ -170,11 +198,14 @@ def split_by_uv(vertices: np.ndarray, triangles: np.ndarray, uv_corners: np.ndar
     )
 
 
-def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, vertex_colors=None) -> Path:
+def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, vertex_colors=None,
+              texture_format: str = "png") -> Path:
     """Write binary glTF 2.0: textured when ``uv`` and ``texture`` are given, else vertex colours.
 
     Positions are written in mm as they are (glTF nominally uses metres; importers that honour
-    this show a 1000x larger object: scale by 0.001 on import if needed).
+    this show a 1000x larger object: scale by 0.001 on import if needed). ``texture_format``
+    ``"jpeg"`` embeds the texture as a quality-95 JPEG (several times faster to encode and
+    smaller than PNG, at a small loss); ``"png"`` is lossless.
     """
     import trimesh
 
@@ -183,9 +214,16 @@ def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, v
     _check_mesh(v, f)
     if uv is not None and texture is not None:
         v2, f2, uv2, _ = split_by_uv(v, f, _np(uv))
+        image = _to_uint8_image(texture)
+        if texture_format.lower() in ("jpeg", "jpg"):
+            # trimesh embeds JPEG-format images as JPEG (encoding once more at high quality).
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=95)
+            buf.seek(0)
+            image = Image.open(buf)
         visual = trimesh.visual.TextureVisuals(
             uv=uv2, material=trimesh.visual.material.PBRMaterial(
-                baseColorTexture=_to_uint8_image(texture), metallicFactor=0.0, roughnessFactor=0.9)
+                baseColorTexture=image, metallicFactor=0.0, roughnessFactor=0.9)
         )
         mesh = trimesh.Trimesh(vertices=v2, faces=f2, visual=visual, process=False)
     else:
