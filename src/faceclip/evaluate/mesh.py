@@ -134,7 +134,11 @@ def load_mesh(path: str | Path, *, require_triangles: bool = True) -> Mesh:
     if not p.is_file():
         raise InputError(f"mesh file not found: {p}", hint="check the path (--pred / --gt)")
     try:
-        loaded = trimesh.load(str(p), process=False, maintain_order=True, force="mesh", skip_materials=True)
+        loaded = trimesh.load(str(p), process=False, maintain_order=True, skip_materials=True)
+        if isinstance(loaded, trimesh.Scene):
+            geoms = [g for g in loaded.dump() if hasattr(g, "vertices")]
+            meshes = [g for g in geoms if isinstance(g, trimesh.Trimesh)]
+            loaded = trimesh.util.concatenate(meshes) if meshes else (geoms[0] if geoms else loaded)
     except Exception as exc:  # noqa: BLE001 - trimesh raises many types for broken files
         raise InputError(f"{p}: cannot read mesh ({type(exc).__name__}: {_short(exc)})",
                          hint="use a valid OBJ or PLY file") from None

@@ -48,6 +48,8 @@ class MiccResult:
     alignment: Similarity
     n_gt_points: int
     n_pred_points: int
+    gt_distances_mm: np.ndarray | None = None  # (N,) per cropped scan vertex
+    gt_indices: np.ndarray | None = None  # (N,) their scan vertex indices
 
     @property
     def symmetric_mm(self) -> float:
@@ -115,7 +117,7 @@ def micc_evaluate(
     else:
         pred_to_gt = float("nan")
     return MiccResult(float(d_gt.mean()), pred_to_gt, float(np.sqrt((d_gt ** 2).mean())), T,
-                      int(crop.n_vertices), int(near.sum()))
+                      int(crop.n_vertices), int(near.sum()), d_gt, keep)
 
 
 def micc_summary(results: list[MiccResult]) -> dict[str, float]:

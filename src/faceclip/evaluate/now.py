@@ -36,15 +36,22 @@ from faceclip.evaluate.geometry import Similarity, SurfaceQuery, align_surface_t
 from faceclip.evaluate.keypoints import seven_from
 from faceclip.evaluate.mesh import Mesh
 
-__all__ = ["NowResult", "now_crop_scan", "now_evaluate", "now_summary"]
+__all__ = ["NowResult", "now_crop_indices", "now_crop_scan", "now_evaluate", "now_summary"]
 
 
 @dataclass
 class NowResult:
-    """Per-image result: the distances (mm) of the cropped scan's vertices to the prediction."""
+    """Per-image result: the distances (mm) of the cropped scan's vertices to the prediction.
+
+    Attributes:
+        distances_mm: (N,) one per cropped scan vertex.
+        alignment: the similarity applied to the prediction.
+        scan_indices: (N,) the scan vertex of each distance (for error maps).
+    """
 
     distances_mm: np.ndarray
     alignment: Similarity
+    scan_indices: np.ndarray | None = None
 
     @property
     def median_mm(self) -> float:
@@ -65,13 +72,17 @@ class NowResult:
 
 def now_crop_scan(scan: Mesh, scan_landmarks7: np.ndarray) -> Mesh:
     """Crop a scan to NoW's face sphere (see module docstring)."""
+    return scan.submesh(now_crop_indices(scan, scan_landmarks7))[0]
+
+
+def now_crop_indices(scan: Mesh, scan_landmarks7: np.ndarray) -> np.ndarray:
+    """Indices of the scan vertices inside NoW's face sphere."""
     lm = seven_from(scan_landmarks7)
     nose_bottom = lm[4]
     bridge = (lm[1] + lm[2]) / 2.0
     centre = nose_bottom + 0.3 * (bridge - nose_bottom)
     radius = 1.4 * (np.linalg.norm(lm[0] - lm[3]) + np.linalg.norm(bridge - nose_bottom)) / 2.0
-    keep = np.nonzero(np.linalg.norm(scan.vertices - centre, axis=1) <= radius)[0]
-    return scan.submesh(keep)[0]
+    return np.nonzero(np.linalg.norm(scan.vertices - centre, axis=1) <= radius)[0]
 
 
 def now_evaluate(
@@ -92,7 +103,8 @@ def now_evaluate(
         scan_landmarks: (7, 3) (or 68/85) landmarks of the scan.
         refine: run the scan-to-mesh refinement (NoW does).
     """
-    cropped = now_crop_scan(scan, scan_landmarks)
+    keep = now_crop_indices(scan, scan_landmarks)
+    cropped = scan.submesh(keep)[0]
     if cropped.n_vertices == 0:
         raise ValueError("the NoW crop of the scan is empty: are the scan landmarks in the scan's frame?")
     init = fit_similarity(seven_from(pred_landmarks), seven_from(scan_landmarks), with_scale=True)
@@ -102,7 +114,7 @@ def now_evaluate(
         T, _ = align_surface_to_points(surface, cropped.vertices, init=init, with_scale=True,
                                        max_iterations=max_iterations, tolerance=1e-10, relative_tolerance=1e-4)
     _, dist, _ = surface.closest(T.inverse().apply(cropped.vertices))
-    return NowResult(dist * T.scale, T)
+    return NowResult(dist * T.scale, T, keep)
 
 
 def now_summary(results: list[NowResult]) -> dict[str, float]:
