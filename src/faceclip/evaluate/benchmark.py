@@ -91,10 +91,15 @@ def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
 
 
 def get_method(name: str) -> MethodFn:
-    """The registered method ``name`` (raises :class:`MethodUnavailable` for unknown names)."""
+    """The registered method ``name``; raises :class:`MethodUnavailable` for unknown names and
+    for methods that cannot run in this installation (checked before any work)."""
     if name not in METHODS:
         raise MethodUnavailable(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    fn = METHODS[name]
+    check = getattr(fn, "check", None)
+    if check is not None:
+        check()
+    return fn
 
 
 # ----------------------------------------------------------------------------- methods
@@ -145,7 +150,7 @@ def mean_face_method(image: np.ndarray, model: FaceModel) -> MethodOutput:
 
 
 def _api_method(kind: str) -> MethodFn:
-    def run(image: np.ndarray, model: FaceModel) -> MethodOutput:
+    def api_function():
         try:
             from faceclip import api
         except Exception as exc:  # noqa: BLE001
@@ -155,9 +160,12 @@ def _api_method(kind: str) -> MethodFn:
             raise MethodUnavailable(
                 f"method {kind!r} is not available yet: faceclip.api.reconstruct_array does not exist in this version",
                 hint="use --method mean, or update FaceCLIP")
-        result = fn(image, method=kind)
-        return _as_method_output(result, model)
+        return fn
 
+    def run(image: np.ndarray, model: FaceModel) -> MethodOutput:
+        return _as_method_output(api_function()(image, method=kind), model)
+
+    run.check = api_function  # type: ignore[attr-defined]
     return run
 
 
@@ -295,7 +303,7 @@ def run_synthetic_benchmark(
     from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator, pose_bin, write_sample
 
     fn = get_method(method)
-    sizes = (224, 512) if size_px in (224, 512) else (size_px,)
+    sizes = tuple(sorted({224, 512, size_px})) if save_samples_to is not None else (size_px,)
     gen = SyntheticFaceGenerator(model, seed=seed, config=SyntheticConfig(sizes_px=sizes))
     model = gen.model
     regions = realy_regions_for_model(model)

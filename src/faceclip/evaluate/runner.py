@@ -212,7 +212,7 @@ def _iter_realy(pred: Path, gt: Path, pk, gk, opts) -> Iterator[tuple[str, Calla
     kp_root, region_root = gt / "REALY_HIFI3D_keypoints", gt / "REALY_scan_region"
     if not kp_root.is_dir() or not region_root.is_dir():
         raise InputError(f"{gt}: not a REALY data folder (REALY_HIFI3D_keypoints/ and REALY_scan_region/ expected)")
-    scales = np.loadtxt(gt / "metrical_scale.txt") if (gt / "metrical_scale.txt").is_file() else None
+    scales = np.loadtxt(gt / "metrical_scale.txt", ndmin=1) if (gt / "metrical_scale.txt").is_file() else None
     for f in sorted(pred.glob("*.obj"), key=lambda p: _natural_key(p.stem)):
         m = re.match(r"(\d+)", f.stem)
         if not m:
