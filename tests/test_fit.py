@@ -39,7 +39,8 @@ def fitter(ict_cache):
     from faceclip.fit.fitter import FitConfig, Fitter
 
     model = load_face_model("ict", geometry="head_eyes")
-    return Fitter(model, FitConfig.fast())
+    # A short photometric stage at low resolution: every term runs, the test stays quick.
+    return Fitter(model, FitConfig(landmark_steps=10, photo_steps=8, render_px=160))
 
 
 def _synthetic_face(fitter, seed: int, yaw_deg: float):
@@ -89,6 +90,21 @@ def test_fit_recovers_known_face(fitter, yaw_deg):
     assert smile > 0.15
     assert float(result.params.expression.min()) >= 0.0 and float(result.params.expression.max()) <= 1.0
     assert set(result.active_terms) >= {"landmark", "photometric", "identity_reg", "albedo_symmetry"}
+
+
+def test_fast_mode_closed_form_light(ict_cache, fitter):
+    """Fast mode (landmarks + closed-form light, no photometric iterations) recovers the light."""
+    from faceclip.fit.fitter import FitConfig, Fitter
+
+    fast = Fitter(fitter.model, FitConfig.fast())
+    crop, lm, skin, _, gt = _synthetic_face(fast, seed=4, yaw_deg=10.0)
+    result = fast.fit(crop, lm, skin)
+    assert "photometric" not in result.losses and result.losses["light_fit_rmse"] < 0.03
+    # Rendering the fit reproduces the photo on the skin (closed-form light x uniform albedo).
+    with torch.no_grad():
+        img, cover, skin_r = fast.render(result.params, result.vertices_mm[None], result.albedo[None], size_px=224)
+    m = (cover & skin_r & skin)[0]
+    assert float((img[0][m] - crop[m]).abs().mean()) < 0.04
 
 
 def test_fit_is_deterministic(fitter):

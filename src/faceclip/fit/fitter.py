@@ -35,6 +35,7 @@ from faceclip.losses import (
     albedo_smoothness,
     albedo_symmetry,
     coefficient_l2,
+    DEFAULT_LANDMARK_WEIGHTS,
     landmark_loss,
     light_chroma,
     photometric_loss,
@@ -54,7 +55,7 @@ class FitConfig:
     """
 
     crop_px: int = 224
-    landmark_steps: int = 120
+    landmark_steps: int = 15
     photo_steps: int = 30
     render_px: int = 224
     w_landmark: float = 1.0
@@ -70,10 +71,14 @@ class FitConfig:
     lr_photo: float = 0.01
     device: str = "cpu"
 
+    #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
+    #: (linear least squares on the skin pixels); used alone in fast mode.
+    closed_form_light: bool = True
+
     @staticmethod
     def fast() -> "FitConfig":
-        """Landmark stage plus a short photometric stage at lower resolution."""
-        return FitConfig(landmark_steps=80, photo_steps=8, render_px=160)
+        """Landmarks only, then closed-form light and skin colour: no photometric iterations."""
+        return FitConfig(landmark_steps=8, photo_steps=0, render_px=160)
 
     @property
     def focal_px(self) -> float:
@@ -116,6 +121,30 @@ class FitResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+class _Subset:
+    """The face and albedo models restricted to a set of vertices (evaluated per step)."""
+
+    def __init__(self, model: FaceModel, albedo_model: AlbedoModel, vertex_ids: Tensor) -> None:
+        self.vids = torch.unique(vertex_ids)
+        self.remap = torch.full((model.n_vertices,), -1, dtype=torch.long, device=self.vids.device)
+        self.remap[self.vids] = torch.arange(len(self.vids), device=self.vids.device)
+        self.mean = model.mean_mm[self.vids]
+        self.id_basis = model.identity_basis_mm[:, self.vids]
+        self.exp_basis = model.expression_basis_mm[:, self.vids]
+        am = albedo_model
+        self.albedo_model = AlbedoModel(am.kind, am.mean[self.vids],
+                                        am.basis[:, self.vids], am.eigenvalues, am.mirror[self.vids])
+
+    def vertices(self, p: FaceParams) -> Tensor:
+        """(B, N, 3) vertices of the subset."""
+        return (self.mean.unsqueeze(0) + torch.einsum("bk,knc->bnc", p.identity, self.id_basis)
+                + torch.einsum("bk,knc->bnc", p.expression, self.exp_basis))
+
+    def albedo(self, coeffs: Tensor) -> Tensor:
+        """(B, N, 3) albedo of the subset."""
+        return self.albedo_model(coeffs)
+
+
 class Fitter:
     """Fits one face model; construct once, call :meth:`fit` per face."""
 
@@ -134,23 +163,18 @@ class Fitter:
         self.render_tris = m.triangles[face_v[m.triangles].all(1)]
         skin_v = m.region_mask("skin")
         self.render_tri_is_skin = skin_v[self.render_tris].all(1)
-        # Vertices needed by the landmark stage.
-        need = torch.unique(torch.cat([m.landmarks68, self.bands.candidates.reshape(-1)]))
-        self._lm_vids = need
-        self._lm_remap = torch.full((m.n_vertices,), -1, dtype=torch.long, device=self.device)
-        self._lm_remap[need] = torch.arange(len(need), device=self.device)
-        self._lm_mean = m.mean_mm[need]
-        self._lm_id = m.identity_basis_mm[:, need]
-        self._lm_exp = m.expression_basis_mm[:, need]
         self.skin_ids = m.regions["skin"].to(self.device)
+        # Each stage evaluates the model only at the vertices it needs.
+        lm_ids = torch.cat([m.landmarks68, self.bands.candidates.reshape(-1)])
+        self._lm = _Subset(m, self.albedo_model, lm_ids)
+        mirror = self.albedo_model.mirror.to(self.device)
+        self._ph = _Subset(m, self.albedo_model, torch.cat([
+            lm_ids, self.render_tris.reshape(-1), self.skin_ids, mirror[self.skin_ids]]))
+        self._ph_tris = self._ph.remap[self.render_tris]
+        self._ph_skin = self._ph.remap[self.skin_ids]
+        self._ph_skin_mirror = self._ph.remap[mirror[self.skin_ids]]
 
     # ------------------------------------------------------------------ helpers
-
-    def _sub_vertices(self, params: FaceParams) -> Tensor:
-        """(B, N, 3) vertices of the landmark-stage subset."""
-        return (self._lm_mean.unsqueeze(0)
-                + torch.einsum("bk,knc->bnc", params.identity, self._lm_id)
-                + torch.einsum("bk,knc->bnc", params.expression, self._lm_exp))
 
     def _clamp_(self, params: FaceParams) -> None:
         with torch.no_grad():
@@ -188,11 +212,14 @@ class Fitter:
         p.translation_mm = torch.stack(trans).to(self.device)
         return p
 
-    def project_landmarks(self, params: FaceParams, vertices_mm: Tensor, sub: bool = False) -> Tensor:
-        """(B, 68, 2) landmark pixels with the sliding contour; ``vertices_mm`` may be the subset."""
+    def project_landmarks(self, params: FaceParams, vertices_mm: Tensor, subset: "_Subset | None" = None) -> Tensor:
+        """(B, 68, 2) landmark pixels with the sliding contour.
+
+        ``vertices_mm`` holds all vertices, or the rows of ``subset`` when one is given.
+        """
         cam = params.camera()
-        if sub:
-            ids = self._lm_remap[landmark_vertex_ids(self.model, self.bands, vertices_mm, cam, self._lm_remap)]
+        if subset is not None:
+            ids = subset.remap[landmark_vertex_ids(self.model, self.bands, vertices_mm, cam, subset.remap)]
         else:
             ids = landmark_vertex_ids(self.model, self.bands, vertices_mm, cam)
         pts = torch.gather(vertices_mm, 1, ids.unsqueeze(-1).expand(-1, -1, 3))
@@ -201,53 +228,113 @@ class Fitter:
     def render(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, size_px: int | None = None):
         """Render the face area with SH shading into the crop frame.
 
+        Args:
+            vertices_mm, albedo: (B, V, 3) of the whole model.
+
         Returns:
             rendered (B, S, S, 3), coverage (B, S, S) bool, skin coverage (B, S, S) bool, where
             S = ``size_px`` (default ``config.render_px``); the camera is scaled to S.
         """
+        return self._render(params, vertices_mm, albedo, self.render_tris, self.render_tri_is_skin, size_px)
+
+    def _render(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, tris: Tensor,
+                tri_is_skin: Tensor, size_px: int | None = None):
         c = self.config
         S = size_px or c.render_px
         scale = S / c.crop_px
         p = FaceParams(**{**params.tensors(), "focal_px": params.focal_px * scale}, image_size=(S, S))
         cam = p.camera()
-        colors = sh_shade_vertices(vertices_mm, self.model.triangles, albedo, params.sh, to_view=cam.to_view)
-        frag, _, _ = rasterize_mesh(vertices_mm, self.render_tris, cam, cull_backfaces=True)
-        col = interpolate_vertex_attributes(colors, frag, self.render_tris)
+        colors = sh_shade_vertices(vertices_mm, tris, albedo, params.sh, to_view=cam.to_view)
+        frag, _, _ = rasterize_mesh(vertices_mm, tris, cam, cull_backfaces=True)
+        col = interpolate_vertex_attributes(colors, frag, tris)
         rendered = frag.to_image(col, 0.0)
         cover = frag.mask
-        skin = frag.to_image(self.render_tri_is_skin[frag.face].float().unsqueeze(-1), 0.0)[..., 0] > 0.5
+        skin = frag.to_image(tri_is_skin[frag.face].float().unsqueeze(-1), 0.0)[..., 0] > 0.5
         return rendered, cover, skin
 
     # ------------------------------------------------------------------ stages
 
     def _landmark_stage(self, p: FaceParams, target: Tensor, steps: int) -> dict[str, float]:
+        """Levenberg-Marquardt on pose, identity and expression against the 68 landmarks.
+
+        The objective is the same weighted sum of squares as the photometric stage's landmark
+        and prior terms, written as residuals; ``steps`` bounds the LM iterations (each one a
+        Jacobian by reverse-mode vmap and a 159 x 159 solve). Blendshape weights are projected
+        onto [0, 1] after every step.
+        """
+        from torch.func import jacrev
+
         c = self.config
         scale = c.crop_px / 224.0
-        for t in (p.angles_rad, p.translation_mm, p.identity, p.expression):
-            t.requires_grad_(True)
-        # Translation in units of ~ pixels: x, y move ~1 px per mm at this focal; z is slower.
-        opt = torch.optim.Adam([
-            {"params": [p.angles_rad], "lr": c.lr_pose},
-            {"params": [p.translation_mm], "lr": 1.0},
-            {"params": [p.identity], "lr": c.lr_shape},
-            {"params": [p.expression], "lr": c.lr_shape * 0.5},
-        ])
+        w = DEFAULT_LANDMARK_WEIGHTS.to(self.device)
+        w_sqrt = (w / w.sum()).sqrt().unsqueeze(-1) * (c.w_landmark ** 0.5) / scale  # (68, 1)
+        sizes = [3, 3, self.model.n_identity, self.model.n_expression]
+        # Translation is optimised in cm-like units so that all unknowns have similar scales.
+        t_unit = torch.tensor([1.0, 1.0, 10.0], device=self.device)
+
+        def unpack(theta: Tensor) -> list[Tensor]:
+            return list(torch.split(theta, sizes))
+
+        def lm_residuals(theta: Tensor, b: int) -> Tensor:
+            ang, tr, ident, expr = unpack(theta)
+            q = FaceParams(identity=ident[None], expression=expr[None], angles_rad=ang[None],
+                           translation_mm=(tr * t_unit)[None], focal_px=p.focal_px[b:b + 1],
+                           sh=p.sh[b:b + 1], albedo=p.albedo[b:b + 1], image_size=p.image_size)
+            lm = self.project_landmarks(q, self._lm.vertices(q), self._lm)[0]  # (68, 2)
+            return ((lm - target[b]) * w_sqrt).reshape(-1)
+
+        # The priors are linear residuals sqrt(w) * coeff: their Jacobian is a constant diagonal.
+        prior_w = torch.cat([torch.zeros(6, device=self.device),
+                             torch.full((sizes[2],), c.w_identity, device=self.device),
+                             torch.full((sizes[3],), c.w_expression, device=self.device)])
+
+        def residuals(theta: Tensor, b: int) -> Tensor:
+            return torch.cat([lm_residuals(theta, b), prior_w.sqrt() * theta])
+
         losses: dict[str, float] = {}
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            verts = self._sub_vertices(p)
-            lm = self.project_landmarks(p, verts, sub=True)
-            l_lm = landmark_loss(lm, target, scale_px=scale)
-            l_id = coefficient_l2(p.identity)
-            l_exp = coefficient_l2(p.expression)
-            loss = c.w_landmark * l_lm + c.w_identity * l_id + c.w_expression * l_exp
-            loss.backward()
-            # z translation: scale its step (depth changes the image ~f/z^2 as slowly).
-            p.translation_mm.grad[:, 2] *= 100.0
-            opt.step()
-            self._clamp_(p)
-            losses = {"landmark": l_lm.item(), "identity_reg": l_id.item(), "expression_reg": l_exp.item()}
+        for b in range(p.batch_size):
+            theta = torch.cat([p.angles_rad[b], p.translation_mm[b] / t_unit, p.identity[b],
+                               p.expression[b]]).detach()
+            lam = 1e-2
+            r = residuals(theta, b)
+            cost = float(r @ r)
+            for _ in range(steps):
+                J = jacrev(lm_residuals)(theta, b)  # (136, P)
+                n = J.shape[0]
+                JtJ = J.T @ J + torch.diag(prior_w)
+                g = J.T @ r[:n] + prior_w * theta
+                improved = False
+                for _ in range(6):
+                    A = JtJ + lam * (torch.diag(torch.diagonal(JtJ)) + 1e-6 * torch.eye(len(theta), device=self.device))
+                    step = torch.linalg.solve(A, g)
+                    cand = self._project_theta(theta - step, sizes)
+                    r_c = residuals(cand, b)
+                    cost_c = float(r_c @ r_c)
+                    if cost_c < cost:
+                        theta, r, lam, improved = cand, r_c, max(lam / 3.0, 1e-7), True
+                        converged = cost - cost_c < 1e-6 * cost
+                        cost = cost_c
+                        break
+                    lam *= 4.0
+                if not improved or converged:
+                    break
+            ang, tr, ident, expr = unpack(theta)
+            with torch.no_grad():
+                p.angles_rad[b], p.translation_mm[b] = ang, tr * t_unit
+                p.identity[b], p.expression[b] = ident, expr
+            n_lm = 136
+            losses = {"landmark": float(r[:n_lm] @ r[:n_lm]) / c.w_landmark,
+                      "identity_reg": float(ident @ ident), "expression_reg": float(expr @ expr)}
         return losses
+
+    def _project_theta(self, theta: Tensor, sizes: list[int]) -> Tensor:
+        """Keep yaw in +-80 degrees and blendshape weights in [0, 1] (flat parameter vector)."""
+        theta = theta.clone()
+        theta[1] = theta[1].clamp(-1.4, 1.4)
+        if self.model.expression_range == "blendshape":
+            start = sum(sizes[:3])
+            theta[start:] = theta[start:].clamp(0.0, 1.0)
+        return theta
 
     def _photo_stage(self, p: FaceParams, target_lm: Tensor, crop: Tensor, skin_mask: Tensor,
                      steps: int) -> tuple[dict[str, float], Tensor]:
@@ -267,23 +354,23 @@ class Fitter:
             {"params": [p.sh], "lr": c.lr_photo * 3},
             {"params": [p.albedo], "lr": c.lr_photo * 10},
         ])
-        am = self.albedo_model
+        am, sub = self.albedo_model, self._ph
         losses: dict[str, float] = {}
-        albedo = am(p.albedo)
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            verts = self.model.vertices(p.identity, p.expression)
-            albedo = am(p.albedo)
-            rendered, cover, skin = self.render(p, verts, albedo)
+            verts = sub.vertices(p)
+            albedo = sub.albedo(p.albedo)
+            rendered, cover, skin = self._render(p, verts, albedo, self._ph_tris, self.render_tri_is_skin)
             mask = skin & skin_mask
+            skin_alb, mirror_alb = albedo[:, self._ph_skin], albedo[:, self._ph_skin_mirror]
             terms = {
-                "landmark": c.w_landmark * landmark_loss(self.project_landmarks(p, verts), target_lm, scale_px=scale),
+                "landmark": c.w_landmark * landmark_loss(self.project_landmarks(p, verts, sub), target_lm, scale_px=scale),
                 "photometric": c.w_photo * photometric_loss(rendered, crop, mask),
                 "identity_reg": c.w_identity * coefficient_l2(p.identity),
                 "expression_reg": c.w_expression * coefficient_l2(p.expression),
                 "albedo_smooth": c.w_albedo_smooth * albedo_smoothness(p.albedo, am.eigenvalues),
-                "albedo_symmetry": c.w_albedo_sym * albedo_symmetry(albedo, am.mirror, self.skin_ids),
-                "albedo_skin": c.w_albedo_skin * albedo_skin_prior(albedo, self.skin_ids),
+                "albedo_symmetry": c.w_albedo_sym * ((skin_alb - mirror_alb) ** 2).sum(-1).mean(),
+                "albedo_skin": c.w_albedo_skin * albedo_skin_prior(skin_alb, None),
                 "light_chroma": c.w_light_chroma * light_chroma(p.sh),
             }
             if self.extra_terms:
@@ -297,7 +384,52 @@ class Fitter:
             opt.step()
             self._clamp_(p)
             losses = {k: v.item() for k, v in terms.items()}
-        return losses, albedo.detach()
+        return losses, am(p.albedo).detach()
+
+    @torch.no_grad()
+    def _closed_form_light(self, p: FaceParams, crop: Tensor, skin_mask: Tensor) -> None:
+        """Least-squares SH light times a uniform albedo on the skin pixels, then split them.
+
+        Solves ``I_c(x) = Y(n(x)) . K_c`` per colour channel for K (9, 3) over the pixels where
+        the rendered skin meets the photo's skin mask, then writes ``K_c = rho_c * L_c`` with a
+        uniform albedo ``rho`` (the skin colour) chosen so that the ambient irradiance is 0.8.
+        Sets ``p.sh`` and the constant albedo coefficient in place (batch of 1 or more).
+        """
+        from faceclip.render.interpolate import interpolate_vertex_attributes as interp
+        from faceclip.render.shading import SH_CONSTANTS, sh_basis, vertex_normals
+
+        c = self.config
+        S = c.render_px
+        if S != c.crop_px:
+            crop = torch.nn.functional.interpolate(crop.permute(0, 3, 1, 2), size=(S, S), mode="area").permute(0, 2, 3, 1)
+            skin_mask = torch.nn.functional.interpolate(skin_mask[:, None].float(), size=(S, S), mode="area")[:, 0] > 0.5
+        sub = self._ph
+        verts = sub.vertices(p)
+        scale = S / c.crop_px
+        q = FaceParams(**{**p.tensors(), "focal_px": p.focal_px * scale}, image_size=(S, S))
+        cam = q.camera()
+        normals = cam.to_view(vertex_normals(verts, self._ph_tris))
+        frag, _, _ = rasterize_mesh(verts, self._ph_tris, cam, cull_backfaces=True)
+        n_pix = torch.nn.functional.normalize(interp(normals, frag, self._ph_tris), dim=1)
+        use = self.render_tri_is_skin[frag.face] & skin_mask.reshape(-1)[frag.pix]
+        base = self.albedo_model.mean[self.skin_ids].mean(0)  # (3,) default skin colour
+        rmse = []
+        for b in range(p.batch_size):
+            sel = use & (frag.batch_index == b)
+            if int(sel.sum()) < 50:  # too few skin pixels: keep the defaults
+                rmse.append(float("nan"))
+                continue
+            Y = sh_basis(n_pix[sel].unsqueeze(0))[0]  # (N, 9)
+            target = crop.reshape(-1, 3)[frag.pix[sel]]  # (N, 3)
+            reg = 1e-3 * torch.eye(9, dtype=Y.dtype, device=Y.device)
+            K = torch.linalg.solve(Y.T @ Y + reg * len(Y), Y.T @ target)  # (9, 3)
+            rho = (K[0] * SH_CONSTANTS[0] / 0.8).clamp(0.02, 1.0)  # skin colour at ambient 0.8
+            p.sh[b] = K / rho
+            # The first harmonic is constant over the face: shift the albedo to rho with it.
+            p.albedo[b] = 0.0
+            p.albedo[b, 0] = (rho - base) / self.albedo_model.basis[0, self.skin_ids].mean()
+            rmse.append(float(((Y @ K - target) ** 2).mean().sqrt()))
+        self._last_light_rmse = float(np.nanmean(rmse)) if not all(np.isnan(rmse)) else float("nan")
 
     # ------------------------------------------------------------------ public
 
@@ -326,6 +458,9 @@ class Fitter:
         losses = self._landmark_stage(p, target, c.landmark_steps)
         seconds["landmarks"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        if c.closed_form_light:
+            self._closed_form_light(p, crop, skin)
+            losses["light_fit_rmse"] = self._last_light_rmse
         albedo = self.albedo_model(p.albedo).detach()
         if c.photo_steps > 0:
             losses, albedo = self._photo_stage(p, target, crop, skin, c.photo_steps)

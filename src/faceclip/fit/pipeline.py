@@ -98,6 +98,8 @@ class Reconstructor:
         geometry = RECONSTRUCTION_GEOMETRY if o.face_model == "ict" else None
         self.model: FaceModel = load_face_model(o.face_model, path=o.face_model_path, geometry=geometry)
         config = FitConfig.fast() if o.fast else FitConfig()
+        if o.fast and o.texture_px == ReconstructOptions.texture_px:
+            o.texture_px = 512  # fast mode: a 512 texture unless asked otherwise
         config.device = o.device
         self.fitter = Fitter(self.model, config)
 

@@ -38,7 +38,7 @@ def albedo_symmetry(albedo: Tensor, mirror: Tensor, vertex_ids: Tensor | None = 
     return ((a - b) ** 2).sum(-1).mean()
 
 
-def albedo_skin_prior(albedo: Tensor, skin_ids: Tensor) -> Tensor:
+def albedo_skin_prior(albedo: Tensor, skin_ids: Tensor | None) -> Tensor:
     """Keep the mean skin albedo a plausible skin colour, from very dark to very light.
 
     Penalises (squared) a mean skin albedo outside [0.03, 0.95] per channel and any violation
@@ -46,9 +46,10 @@ def albedo_skin_prior(albedo: Tensor, skin_ids: Tensor) -> Tensor:
     light-colour / albedo-colour ambiguity of the photometric loss.
 
     Args:
-        albedo: (B, V, 3); skin_ids: (N,) vertex indices of the skin region.
+        albedo: (B, V, 3); skin_ids: (N,) vertex indices of the skin region, or None when
+            ``albedo`` holds skin vertices only.
     """
-    mean = albedo[:, skin_ids].mean(1)  # (B, 3)
+    mean = (albedo if skin_ids is None else albedo[:, skin_ids]).mean(1)  # (B, 3)
     out = torch.relu(0.03 - mean) + torch.relu(mean - 0.95)
     order = torch.relu(mean[:, 1] - mean[:, 0]) + torch.relu(mean[:, 2] - mean[:, 1])
     return ((out**2).sum(-1) + order**2).mean()
