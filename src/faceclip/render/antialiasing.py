@@ -14,6 +14,13 @@ from the projected edge vertices, so gradients flow to the geometry. Horizontal 
 edges that are closer to vertical and vertical pairs the others, so each edge is counted
 once. For a straight edge the blended coverage equals the exact area coverage of the pixel
 and is continuous as the edge moves across pixel centres.
+
+Work is sparse: candidate pairs are only those next to a pixel whose visible triangle has a
+silhouette edge, or on the coverage boundary (a few per cent of the covered pixels), found
+with boolean image ops; triangle orientations come from the rasterizer. The renderer calls
+:func:`antialias_deltas` with per-fragment colours and composites once
+(:func:`~faceclip.render.rasterize.scatter_image`), so no dense image enters the autograd
+graph; :func:`antialias` is the same on a dense image.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from torch import Tensor
 
 from faceclip.render.rasterize import Fragments
 
-__all__ = ["EdgeTopology", "edge_topology", "antialias"]
+__all__ = ["EdgeTopology", "edge_topology", "antialias", "antialias_deltas"]
 
 
 @dataclass(frozen=True)
@@ -56,17 +63,29 @@ def edge_topology(triangles: Tensor) -> EdgeTopology:
     return EdgeTopology(neighbor=nb.view(F, 3))
 
 
-def _silhouette_flags(xy: Tensor, triangles: Tensor, topology: EdgeTopology) -> Tensor:
-    """(B, F, 3) bool: edge k of face f is a silhouette edge in image b."""
+def _orientation(fragments: Fragments, xy: Tensor, triangles: Tensor) -> Tensor:
+    """(B*F,) sign of each triangle's doubled signed screen area (from the rasterizer if cached)."""
+    orient = fragments._cache.get("orient") if hasattr(fragments, "_cache") else None
+    B, F = xy.shape[0], triangles.shape[0]
+    if orient is not None and orient.numel() == B * F:
+        return orient
     with torch.no_grad():
         p = xy.detach()
         x0, y0 = p[:, triangles[:, 0], 0], p[:, triangles[:, 0], 1]
         x1, y1 = p[:, triangles[:, 1], 0], p[:, triangles[:, 1], 1]
         x2, y2 = p[:, triangles[:, 2], 0], p[:, triangles[:, 2], 1]
-        orient = torch.sign((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0))  # (B, F)
-        nb = topology.neighbor
-        nb_orient = orient[:, nb.clamp(min=0).view(-1)].view(*orient.shape, 3)
-        return (nb < 0).unsqueeze(0) | (nb_orient != orient.unsqueeze(-1))
+        return torch.sign((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)).reshape(-1)
+
+
+def _is_silhouette(orient: Tensor, neighbor: Tensor, base_f: Tensor, f: Tensor, k: Tensor | None = None) -> Tensor:
+    """Edge k (or all 3 edges) of face f in image b (``base_f = b * F``) is a silhouette edge:
+    a mesh boundary, or the neighbour across it faces the other way on screen."""
+    nb = neighbor.index_select(0, f)
+    if k is not None:
+        nb = nb.gather(1, k.unsqueeze(1)).squeeze(1)
+        return (nb < 0) | (orient.index_select(0, base_f + nb.clamp(min=0)) != orient.index_select(0, base_f + f))
+    o_nb = orient.index_select(0, (base_f.unsqueeze(1) + nb.clamp(min=0)).view(-1)).view(-1, 3)
+    return (nb < 0) | (o_nb != orient.index_select(0, base_f + f).unsqueeze(1))
 
 
 def _edge_values(v: Tensor, q_in: Tensor, q_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -86,7 +105,7 @@ def _edge_values(v: Tensor, q_in: Tensor, q_out: Tensor) -> tuple[Tensor, Tensor
 
 @torch.no_grad()
 def _march_to_silhouette(
-    xy_flat: Tensor, triangles: Tensor, neighbor: Tensor, sil_flat: Tensor, face: Tensor,
+    xy_flat: Tensor, triangles: Tensor, neighbor: Tensor, orient: Tensor, face: Tensor,
     base_v: Tensor, base_f: Tensor, q_in: Tensor, q_out: Tensor, max_steps: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Follow the segment q_in -> q_out through the mesh until it leaves through a silhouette edge.
@@ -100,99 +119,156 @@ def _march_to_silhouette(
     """
     M = face.shape[0]
     found = torch.zeros(M, dtype=torch.bool, device=face.device)
-    active = torch.ones_like(found)
     k_out = torch.zeros_like(face)
     cur = face.clone()
+    idx = torch.arange(M, device=face.device)
     for _ in range(max_steps):
-        idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
         f = cur[idx]
         v = xy_flat[(triangles[f] + base_v[idx].unsqueeze(1)).view(-1)].view(-1, 3, 2)
         e_in, e_out, ex, ey = _edge_values(v, q_in[idx], q_out[idx])
         area = ex[:, 0] * (-ey[:, 2]) - ey[:, 0] * (-ex[:, 2])  # cross(v1 - v0, v2 - v0)
-        orient = torch.where(area >= 0, 1.0, -1.0).to(v.dtype).unsqueeze(1)
-        s_in, s_out = e_in * orient, e_out * orient
+        orient_f = torch.where(area >= 0, 1.0, -1.0).to(v.dtype).unsqueeze(1)
+        s_in, s_out = e_in * orient_f, e_out * orient_f
         dec = s_out < s_in
         t = torch.where(dec, s_in / (s_in - s_out).clamp(min=1e-30), torch.full_like(s_in, 2.0))
         t_exit, k = t.min(1)
         leaves = t_exit <= 1.0
-        is_sil = sil_flat[base_f[idx] + f].gather(1, k[:, None]).squeeze(1)
+        is_sil = _is_silhouette(orient, neighbor, base_f[idx], f, k)
         hit = leaves & is_sil
         found[idx[hit]] = True
         k_out[idx[hit]] = k[hit]
         nxt = neighbor[f].gather(1, k[:, None]).squeeze(1)
         go_on = leaves & ~is_sil & (nxt >= 0)
-        active[idx] = go_on
-        cur[idx[go_on]] = nxt[go_on]
+        idx = idx[go_on]
+        cur[idx] = nxt[go_on]
     return found, cur, k_out
 
 
-def _blend_pairs(
-    image: Tensor, face: Tensor, depth: Tensor, xy: Tensor, triangles: Tensor, sil: Tensor,
-    neighbor: Tensor, horizontal: bool, max_steps: int,
-) -> tuple[Tensor, Tensor] | None:
-    """Blend deltas for one pair direction. Returns (flat pixel index (M,), delta (M, C))."""
-    B, H, W, C = image.shape
-    F, V = triangles.shape[0], xy.shape[1]
+@dataclass
+class _EdgeCrossings:
+    """Pixel pairs straddling a silhouette edge: flat pixel and fragment index (-1 = background)
+    of the inside and outside pixel, and the edge crossing ``t`` (differentiable wrt xy)."""
+
+    p_in: Tensor
+    p_out: Tensor
+    i_in: Tensor
+    i_out: Tensor
+    t: Tensor
+
+
+def _pairs(fragments: Fragments, S: Tensor, M: Tensor, horizontal: bool) -> Tensor:
+    """(P,) flat index of the first pixel of candidate pairs in one direction."""
     if horizontal:
-        fa, fb = face[:, :, :-1], face[:, :, 1:]
+        c = (S[:, :, :-1] | S[:, :, 1:]) | (M[:, :, :-1] ^ M[:, :, 1:])
     else:
-        fa, fb = face[:, :-1, :], face[:, 1:, :]
+        c = (S[:, :-1, :] | S[:, 1:, :]) | (M[:, :-1, :] ^ M[:, 1:, :])
+    b, i, j = c.nonzero().unbind(1)
+    H, W = fragments.image_size
+    return (b * H + i) * W + j
+
+
+def _edge_crossings(
+    fragments: Fragments, xy: Tensor, triangles: Tensor, neighbor: Tensor, max_steps: int,
+) -> _EdgeCrossings | None:
+    B, H, W = fragments.batch_size, *fragments.image_size
+    F, V = triangles.shape[0], xy.shape[1]
+    dev = xy.device
     with torch.no_grad():
-        pairs = (fa != fb).nonzero()  # (P, 3): b, i, j of the first pixel
-        if pairs.numel() == 0:
+        orient = _orientation(fragments, xy, triangles).to(dev)
+        face, depth = fragments.face, fragments.depth.detach()
+        bF = fragments.batch_index * F
+        sil_frag = _is_silhouette(orient, neighbor, bF, face).any(1)  # (N,)
+        S = torch.zeros(B * H * W, dtype=torch.bool, device=dev)
+        S[fragments.pix] = sil_frag
+        S = S.view(B, H, W)
+        Mk = fragments.mask
+        p2f = fragments.pix_to_fragment()
+        pas, pbs = [], []
+        for horizontal in (True, False):
+            pa = _pairs(fragments, S, Mk, horizontal)
+            pas.append(pa)
+            pbs.append(pa + (1 if horizontal else W))
+        pa, pb = torch.cat(pas), torch.cat(pbs)
+        if pa.numel() == 0:
             return None
-        bi, ii, jj = pairs.unbind(1)
-        pa = (bi * H + ii) * W + jj
-        pb = pa + (1 if horizontal else W)
-        ff, dd = face.reshape(-1), depth.reshape(-1)
-        f_a, f_b = ff[pa], ff[pb]
+        horiz = torch.zeros(pa.shape[0], dtype=torch.bool, device=dev)
+        horiz[:pas[0].shape[0]] = True
+        ia, ib = p2f[pa], p2f[pb]
+        fa = torch.where(ia >= 0, face[ia.clamp(min=0)], -1)
+        fb = torch.where(ib >= 0, face[ib.clamp(min=0)], -1)
+        inf = torch.tensor(float("inf"), dtype=depth.dtype, device=dev)
+        da = torch.where(ia >= 0, depth[ia.clamp(min=0)], inf)
+        db = torch.where(ib >= 0, depth[ib.clamp(min=0)], inf)
         # the nearer triangle (background counts as infinitely far)
-        a_front = (f_b < 0) | ((f_a >= 0) & (dd[pa] <= dd[pb]))
-        p_in = torch.where(a_front, pa, pb)
-        p_out = torch.where(a_front, pb, pa)
-        f_in = ff[p_in]
-        sil_flat = sil.reshape(B * F, 3)
-        cand = (sil_flat[bi * F + f_in].any(1) | (ff[p_out] < 0)).nonzero().squeeze(1)
+        a_front = (fb < 0) | ((fa >= 0) & (da <= db))
+        i_in, i_out = torch.where(a_front, ia, ib), torch.where(a_front, ib, ia)
+        p_in, p_out = torch.where(a_front, pa, pb), torch.where(a_front, pb, pa)
+        cand = ((fa != fb) & (sil_frag[i_in.clamp(min=0)] | (i_out < 0))).nonzero().squeeze(1)
         if cand.numel() == 0:
             return None
-        p_in, p_out, f_in, bi = p_in[cand], p_out[cand], f_in[cand], bi[cand]
-        rem = p_in % (H * W)
+        p_in, p_out, i_in, i_out, horiz = p_in[cand], p_out[cand], i_in[cand], i_out[cand], horiz[cand]
+        f_in = face[i_in]
+        bi = torch.div(p_in, H * W, rounding_mode="floor")
+        rem = p_in - bi * (H * W)
         q_in = torch.stack([(rem % W).to(xy.dtype) + 0.5,
                             torch.div(rem, W, rounding_mode="floor").to(xy.dtype) + 0.5], 1)
-        d = (p_out - p_in).sign().to(xy.dtype).unsqueeze(1)
-        step = torch.tensor([1.0, 0.0] if horizontal else [0.0, 1.0], dtype=xy.dtype, device=xy.device)
-        q_out = q_in + d * step
+        d = (p_out - p_in).sign().to(xy.dtype)
+        q_out = q_in + torch.stack([torch.where(horiz, d, 0.0), torch.where(horiz, 0.0, d)], 1)
         xy_flat = xy.detach().reshape(B * V, 2)
-        found, f_sil, k = _march_to_silhouette(xy_flat, triangles, neighbor, sil_flat, f_in,
+        found, f_sil, k = _march_to_silhouette(xy_flat, triangles, neighbor, orient, f_in,
                                                bi * V, bi * F, q_in, q_out, max_steps)
-        keep = found.nonzero().squeeze(1)
-        if keep.numel() == 0:
-            return None
-        f_sil, k, bi, q_in, q_out = f_sil[keep], k[keep], bi[keep], q_in[keep], q_out[keep]
-        pi, po = p_in[keep], p_out[keep]
         vid = triangles[f_sil] + (bi * V).unsqueeze(1)
         ka, kb = vid.gather(1, k[:, None]).squeeze(1), vid.gather(1, ((k + 1) % 3)[:, None]).squeeze(1)
-        ed = xy_flat[kb] - xy_flat[ka]
-        steep = ed[:, 1].abs() >= ed[:, 0].abs() if horizontal else ed[:, 1].abs() < ed[:, 0].abs()
-        sel = steep.nonzero().squeeze(1)
-        if sel.numel() == 0:
+        ed = (xy_flat[kb] - xy_flat[ka]).abs()
+        # horizontal pairs handle steep edges, vertical pairs the others
+        steep = torch.where(horiz, ed[:, 1] >= ed[:, 0], ed[:, 1] < ed[:, 0])
+        keep = (found & steep).nonzero().squeeze(1)
+        if keep.numel() == 0:
             return None
-        ka, kb, q_in, q_out, pi, po = ka[sel], kb[sel], q_in[sel], q_out[sel], pi[sel], po[sel]
+        ka, kb, q_in, q_out = ka[keep], kb[keep], q_in[keep], q_out[keep]
+        p_in, p_out, i_in, i_out = p_in[keep], p_out[keep], i_in[keep], i_out[keep]
     xyf = xy.reshape(B * V, 2)
     a, b = xyf[ka], xyf[kb]  # differentiable edge end points
     ex, ey = (b - a).unbind(-1)
     e_in = ex * (q_in[:, 1] - a[:, 1]) - ey * (q_in[:, 0] - a[:, 0])
     e_out = ex * (q_out[:, 1] - a[:, 1]) - ey * (q_out[:, 0] - a[:, 0])
     t = (e_in / (e_in - e_out)).clamp(0.0, 1.0)
-    flat = image.reshape(B * H * W, C)
-    c_in, c_out = flat[pi], flat[po]
-    outward = (t > 0.5).detach()
-    target = torch.where(outward, po, pi)
-    weight = torch.where(outward, t - 0.5, 0.5 - t).unsqueeze(1)
+    return _EdgeCrossings(p_in=p_in, p_out=p_out, i_in=i_in, i_out=i_out, t=t)
+
+
+def _blend(ec: _EdgeCrossings, c_in: Tensor, c_out: Tensor) -> tuple[Tensor, Tensor]:
+    """(target pixel (M,), colour delta (M, C)) of the area-sampling blend."""
+    outward = (ec.t > 0.5).detach()
+    target = torch.where(outward, ec.p_out, ec.p_in)
+    weight = torch.where(outward, ec.t - 0.5, 0.5 - ec.t).unsqueeze(1)
     delta = torch.where(outward.unsqueeze(1), c_in - c_out, c_out - c_in) * weight
     return target, delta
+
+
+def antialias_deltas(
+    values: Tensor, background: Tensor, fragments: Fragments, xy: Tensor, triangles: Tensor,
+    topology: EdgeTopology | None = None, max_steps: int = 16,
+) -> tuple[Tensor, Tensor]:
+    """Sparse form of :func:`antialias`: the blend as additive per-pixel deltas.
+
+    Args:
+        values: (N, C) per-fragment colours; background: (C,) colour of uncovered pixels.
+        fragments, xy, triangles, topology, max_steps: as for :func:`antialias`.
+    Returns:
+        target: (M,) flat pixel indices (may repeat); delta: (M, C) to add there (differentiable
+        wrt values, background and xy). The antialiased image is
+        ``scatter_image(values, background, fragments.pix, P, delta, target)``.
+    """
+    if topology is None:
+        topology = edge_topology(triangles)
+    ec = _edge_crossings(fragments, xy, triangles, topology.neighbor.to(xy.device), max_steps)
+    if ec is None:
+        return fragments.pix.new_zeros(0), values.new_zeros(0, values.shape[1])
+    c_in = values.index_select(0, ec.i_in)
+    c_out = torch.where((ec.i_out >= 0).unsqueeze(1), values.index_select(0, ec.i_out.clamp(min=0)), background)
+    return _blend(ec, c_in, c_out)
 
 
 def antialias(
@@ -215,13 +291,10 @@ def antialias(
     if topology is None:
         topology = edge_topology(triangles)
     B, H, W, C = image.shape
-    face = fragments.pix_to_face
-    depth = fragments.to_image(fragments.depth.detach(), float("inf"))
-    sil = _silhouette_flags(xy, triangles, topology)
     out = image.reshape(B * H * W, C)
-    for horizontal in (True, False):
-        res = _blend_pairs(image, face, depth, xy, triangles, sil, topology.neighbor.to(face.device),
-                           horizontal, max_steps)
-        if res is not None:
-            out = out.index_add(0, res[0], res[1])
-    return out.view(B, H, W, C)
+    ec = _edge_crossings(fragments, xy, triangles.to(xy.device, torch.long), topology.neighbor.to(xy.device),
+                         max_steps)
+    if ec is None:
+        return image
+    target, delta = _blend(ec, out.index_select(0, ec.p_in), out.index_select(0, ec.p_out))
+    return out.index_add(0, target, delta).view(B, H, W, C)

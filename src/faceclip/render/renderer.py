@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from faceclip.render.antialiasing import EdgeTopology, antialias, edge_topology
-from faceclip.render.camera import PerspectiveCamera
+from faceclip.render.antialiasing import EdgeTopology, antialias_deltas, edge_topology
+from faceclip.render.camera import OPENCV_TO_VIEW, PerspectiveCamera
 from faceclip.render.interpolate import interpolate_uv, interpolate_vertex_attributes, sample_texture
-from faceclip.render.rasterize import DEFAULT_ZNEAR_MM, Fragments, rasterize
-from faceclip.render.shading import sh_irradiance, vertex_normals
+from faceclip.render.rasterize import DEFAULT_ZNEAR_MM, Fragments, rasterize, scatter_image
+from faceclip.render.shading import sh_irradiance_quadratic, sh_quadratic_coeffs, vertex_normals
 
 __all__ = ["RenderOutput", "render_mesh", "MeshRenderer"]
 
@@ -95,19 +95,25 @@ def render_mesh(
         albedo = verts.new_ones(frags.pix.shape[0], 3)
     color = albedo
     if sh_coeffs is not None:
-        normals = cam.to_view(vertex_normals(verts, triangles))
+        # the light is rotated into model space instead of every normal into the view frame
+        normals = vertex_normals(verts, triangles)
         if normals.shape[0] != B:
             normals = normals.expand(B, -1, -1)
         coeffs = sh_coeffs if sh_coeffs.ndim == 3 else sh_coeffs.unsqueeze(0)
-        irradiance = sh_irradiance(normals, coeffs.expand(B, -1, -1))
+        flip = torch.tensor(OPENCV_TO_VIEW, dtype=cam.R.dtype, device=cam.R.device)
+        weights = sh_quadratic_coeffs(coeffs.expand(B, -1, -1), cam.R * flip[None, :, None])
+        irradiance = sh_irradiance_quadratic(normals, weights.to(normals.dtype))
         color = albedo * interpolate_vertex_attributes(irradiance, frags, triangles)
 
     C = color.shape[-1]
     bg = torch.as_tensor(background, dtype=color.dtype, device=color.device).expand(C)
-    ones = color.new_ones(color.shape[0], 1)
-    rgba = frags.to_image(torch.cat([color, ones], 1), torch.cat([bg, bg.new_zeros(1)]))
-    if antialiased:
-        rgba = antialias(rgba, frags, xy, triangles, topology)
+    rgba = torch.cat([color, color.new_ones(color.shape[0], 1)], 1)
+    bg = torch.cat([bg, bg.new_zeros(1)])
+    delta = target = None
+    if antialiased:  # sparse blend deltas, composited in the same scatter
+        target, delta = antialias_deltas(rgba, bg, frags, xy, triangles, topology)
+    H, W = frags.image_size
+    rgba = scatter_image(rgba, bg, frags.pix, frags.num_pixels, delta, target).view(B, H, W, C + 1)
     return RenderOutput(image=rgba[..., :C], alpha=rgba[..., C], mask=frags.mask,
                         depth=frags.depth_image, fragments=frags, xy=xy)
 

@@ -31,12 +31,15 @@ white albedo renders at 0.8 everywhere. A light from the front and above has ``L
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 
 import torch
 from torch import Tensor
 
 __all__ = ["face_normals", "vertex_normals", "sh_basis", "sh_irradiance", "sh_shade_vertices",
-           "SH_CONSTANTS", "sh_from_deep3d", "sh_ambient", "sh_directional"]
+           "SH_CONSTANTS", "sh_from_deep3d", "sh_ambient", "sh_directional",
+           "sh_quadratic_coeffs", "sh_irradiance_quadratic"]
 
 _A = (math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0))
 _C = (1 / math.sqrt(4 * math.pi), math.sqrt(3.0) / math.sqrt(4 * math.pi),
@@ -66,26 +69,80 @@ def face_normals(vertices: Tensor, triangles: Tensor, normalize: bool = True) ->
     return torch.nn.functional.normalize(n, dim=-1, eps=1e-12) if normalize else n
 
 
+class _IncidenceMatMul(torch.autograd.Function):
+    """``A @ X`` with a fixed sparse CSR matrix (and its cached transpose for the backward)."""
+
+    @staticmethod
+    def forward(ctx, X: Tensor, A: Tensor, AT: Tensor) -> Tensor:
+        ctx.AT = AT
+        return A @ X
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.AT @ grad.contiguous(), None, None
+
+
+_INCIDENCE: dict[int, tuple] = {}
+
+
+def _incidence(triangles: Tensor, num_vertices: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Cached sparse CSR vertex-face incidence ``A`` (V, F) (ones) and its transpose (F, V)."""
+    key = id(triangles)
+    hit = _INCIDENCE.get(key)
+    if hit is not None:
+        ref, version, V, dt, A, AT = hit
+        if ref() is triangles and version == triangles._version and V == num_vertices and dt == dtype:
+            return A, AT
+    F = triangles.shape[0]
+    rows = triangles.reshape(-1)
+    cols = torch.arange(F, device=triangles.device).repeat_interleave(3)
+    ones = torch.ones(3 * F, dtype=dtype, device=triangles.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        A = torch.sparse_coo_tensor(torch.stack([rows, cols]), ones, (num_vertices, F),
+                                    check_invariants=False).coalesce().to_sparse_csr()
+        AT = torch.sparse_coo_tensor(torch.stack([cols, rows]), ones, (F, num_vertices),
+                                     check_invariants=False).coalesce().to_sparse_csr()
+    if len(_INCIDENCE) > 8:
+        _INCIDENCE.clear()
+    _INCIDENCE[key] = (weakref.ref(triangles), triangles._version, num_vertices, dtype, A, AT)
+    return A, AT
+
+
 def vertex_normals(vertices: Tensor, triangles: Tensor) -> Tensor:
     """Area-weighted vertex normals.
+
+    Computed vertex-major (rows ``(B*3)`` wide) so that the corner gathers are row copies and the
+    face -> vertex accumulation is one sparse incidence-matrix product (cached per triangles
+    tensor) instead of a scatter.
 
     Args:
         vertices: (V, 3) or (B, V, 3); triangles: (F, 3) long.
     Returns:
         (..., V, 3) unit normals (zero for unreferenced vertices); differentiable.
     """
-    fn = face_normals(vertices, triangles, normalize=False)  # (..., F, 3)
-    V, F = vertices.shape[-2], triangles.shape[0]
     lead = vertices.shape[:-2]
-    nb = int(torch.tensor(lead).prod()) if lead else 1
-    offset = (torch.arange(nb, device=vertices.device) * V).view(nb, 1, 1)
-    idx = triangles.unsqueeze(0) + offset  # (nb, F, 3) corner -> flat vertex
-    flat_fn = fn.reshape(nb * F, 3)
-    out = vertices.new_zeros(nb * V, 3)
-    for k in range(3):
-        out = out.index_add(0, idx[:, :, k].reshape(-1), flat_fn)
-    out = out.view(*lead, V, 3)
-    return torch.nn.functional.normalize(out, dim=-1, eps=1e-12)
+    V, F = vertices.shape[-2], triangles.shape[0]
+    triangles = triangles.to(device=vertices.device, dtype=torch.long)
+    if vertices.is_cuda or vertices.ndim > 3:  # CUDA / unusual shapes: plain scatter
+        fn = face_normals(vertices, triangles, normalize=False)  # (..., F, 3)
+        nb = int(torch.tensor(lead).prod()) if lead else 1
+        offset = (torch.arange(nb, device=vertices.device) * V).view(nb, 1, 1)
+        idx = triangles.unsqueeze(0) + offset  # (nb, F, 3) corner -> flat vertex
+        flat_fn = fn.reshape(nb * F, 3)
+        out = vertices.new_zeros(nb * V, 3)
+        for k in range(3):
+            out = out.index_add(0, idx[:, :, k].reshape(-1), flat_fn)
+        out = out.view(*lead, V, 3)
+        return torch.nn.functional.normalize(out, dim=-1, eps=1e-12)
+    B = vertices.shape[0] if vertices.ndim == 3 else 1
+    vm = vertices.transpose(0, 1).reshape(V, B * 3) if vertices.ndim == 3 else vertices
+    p0, p1, p2 = (vm.index_select(0, triangles[:, k]).view(F, B, 3) for k in range(3))
+    n = torch.linalg.cross(p1 - p0, p2 - p0, dim=-1).reshape(F, B * 3)
+    A, AT = _incidence(triangles, V, vertices.dtype)
+    vn = _IncidenceMatMul.apply(n, A, AT).view(V, B, 3)
+    vn = torch.nn.functional.normalize(vn, dim=-1, eps=1e-12)
+    return vn.transpose(0, 1) if vertices.ndim == 3 else vn.view(V, 3)
 
 
 def sh_basis(normals: Tensor) -> Tensor:
@@ -112,6 +169,56 @@ def sh_irradiance(normals: Tensor, coeffs: Tensor) -> Tensor:
         (B, N, C).
     """
     return torch.matmul(sh_basis(normals), coeffs)
+
+
+def sh_quadratic_coeffs(coeffs: Tensor, to_view: Tensor | None = None) -> Tensor:
+    """SH irradiance as a quadratic polynomial of (unrotated) normals.
+
+    The 2nd-order SH irradiance is ``E(m) = k + l . m + m^T S m`` in the view-frame normal
+    ``m``; with ``m = Q n`` this is ``k + (Q^T l) . n + n^T (Q^T S Q) n``, so lighting can be
+    evaluated on model-space normals without rotating them (exact for any matrix ``Q``, also
+    without unit normals, since the ``-1`` of ``Y_6`` sits in ``k``).
+
+    Args:
+        coeffs: (B, 9, C) SH coefficients (view frame).
+        to_view: (B, 3, 3) matrix ``Q`` mapping normals into the view frame, or None.
+    Returns:
+        (B, 10, C) weights of the features ``[1, x, y, z, x^2, y^2, z^2, xy, yz, xz]``.
+    """
+    c = coeffs * torch.tensor(SH_CONSTANTS, dtype=coeffs.dtype, device=coeffs.device).view(1, 9, 1)
+    k = c[:, 0] - c[:, 6]
+    lin = torch.stack([c[:, 3], c[:, 1], c[:, 2]], 1)  # (B, 3, C) x, y, z
+    S = torch.stack([
+        torch.stack([c[:, 8], 0.5 * c[:, 4], 0.5 * c[:, 7]], 1),
+        torch.stack([0.5 * c[:, 4], -c[:, 8], 0.5 * c[:, 5]], 1),
+        torch.stack([0.5 * c[:, 7], 0.5 * c[:, 5], 3.0 * c[:, 6]], 1),
+    ], 1)  # (B, 3, 3, C)
+    if to_view is not None:
+        Q = to_view.to(coeffs.dtype)
+        lin = torch.einsum("bij,bic->bjc", Q, lin)
+        S = _congruence(Q, S)
+    return torch.cat([k.unsqueeze(1), lin, torch.stack([S[:, 0, 0], S[:, 1, 1], S[:, 2, 2],
+                                                         2 * S[:, 0, 1], 2 * S[:, 1, 2], 2 * S[:, 0, 2]], 1)], 1)
+
+
+def _congruence(Q: Tensor, S: Tensor) -> Tensor:
+    """``Q^T S_c Q`` for every channel c: Q (B, 3, 3), S (B, 3, 3, C) -> (B, 3, 3, C)."""
+    Sc = S.permute(0, 3, 1, 2)  # (B, C, 3, 3)
+    out = Q.transpose(1, 2).unsqueeze(1) @ Sc @ Q.unsqueeze(1)
+    return out.permute(0, 2, 3, 1)
+
+
+def sh_irradiance_quadratic(normals: Tensor, weights: Tensor) -> Tensor:
+    """Irradiance from :func:`sh_quadratic_coeffs` weights.
+
+    Args:
+        normals: (B, V, 3) (model-space) normals; weights: (B, 10, C).
+    Returns:
+        (B, V, C).
+    """
+    x, y, z = normals.unbind(-1)
+    feats = torch.stack([x, y, z, x * x, y * y, z * z, x * y, y * z, x * z], -1)
+    return torch.baddbmm(weights[:, :1], feats, weights[:, 1:])
 
 
 def sh_shade_vertices(
