@@ -32,10 +32,9 @@ def test_bare_command_prints_help_and_fails(capsys):
     assert "usage: faceclip" in capsys.readouterr().out
 
 
-def test_demo_writes_mean_face_and_preview(tmp_path, ict_cache):
-    out = tmp_path / "results"
-    assert main(["demo", "--out", str(out)]) == 0
-    d = out / "mean_face"
+def test_export_mean_writes_mesh_preview_and_params(tmp_path, ict_cache):
+    d = tmp_path / "mean_face"
+    assert main(["export-mean", "--geometry", "head_eyes", "--out", str(d)]) == 0
     for name in ("mesh.obj", "mesh.mtl", "mesh_texture.png", "mesh.ply", "mesh.glb", "preview.png", "params.json"):
         assert (d / name).is_file(), name
     params = json.loads((d / "params.json").read_text())

@@ -48,7 +48,8 @@ def test_params_json(astronaut_result):
     assert w["landmarks68"]["file"].endswith("shape_predictor_68_face_landmarks.dat")
     assert len(w["landmarks68"]["sha256"]) == 64
     assert w["regressor"] == {"file": "none", "sha256": "none"} and w["clip"]["file"] == "none"
-    assert {"landmark", "photometric", "identity_reg"} <= set(params["loss_terms"])
+    assert {"landmark", "identity_reg", "light_fit_rmse"} <= set(params["loss_terms"])  # --fast
+    assert params["method"] == "fit (fast)"
     img = Image.open(EXAMPLE)
     assert params["image_size"] == {"width": img.width, "height": img.height}
     lm = np.array(params["landmarks68_2d"])
