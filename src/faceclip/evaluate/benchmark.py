@@ -16,7 +16,8 @@ Methods (:data:`METHODS`, extend with :func:`register_method`) map an RGB image 
 :class:`MethodOutput`:
 
 - ``mean``: the model's mean face, posed from the 68 landmarks that ``faceclip.detect`` finds on
-  the image (OpenCV PnP with a fixed focal length; the jaw contour slides like a detector's).
+  the image (HOG detector, CNN detector when HOG finds nothing; OpenCV PnP with a fixed focal
+  length; the jaw contour slides like a detector's).
   Its 3D error is the floor every method must beat (it ignores the image).
 - ``fit``: ``faceclip.api.reconstruct_array(image, method="fit")`` (test-time fitting).
 - ``regress``: ``faceclip.api.reconstruct_array(image, method="regress")`` (the network).
@@ -107,7 +108,7 @@ def get_method(name: str) -> MethodFn:
 
 @register_method("mean")
 def mean_face_method(image: np.ndarray, model: FaceModel) -> MethodOutput:
-    """The mean face posed from detected landmarks (PnP, focal ``1015 * S / 224`` px)."""
+    """The mean face posed from detected landmarks (PnP, focal ``1015 * S / 224`` px, the fitter's)."""
     import cv2
     import torch
 
@@ -119,7 +120,8 @@ def mean_face_method(image: np.ndarray, model: FaceModel) -> MethodOutput:
     tri = model.triangles.cpu().numpy()
     lm_idx = model.landmarks68.cpu().numpy()
     out = MethodOutput(mean, tri, mean[lm_idx], None)
-    faces = detect_faces(image)
+    # dlib's HOG detector misses strongly pitched or turned faces; its CNN detector then helps.
+    faces = detect_faces(image) or detect_faces(image, detector="cnn")
     if not faces:
         return out
     face = max(faces, key=lambda f: f.width * f.height)

@@ -27,7 +27,6 @@ __all__ = [
     "closest_points_on_triangles",
     "Similarity",
     "fit_similarity",
-    "icp",
     "align_surface_to_points",
 ]
 
@@ -248,56 +247,6 @@ def fit_similarity(
 
 
 # ----------------------------------------------------------------------------- ICP
-
-
-def icp(
-    moving_points: np.ndarray,
-    target: SurfaceQuery,
-    *,
-    with_scale: bool = False,
-    max_iterations: int = 100,
-    tolerance: float = 1e-6,
-    extra_source: np.ndarray | None = None,
-    extra_target: np.ndarray | None = None,
-    extra_weight: float = 0.0,
-    trim_distance: float | None = None,
-    init: Similarity | None = None,
-) -> tuple[Similarity, int]:
-    """Point-to-surface ICP: the transform that brings ``moving_points`` onto ``target``.
-
-    Each iteration pairs every moving point with its closest point on the target surface (plus
-    the optional fixed correspondences ``extra_source -> extra_target`` with total weight
-    ``extra_weight`` relative to the surface pairs), solves the weighted similarity / rigid fit
-    and stops when the mean squared residual changes by less than ``tolerance`` (same units
-    squared) or after ``max_iterations``.
-
-    Returns:
-        the accumulated transform (apply it to the moving points) and the iterations used.
-    """
-    pts = np.asarray(moving_points, np.float64)
-    total = init or Similarity.identity()
-    prev = None
-    n_extra = 0 if extra_source is None else len(extra_source)
-    it = 0
-    for it in range(1, max_iterations + 1):
-        cur = total.apply(pts)
-        closest, dist, _ = target.closest(cur)
-        keep = np.ones(len(cur), bool) if trim_distance is None else dist <= trim_distance
-        if keep.sum() < 3:
-            keep[:] = True
-        src, dst = cur[keep], closest[keep]
-        w = np.ones(len(src))
-        if n_extra and extra_weight > 0:
-            src = np.concatenate([src, total.apply(extra_source)])
-            dst = np.concatenate([dst, extra_target])
-            w = np.concatenate([w, np.full(n_extra, extra_weight * len(w) / n_extra)])
-        step = fit_similarity(src, dst, with_scale=with_scale, weights=w)
-        total = total.then(step)
-        err = float((w * ((step.apply(src) - dst) ** 2).sum(1)).sum() / w.sum())
-        if prev is not None and abs(prev - err) < tolerance:
-            break
-        prev = err
-    return total, it
 
 
 def align_surface_to_points(

@@ -28,7 +28,9 @@ stiffness). REALY's scans are stored in a normalised unit of about 9 mm (its
 ``unit`` and works on ``points / unit`` so millimetre inputs see the same effective weights.
 
 The normal equations ``(A^T A) X = A^T B`` (4N x 4N, symmetric positive definite, shared by the
-three right-hand sides) are solved with SuperLU (REALY uses CHOLMOD, not installable here).
+three right-hand sides) are solved with SuperLU, which ships with scipy (REALY uses CHOLMOD via
+scikit-sparse, which needs SuiteSparse built from source). With ``max_nodes`` the same energy is
+minimised over affine fields blended from fewer nodes (see :func:`nicp`), for dense scans.
 """
 
 from __future__ import annotations

@@ -161,8 +161,7 @@ def realy_evaluate(
     n_kp = min(pk.shape[0], gk.shape[0])
     unit = gt.working_unit
     # 1. global similarity from the seven keypoints (REALY's L1-ratio scale)
-    glob = fit_similarity(seven_from(pk[:n_kp] if n_kp == 68 else pk), seven_from(gk[:n_kp] if n_kp == 68 else gk),
-                          with_scale=True, scale_estimator="l1_ratio")
+    glob = fit_similarity(seven_from(pk[:n_kp]), seven_from(gk[:n_kp]), with_scale=True, scale_estimator="l1_ratio")
     pred_g = Mesh(glob.apply(pred.vertices), pred.triangles)
     pk_g = glob.apply(pk[:n_kp])
     gk = gk[:n_kp]

@@ -12,7 +12,8 @@ Each sample draws, from one seed and index (fully deterministic):
   random band-2 terms, slightly tinted);
 - **albedo** (ICT has no albedo basis): a skin tone drawn uniformly along a palette from very
   light to very dark skin, with low-frequency variation (random smooth Fourier features),
-  redder cheeks, darker lips and brows, hair on the scalp, eyeballs with sclera and iris;
+  redder cheeks, darker lips and brows, hair with a random hairline (or none), eyeballs with
+  sclera and iris;
 - **background**: uniform, gradient or smooth colour noise.
 
 Rendered with :func:`faceclip.render.render_mesh` (antialiased silhouette) at 224 and 512 px
@@ -54,6 +55,7 @@ SKIN_PALETTE = np.array([
 ])
 HAIR_COLOURS = np.array([[0.06, 0.05, 0.04], [0.20, 0.13, 0.08], [0.40, 0.28, 0.16], [0.70, 0.58, 0.38],
                          [0.50, 0.50, 0.50]])
+HAIR_WEIGHTS = np.array([0.35, 0.3, 0.15, 0.1, 0.1])
 IRIS_COLOURS = np.array([[0.22, 0.13, 0.07], [0.35, 0.25, 0.12], [0.25, 0.38, 0.50], [0.30, 0.40, 0.28]])
 EXPRESSION_GROUPS = [
     ("jawOpen",), ("mouthSmile_L", "mouthSmile_R"), ("mouthFrown_L", "mouthFrown_R"), ("mouthPucker",),
@@ -98,6 +100,7 @@ class SyntheticParams:
     skin_rgb: list[float]
     hair_rgb: list[float]
     iris_rgb: list[float]
+    hairline_mm: float = 35.0  # hairline height above the brows (>= 50: receding, bare back of the head)
     background: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -213,15 +216,16 @@ class SyntheticFaceGenerator:
         hi = min(lo + 1, len(SKIN_PALETTE) - 1)
         skin = SKIN_PALETTE[lo] * (1 - (pos - lo)) + SKIN_PALETTE[hi] * (pos - lo)
         skin = np.clip(skin * rng.uniform(0.95, 1.05, 3), 0.02, 1.0)
-        hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] * rng.uniform(0.85, 1.15)
+        hair = HAIR_COLOURS[rng.choice(len(HAIR_COLOURS), p=HAIR_WEIGHTS)] * rng.uniform(0.85, 1.15)
         iris = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))]
+        hairline = float(rng.uniform(15.0, 60.0))
         background = self._draw_background(rng)
         return SyntheticParams(
             seed=self.seed, index=int(index), identity=[round(float(x), 6) for x in identity],
             expression=expression, angles_deg=angles, fov_deg=fov, distance_mm=float(distance),
             offset_fraction=offset, sh=np.round(sh, 6).tolist(), skin_tone=tone,
             skin_rgb=[float(x) for x in skin], hair_rgb=[float(x) for x in np.clip(hair, 0, 1)],
-            iris_rgb=[float(x) for x in iris], background=background,
+            iris_rgb=[float(x) for x in iris], hairline_mm=hairline, background=background,
         )
 
     def sample(self, index: int) -> SyntheticSample:
@@ -342,9 +346,9 @@ class SyntheticFaceGenerator:
         parts["cheeks"] = soft(regions["cheeks"], 12.0) * 0.8
         brow_top = lm[17:27, 1].max()
         ear_z = min(lm[0, 2], lm[16, 2])
-        hair = np.clip((v[:, 1] - (brow_top + 38.0)) / 10.0, 0, 1)
-        hair = np.maximum(hair, np.clip((v[:, 1] - (brow_top + 5.0)) / 10.0, 0, 1) * np.clip((ear_z - 15.0 - v[:, 2]) / 10.0, 0, 1))
-        parts["hair"] = hair
+        # height above the brows, and a "behind the ears" factor, for the per-sample hairline
+        parts["above_brows_mm"] = v[:, 1] - brow_top
+        parts["behind_ears"] = np.clip((ear_z - 15.0 - v[:, 2]) / 10.0, 0, 1) * np.clip((v[:, 1] - (brow_top + 5.0)) / 10.0, 0, 1)
         eyeballs = np.setdiff1d(regions["eyes"], face)
         sclera = np.zeros(n)
         iris = np.zeros(n)
@@ -381,9 +385,12 @@ class SyntheticFaceGenerator:
         lips = skin * np.array([0.85, 0.62, 0.62])
         base = base * (1 - p["lips"][:, None]) + p["lips"][:, None] * lips
         hair = np.array(params.hair_rgb)
+        hair_mask = np.clip((p["above_brows_mm"] - params.hairline_mm) / 8.0, 0, 1)
+        if params.hairline_mm < 50.0:  # hair on the back of the head too (else: receding / bald)
+            hair_mask = np.maximum(hair_mask, p["behind_ears"])
         brows = np.minimum(hair * 1.2, skin * 0.5)
         base = base * (1 - 0.8 * p["brows"][:, None]) + 0.8 * p["brows"][:, None] * brows
-        base = base * (1 - p["hair"][:, None]) + p["hair"][:, None] * hair
+        base = base * (1 - hair_mask[:, None]) + hair_mask[:, None] * hair
         sclera = np.array([0.86, 0.84, 0.80])
         base = np.where(p["sclera"][:, None] > 0, sclera, base)
         iris = np.array(params.iris_rgb)
