@@ -172,3 +172,24 @@ def test_image_camera_matches_crop_mapping(fitter):
     expected = T.crop_to_image(in_crop)
     got = cam.project(verts[fitter.model.landmarks68])[0].double().numpy()
     assert np.abs(got - expected).max() < 1e-2
+
+
+def test_extra_loss_terms_plug_in(ict_cache, fitter):
+    """A pluggable term (as identity / CLIP losses will be) is evaluated and moves the fit."""
+    from faceclip.fit.fitter import FitConfig, Fitter, LossTerm
+
+    m = fitter.model
+    k = m.expression_index("eyeBlink_L")
+    calls = []
+
+    def close_left_eye(ctx):
+        calls.append(sorted(ctx))
+        return (1.0 - ctx["params"].expression[:, k]).pow(2).mean()
+
+    crop, lm, skin, _, _ = _synthetic_face(fitter, seed=7, yaw_deg=0.0)
+    cfg = FitConfig(landmark_steps=6, photo_steps=8, render_px=160)
+    plain = Fitter(m, cfg).fit(crop, lm, skin)
+    pulled = Fitter(m, cfg, extra_terms=[LossTerm("blink", 50.0, close_left_eye)]).fit(crop, lm, skin)
+    assert len(calls) == 8 and {"params", "rendered", "target", "vertices_mm", "camera"} <= set(calls[0])
+    assert "blink" in pulled.active_terms and "blink" not in plain.active_terms
+    assert float(pulled.params.expression[0, k]) > float(plain.params.expression[0, k]) + 0.05

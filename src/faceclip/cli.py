@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit: analysis-by-synthesis fitting (regression arrives with trained weights)")
     p.add_argument("--fast", action="store_true", help="fewer, lower-resolution fitting steps (~4x faster)")
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
-    p.add_argument("--min-face-px", type=float, default=40.0, help="ignore smaller faces (default 40)")
+    p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
     p.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector (default hog)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic per seed)")

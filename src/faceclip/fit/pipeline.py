@@ -38,7 +38,7 @@ class ReconstructOptions:
 
     fast: bool = False
     all_faces: bool = False
-    min_face_px: float = 40.0
+    min_face_px: float = 32.0
     min_score: float = 0.3
     device: str = "cpu"
     seed: int = 0
