@@ -101,3 +101,40 @@ def run_demo(out_dir: Path, fast: bool = False):
     if not cache_path("ict").is_file():
         install_model("ict")
     return reconstruct_batch([example_image()], Path(out_dir), ReconstructOptions(fast=fast))
+
+
+_RECONSTRUCTORS: dict[tuple, object] = {}
+
+
+def reconstruct_array(image, method: str = "fit", fast: bool = False, device: str = "cpu") -> dict:
+    """Reconstruct the largest face of an in-memory image (no files written).
+
+    Args:
+        image: (H, W, 3) uint8 RGB array.
+        method: ``"fit"`` (analysis-by-synthesis); ``"regress"`` needs trained weights, which
+            this version does not ship.
+
+    Returns:
+        dict with ``vertices_mm`` (V, 3) canonical mesh (model frame), ``triangles`` (F, 3),
+        ``landmarks68_px`` (68, 2) fitted landmarks in image pixels, ``params`` (FaceParams,
+        crop camera) and ``seconds`` per stage.
+
+    Raises:
+        FaceClipError: no face found, or the method is not available.
+    """
+    from faceclip.errors import FaceClipError
+    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+
+    if method != "fit":
+        raise FaceClipError(f"method {method!r} is not available: no trained regressor ships with this version",
+                            hint="use method='fit'")
+    key = (method, fast, device)
+    rec = _RECONSTRUCTORS.get(key)
+    if rec is None:
+        rec = _RECONSTRUCTORS[key] = Reconstructor(ReconstructOptions(fast=fast, device=device))
+    rgb = np.ascontiguousarray(image)
+    face = rec.detect(rgb, "image")[0]
+    result, aligned = rec.fit_face(rgb, face.landmarks)
+    lm = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64))
+    return {"vertices_mm": result.vertices_mm.cpu(), "triangles": rec.model.triangles,
+            "landmarks68_px": lm, "params": result.params, "seconds": result.seconds}
