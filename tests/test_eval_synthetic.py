@@ -112,29 +112,29 @@ def test_benchmark_perfect_method_scores_zero_and_mean_face_does_not(ict_cache):
 
     try:
         synthetic.SyntheticFaceGenerator.sample = spy
-        rep = run_synthetic_benchmark(2, seed=4, method="_oracle_test")
+        rep = run_synthetic_benchmark(1, seed=4, method="_oracle_test")
     finally:
         synthetic.SyntheticFaceGenerator.sample = orig
         METHODS.pop("_oracle_test", None)
     assert rep.nmse_all_mm < 0.01
     assert rep.summary()["all"]["nme_inter_ocular"] == pytest.approx(0.0, abs=1e-9)
-    mean = run_synthetic_benchmark(2, seed=4, method="mean")
+    mean = run_synthetic_benchmark(1, seed=4, method="mean")
     assert 0.3 < mean.nmse_all_mm < 6.0
-    assert mean.summary()["all"]["n"] == 2
+    assert mean.summary()["all"]["n"] == 1
 
 
 def test_benchmark_cli_prints_table_and_headline_last(ict_cache, capsys, tmp_path):
     from faceclip.cli import main
 
-    assert main(["benchmark", "synthetic", "--n", "2", "--seed", "0", "--method", "mean", "--quiet",
+    assert main(["benchmark", "synthetic", "--n", "1", "--seed", "0", "--method", "mean", "--quiet",
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("synthetic_nmse_all_mm: ")
     assert float(out[-1].split(":")[1]) > 0
     assert any(line.startswith("40-60") for line in out) and any(line.startswith("all") for line in out)
     data = json.loads((tmp_path / "synthetic.json").read_text())
-    assert len(data["samples"]) == 2 and data["method"] == "mean"
-    assert (tmp_path / "synthetic.csv").read_text().count("\n") == 3
+    assert len(data["samples"]) == 1 and data["method"] == "mean"
+    assert (tmp_path / "synthetic.csv").read_text().count("\n") == 2
 
 
 def test_benchmark_unavailable_method_is_one_clear_error(ict_cache, capsys, monkeypatch):
