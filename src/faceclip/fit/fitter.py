@@ -29,7 +29,7 @@ from torch import Tensor
 from faceclip.facemodel.base import FaceModel
 from faceclip.fit.albedo import AlbedoModel, make_albedo_model
 from faceclip.fit.contour import ContourBands, build_contour_bands, landmark_vertex_ids
-from faceclip.fit.params import FaceParams, matrix_to_euler
+from faceclip.fit.params import FaceParams, euler_to_matrix, matrix_to_euler
 from faceclip.losses import (
     albedo_skin_prior,
     albedo_smoothness,
@@ -55,7 +55,7 @@ class FitConfig:
     """
 
     crop_px: int = 224
-    landmark_steps: int = 15
+    landmark_steps: int = 25
     photo_steps: int = 30
     render_px: int = 224
     w_landmark: float = 1.0
@@ -119,6 +119,20 @@ class FitResult:
     losses: dict[str, float]
     active_terms: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _euler_jacobian(angles: Tensor) -> Tensor:
+    """(3,) pitch, yaw, roll -> (3, 3, 3) derivatives of :func:`euler_to_matrix` (last axis: angle)."""
+    p, y, r = angles.tolist()
+    cp, sp, cy, sy, cr, sr = np.cos(p), np.sin(p), np.cos(y), np.sin(y), np.cos(r), np.sin(r)
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    drx = np.array([[0, 0, 0], [0, -sp, -cp], [0, cp, -sp]])
+    dry = np.array([[-sy, 0, cy], [0, 0, 0], [-cy, 0, -sy]])
+    drz = np.array([[-sr, -cr, 0], [cr, -sr, 0], [0, 0, 0]])
+    d = np.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], axis=-1)
+    return torch.as_tensor(d, dtype=angles.dtype, device=angles.device)
 
 
 class _Subset:
@@ -254,78 +268,97 @@ class Fitter:
 
     # ------------------------------------------------------------------ stages
 
+    @torch.no_grad()
     def _landmark_stage(self, p: FaceParams, target: Tensor, steps: int) -> dict[str, float]:
         """Levenberg-Marquardt on pose, identity and expression against the 68 landmarks.
 
         The objective is the same weighted sum of squares as the photometric stage's landmark
-        and prior terms, written as residuals; ``steps`` bounds the LM iterations (each one a
-        Jacobian by reverse-mode vmap and a 159 x 159 solve). Blendshape weights are projected
-        onto [0, 1] after every step.
+        and prior terms, written as residuals. The Jacobian is analytic (the model is linear in
+        its coefficients, the camera a rotation, a translation and a perspective division), so an
+        iteration costs one (136 x 159) matrix and a 159 x 159 solve; ``steps`` bounds the
+        iterations. The sliding contour is re-selected at every iteration and held fixed within
+        it. Blendshape weights are projected onto [0, 1] after every step.
         """
-        from torch.func import jacrev
-
         c = self.config
         scale = c.crop_px / 224.0
         w = DEFAULT_LANDMARK_WEIGHTS.to(self.device)
-        w_sqrt = (w / w.sum()).sqrt().unsqueeze(-1) * (c.w_landmark ** 0.5) / scale  # (68, 1)
+        w_sqrt = ((w / w.sum()).sqrt() * (c.w_landmark ** 0.5) / scale).view(68, 1)
         sizes = [3, 3, self.model.n_identity, self.model.n_expression]
-        # Translation is optimised in cm-like units so that all unknowns have similar scales.
-        t_unit = torch.tensor([1.0, 1.0, 10.0], device=self.device)
-
-        def unpack(theta: Tensor) -> list[Tensor]:
-            return list(torch.split(theta, sizes))
-
-        def lm_residuals(theta: Tensor, b: int) -> Tensor:
-            ang, tr, ident, expr = unpack(theta)
-            q = FaceParams(identity=ident[None], expression=expr[None], angles_rad=ang[None],
-                           translation_mm=(tr * t_unit)[None], focal_px=p.focal_px[b:b + 1],
-                           sh=p.sh[b:b + 1], albedo=p.albedo[b:b + 1], image_size=p.image_size)
-            lm = self.project_landmarks(q, self._lm.vertices(q), self._lm)[0]  # (68, 2)
-            return ((lm - target[b]) * w_sqrt).reshape(-1)
-
-        # The priors are linear residuals sqrt(w) * coeff: their Jacobian is a constant diagonal.
+        # Translation is solved in cm so that all unknowns have similar scales.
+        t_unit = 10.0
         prior_w = torch.cat([torch.zeros(6, device=self.device),
                              torch.full((sizes[2],), c.w_identity, device=self.device),
                              torch.full((sizes[3],), c.w_expression, device=self.device)])
+        flip = torch.tensor([1.0, -1.0, -1.0], device=self.device).view(3, 1)
+        sub = self._lm
 
-        def residuals(theta: Tensor, b: int) -> Tensor:
-            return torch.cat([lm_residuals(theta, b), prior_w.sqrt() * theta])
+        def evaluate(theta: Tensor, rows: Tensor, b: int, jacobian: bool):
+            ang, tr, ident, expr = torch.split(theta, sizes)
+            bid, bexp = sub.id_basis[:, rows], sub.exp_basis[:, rows]  # (K, 68, 3)
+            X = sub.mean[rows] + torch.einsum("k,knc->nc", ident, bid) + torch.einsum("k,knc->nc", expr, bexp)
+            R = flip * euler_to_matrix(ang[None])[0]
+            Xc = X @ R.T + tr * t_unit
+            f = p.focal_px[b]
+            x, y, z = Xc.unbind(-1)
+            uv = torch.stack([f * x / z, f * y / z], -1) + torch.tensor(
+                [p.image_size[1] / 2.0, p.image_size[0] / 2.0], device=self.device)
+            r = ((uv - target[b]) * w_sqrt).reshape(-1)
+            if not jacobian:
+                return r, None
+            zero = torch.zeros_like(z)
+            duv = torch.stack([torch.stack([f / z, zero, -f * x / z**2], -1),
+                               torch.stack([zero, f / z, -f * y / z**2], -1)], 1)  # (68, 2, 3)
+            dR = flip.view(3, 1, 1) * _euler_jacobian(ang)  # (3, 3, 3): d R[i, j] / d angle k
+            d_ang = torch.einsum("ijk,nj->nik", dR, X)  # (68, 3, 3)
+            d_t = (torch.eye(3, device=self.device) * t_unit).expand(68, 3, 3)
+            d_id = torch.einsum("ij,knj->nik", R, bid)
+            d_exp = torch.einsum("ij,knj->nik", R, bexp)
+            dX = torch.cat([d_ang, d_t, d_id, d_exp], -1)  # (68, 3, P)
+            J = (torch.einsum("nac,ncp->nap", duv, dX) * w_sqrt.view(68, 1, 1)).reshape(136, -1)
+            return r, J
+
+        def total(r: Tensor, theta: Tensor) -> float:
+            return float(r @ r + (prior_w * theta * theta).sum())
 
         losses: dict[str, float] = {}
         for b in range(p.batch_size):
-            theta = torch.cat([p.angles_rad[b], p.translation_mm[b] / t_unit, p.identity[b],
-                               p.expression[b]]).detach()
+            theta = torch.cat([p.angles_rad[b], p.translation_mm[b] / t_unit, p.identity[b], p.expression[b]])
             lam = 1e-2
-            r = residuals(theta, b)
-            cost = float(r @ r)
             for _ in range(steps):
-                J = jacrev(lm_residuals)(theta, b)  # (136, P)
-                n = J.shape[0]
+                q = self._params_from_theta(p, theta, sizes, t_unit, b)
+                rows = sub.remap[landmark_vertex_ids(self.model, self.bands, sub.vertices(q), q.camera(), sub.remap)[0]]
+                r, J = evaluate(theta, rows, b, jacobian=True)
+                cost = total(r, theta)
                 JtJ = J.T @ J + torch.diag(prior_w)
-                g = J.T @ r[:n] + prior_w * theta
-                improved = False
+                g = J.T @ r + prior_w * theta
+                diag = torch.diagonal(JtJ)
+                improved = converged = False
                 for _ in range(6):
-                    A = JtJ + lam * (torch.diag(torch.diagonal(JtJ)) + 1e-6 * torch.eye(len(theta), device=self.device))
-                    step = torch.linalg.solve(A, g)
+                    step = torch.linalg.solve(JtJ + lam * torch.diag(diag + 1e-6), g)
                     cand = self._project_theta(theta - step, sizes)
-                    r_c = residuals(cand, b)
-                    cost_c = float(r_c @ r_c)
+                    cost_c = total(evaluate(cand, rows, b, jacobian=False)[0], cand)
                     if cost_c < cost:
-                        theta, r, lam, improved = cand, r_c, max(lam / 3.0, 1e-7), True
-                        converged = cost - cost_c < 1e-6 * cost
-                        cost = cost_c
+                        converged = cost - cost_c < 1e-5 * cost
+                        theta, lam, improved = cand, max(lam / 3.0, 1e-7), True
                         break
                     lam *= 4.0
                 if not improved or converged:
                     break
-            ang, tr, ident, expr = unpack(theta)
-            with torch.no_grad():
-                p.angles_rad[b], p.translation_mm[b] = ang, tr * t_unit
-                p.identity[b], p.expression[b] = ident, expr
-            n_lm = 136
-            losses = {"landmark": float(r[:n_lm] @ r[:n_lm]) / c.w_landmark,
+            ang, tr, ident, expr = torch.split(theta, sizes)
+            p.angles_rad[b], p.translation_mm[b] = ang, tr * t_unit
+            p.identity[b], p.expression[b] = ident, expr
+            q = self._params_from_theta(p, theta, sizes, t_unit, b)
+            lm = self.project_landmarks(q, sub.vertices(q), sub)
+            losses = {"landmark": float(landmark_loss(lm, target[b:b + 1], scale_px=scale)),
                       "identity_reg": float(ident @ ident), "expression_reg": float(expr @ expr)}
         return losses
+
+    @staticmethod
+    def _params_from_theta(p: FaceParams, theta: Tensor, sizes: list[int], t_unit: float, b: int) -> FaceParams:
+        ang, tr, ident, expr = torch.split(theta, sizes)
+        return FaceParams(identity=ident[None], expression=expr[None], angles_rad=ang[None],
+                          translation_mm=(tr * t_unit)[None], focal_px=p.focal_px[b:b + 1],
+                          sh=p.sh[b:b + 1], albedo=p.albedo[b:b + 1], image_size=p.image_size)
 
     def _project_theta(self, theta: Tensor, sizes: list[int]) -> Tensor:
         """Keep yaw in +-80 degrees and blendshape weights in [0, 1] (flat parameter vector)."""
