@@ -145,3 +145,27 @@ def test_benchmark_unavailable_method_is_one_clear_error(ict_cache, capsys, monk
     assert main(["benchmark", "synthetic", "--n", "1", "--method", "fit", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "not available" in err and "reconstruct_array" in err
+
+
+def test_benchmark_regress_is_reported_unavailable(ict_cache, capsys):
+    from faceclip.cli import main
+
+    assert main(["benchmark", "synthetic", "--n", "1", "--method", "regress", "--quiet"]) == 2
+    assert "not available" in capsys.readouterr().err
+
+
+def test_benchmark_counts_failures_and_scores_them_as_the_mean_face(ict_cache):
+    from faceclip.detect.select import NoFaceError
+    from faceclip.evaluate.benchmark import METHODS, register_method, run_synthetic_benchmark
+
+    @register_method("_always_fails_test")
+    def fails(image, model):
+        raise NoFaceError("no face found in image")
+
+    try:
+        rep = run_synthetic_benchmark(1, seed=4, method="_always_fails_test")
+    finally:
+        METHODS.pop("_always_fails_test", None)
+    s = rep.summary()["all"]
+    assert s["method_failed"] == 1 and s["landmarks_found"] == 0
+    assert 0.3 < rep.nmse_all_mm < 6.0  # the mean face's score

@@ -22,7 +22,10 @@ Methods (:data:`METHODS`, extend with :func:`register_method`) map an RGB image 
 - ``fit``: ``faceclip.api.reconstruct_array(image, method="fit")`` (test-time fitting).
 - ``regress``: ``faceclip.api.reconstruct_array(image, method="regress")`` (the network).
 
-A method that cannot run here raises :class:`MethodUnavailable` with the reason.
+A method that cannot run here raises :class:`MethodUnavailable` with the reason (checked before
+any work). A method that fails on one image with an input error (e.g. no face found) is scored as
+the mean face for that sample and counted in the ``fail`` column, so every method is measured on
+the same faces.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from faceclip.errors import FaceClipError
+from faceclip.errors import FaceClipError, InputError
 from faceclip.facemodel import FaceModel
 
 log = logging.getLogger(__name__)
@@ -167,7 +170,17 @@ def _api_method(kind: str) -> MethodFn:
     def run(image: np.ndarray, model: FaceModel) -> MethodOutput:
         return _as_method_output(api_function()(image, method=kind), model)
 
-    run.check = api_function  # type: ignore[attr-defined]
+    def check() -> None:
+        """Call the method on a blank image: "no face found" means it can run."""
+        fn = api_function()
+        try:
+            fn(np.zeros((64, 64, 3), np.uint8), method=kind)
+        except InputError:
+            return
+        except FaceClipError as exc:
+            raise MethodUnavailable(f"method {kind!r} is not available: {exc.message}", hint=exc.hint) from None
+
+    run.check = check  # type: ignore[attr-defined]
     return run
 
 
@@ -203,6 +216,9 @@ def _as_method_output(result, model: FaceModel) -> MethodOutput:
     tri = model.triangles.cpu().numpy() if tri is None else np.asarray(arr(tri), np.int64)
     kp = arr(get("keypoints_3d"))
     if kp is None:
+        if len(verts) != model.n_vertices:
+            raise FaceClipError(f"the method returned {len(verts)} vertices but the benchmark's model has "
+                                f"{model.n_vertices}; return keypoints_3d for another topology")
         kp = verts[model.landmarks68.cpu().numpy()]
     kp = kp[0] if kp.ndim == 3 else kp
     lm2 = arr(get("landmarks68_px", "landmarks_px", "landmarks68_2d", "landmarks"))
@@ -230,6 +246,7 @@ class SampleResult:
     landmarks_found: bool
     seconds_method: float
     seconds_eval: float
+    method_failed: bool = False
 
     def as_row(self) -> dict:
         row = {"index": self.index, "pose_bin": self.pose_bin, "yaw_deg": round(self.yaw_deg, 3),
@@ -237,6 +254,7 @@ class SampleResult:
         row.update({f"nmse_{k}_mm": v for k, v in self.nmse_mm.items()})
         row.update({"nmse_all_mm": self.nmse_all_mm, "nme_inter_ocular": self.nme_inter_ocular,
                     "nme_box": self.nme_box, "landmarks_found": self.landmarks_found,
+                    "method_failed": self.method_failed,
                     "seconds_method": round(self.seconds_method, 4), "seconds_eval": round(self.seconds_eval, 4)})
         return row
 
@@ -271,7 +289,8 @@ def _aggregate(rows: list[SampleResult]) -> dict[str, float]:
         v = np.array([x for x in vals if x is not None and np.isfinite(x)], dtype=np.float64)
         return float(v.mean()) if len(v) else float("nan")
 
-    agg = {"n": len(rows), "landmarks_found": sum(r.landmarks_found for r in rows)}
+    agg = {"n": len(rows), "landmarks_found": sum(r.landmarks_found for r in rows),
+           "method_failed": sum(r.method_failed for r in rows)}
     for region in ("nose", "mouth", "forehead", "cheek"):
         agg[f"nmse_{region}_mm"] = mean(r.nmse_mm.get(region) for r in rows)
     agg["nmse_all_mm"] = mean(r.nmse_all_mm for r in rows)
@@ -318,7 +337,14 @@ def run_synthetic_benchmark(
             write_sample(sample, save_samples_to, triangles=tri)
         image = sample.images[size_px]
         t0 = time.perf_counter()
-        out = fn(image, model)
+        failed = False
+        try:
+            out = fn(image, model)
+        except InputError as exc:  # e.g. no face found: scored as the mean face, counted as failed
+            log.info("sample %d: %s failed (%s); scoring the mean face", i, method, exc.message)
+            failed = True
+            mean = model.mean_mm.numpy().astype(np.float64)
+            out = MethodOutput(mean, tri, mean[lm_idx], None)
         t_method = time.perf_counter() - t0
         t0 = time.perf_counter()
         gt_v = sample.vertices_mm.astype(np.float64)
@@ -332,7 +358,7 @@ def run_synthetic_benchmark(
         p = sample.params
         report.samples.append(SampleResult(
             i, p.angles_deg[1], p.angles_deg[0], p.skin_tone, pose_bin(p.angles_deg[1]), dict(res.nmse_mm),
-            res.all_mm, float(nme_io), float(nme_box), found, t_method, t_eval,
+            res.all_mm, float(nme_io), float(nme_box), found, t_method, t_eval, failed,
         ))
         if progress is not None:
             progress(i + 1)
@@ -342,13 +368,14 @@ def run_synthetic_benchmark(
 def format_report(report: BenchmarkReport) -> str:
     """A fixed-width table per pose bin (NMSE in mm, NME in % of the normaliser)."""
     summary = report.summary()
-    head = f"{'yaw bin':<8} {'n':>4} {'lmk':>4} {'nose':>6} {'mouth':>6} {'fhead':>6} {'cheek':>6} {'all':>6} {'NME io%':>8} {'NME box%':>9}"
+    head = f"{'yaw bin':<8} {'n':>4} {'fail':>4} {'lmk':>4} {'nose':>6} {'mouth':>6} {'fhead':>6} {'cheek':>6} {'all':>6} {'NME io%':>8} {'NME box%':>9}"
     lines = [f"synthetic benchmark: method={report.method} seed={report.seed} image={report.size_px}px "
-             f"(REALY-style NMSE in mm; NME in %)", head]
+             f"(REALY-style NMSE in mm; NME in %; fail: method failed, scored as the mean face; "
+             f"lmk: 2D landmarks returned)", head]
     for name in POSE_BINS + ("all",):
         s = summary[name]
         lines.append(
-            f"{name:<8} {s['n']:>4d} {s['landmarks_found']:>4d} {s['nmse_nose_mm']:>6.3f} {s['nmse_mouth_mm']:>6.3f} "
+            f"{name:<8} {s['n']:>4d} {s['method_failed']:>4d} {s['landmarks_found']:>4d} {s['nmse_nose_mm']:>6.3f} {s['nmse_mouth_mm']:>6.3f} "
             f"{s['nmse_forehead_mm']:>6.3f} {s['nmse_cheek_mm']:>6.3f} {s['nmse_all_mm']:>6.3f} "
             f"{100 * s['nme_inter_ocular']:>8.2f} {100 * s['nme_box']:>9.2f}"
         )
