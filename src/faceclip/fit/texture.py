@@ -19,7 +19,7 @@ from faceclip.facemodel.base import FaceModel
 from faceclip.fit.params import FaceParams
 from faceclip.render.camera import PerspectiveCamera
 from faceclip.render.interpolate import interpolate_vertex_attributes
-from faceclip.render.rasterize import rasterize, rasterize_mesh
+from faceclip.render.rasterize import Fragments, rasterize, rasterize_mesh
 from faceclip.render.shading import sh_irradiance, sh_shade_vertices, vertex_normals
 
 
@@ -204,7 +204,11 @@ def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
     S = size_px
     tri = model.triangles.to(dev)
     raster = uv_raster(model, S)
-    frag = _Remap(raster.frag)
+    # The UV raster's triangle ids are the model's (one corner triangle per model triangle);
+    # a fresh Fragments keeps its caches from mixing the two index spaces.
+    uvf = raster.frag
+    frag = Fragments(pix=uvf.pix, face=uvf.face, bary=uvf.bary, depth=uvf.depth, batch_size=1,
+                     image_size=uvf.image_size)
     verts = vertices_mm.unsqueeze(0)
     normals = vertex_normals(verts, tri)[0]
     irr_v = sh_irradiance(cam_img.to_view(normals.unsqueeze(0)), params.sh.to(dev))[0].clamp_min(0.05)
@@ -242,16 +246,6 @@ def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
     ft = raster.face_texel.to(dev)
     photo_fraction = float((w1 > 0.5)[ft].float().mean()) if ft.any() else 0.0
     return out, photo_fraction
-
-
-class _Remap:
-    """Fragments of the UV raster seen as fragments of the mesh (corner triangles -> triangles)."""
-
-    def __init__(self, frag) -> None:
-        self.face = frag.face
-        self.bary = frag.bary
-        self.batch_size = 1
-        self.batch_index = torch.zeros_like(frag.face)
 
 
 def overlay_triangles(model: FaceModel) -> Tensor:
