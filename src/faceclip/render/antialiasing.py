@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from faceclip.render import _numba_ops
+from faceclip.render.backend import use_numba
 from faceclip.render.rasterize import Fragments
 
 __all__ = ["EdgeTopology", "edge_topology", "antialias", "antialias_deltas"]
@@ -175,6 +177,16 @@ def _edge_crossings(
     B, H, W = fragments.batch_size, *fragments.image_size
     F, V = triangles.shape[0], xy.shape[1]
     dev = xy.device
+    if use_numba(xy) and fragments.pix.shape[0] > 0:
+        b = fragments.batch_index
+        if bool((b[1:] >= b[:-1]).all()):  # fragments sorted by image, as rasterized
+            orient = _orientation(fragments, xy, triangles)
+            res = _numba_ops.edge_crossings(fragments.pix, fragments.face, fragments.depth, b, B, (H, W),
+                                            xy, triangles, neighbor, orient, max_steps)
+            if res is None:
+                return None
+            ka, kb, q_in, q_out, p_in, p_out, i_in, i_out = res
+            return _crossing(xy, ka, kb, q_in, q_out, p_in, p_out, i_in, i_out)
     with torch.no_grad():
         orient = _orientation(fragments, xy, triangles).to(dev)
         face, depth = fragments.face, fragments.depth.detach()
@@ -229,7 +241,13 @@ def _edge_crossings(
             return None
         ka, kb, q_in, q_out = ka[keep], kb[keep], q_in[keep], q_out[keep]
         p_in, p_out, i_in, i_out = p_in[keep], p_out[keep], i_in[keep], i_out[keep]
-    xyf = xy.reshape(B * V, 2)
+    return _crossing(xy, ka, kb, q_in, q_out, p_in, p_out, i_in, i_out)
+
+
+def _crossing(xy: Tensor, ka: Tensor, kb: Tensor, q_in: Tensor, q_out: Tensor, p_in: Tensor, p_out: Tensor,
+              i_in: Tensor, i_out: Tensor) -> _EdgeCrossings:
+    """The differentiable crossing parameter of segments q_in -> q_out with edges (ka, kb)."""
+    xyf = xy.reshape(-1, 2)
     a, b = xyf[ka], xyf[kb]  # differentiable edge end points
     ex, ey = (b - a).unbind(-1)
     e_in = ex * (q_in[:, 1] - a[:, 1]) - ey * (q_in[:, 0] - a[:, 0])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from faceclip.render import _numba_ops
+from faceclip.render.backend import use_numba
 from faceclip.render.rasterize import Fragments
 
 __all__ = ["interpolate_vertex_attributes", "interpolate_face_attributes", "sample_texture",
@@ -26,6 +28,8 @@ def interpolate_vertex_attributes(attributes: Tensor, fragments: Fragments, tria
         (N, C) perspective-correct interpolation, differentiable wrt ``attributes`` and the
         fragments' barycentrics (hence vertex positions).
     """
+    if use_numba(attributes, fragments.bary):
+        return _interpolate_numba(attributes, fragments, triangles)
     vid = triangles.to(attributes.device).index_select(0, fragments.face)  # (N, 3)
     if attributes.ndim == 3:
         B, V, C = attributes.shape
@@ -40,6 +44,24 @@ def interpolate_vertex_attributes(attributes: Tensor, fragments: Fragments, tria
     out = flat.index_select(0, vid[:, 0]) * bary[:, 0:1]
     out = out + flat.index_select(0, vid[:, 1]) * bary[:, 1:2]
     return out + flat.index_select(0, vid[:, 2]) * bary[:, 2:3]
+
+
+def _interpolate_numba(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> Tensor:
+    """Compiled gather + blend (and scatter-add backward), see :mod:`._numba_ops`."""
+    B = fragments.batch_size
+    if attributes.ndim == 3 and attributes.shape[0] == B and B > 1:
+        V = attributes.shape[1]
+        flat = attributes.reshape(B * V, attributes.shape[2])
+        vid = fragments.corner_vertices(triangles, V)
+        shared = False
+    else:
+        flat = attributes[0] if attributes.ndim == 3 else attributes
+        vid = triangles.to(device=flat.device, dtype=torch.long).t().index_select(1, fragments.face)
+        shared = True
+    seg = fragments._cache.get("seg")
+    if seg is None:
+        seg = fragments._cache["seg"] = _numba_ops.segments(fragments.batch_index, B)
+    return _numba_ops.interpolate(flat, fragments.bary, vid, seg, shared)
 
 
 def interpolate_face_attributes(face_attributes: Tensor, fragments: Fragments) -> Tensor:

@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from faceclip.render import _numba_ops
+from faceclip.render.backend import use_numba
+
 if TYPE_CHECKING:
     from faceclip.render.camera import PerspectiveCamera
 
@@ -357,6 +360,8 @@ def _visibility(
     """Returns (b, i, j, face) of covered pixels (ascending flat index) and (B*F,) orientations."""
     H, W = image_size
     B = xy.shape[0]
+    if use_numba(xy, z):
+        return _numba_ops.visibility(xy, z, triangles, (H, W), cull_backfaces, znear, _INSIDE_EPS)
     bins = _bin_triangles(xy.detach().float(), z.detach().float(), triangles, H, W, cull_backfaces, znear)
     zbuf = torch.zeros(B * H * W, dtype=torch.long, device=xy.device)
     for kh, kw, s, e in bins.classes:
@@ -462,7 +467,11 @@ class _PerspectiveBarycentrics(torch.autograd.Function):
         return g_xy, g_z, None, None, None
 
 
-def _barycentrics(xy: Tensor, z: Tensor, vid: Tensor, i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+def _barycentrics(xy: Tensor, z: Tensor, vid: Tensor, i: Tensor, j: Tensor,
+                  b: Tensor | None = None, batch_size: int = 1) -> tuple[Tensor, Tensor]:
+    if use_numba(xy, z):
+        seg = _numba_ops.segments(b, batch_size) if b is not None else torch.tensor([0, i.shape[0]])
+        return _numba_ops.PerspectiveBarycentrics.apply(xy, z, vid, i, j, seg)
     px = j.to(xy.dtype) + 0.5
     py = i.to(xy.dtype) + 0.5
     return _PerspectiveBarycentrics.apply(xy, z, vid, px, py)
@@ -487,7 +496,7 @@ def fragment_barycentrics(
     i = torch.div(rem, W, rounding_mode="floor")
     j = rem - i * W
     vid = triangles.to(device=xy.device, dtype=torch.long).t().index_select(1, face) + (b * V).unsqueeze(0)
-    return _barycentrics(xy, z, vid.contiguous(), i, j)
+    return _barycentrics(xy, z, vid.contiguous(), i, j, b, B)
 
 
 def rasterize(
@@ -515,7 +524,7 @@ def rasterize(
     vid = tri.t().index_select(1, face)
     if B > 1:
         vid += (b * V).unsqueeze(0)
-    bary, depth = _barycentrics(xy, z, vid, i, j)
+    bary, depth = _barycentrics(xy, z, vid, i, j, b, B)
     frags = Fragments(pix=pix, face=face, bary=bary, depth=depth, batch_size=B, image_size=(H, W))
     frags._cache.update(batch=b, ij=(i, j), vid=(triangles, V, vid), orient=orient)
     return frags

@@ -37,6 +37,9 @@ import weakref
 import torch
 from torch import Tensor
 
+from faceclip.render import _numba_ops
+from faceclip.render.backend import use_numba
+
 __all__ = ["face_normals", "vertex_normals", "sh_basis", "sh_irradiance", "sh_shade_vertices",
            "SH_CONSTANTS", "sh_from_deep3d", "sh_ambient", "sh_directional",
            "sh_quadratic_coeffs", "sh_irradiance_quadratic"]
@@ -124,6 +127,9 @@ def vertex_normals(vertices: Tensor, triangles: Tensor) -> Tensor:
     lead = vertices.shape[:-2]
     V, F = vertices.shape[-2], triangles.shape[0]
     triangles = triangles.to(device=vertices.device, dtype=torch.long)
+    if vertices.ndim in (2, 3) and use_numba(vertices):
+        out = _numba_ops.VertexNormals.apply(vertices if vertices.ndim == 3 else vertices.unsqueeze(0), triangles)
+        return out if vertices.ndim == 3 else out[0]
     if vertices.is_cuda or vertices.ndim > 3:  # CUDA / unusual shapes: plain scatter
         fn = face_normals(vertices, triangles, normalize=False)  # (..., F, 3)
         nb = int(torch.tensor(lead).prod()) if lead else 1
@@ -216,6 +222,8 @@ def sh_irradiance_quadratic(normals: Tensor, weights: Tensor) -> Tensor:
     Returns:
         (B, V, C).
     """
+    if normals.ndim == 3 and weights.ndim == 3 and use_numba(normals, weights):
+        return _numba_ops.QuadraticSH.apply(normals, weights)
     x, y, z = normals.unbind(-1)
     feats = torch.stack([x, y, z, x * x, y * y, z * z, x * y, y * z, x * z], -1)
     return torch.baddbmm(weights[:, :1], feats, weights[:, 1:])

@@ -1,0 +1,592 @@
+"""Numba kernels of the compiled CPU backend (imported only through :mod:`.backend`).
+
+Every kernel works on flat NumPy views of contiguous CPU tensors (no copies), is compiled
+with ``cache=True`` (machine code is stored on disk on first use, see :mod:`.backend` for the
+cache folder), ``nogil=True``, ``error_model="numpy"`` (division by zero gives inf/nan as in
+PyTorch) and ``fastmath=False``: the visibility kernel reproduces the float32 arithmetic of
+the PyTorch path operation by operation, so both backends select the same triangle at every
+pixel.
+
+Each kernel processes the work items ``[lo, hi)`` of its outer loop (images, bands of rows,
+fragments or fragment segments); :func:`.backend.launch` runs chunks on several threads.
+Chunks never write to shared memory: visibility works per image (or per band of rows), and
+the scatters of the backward passes per fragment segment; fragments are sorted by flat pixel
+index, so the fragments of image ``b`` form one segment that touches only image ``b``'s
+vertices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_F32 = np.float32
+
+
+# ----------------------------------------------------------------------------- visibility
+
+
+@njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+def visibility_zbuffer(xs, ys, zs, tri, B, V, H, W, cull, znear, eps, nbands, zbuf, orient, lo, hi):  # pragma: no cover
+    """Nearest triangle per pixel centre.
+
+    xs, ys, zs: (B*V,) float32 pixel coordinates and depths; tri: (F, 3) int64.
+    zbuf: (B*H*W,) int64, zero on entry; receives ``float_bits(1/depth) << 32 | face`` of the
+    nearest covering triangle (0 = empty), exactly like the PyTorch path's ``amax`` keys.
+    orient: (B*F,) float32, receives the sign of each triangle's doubled signed screen area.
+    Work item ``t`` in ``[0, B * nbands)`` is image ``t // nbands``, rows of band ``t % nbands``.
+    """
+    F = tri.shape[0]
+    half = _F32(0.5)
+    one = _F32(1.0)
+    zero = _F32(0.0)
+    neps = -eps
+    rows_per_band = (H + nbands - 1) // nbands
+    for task in range(lo, hi):
+        b = task // nbands
+        band = task - b * nbands
+        r_lo = band * rows_per_band
+        r_hi = min(H, r_lo + rows_per_band) - 1
+        vb = b * V
+        pb = b * H * W
+        for f in range(F):
+            k0 = vb + tri[f, 0]
+            k1 = vb + tri[f, 1]
+            k2 = vb + tri[f, 2]
+            x0, x1, x2 = xs[k0], xs[k1], xs[k2]
+            y0, y1, y2 = ys[k0], ys[k1], ys[k2]
+            e1x = x1 - x0
+            e1y = y1 - y0
+            e2x = x2 - x0
+            e2y = y2 - y0
+            area2 = e1x * e2y - e1y * e2x
+            if band == 0:
+                orient[b * F + f] = _F32(1.0) if area2 > zero else (_F32(-1.0) if area2 < zero else zero)
+            if cull:
+                if not area2 < zero:
+                    continue
+            elif not area2 != zero:
+                continue
+            j0 = max(np.ceil(min(min(x0, x1), x2) - half), zero)
+            j1 = min(np.floor(max(max(x0, x1), x2) - half), _F32(W - 1))
+            i0 = max(np.ceil(min(min(y0, y1), y2) - half), zero)
+            i1 = min(np.floor(max(max(y0, y1), y2) - half), _F32(H - 1))
+            if not (j1 >= j0 and i1 >= i0):
+                continue
+            ii0 = int(i0)
+            ii1 = int(i1)
+            if ii1 < r_lo or ii0 > r_hi:
+                continue
+            z0, z1, z2 = zs[k0], zs[k1], zs[k2]
+            if not (min(min(z0, z1), z2) > znear and np.isfinite(z0 + z1 + z2)):
+                continue
+            inv_a = one / area2
+            a1 = e2y * inv_a
+            b1 = -e2x * inv_a
+            a2 = -e1y * inv_a
+            b2 = e1x * inv_a
+            dx0 = (j0 + half) - x0
+            dy0 = (i0 + half) - y0
+            l1 = a1 * dx0 + b1 * dy0
+            l2 = a2 * dx0 + b2 * dy0
+            iz0 = one / z0
+            d1 = one / z1 - iz0
+            d2 = one / z2 - iz0
+            c3 = (iz0 + l1 * d1) + l2 * d2
+            c0 = (one - l1) - l2
+            s0 = -(a1 + a2)
+            s3 = a1 * d1 + a2 * d2
+            r0 = -(b1 + b2)
+            r3 = b1 * d1 + b2 * d2
+            jj0 = int(j0)
+            w = int(j1) - jj0 + 1
+            for ii in range(max(ii0, r_lo), min(ii1, r_hi) + 1):
+                fi = _F32(ii - ii0)
+                q0 = r0 * fi
+                q1 = b1 * fi
+                q2 = b2 * fi
+                q3 = r3 * fi
+                row_base = pb + ii * W + jj0
+                for t in range(w):
+                    fj = _F32(t)
+                    v0 = q0 + (s0 * fj + c0)
+                    v1 = q1 + (a1 * fj + l1)
+                    v2 = q2 + (a2 * fj + l2)
+                    if min(min(v0, v1), v2) < neps:
+                        continue
+                    v3 = q3 + (s3 * fj + c3)
+                    key = (np.int64(np.float32(v3).view(np.int32)) << 32) | f
+                    p = row_base + t
+                    if key > zbuf[p]:
+                        zbuf[p] = key
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def count_zbuffer(zbuf, P, counts, lo, hi):  # pragma: no cover
+    """counts[b + 1] = covered pixels of image b (images lo..hi-1)."""
+    for b in range(lo, hi):
+        n = 0
+        for p in range(b * P, (b + 1) * P):
+            if zbuf[p] > 0:
+                n += 1
+        counts[b + 1] = n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def compact_zbuffer(zbuf, H, W, offsets, pix, face, bi, ii, jj, lo, hi):  # pragma: no cover
+    """Covered pixels of images lo..hi-1, written from offsets[b] on: flat pixel (ascending),
+    face, image, row and column (int64)."""
+    P = H * W
+    for b in range(lo, hi):
+        n = offsets[b]
+        for p in range(b * P, (b + 1) * P):
+            k = zbuf[p]
+            if k > 0:
+                pix[n] = p
+                face[n] = k & 0xFFFFFFFF
+                bi[n] = b
+                r = p - b * P
+                i = r // W
+                ii[n] = i
+                jj[n] = r - i * W
+                n += 1
+
+
+# ----------------------------------------------------------------------------- barycentrics
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def bary_forward(xs, ys, zs, vid, ii, jj, bary, depth, s_out, lo, hi):  # pragma: no cover
+    """Perspective-correct barycentrics (N, 3), depth (N,) and screen barycentrics s (3, N)
+    (evaluated in float64, stored in the outputs' dtype)."""
+    N = ii.shape[0]
+    for n in range(lo, hi):
+        k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
+        x0 = np.float64(xs[k0])
+        y0 = np.float64(ys[k0])
+        e1x = xs[k1] - x0
+        e1y = ys[k1] - y0
+        e2x = xs[k2] - x0
+        e2y = ys[k2] - y0
+        dx = (jj[n] + 0.5) - x0
+        dy = (ii[n] + 0.5) - y0
+        inv_a = 1.0 / (e1x * e2y - e1y * e2x)
+        s1 = (dx * e2y - dy * e2x) * inv_a
+        s2 = (e1x * dy - e1y * dx) * inv_a
+        s0 = (1.0 - s1) - s2
+        w0 = s0 / zs[k0]
+        w1 = s1 / zs[k1]
+        w2 = s2 / zs[k2]
+        d = 1.0 / (w0 + w1 + w2)
+        bary[n, 0] = w0 * d
+        bary[n, 1] = w1 * d
+        bary[n, 2] = w2 * d
+        depth[n] = d
+        s_out[0, n] = s0
+        s_out[1, n] = s1
+        s_out[2, n] = s2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def bary_backward(xs, ys, zs, vid, s, bary, depth, g_bary, g_depth, has_gb, has_gd, seg,
+                  g_x, g_y, g_z, lo, hi):  # pragma: no cover
+    """Closed-form backward of :func:`bary_forward` (see ``_PerspectiveBarycentrics``).
+
+    Accumulates into g_x, g_y, g_z (B*V,) (zero on entry); ``seg`` (S+1,) fragment offsets of
+    segments that touch disjoint vertex ranges (one per image).
+    """
+    for sgi in range(lo, hi):
+        for n in range(seg[sgi], seg[sgi + 1]):
+            k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
+            d = np.float64(depth[n])
+            b0, b1, b2 = np.float64(bary[n, 0]), np.float64(bary[n, 1]), np.float64(bary[n, 2])
+            gw0 = gw1 = gw2 = 0.0
+            if has_gb:
+                gb0, gb1, gb2 = np.float64(g_bary[n, 0]), np.float64(g_bary[n, 1]), np.float64(g_bary[n, 2])
+                dot = gb0 * b0 + gb1 * b1 + gb2 * b2
+                gw0 = (gb0 - dot) * d
+                gw1 = (gb1 - dot) * d
+                gw2 = (gb2 - dot) * d
+            if has_gd:
+                gdd = d * d * g_depth[n]
+                gw0 -= gdd
+                gw1 -= gdd
+                gw2 -= gdd
+            iz0 = 1.0 / zs[k0]
+            iz1 = 1.0 / zs[k1]
+            iz2 = 1.0 / zs[k2]
+            gs0 = gw0 * iz0
+            gs1 = gw1 * iz1
+            gs2 = gw2 * iz2
+            x0 = np.float64(xs[k0])
+            y0 = np.float64(ys[k0])
+            e1x = xs[k1] - x0
+            e1y = ys[k1] - y0
+            e2x = xs[k2] - x0
+            e2y = ys[k2] - y0
+            inv_a = 1.0 / (e1x * e2y - e1y * e2x)
+            h1 = gs1 - gs0
+            h2 = gs2 - gs0
+            ux = (e1y * h2 - e2y * h1) * inv_a
+            uy = (e2x * h1 - e1x * h2) * inv_a
+            s0, s1, s2 = np.float64(s[0, n]), np.float64(s[1, n]), np.float64(s[2, n])
+            g_x[k0] += s0 * ux
+            g_x[k1] += s1 * ux
+            g_x[k2] += s2 * ux
+            g_y[k0] += s0 * uy
+            g_y[k1] += s1 * uy
+            g_y[k2] += s2 * uy
+            # -g_w w / z with w = bary / depth
+            rd = 1.0 / d
+            g_z[k0] -= gw0 * b0 * iz0 * rd
+            g_z[k1] -= gw1 * b1 * iz1 * rd
+            g_z[k2] -= gw2 * b2 * iz2 * rd
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def interp_forward(attr, vid, bary, out, lo, hi):  # pragma: no cover
+    """out[n] = sum_k bary[n, k] attr[vid[k, n]]; attr (M, C), vid (3, N), bary (N, 3)."""
+    N = out.shape[0]
+    C = out.shape[1]
+    for n in range(lo, hi):
+        k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
+        b0, b1, b2 = bary[n, 0], bary[n, 1], bary[n, 2]
+        for c in range(C):
+            out[n, c] = attr[k0, c] * b0 + attr[k1, c] * b1 + attr[k2, c] * b2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def interp_backward(attr, vid, bary, grad, seg, want_attr, want_bary, g_attr, g_bary, lo, hi):  # pragma: no cover
+    """Backward of :func:`interp_forward`.
+
+    g_attr (S, M, C) zero on entry, one slice per segment (callers pass S = 1 when the
+    segments touch disjoint rows of ``attr``, and sum the slices otherwise); g_bary (N, 3).
+    """
+    C = grad.shape[1]
+    S = seg.shape[0] - 1
+    for sgi in range(lo, hi):
+        slot = min(np.int64(sgi), g_attr.shape[0] - 1)
+        for n in range(seg[sgi], seg[sgi + 1]):
+            k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
+            b0, b1, b2 = bary[n, 0], bary[n, 1], bary[n, 2]
+            if want_attr:
+                for c in range(C):
+                    g = grad[n, c]
+                    g_attr[slot, k0, c] += g * b0
+                    g_attr[slot, k1, c] += g * b1
+                    g_attr[slot, k2, c] += g * b2
+            if want_bary:
+                a0 = a1 = a2 = 0.0 * b0
+                for c in range(C):
+                    g = grad[n, c]
+                    a0 += g * attr[k0, c]
+                    a1 += g * attr[k1, c]
+                    a2 += g * attr[k2, c]
+                g_bary[n, 0] = a0
+                g_bary[n, 1] = a1
+                g_bary[n, 2] = a2
+
+
+# ----------------------------------------------------------------------------- normals + SH
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def normals_forward(verts, tri, eps, out, norm, lo, hi):  # pragma: no cover
+    """Area-weighted unit vertex normals. verts (B, V, 3); out (B, V, 3), norm (B, V) (the
+    length before normalisation, kept for the backward)."""
+    B, V = verts.shape[0], verts.shape[1]
+    F = tri.shape[0]
+    for b in range(lo, hi):
+        acc = np.zeros((V, 3), verts.dtype)
+        for f in range(F):
+            i0, i1, i2 = tri[f, 0], tri[f, 1], tri[f, 2]
+            ax = verts[b, i1, 0] - verts[b, i0, 0]
+            ay = verts[b, i1, 1] - verts[b, i0, 1]
+            az = verts[b, i1, 2] - verts[b, i0, 2]
+            bx = verts[b, i2, 0] - verts[b, i0, 0]
+            by = verts[b, i2, 1] - verts[b, i0, 1]
+            bz = verts[b, i2, 2] - verts[b, i0, 2]
+            nx = ay * bz - az * by
+            ny = az * bx - ax * bz
+            nz = ax * by - ay * bx
+            for i in (i0, i1, i2):
+                acc[i, 0] += nx
+                acc[i, 1] += ny
+                acc[i, 2] += nz
+        for v in range(V):
+            nrm = math.sqrt(acc[v, 0] * acc[v, 0] + acc[v, 1] * acc[v, 1] + acc[v, 2] * acc[v, 2])
+            norm[b, v] = nrm
+            r = 1.0 / max(nrm, eps)
+            out[b, v, 0] = acc[v, 0] * r
+            out[b, v, 1] = acc[v, 1] * r
+            out[b, v, 2] = acc[v, 2] * r
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def normals_backward(verts, tri, eps, out, norm, grad, g_verts, lo, hi):  # pragma: no cover
+    """Backward of :func:`normals_forward` into g_verts (B, V, 3) (zero on entry)."""
+    B, V = verts.shape[0], verts.shape[1]
+    F = tri.shape[0]
+    for b in range(lo, hi):
+        gn = np.empty((V, 3), verts.dtype)
+        for v in range(V):
+            g0, g1, g2 = grad[b, v, 0], grad[b, v, 1], grad[b, v, 2]
+            nrm = norm[b, v]
+            if nrm > eps:
+                dot = out[b, v, 0] * g0 + out[b, v, 1] * g1 + out[b, v, 2] * g2
+                r = 1.0 / nrm
+                gn[v, 0] = (g0 - out[b, v, 0] * dot) * r
+                gn[v, 1] = (g1 - out[b, v, 1] * dot) * r
+                gn[v, 2] = (g2 - out[b, v, 2] * dot) * r
+            else:
+                r = 1.0 / eps
+                gn[v, 0] = g0 * r
+                gn[v, 1] = g1 * r
+                gn[v, 2] = g2 * r
+        for f in range(F):
+            i0, i1, i2 = tri[f, 0], tri[f, 1], tri[f, 2]
+            hx = gn[i0, 0] + gn[i1, 0] + gn[i2, 0]
+            hy = gn[i0, 1] + gn[i1, 1] + gn[i2, 1]
+            hz = gn[i0, 2] + gn[i1, 2] + gn[i2, 2]
+            ax = verts[b, i1, 0] - verts[b, i0, 0]
+            ay = verts[b, i1, 1] - verts[b, i0, 1]
+            az = verts[b, i1, 2] - verts[b, i0, 2]
+            bx = verts[b, i2, 0] - verts[b, i0, 0]
+            by = verts[b, i2, 1] - verts[b, i0, 1]
+            bz = verts[b, i2, 2] - verts[b, i0, 2]
+            # n = a x b: dL/da = b x h, dL/db = h x a
+            gax = by * hz - bz * hy
+            gay = bz * hx - bx * hz
+            gaz = bx * hy - by * hx
+            gbx = hy * az - hz * ay
+            gby = hz * ax - hx * az
+            gbz = hx * ay - hy * ax
+            g_verts[b, i1, 0] += gax
+            g_verts[b, i1, 1] += gay
+            g_verts[b, i1, 2] += gaz
+            g_verts[b, i2, 0] += gbx
+            g_verts[b, i2, 1] += gby
+            g_verts[b, i2, 2] += gbz
+            g_verts[b, i0, 0] -= gax + gbx
+            g_verts[b, i0, 1] -= gay + gby
+            g_verts[b, i0, 2] -= gaz + gbz
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def shq_forward(normals, weights, out, lo, hi):  # pragma: no cover
+    """out[b, v] = w0 + sum_k feat_k(n) w_k, feats [x, y, z, xx, yy, zz, xy, yz, xz] (images lo..hi-1)."""
+    V = normals.shape[1]
+    C = weights.shape[2]
+    for b in range(lo, hi):
+        w = weights[b].copy()
+        for v in range(V):
+            x, y, z = normals[b, v, 0], normals[b, v, 1], normals[b, v, 2]
+            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+            for c in range(C):
+                out[b, v, c] = (w[0, c] + x * w[1, c] + y * w[2, c] + z * w[3, c] + xx * w[4, c]
+                                + yy * w[5, c] + zz * w[6, c] + xy * w[7, c] + yz * w[8, c] + xz * w[9, c])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def shq_backward(normals, weights, grad, g_normals, g_weights, lo, hi):  # pragma: no cover
+    """Backward of :func:`shq_forward`: g_normals (B, V, 3), g_weights (B, 10, C)."""
+    B, V = normals.shape[0], normals.shape[1]
+    C = weights.shape[2]
+    for b in range(lo, hi):
+        gw = np.zeros((10, C), g_weights.dtype)
+        for v in range(V):
+            x, y, z = normals[b, v, 0], normals[b, v, 1], normals[b, v, 2]
+            gx = gy = gz = 0.0 * x
+            for c in range(C):
+                g = grad[b, v, c]
+                gw[0, c] += g
+                gw[1, c] += g * x
+                gw[2, c] += g * y
+                gw[3, c] += g * z
+                gw[4, c] += g * x * x
+                gw[5, c] += g * y * y
+                gw[6, c] += g * z * z
+                gw[7, c] += g * x * y
+                gw[8, c] += g * y * z
+                gw[9, c] += g * x * z
+                gx += g * (weights[b, 1, c] + 2.0 * x * weights[b, 4, c] + y * weights[b, 7, c] + z * weights[b, 9, c])
+                gy += g * (weights[b, 2, c] + 2.0 * y * weights[b, 5, c] + x * weights[b, 7, c] + z * weights[b, 8, c])
+                gz += g * (weights[b, 3, c] + 2.0 * z * weights[b, 6, c] + y * weights[b, 8, c] + x * weights[b, 9, c])
+            g_normals[b, v, 0] = gx
+            g_normals[b, v, 1] = gy
+            g_normals[b, v, 2] = gz
+        for k in range(10):
+            for c in range(C):
+                g_weights[b, k, c] = gw[k, c]
+
+
+# ----------------------------------------------------------------------------- antialiasing
+
+
+@njit(cache=True, error_model="numpy")
+def _is_sil(orient, neighbor, bF, f, k):  # pragma: no cover
+    nb = neighbor[f, k]
+    return nb < 0 or orient[bF + nb] != orient[bF + f]
+
+
+@njit(cache=True, error_model="numpy")
+def _pair_candidate(p2f, sil, pa, pb):  # pragma: no cover
+    """(candidate, p_in, p_out, i_in, i_out) of the pixel pair (pa, pb), as ``_edge_crossings``."""
+    ia = p2f[pa]
+    ib = p2f[pb]
+    sa = ia >= 0 and sil[ia] != 0
+    sb = ib >= 0 and sil[ib] != 0
+    if not (sa or sb or ((ia >= 0) != (ib >= 0))):
+        return False, 0, 0, -1, -1
+    return True, pa, pb, ia, ib
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, sil, counts, lo, hi):  # pragma: no cover
+    """Silhouette flags of fragments, dense fragment index map and candidate pair counts.
+
+    p2f (B*H*W,) int32 receives the fragment index of each pixel (-1 = background); sil (N,)
+    uint8 whether the fragment's triangle has a silhouette edge; counts (B,) the number of
+    horizontal + vertical pixel pairs to examine per image.
+    """
+    F = neighbor.shape[0]
+    P = H * W
+    for b in range(lo, hi):
+        base = b * P
+        for p in range(base, base + P):
+            p2f[p] = -1
+        bF = b * F
+        for n in range(seg[b], seg[b + 1]):
+            p2f[pix[n]] = n
+            f = face[n]
+            s = 0
+            for k in range(3):
+                if _is_sil(orient, neighbor, bF, f, k):
+                    s = 1
+            sil[n] = s
+        c = 0
+        for i in range(H):
+            for j in range(W):
+                pa = base + i * W + j
+                if j + 1 < W and _pair_candidate(p2f, sil, pa, pa + 1)[0]:
+                    c += 1
+                if i + 1 < H and _pair_candidate(p2f, sil, pa, pa + W)[0]:
+                    c += 1
+        counts[b] = c
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, sil, B, H, W, V, max_steps, consts, centre,
+                 offsets, p_in, p_out, i_in, i_out, ka, kb, keep, lo, hi):  # pragma: no cover
+    """Pixel pairs straddling a silhouette edge (the no-grad part of ``_edge_crossings``).
+
+    For every candidate pair of :func:`aa_count` (written from ``offsets[b]`` on): the inside
+    (nearer) and outside pixel and fragment, the silhouette edge's flat vertex ids (ka, kb)
+    found by walking the mesh from the inside pixel's triangle, and ``keep`` (edge found and
+    handled by this pair's direction). xs, ys: (B*V,) vertex pixel coordinates; ``consts``
+    = (1, -1, 2, 1e-30) and ``centre`` (max(H, W) + 1,) pixel centre coordinates ``k + 0.5``, in
+    the coordinates' dtype, so that the arithmetic follows the PyTorch path's dtype.
+    """
+    F = neighbor.shape[0]
+    P = H * W
+    one, mone, two, tiny = consts[0], consts[1], consts[2], consts[3]
+    for b in range(lo, hi):
+        base = b * P
+        bF = b * F
+        bV = b * V
+        m = offsets[b]
+        for i in range(H):
+            for j in range(W):
+                pa = base + i * W + j
+                for horiz in (True, False):
+                    if horiz:
+                        if j + 1 >= W:
+                            continue
+                        pb = pa + 1
+                    else:
+                        if i + 1 >= H:
+                            continue
+                        pb = pa + W
+                    ok, _, _, ia, ib = _pair_candidate(p2f, sil, pa, pb)
+                    if not ok:
+                        continue
+                    fa = face[ia] if ia >= 0 else -1
+                    fb = face[ib] if ib >= 0 else -1
+                    a_front = fb < 0 or (fa >= 0 and depth[ia] <= depth[ib])
+                    if a_front:
+                        pin, pout, iin, iout = pa, pb, ia, ib
+                    else:
+                        pin, pout, iin, iout = pb, pa, ib, ia
+                    p_in[m] = pin
+                    p_out[m] = pout
+                    i_in[m] = iin
+                    i_out[m] = iout
+                    ka[m] = 0
+                    kb[m] = 0
+                    keep[m] = 0
+                    if fa == fb or not (iout < 0 or sil[iin] != 0):
+                        m += 1
+                        continue
+                    rem = pin - base
+                    ri = rem // W
+                    rj = rem - ri * W
+                    dsign = 1 if pout > pin else -1
+                    qy = centre[ri]
+                    qx = centre[rj]
+                    ox = centre[rj + dsign] if horiz else qx
+                    oy = qy if horiz else centre[ri + dsign]
+                    cur = face[iin]
+                    found = False
+                    kf = 0
+                    for _step in range(max_steps):
+                        v0 = bV + tri[cur, 0]
+                        v1 = bV + tri[cur, 1]
+                        v2 = bV + tri[cur, 2]
+                        vx = (xs[v0], xs[v1], xs[v2])
+                        vy = (ys[v0], ys[v1], ys[v2])
+                        ex0 = vx[1] - vx[0]
+                        ey0 = vy[1] - vy[0]
+                        ex2 = vx[0] - vx[2]
+                        ey2 = vy[0] - vy[2]
+                        area = ex0 * (-ey2) - ey0 * (-ex2)
+                        o = one if area >= 0 else mone
+                        t_exit = two
+                        kmin = 0
+                        for k in range(3):
+                            k1 = (k + 1) % 3
+                            ex = vx[k1] - vx[k]
+                            ey = vy[k1] - vy[k]
+                            s_in = (ex * (qy - vy[k]) - ey * (qx - vx[k])) * o
+                            s_out = (ex * (oy - vy[k]) - ey * (ox - vx[k])) * o
+                            t = two
+                            if s_out < s_in:
+                                t = s_in / max(s_in - s_out, tiny)
+                            if t < t_exit:
+                                t_exit = t
+                                kmin = k
+                        if not t_exit <= 1.0:
+                            break
+                        if _is_sil(orient, neighbor, bF, cur, kmin):
+                            found = True
+                            kf = kmin
+                            break
+                        nxt = neighbor[cur, kmin]
+                        if nxt < 0:
+                            break
+                        cur = nxt
+                    if found:
+                        a = bV + tri[cur, kf]
+                        c = bV + tri[cur, (kf + 1) % 3]
+                        edx = abs(xs[c] - xs[a])
+                        edy = abs(ys[c] - ys[a])
+                        steep = edy >= edx if horiz else edy < edx
+                        if steep:
+                            ka[m] = a
+                            kb[m] = c
+                            keep[m] = 1
+                    m += 1

@@ -1,0 +1,256 @@
+"""PyTorch wrappers (autograd Functions) around the Numba kernels of :mod:`._numba_kernels`.
+
+Called by the public functions of :mod:`.rasterize`, :mod:`.interpolate` and :mod:`.shading`
+when :func:`.backend.use_numba` says so; each mirrors the PyTorch computation it replaces
+(same inputs, same outputs, same closed-form gradients).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from faceclip.render.backend import kernels, launch
+
+_NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """Contiguous NumPy view of a CPU tensor (detached)."""
+    return t.detach().contiguous().numpy()
+
+
+def segments(batch_index: Tensor, batch_size: int) -> Tensor:
+    """(S+1,) offsets of runs of fragments that touch disjoint per-image vertex ranges.
+
+    One run per image when ``batch_index`` is sorted (fragments of the rasterizer always are),
+    else a single run (the backward kernels then accumulate serially).
+    """
+    n = batch_index.shape[0]
+    if batch_size > 1 and n > 1 and bool((batch_index[1:] >= batch_index[:-1]).all()):
+        return torch.searchsorted(batch_index, torch.arange(batch_size + 1, dtype=batch_index.dtype))
+    return torch.tensor([0, n], dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------- visibility
+
+
+@torch.no_grad()
+def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, int],
+               cull_backfaces: bool, znear: float, inside_eps: float):
+    """Numba twin of ``rasterize._visibility``: (pix, face, (b, i, j), orient)."""
+    K = kernels()
+    H, W = image_size
+    B, V = z.shape
+    F = triangles.shape[0]
+    xyf = xy.detach().float()
+    xs, ys = _np(xyf[..., 0].reshape(-1)), _np(xyf[..., 1].reshape(-1))
+    zs = _np(z.detach().float().reshape(-1))
+    tri = _np(triangles.long())
+    threads = torch.get_num_threads()
+    nbands = 1 if (threads == 1 or B >= 2 * threads) else -(-2 * threads // B)
+    nbands = min(nbands, H)
+    zbuf = np.zeros(B * H * W, np.int64)
+    orient = np.zeros(B * F, np.float32)
+    launch(K.visibility_zbuffer, B * nbands, xs, ys, zs, tri, B, V, H, W, bool(cull_backfaces), np.float32(znear),
+                         np.float32(inside_eps), nbands, zbuf, orient)
+    counts = np.zeros(B + 1, np.int64)
+    launch(K.count_zbuffer, B, zbuf, H * W, counts)
+    offsets = np.cumsum(counts)
+    pix, face, b, i, j = (torch.empty(int(offsets[-1]), dtype=torch.long) for _ in range(5))
+    launch(K.compact_zbuffer, B, zbuf, H, W, offsets, pix.numpy(), face.numpy(), b.numpy(), i.numpy(), j.numpy())
+    return pix, face, (b, i, j), torch.from_numpy(orient)
+
+
+# ----------------------------------------------------------------------------- barycentrics
+
+
+class PerspectiveBarycentrics(torch.autograd.Function):
+    """Numba twin of ``rasterize._PerspectiveBarycentrics`` (same formulas).
+
+    Inputs: xy (B, V, 2), z (B, V), vid (3, N) flat corner ids, i, j (N,) pixel rows / columns,
+    seg (S+1,) fragment segments (see :func:`segments`). Outputs: bary (N, 3), depth (N,).
+    """
+
+    @staticmethod
+    def forward(ctx, xy: Tensor, z: Tensor, vid: Tensor, i: Tensor, j: Tensor, seg: Tensor):
+        K = kernels()
+        dt = xy.dtype
+        xs = xy.detach()[..., 0].reshape(-1).contiguous()
+        ys = xy.detach()[..., 1].reshape(-1).contiguous()
+        zs = z.detach().reshape(-1).to(dt).contiguous()
+        vid = vid.contiguous()
+        N = vid.shape[1]
+        bary = torch.empty(N, 3, dtype=dt)
+        depth = torch.empty(N, dtype=dt)
+        s = torch.empty(3, N, dtype=dt)
+        launch(K.bary_forward, N, xs.numpy(), ys.numpy(), zs.numpy(), vid.numpy(), _np(i), _np(j),
+                       bary.numpy(), depth.numpy(), s.numpy())
+        ctx.save_for_backward(xs, ys, zs, vid, s, bary, depth, seg)
+        ctx.shapes = (xy.shape, z.shape, z.dtype)
+        return bary, depth
+
+    @staticmethod
+    def backward(ctx, g_bary: Tensor | None, g_depth: Tensor | None):
+        xs, ys, zs, vid, s, bary, depth, seg = ctx.saved_tensors
+        xy_shape, z_shape, z_dtype = ctx.shapes
+        K = kernels()
+        n = xs.shape[0]
+        gx, gy, gz = (torch.zeros(n, dtype=xs.dtype) for _ in range(3))
+        has_gb, has_gd = g_bary is not None, g_depth is not None
+        gb = _np(g_bary.to(xs.dtype)) if has_gb else np.zeros((1, 3), xs.numpy().dtype)
+        gd = _np(g_depth.to(xs.dtype)) if has_gd else np.zeros(1, xs.numpy().dtype)
+        launch(K.bary_backward, seg.shape[0] - 1, xs.numpy(), ys.numpy(), zs.numpy(), vid.numpy(), s.numpy(), bary.numpy(),
+                        depth.numpy(), gb, gd, has_gb, has_gd, seg.numpy(), gx.numpy(), gy.numpy(),
+                        gz.numpy())
+        g_xy = torch.stack([gx, gy], 1).view(xy_shape) if ctx.needs_input_grad[0] else None
+        g_z = gz.view(z_shape).to(z_dtype) if ctx.needs_input_grad[1] else None
+        return g_xy, g_z, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+
+class Interpolate(torch.autograd.Function):
+    """``out[n] = sum_k bary[n, k] attr[vid[k, n]]`` with a scatter-add backward.
+
+    attr (M, C); bary (N, 3); vid (3, N) rows of ``attr``; seg fragment segments; ``shared``:
+    segments may touch the same rows (a batch-shared attribute), so the backward accumulates
+    per segment and sums.
+    """
+
+    @staticmethod
+    def forward(ctx, attr: Tensor, bary: Tensor, vid: Tensor, seg: Tensor, shared: bool):
+        K = kernels()
+        attr_c = attr.detach().contiguous()
+        bary_c = bary.detach().to(attr.dtype).contiguous()
+        vid = vid.contiguous()
+        out = torch.empty(vid.shape[1], attr.shape[1], dtype=attr.dtype)
+        launch(K.interp_forward, vid.shape[1], attr_c.numpy(), vid.numpy(), bary_c.numpy(), out.numpy())
+        ctx.save_for_backward(attr_c, bary_c, vid, seg)
+        ctx.shared = shared
+        ctx.bary_dtype = bary.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        attr, bary, vid, seg = ctx.saved_tensors
+        K = kernels()
+        want_attr, want_bary = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        S = seg.shape[0] - 1
+        slots = S if (ctx.shared and S > 1 and want_attr) else 1
+        g_attr = torch.zeros(slots if want_attr else 1, *(attr.shape if want_attr else (1, 1)), dtype=attr.dtype)
+        g_bary = torch.empty(bary.shape if want_bary else (1, 3), dtype=attr.dtype)
+        launch(K.interp_backward, S, attr.numpy(), vid.numpy(), bary.numpy(), _np(grad.to(attr.dtype)), seg.numpy(),
+                          want_attr, want_bary, g_attr.numpy(), g_bary.numpy())
+        ga = (g_attr[0] if slots == 1 else g_attr.sum(0)) if want_attr else None
+        gb = g_bary.to(ctx.bary_dtype) if want_bary else None
+        return ga, gb, None, None, None
+
+
+def interpolate(attr: Tensor, bary: Tensor, vid: Tensor, seg: Tensor, shared: bool) -> Tensor:
+    return Interpolate.apply(attr, bary, vid, seg, shared)
+
+
+# ----------------------------------------------------------------------------- normals + SH
+
+
+class VertexNormals(torch.autograd.Function):
+    """Area-weighted unit vertex normals of (B, V, 3) vertices (normalize's eps = 1e-12)."""
+
+    @staticmethod
+    def forward(ctx, vertices: Tensor, triangles: Tensor):
+        K = kernels()
+        v = vertices.detach().contiguous()
+        tri = triangles.long().contiguous()
+        out = torch.empty_like(v)
+        norm = torch.empty(v.shape[:2], dtype=v.dtype)
+        launch(K.normals_forward, v.shape[0], v.numpy(), tri.numpy(), _NORMALIZE_EPS, out.numpy(), norm.numpy())
+        ctx.save_for_backward(v, tri, out, norm)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        v, tri, out, norm = ctx.saved_tensors
+        K = kernels()
+        g = torch.zeros_like(v)
+        launch(K.normals_backward, v.shape[0], v.numpy(), tri.numpy(), _NORMALIZE_EPS, out.numpy(), norm.numpy(),
+                           _np(grad.to(v.dtype)), g.numpy())
+        return g, None
+
+
+class QuadraticSH(torch.autograd.Function):
+    """Numba twin of :func:`~faceclip.render.shading.sh_irradiance_quadratic`."""
+
+    @staticmethod
+    def forward(ctx, normals: Tensor, weights: Tensor):
+        K = kernels()
+        n = normals.detach().contiguous()
+        w = weights.detach().to(n.dtype).contiguous()
+        out = torch.empty(n.shape[0], n.shape[1], w.shape[2], dtype=n.dtype)
+        launch(K.shq_forward, n.shape[0], n.numpy(), w.numpy(), out.numpy())
+        ctx.save_for_backward(n, w)
+        ctx.w_dtype = weights.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        n, w = ctx.saved_tensors
+        K = kernels()
+        gn = torch.empty_like(n)
+        gw = torch.empty_like(w)
+        launch(K.shq_backward, n.shape[0], n.numpy(), w.numpy(), _np(grad.to(n.dtype)), gn.numpy(), gw.numpy())
+        return gn, gw.to(ctx.w_dtype)
+
+
+# ----------------------------------------------------------------------------- antialiasing
+
+
+@torch.no_grad()
+def edge_crossings(pix: Tensor, face: Tensor, depth: Tensor, batch_index: Tensor, batch_size: int,
+                   image_size: tuple[int, int], xy: Tensor, triangles: Tensor, neighbor: Tensor,
+                   orient: Tensor, max_steps: int):
+    """No-grad part of ``antialiasing._edge_crossings`` (same pairs, same walk, same tests).
+
+    Returns None when no pair straddles a silhouette edge, else flat vertex ids (ka, kb) of the
+    silhouette edge, pixel centres q_in, q_out (M, 2) in xy's dtype, and p_in, p_out, i_in,
+    i_out (M,) as in ``_EdgeCrossings``. Fragments must be sorted by pixel (as rasterized).
+    """
+    K = kernels()
+    B = batch_size
+    H, W = image_size
+    V = xy.shape[1]
+    N = pix.shape[0]
+    seg = torch.searchsorted(batch_index, torch.arange(B + 1, dtype=batch_index.dtype)).numpy()
+    xyd = xy.detach()
+    dt = xyd.dtype
+    xs, ys = _np(xyd[..., 0].reshape(-1)), _np(xyd[..., 1].reshape(-1))
+    tri, nbr = _np(triangles.long()), _np(neighbor.long())
+    orient_np = _np(orient.to(torch.float32))
+    face_np, pix_np = _np(face), _np(pix)
+    depth_np = _np(depth.detach())
+    p2f = np.empty(B * H * W, np.int32)
+    sil = np.empty(max(N, 1), np.uint8)
+    counts = np.empty(B, np.int64)
+    launch(K.aa_count, B, pix_np, face_np, seg, orient_np, nbr, B, H, W, p2f, sil, counts)
+    offsets = np.zeros(B + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    M = int(offsets[-1])
+    if M == 0:
+        return None
+    out = [np.empty(M, np.int64) for _ in range(6)]
+    keep = np.empty(M, np.uint8)
+    consts = np.array([1.0, -1.0, 2.0, 1e-30], dtype=xs.dtype)
+    centre = np.arange(max(H, W) + 1, dtype=xs.dtype) + xs.dtype.type(0.5)
+    launch(K.aa_crossings, B, xs, ys, tri, nbr, orient_np, face_np, depth_np, p2f, sil, B, H, W, V, int(max_steps),
+                   consts, centre, offsets, *out, keep)
+    sel = torch.from_numpy(keep).nonzero().squeeze(1)
+    if sel.numel() == 0:
+        return None
+    p_in, p_out, i_in, i_out, ka, kb = (torch.from_numpy(a).index_select(0, sel) for a in out)
+    rem = p_in % (H * W)
+    q_in = torch.stack([(rem % W).to(dt) + 0.5, torch.div(rem, W, rounding_mode="floor").to(dt) + 0.5], 1)
+    rem_o = p_out % (H * W)
+    q_out = torch.stack([(rem_o % W).to(dt) + 0.5, torch.div(rem_o, W, rounding_mode="floor").to(dt) + 0.5], 1)
+    return ka, kb, q_in, q_out, p_in, p_out, i_in, i_out

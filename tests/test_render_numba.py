@@ -1,0 +1,186 @@
+"""The compiled (Numba) CPU backend against the PyTorch reference path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from faceclip.render import (
+    MeshRenderer,
+    PerspectiveCamera,
+    backend,
+    interpolate_vertex_attributes,
+    rasterize,
+    render_mesh,
+    sh_directional,
+    vertex_normals,
+)
+from faceclip.render.shading import sh_irradiance_quadratic
+from faceclip.render.synthetic import uv_sphere
+
+if not backend.numba_available():
+    pytest.skip("numba not installed", allow_module_level=True)
+
+from faceclip.render import _numba_ops  # noqa: E402
+
+
+@pytest.fixture()
+def restore_backend():
+    old = backend.get_backend()
+    yield
+    backend.set_backend(old)
+
+
+def _both(fn):
+    """fn() under the torch backend, then under the numba backend."""
+    out = {}
+    for name in ("torch", "numba"):
+        backend.set_backend(name)
+        out[name] = fn()
+    return out["torch"], out["numba"]
+
+
+def _random_scene(seed: int, B: int = 3, F: int = 60, H: int = 41, W: int = 57):
+    """Overlapping random triangles of all sizes (some far beyond the image, some behind the
+    near plane, some degenerate), distinct per image."""
+    g = torch.Generator().manual_seed(seed)
+    V = 3 * F
+    xy = torch.rand(B, V, 2, generator=g) * torch.tensor([W * 1.4, H * 1.4]) - torch.tensor([W * 0.2, H * 0.2])
+    big = torch.rand(B, V, generator=g) < 0.05  # huge triangles
+    xy = torch.where(big.unsqueeze(-1), xy * 40 - 20 * torch.tensor([W, H]), xy)
+    z = 2.0 + 20 * torch.rand(B, V, generator=g)
+    z[:, 5] = 0.5  # behind the near plane
+    tris = torch.arange(V).view(F, 3)
+    xy[:, 9] = xy[:, 10]  # a degenerate triangle
+    return xy, z, tris, (H, W)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("cull", [False, True])
+def test_fragments_identical_to_torch(seed: int, cull: bool, restore_backend) -> None:
+    xy, z, tris, size = _random_scene(seed)
+    ft, fn = _both(lambda: rasterize(xy, z, tris, size, cull_backfaces=cull))
+    assert ft.pix.numel() > 100
+    assert torch.equal(ft.pix, fn.pix) and torch.equal(ft.face, fn.face)
+    assert torch.equal(ft.batch_index, fn.batch_index)
+    assert all(torch.equal(a, b) for a, b in zip(ft.pixel_rows_cols(), fn.pixel_rows_cols()))
+    assert torch.equal(ft._cache["orient"], fn._cache["orient"])
+    torch.testing.assert_close(fn.bary, ft.bary, atol=2e-4, rtol=0)
+    torch.testing.assert_close(fn.depth, ft.depth, rtol=1e-4, atol=1e-4)  # numba: float64 inside
+
+
+def test_fragments_identical_on_a_dense_mesh(restore_backend) -> None:
+    verts, tris, _ = uv_sphere(40, 80, radius_mm=60.0)
+    cams = PerspectiveCamera.create(torch.eye(3).expand(2, 3, 3) * torch.tensor([1.0, -1.0, -1.0]),
+                                    torch.tensor([[0.0, 0.0, 250.0], [5.0, -3.0, 300.0]]), 230.0, (70, 90))
+    xy, z = cams.project_with_depth(verts)
+    ft, fn = _both(lambda: rasterize(xy, z, tris, (70, 90), cull_backfaces=True))
+    assert torch.equal(ft.pix, fn.pix) and torch.equal(ft.face, fn.face)
+
+
+def test_gradcheck_numba_barycentrics() -> None:
+    xy, z, tris, size = _random_scene(1, B=2, F=6, H=12, W=14)
+    frags = rasterize(xy, z, tris, size)
+    b = frags.batch_index
+    i, j = frags.pixel_rows_cols()
+    vid = frags.corner_vertices(tris, z.shape[1])
+    seg = _numba_ops.segments(b, 2)
+    xy64 = xy.double().requires_grad_()
+    z64 = z.double().requires_grad_()
+
+    def fn(xy_, z_):
+        bary, depth = _numba_ops.PerspectiveBarycentrics.apply(xy_, z_, vid, i, j, seg)
+        return bary, depth
+
+    assert torch.autograd.gradcheck(fn, (xy64, z64), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_gradcheck_numba_interpolation(shared: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    M, N, C = 7, 15, 3
+    attr = torch.rand(M, C, generator=g, dtype=torch.float64, requires_grad=True)
+    bary = torch.rand(N, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    vid = torch.randint(0, M, (3, N), generator=g)
+    seg = torch.tensor([0, 6, 15])
+    assert torch.autograd.gradcheck(lambda a, b: _numba_ops.interpolate(a, b, vid, seg, shared), (attr, bary))
+
+
+def test_gradcheck_numba_normals_and_sh() -> None:
+    verts, tris, _ = uv_sphere(4, 6, radius_mm=1.0)
+    g = torch.Generator().manual_seed(0)
+    v = (verts.double().unsqueeze(0).repeat(2, 1, 1) + 0.05 * torch.randn(2, *verts.shape, generator=g,
+                                                                           dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: _numba_ops.VertexNormals.apply(x, tris), (v,))
+    n = torch.randn(2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 10, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_numba_ops.QuadraticSH.apply, (n, w))
+
+
+def test_normals_sh_and_interpolation_match_torch(restore_backend) -> None:
+    verts, tris, _ = uv_sphere(20, 40, radius_mm=50.0)
+    g = torch.Generator().manual_seed(3)
+    v0 = verts.unsqueeze(0).repeat(2, 1, 1) + torch.randn(2, *verts.shape, generator=g)
+    w0 = torch.randn(2, 10, 3, generator=g)
+    cam = PerspectiveCamera.frontal(300.0, 250.0, (48, 64), batch_size=2)
+
+    def run():
+        v = v0.clone().requires_grad_()
+        w = w0.clone().requires_grad_()
+        n = vertex_normals(v, tris)
+        irr = sh_irradiance_quadratic(n, w)
+        xy, z = cam.project_with_depth(v)
+        frags = rasterize(xy, z, tris, (48, 64), cull_backfaces=True)
+        shared = interpolate_vertex_attributes(verts[:, :2] / 50, frags, tris)
+        out = interpolate_vertex_attributes(irr, frags, tris)
+        loss = (out ** 2).sum() + (shared * out[:, :2]).sum() + frags.depth.sum() * 1e-3
+        loss.backward()
+        return n.detach(), irr.detach(), out.detach(), v.grad, w.grad
+
+    ref, got = _both(run)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("antialiased", [True, False])
+def test_render_mesh_matches_torch(antialiased: bool, restore_backend) -> None:
+    verts, tris, _ = uv_sphere(24, 48, radius_mm=60.0)
+    d = verts / verts.norm(dim=1, keepdim=True)
+    verts = verts * (1.0 + 0.25 * d[:, 2].clamp(min=0) ** 4).unsqueeze(1)  # self-occluding bump
+    colors = 0.5 + 0.4 * torch.sin(verts / 11.0)
+    a = math.radians(30.0)
+    yaw = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    R = torch.stack([torch.diag(torch.tensor([1.0, -1.0, -1.0])),
+                     torch.diag(torch.tensor([1.0, -1.0, -1.0])) @ yaw])
+    cam = PerspectiveCamera.create(R, torch.tensor([[0.0, 0.0, 320.0], [8.0, -4.0, 350.0]]), 260.0, (64, 80))
+    sh = sh_directional((0.3, 0.5, 1.0), batch_size=2)
+    renderer = MeshRenderer(tris, antialiased=antialiased)
+    target = torch.rand(2, 64, 80, 3, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        v = verts.unsqueeze(0).repeat(2, 1, 1).requires_grad_()
+        c = colors.clone().requires_grad_()
+        out = renderer(v, cam, vertex_colors=c, sh_coeffs=sh)
+        (((out.image - target) ** 2).sum() + out.alpha.sum()).backward()
+        return out.image.detach(), out.alpha.detach(), out.mask, v.grad, c.grad
+
+    ref, got = _both(run)
+    assert torch.equal(ref[2], got[2])
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(got[1], ref[1], rtol=0, atol=1e-4)
+    scale_v, scale_c = ref[3].abs().max(), ref[4].abs().max()
+    torch.testing.assert_close(got[3] / scale_v, ref[3] / scale_v, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got[4] / scale_c, ref[4] / scale_c, rtol=0, atol=1e-4)
+
+
+def test_backend_switch(restore_backend) -> None:
+    with pytest.raises(ValueError):
+        backend.set_backend("cuda")
+    backend.set_backend("torch")
+    assert not backend.use_numba(torch.zeros(1))
+    backend.set_backend("auto")
+    assert backend.use_numba(torch.zeros(1))
+    assert not backend.use_numba(torch.zeros(1, dtype=torch.float16))
+    assert render_mesh is not None
