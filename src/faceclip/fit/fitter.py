@@ -71,6 +71,8 @@ class FitConfig:
     lr_photo: float = 0.01
     device: str = "cpu"
 
+    #: Cauchy scale (224-crop pixels) of the robust landmark weights; 0 disables them.
+    robust_px: float = 6.0
     #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
     #: (linear least squares on the skin pixels); used alone in fast mode.
     closed_form_light: bool = True
@@ -282,7 +284,7 @@ class Fitter:
         c = self.config
         scale = c.crop_px / 224.0
         w = DEFAULT_LANDMARK_WEIGHTS.to(self.device)
-        w_sqrt = ((w / w.sum()).sqrt() * (c.w_landmark ** 0.5) / scale).view(68, 1)
+        base_w = w / w.sum()
         sizes = [3, 3, self.model.n_identity, self.model.n_expression]
         # Translation is solved in cm so that all unknowns have similar scales.
         t_unit = 10.0
@@ -292,7 +294,7 @@ class Fitter:
         flip = torch.tensor([1.0, -1.0, -1.0], device=self.device).view(3, 1)
         sub = self._lm
 
-        def evaluate(theta: Tensor, rows: Tensor, b: int, jacobian: bool):
+        def evaluate(theta: Tensor, rows: Tensor, b: int, jacobian: bool, w_sqrt: Tensor):
             ang, tr, ident, expr = torch.split(theta, sizes)
             bid, bexp = sub.id_basis[:, rows], sub.exp_basis[:, rows]  # (K, 68, 3)
             X = sub.mean[rows] + torch.einsum("k,knc->nc", ident, bid) + torch.einsum("k,knc->nc", expr, bexp)
@@ -321,13 +323,18 @@ class Fitter:
             return float(r @ r + (prior_w * theta * theta).sum())
 
         losses: dict[str, float] = {}
+        self.landmark_weights = w.expand(p.batch_size, 68).clone()
         for b in range(p.batch_size):
             theta = torch.cat([p.angles_rad[b], p.translation_mm[b] / t_unit, p.identity[b], p.expression[b]])
             lam = 1e-2
             for _ in range(steps):
                 q = self._params_from_theta(p, theta, sizes, t_unit, b)
                 rows = sub.remap[landmark_vertex_ids(self.model, self.bands, sub.vertices(q), q.camera(), sub.remap)[0]]
-                r, J = evaluate(theta, rows, b, jacobian=True)
+                # Iteratively reweighted: a Cauchy weight per landmark (scale c px) keeps a few
+                # badly detected landmarks from bending the whole face.
+                w_sqrt = self._robust_weights(theta, rows, b, base_w, evaluate, sizes).sqrt().view(68, 1) * (
+                    (c.w_landmark ** 0.5) / scale)
+                r, J = evaluate(theta, rows, b, True, w_sqrt)
                 cost = total(r, theta)
                 JtJ = J.T @ J + torch.diag(prior_w)
                 g = J.T @ r + prior_w * theta
@@ -336,7 +343,7 @@ class Fitter:
                 for _ in range(6):
                     step = torch.linalg.solve(JtJ + lam * torch.diag(diag + 1e-6), g)
                     cand = self._project_theta(theta - step, sizes)
-                    cost_c = total(evaluate(cand, rows, b, jacobian=False)[0], cand)
+                    cost_c = total(evaluate(cand, rows, b, False, w_sqrt)[0], cand)
                     if cost_c < cost:
                         converged = cost - cost_c < 1e-5 * cost
                         theta, lam, improved = cand, max(lam / 3.0, 1e-7), True
@@ -349,9 +356,19 @@ class Fitter:
             p.identity[b], p.expression[b] = ident, expr
             q = self._params_from_theta(p, theta, sizes, t_unit, b)
             lm = self.project_landmarks(q, sub.vertices(q), sub)
+            self.landmark_weights[b] = w_sqrt.view(68) ** 2 * scale**2 / c.w_landmark * w.sum()
             losses = {"landmark": float(landmark_loss(lm, target[b:b + 1], scale_px=scale)),
                       "identity_reg": float(ident @ ident), "expression_reg": float(expr @ expr)}
         return losses
+
+    def _robust_weights(self, theta, rows, b, base_w, evaluate, sizes) -> Tensor:
+        """(68,) per-landmark weights: base weights times a Cauchy factor of the current error."""
+        c = self.config
+        if c.robust_px <= 0:
+            return base_w
+        r, _ = evaluate(theta, rows, b, False, torch.ones(68, 1, device=self.device))
+        d = r.view(68, 2).norm(dim=1) * (224.0 / c.crop_px)  # error in 224-crop pixels
+        return base_w / (1.0 + (d / c.robust_px) ** 2)
 
     @staticmethod
     def _params_from_theta(p: FaceParams, theta: Tensor, sizes: list[int], t_unit: float, b: int) -> FaceParams:
@@ -397,7 +414,8 @@ class Fitter:
             mask = skin & skin_mask
             skin_alb, mirror_alb = albedo[:, self._ph_skin], albedo[:, self._ph_skin_mirror]
             terms = {
-                "landmark": c.w_landmark * landmark_loss(self.project_landmarks(p, verts, sub), target_lm, scale_px=scale),
+                "landmark": c.w_landmark * landmark_loss(self.project_landmarks(p, verts, sub), target_lm,
+                                                         weights=self.landmark_weights, scale_px=scale),
                 "photometric": c.w_photo * photometric_loss(rendered, crop, mask),
                 "identity_reg": c.w_identity * coefficient_l2(p.identity),
                 "expression_reg": c.w_expression * coefficient_l2(p.expression),

@@ -47,6 +47,7 @@ class ReconstructOptions:
     face_model: str = "ict"
     face_model_path: str | None = None
     detector: str = "hog"
+    cnn_fallback: bool = True
 
 
 @dataclass
@@ -128,10 +129,18 @@ class Reconstructor:
     # ------------------------------------------------------------------ per image
 
     def detect(self, rgb: np.ndarray, source: str):
+        """Faces to reconstruct, by the options' policy.
+
+        With the HOG detector, an image where it finds nothing is tried once more with dlib's
+        CNN detector (slower, ~2 s on a CPU, but it finds strongly turned faces).
+        """
         from faceclip.detect import FacePolicy, detect_faces, select_faces
 
         o = self.options
         found = detect_faces(rgb, detector=o.detector)
+        if not found and o.detector == "hog" and o.cnn_fallback:
+            log.debug("%s: no face with HOG, trying the CNN detector", source)
+            found = detect_faces(rgb, detector="cnn")
         # Weak HOG detections (e.g. a face-like badge) are dropped when a confident face exists.
         confident = [f for f in found if f.score >= o.min_score]
         faces = confident if confident else found
