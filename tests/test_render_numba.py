@@ -184,3 +184,22 @@ def test_backend_switch(restore_backend) -> None:
     assert backend.use_numba(torch.zeros(1))
     assert not backend.use_numba(torch.zeros(1, dtype=torch.float16))
     assert render_mesh is not None
+
+
+def test_gradcheck_numba_projection_and_match_torch(restore_backend) -> None:
+    g = torch.Generator().manual_seed(0)
+    B, V = 2, 5
+    R = torch.linalg.qr(torch.randn(B, 3, 3, generator=g, dtype=torch.float64))[0].requires_grad_()
+    t = (torch.randn(B, 3, generator=g, dtype=torch.float64) + torch.tensor([0.0, 0.0, 20.0])).requires_grad_()
+    f = (200 + torch.rand(B, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    c = (50 * torch.rand(B, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    for Bp in (1, B):
+        p = torch.randn(Bp, V, 3, generator=g, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(_numba_ops.Project.apply, (p, R, t, f, c))
+    cam = PerspectiveCamera(R=R.detach().float(), t=t.detach().float(), fx=f[:, 0].detach().float(),
+                            fy=f[:, 1].detach().float(), cx=c[:, 0].detach().float(), cy=c[:, 1].detach().float(),
+                            image_size=(64, 64))
+    pts = torch.randn(V, 3, generator=g)
+    ref, got = _both(lambda: cam.project_with_depth(pts))
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)

@@ -590,3 +590,82 @@ def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, sil, B, H, W, 
                             kb[m] = c
                             keep[m] = 1
                     m += 1
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def project_forward(pts, R, t, f, c, xy, z, lo, hi):  # pragma: no cover
+    """Pinhole projection of images lo..hi-1: ``X = R p + t``, ``xy = f X[:2] / X[2] + c``.
+
+    pts (Bp, V, 3) with Bp = 1 (shared) or B; R (B, 3, 3); t, (B, 3); f, c (B, 2);
+    xy (B, V, 2), z (B, V) outputs.
+    """
+    V = pts.shape[1]
+    for b in range(lo, hi):
+        pb = 0 if pts.shape[0] == 1 else b
+        r = R[b]
+        for v in range(V):
+            px, py, pz = pts[pb, v, 0], pts[pb, v, 1], pts[pb, v, 2]
+            X = r[0, 0] * px + r[0, 1] * py + r[0, 2] * pz + t[b, 0]
+            Y = r[1, 0] * px + r[1, 1] * py + r[1, 2] * pz + t[b, 1]
+            Z = r[2, 0] * px + r[2, 1] * py + r[2, 2] * pz + t[b, 2]
+            xy[b, v, 0] = f[b, 0] * X / Z + c[b, 0]
+            xy[b, v, 1] = f[b, 1] * Y / Z + c[b, 1]
+            z[b, v] = Z
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def project_backward(pts, R, t, f, gxy, gz, g_pts, g_R, g_t, g_f, g_c, lo, hi):  # pragma: no cover
+    """Backward of :func:`project_forward` for images lo..hi-1 (float64 accumulation).
+
+    g_pts (B, V, 3) per image (summed by the caller when the points are shared); g_R (B, 3, 3),
+    g_t (B, 3), g_f, g_c (B, 2), all overwritten.
+    """
+    V = pts.shape[1]
+    for b in range(lo, hi):
+        pb = 0 if pts.shape[0] == 1 else b
+        r = R[b]
+        fx, fy = f[b, 0], f[b, 1]
+        gr = np.zeros((3, 3))
+        gt = np.zeros(3)
+        gfx = gfy = gcx = gcy = 0.0
+        for v in range(V):
+            px, py, pz = np.float64(pts[pb, v, 0]), np.float64(pts[pb, v, 1]), np.float64(pts[pb, v, 2])
+            X = r[0, 0] * px + r[0, 1] * py + r[0, 2] * pz + t[b, 0]
+            Y = r[1, 0] * px + r[1, 1] * py + r[1, 2] * pz + t[b, 1]
+            Z = r[2, 0] * px + r[2, 1] * py + r[2, 2] * pz + t[b, 2]
+            gx, gy = np.float64(gxy[b, v, 0]), np.float64(gxy[b, v, 1])
+            iz = 1.0 / Z
+            u, w = X * iz, Y * iz
+            gX = gx * fx * iz
+            gY = gy * fy * iz
+            gZ = np.float64(gz[b, v]) - (gx * fx * u + gy * fy * w) * iz
+            g_pts[b, v, 0] = r[0, 0] * gX + r[1, 0] * gY + r[2, 0] * gZ
+            g_pts[b, v, 1] = r[0, 1] * gX + r[1, 1] * gY + r[2, 1] * gZ
+            g_pts[b, v, 2] = r[0, 2] * gX + r[1, 2] * gY + r[2, 2] * gZ
+            gr[0, 0] += gX * px
+            gr[0, 1] += gX * py
+            gr[0, 2] += gX * pz
+            gr[1, 0] += gY * px
+            gr[1, 1] += gY * py
+            gr[1, 2] += gY * pz
+            gr[2, 0] += gZ * px
+            gr[2, 1] += gZ * py
+            gr[2, 2] += gZ * pz
+            gt[0] += gX
+            gt[1] += gY
+            gt[2] += gZ
+            gfx += gx * u
+            gfy += gy * w
+            gcx += gx
+            gcy += gy
+        for i in range(3):
+            g_t[b, i] = gt[i]
+            for j in range(3):
+                g_R[b, i, j] = gr[i, j]
+        g_f[b, 0] = gfx
+        g_f[b, 1] = gfy
+        g_c[b, 0] = gcx
+        g_c[b, 1] = gcy

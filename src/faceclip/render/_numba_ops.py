@@ -254,3 +254,48 @@ def edge_crossings(pix: Tensor, face: Tensor, depth: Tensor, batch_index: Tensor
     rem_o = p_out % (H * W)
     q_out = torch.stack([(rem_o % W).to(dt) + 0.5, torch.div(rem_o, W, rounding_mode="floor").to(dt) + 0.5], 1)
     return ka, kb, q_in, q_out, p_in, p_out, i_in, i_out
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+class Project(torch.autograd.Function):
+    """Numba twin of :meth:`PerspectiveCamera.project_with_depth` with one fused backward.
+
+    Inputs: points (Bp, V, 3) with Bp = 1 or B; R (B, 3, 3); t (B, 3); f, c (B, 2) focal
+    lengths and principal points. Outputs: xy (B, V, 2), z (B, V). Gradients to every input.
+    """
+
+    @staticmethod
+    def forward(ctx, points: Tensor, R: Tensor, t: Tensor, f: Tensor, c: Tensor):
+        K = kernels()
+        dt = points.dtype
+        p = points.detach().contiguous()
+        Rc, tc, fc, cc = (x.detach().to(dt).contiguous() for x in (R, t, f, c))
+        B, V = R.shape[0], p.shape[1]
+        xy = torch.empty(B, V, 2, dtype=dt)
+        z = torch.empty(B, V, dtype=dt)
+        launch(K.project_forward, B, p.numpy(), Rc.numpy(), tc.numpy(), fc.numpy(), cc.numpy(), xy.numpy(), z.numpy())
+        ctx.save_for_backward(p, Rc, tc, fc)
+        ctx.dtypes = (R.dtype, t.dtype, f.dtype, c.dtype)
+        return xy, z
+
+    @staticmethod
+    def backward(ctx, g_xy: Tensor | None, g_z: Tensor | None):
+        p, R, t, f = ctx.saved_tensors
+        K = kernels()
+        B, V = R.shape[0], p.shape[1]
+        dt = p.dtype
+        gxy = _np(g_xy.to(dt)) if g_xy is not None else np.zeros((B, V, 2), p.numpy().dtype)
+        gz = _np(g_z.to(dt)) if g_z is not None else np.zeros((B, V), p.numpy().dtype)
+        g_p = torch.empty(B, V, 3, dtype=dt)
+        g_R = torch.empty(B, 3, 3, dtype=torch.float64)
+        g_t = torch.empty(B, 3, dtype=torch.float64)
+        g_f = torch.empty(B, 2, dtype=torch.float64)
+        g_c = torch.empty(B, 2, dtype=torch.float64)
+        launch(K.project_backward, B, p.numpy(), R.numpy(), t.numpy(), f.numpy(), gxy, gz, g_p.numpy(), g_R.numpy(),
+               g_t.numpy(), g_f.numpy(), g_c.numpy())
+        if p.shape[0] == 1 and B > 1:
+            g_p = g_p.sum(0, keepdim=True)
+        dR, dtt, df, dc = ctx.dtypes
+        return g_p, g_R.to(dR), g_t.to(dtt), g_f.to(df), g_c.to(dc)

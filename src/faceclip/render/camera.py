@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from faceclip.render.backend import use_numba
+
 __all__ = ["PerspectiveCamera", "project_landmarks", "OPENCV_TO_VIEW"]
 
 #: Maps OpenCV camera axes (x right, y down, z forward) to the "view" frame used for
@@ -183,6 +185,12 @@ class PerspectiveCamera:
 
     def project_with_depth(self, points_mm: Tensor) -> tuple[Tensor, Tensor]:
         """Like :meth:`project`, also returning (B, N) camera depth in mm."""
+        pts = points_mm.unsqueeze(0) if points_mm.ndim == 2 else points_mm
+        if pts.ndim == 3 and pts.shape[0] in (1, self.batch_size) and use_numba(pts, self.R):
+            from faceclip.render._numba_ops import Project  # compiled CPU path, same values
+
+            return Project.apply(pts, self.R, self.t, torch.stack([self.fx, self.fy], 1),
+                                 torch.stack([self.cx, self.cy], 1))
         cam = self.to_camera(points_mm)
         return self.camera_to_pixels(cam), cam[..., 2]
 
