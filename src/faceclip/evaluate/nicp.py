@@ -108,7 +108,8 @@ def nicp(
     def converged(eps: float) -> bool:
         if last[0] is None or last[1] is None:
             return False
-        return float(np.linalg.norm(last[1] - last[0])) <= eps
+        diff = (last[1] - last[0]).reshape(-1)
+        return float(np.sqrt(np.einsum("i,i->", diff, diff))) <= eps
 
     def push(x: np.ndarray) -> None:
         last[0], last[1] = last[1], x

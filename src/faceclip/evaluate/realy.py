@@ -29,9 +29,10 @@ Deviations from the official code, and why:
 - Non-rigid step: REALY solves one affine per ground-truth vertex with CHOLMOD. We do the same
   (SuperLU) for regions of up to ``nicp_exact_max_vertices`` (3,000) vertices. Larger regions
   (dense scans) would cost seconds per solve, so they are solved in the Galerkin subspace of
-  affines blended from ``nicp_nodes`` (400) farthest-point nodes: same energy, same weights,
+  affines blended from ``nicp_nodes`` (300) farthest-point nodes: same energy, same weights,
   fewer unknowns. On ``benchmarks/evaluate.py`` (regions of 3k-9k vertices) the region NMSEs
-  differ from the per-vertex solution by 0.1-1.6% (``all``: 0.4%). The cheek's unbounded
+  differ from the per-vertex solution by 0.2-2.1% (``all``: 0.6%; 400 nodes: 0.03-1.6%,
+  ``all`` 0.4%, 20% slower). The cheek's unbounded
   iteration is capped at 11 steps per stage like the other regions.
 - Regional ICP: for speed it uses at most ``rigid_max_points`` ground-truth vertices
   (an even subsample) and the nearest-vertex-star closest-point search; the final NMSE always
@@ -99,7 +100,7 @@ class RealyOptions:
     rigid_tolerance: float = 1e-6  # in REALY units squared
     rigid_max_points: int = 3000
     nicp_exact_max_vertices: int = 3000  # regions up to this size: one affine per vertex (REALY)
-    nicp_nodes: int = 400  # larger regions: this many blended nodes (Galerkin reduction)
+    nicp_nodes: int = 300  # larger regions: this many blended nodes (Galerkin reduction)
     nicp: NicpParams = NicpParams()
     regions: tuple[str, ...] = REALY_REGIONS
 
