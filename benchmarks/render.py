@@ -12,7 +12,8 @@ Usage::
 
     python benchmarks/render.py [--runs 5] [--threads N] [--device cpu|cuda] [--skip-deodr]
 
-The ICT rows need the model installed (``faceclip models install ict``) and are skipped
+The render backend follows ``FACECLIP_RENDER_BACKEND`` (``auto``: compiled Numba kernels on CPU
+when numba is installed; ``torch``: the eager PyTorch path). The ICT rows need the model installed (``faceclip models install ict``) and are skipped
 otherwise. Peak memory (RSS) of one batch-8 224x224 forward+backward of the 70k mesh is
 measured in a fresh subprocess. The last line is ``speedup_vs_deodr_70k_224_b8_fwdbwd: X``.
 """
@@ -169,8 +170,16 @@ def main() -> None:
         return
 
     meshes = load_meshes()
+    from faceclip.render import backend
+
+    t0 = time.perf_counter()
+    compiled = args.device == "cpu" and backend.use_numba(torch.zeros(1))
+    if compiled:  # load (or compile, first time on a machine) the kernels before timing
+        v, f, _ = sphere_with_triangles(2000, radius_mm=80.0)
+        ours_fn(v, f, 64, 2, True, "cpu")()
     print(f"# device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} runs={args.runs} "
-          f"load_avg_1min={__import__('os').getloadavg()[0]:.2f}")
+          f"load_avg_1min={__import__('os').getloadavg()[0]:.2f} render_backend={backend.get_backend()}"
+          f"{' (numba kernels, first render %.1f s)' % (time.perf_counter() - t0) if compiled else ' (eager torch)'}")
     print(f"{'mesh':<11} {'tris':>6} {'size':>4} {'B':>2} {'pass':<7} {'ours_ms':>9} {'deodr_ms':>9} {'ratio':>6}")
     headline = float("nan")
     for name, (verts, tris) in meshes.items():

@@ -203,3 +203,19 @@ def test_gradcheck_numba_projection_and_match_torch(restore_backend) -> None:
     ref, got = _both(lambda: cam.project_with_depth(pts))
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shared_a", [False, True])
+def test_gradcheck_numba_interpolation_product(shared_a: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    M, N, C = 7, 15, 3
+    a = torch.rand(M, C, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(M, C, generator=g, dtype=torch.float64, requires_grad=True)
+    bary = torch.rand(N, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    va, vb = torch.randint(0, M, (3, N), generator=g), torch.randint(0, M, (3, N), generator=g)
+    seg = torch.tensor([0, 6, 15])
+
+    def fn(a_, b_, bary_):
+        return _numba_ops.InterpolateProduct.apply(a_, b_, bary_, va, vb, seg, shared_a, False)
+
+    assert torch.autograd.gradcheck(fn, (a, b, bary))

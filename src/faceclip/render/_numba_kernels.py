@@ -434,25 +434,14 @@ def _is_sil(orient, neighbor, bF, f, k):  # pragma: no cover
     return nb < 0 or orient[bF + nb] != orient[bF + f]
 
 
-@njit(cache=True, error_model="numpy")
-def _pair_candidate(p2f, sil, pa, pb):  # pragma: no cover
-    """(candidate, p_in, p_out, i_in, i_out) of the pixel pair (pa, pb), as ``_edge_crossings``."""
-    ia = p2f[pa]
-    ib = p2f[pb]
-    sa = ia >= 0 and sil[ia] != 0
-    sb = ib >= 0 and sil[ib] != 0
-    if not (sa or sb or ((ia >= 0) != (ib >= 0))):
-        return False, 0, 0, -1, -1
-    return True, pa, pb, ia, ib
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
-def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, sil, counts, lo, hi):  # pragma: no cover
-    """Silhouette flags of fragments, dense fragment index map and candidate pair counts.
+def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, counts, lo, hi):  # pragma: no cover
+    """Dense fragment index map, pixel states and candidate pair counts of images lo..hi-1.
 
-    p2f (B*H*W,) int32 receives the fragment index of each pixel (-1 = background); sil (N,)
-    uint8 whether the fragment's triangle has a silhouette edge; counts (B,) the number of
-    horizontal + vertical pixel pairs to examine per image.
+    p2f (B*H*W,) int32 receives the fragment index of each pixel (-1 = background); state
+    (B*H*W,) uint8: 0 background, 1 covered, 2 covered by a triangle with a silhouette edge;
+    counts (B,) the number of horizontal + vertical pixel pairs to examine per image (a pair
+    is examined when either pixel is 2 or exactly one is covered, as in ``_edge_crossings``).
     """
     F = neighbor.shape[0]
     P = H * W
@@ -460,28 +449,34 @@ def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, sil, counts, lo, hi
         base = b * P
         for p in range(base, base + P):
             p2f[p] = -1
+            state[p] = 0
         bF = b * F
         for n in range(seg[b], seg[b + 1]):
             p2f[pix[n]] = n
             f = face[n]
-            s = 0
+            st = 1
             for k in range(3):
                 if _is_sil(orient, neighbor, bF, f, k):
-                    s = 1
-            sil[n] = s
+                    st = 2
+            state[pix[n]] = st
         c = 0
         for i in range(H):
+            row = base + i * W
             for j in range(W):
-                pa = base + i * W + j
-                if j + 1 < W and _pair_candidate(p2f, sil, pa, pa + 1)[0]:
-                    c += 1
-                if i + 1 < H and _pair_candidate(p2f, sil, pa, pa + W)[0]:
-                    c += 1
+                sa = state[row + j]
+                if j + 1 < W:
+                    sb = state[row + j + 1]
+                    if sa == 2 or sb == 2 or (sa == 0) != (sb == 0):
+                        c += 1
+                if i + 1 < H:
+                    sb = state[row + j + W]
+                    if sa == 2 or sb == 2 or (sa == 0) != (sb == 0):
+                        c += 1
         counts[b] = c
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, sil, B, H, W, V, max_steps, consts, centre,
+def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, state, B, H, W, V, max_steps, consts, centre,
                  offsets, p_in, p_out, i_in, i_out, ka, kb, keep, lo, hi):  # pragma: no cover
     """Pixel pairs straddling a silhouette edge (the no-grad part of ``_edge_crossings``).
 
@@ -512,9 +507,12 @@ def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, sil, B, H, W, 
                         if i + 1 >= H:
                             continue
                         pb = pa + W
-                    ok, _, _, ia, ib = _pair_candidate(p2f, sil, pa, pb)
-                    if not ok:
+                    sa = state[pa]
+                    sb = state[pb]
+                    if not (sa == 2 or sb == 2 or (sa == 0) != (sb == 0)):
                         continue
+                    ia = p2f[pa]
+                    ib = p2f[pb]
                     fa = face[ia] if ia >= 0 else -1
                     fb = face[ib] if ib >= 0 else -1
                     a_front = fb < 0 or (fa >= 0 and depth[ia] <= depth[ib])
@@ -529,7 +527,7 @@ def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, sil, B, H, W, 
                     ka[m] = 0
                     kb[m] = 0
                     keep[m] = 0
-                    if fa == fb or not (iout < 0 or sil[iin] != 0):
+                    if fa == fb or not (iout < 0 or state[pin] == 2):
                         m += 1
                         continue
                     rem = pin - base
@@ -669,3 +667,58 @@ def project_backward(pts, R, t, f, gxy, gz, g_pts, g_R, g_t, g_f, g_c, lo, hi): 
         g_f[b, 1] = gfy
         g_c[b, 0] = gcx
         g_c[b, 1] = gcy
+
+
+# ----------------------------------------------------------------------------- shading product
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def interp_mul_forward(a, b, vid_a, vid_b, bary, out, lo, hi):  # pragma: no cover
+    """out[n] = interp(a)[n] * interp(b)[n] (two vertex attributes, same barycentrics)."""
+    C = out.shape[1]
+    for n in range(lo, hi):
+        a0, a1, a2 = vid_a[0, n], vid_a[1, n], vid_a[2, n]
+        k0, k1, k2 = vid_b[0, n], vid_b[1, n], vid_b[2, n]
+        w0, w1, w2 = bary[n, 0], bary[n, 1], bary[n, 2]
+        for c in range(C):
+            out[n, c] = ((a[a0, c] * w0 + a[a1, c] * w1 + a[a2, c] * w2)
+                         * (b[k0, c] * w0 + b[k1, c] * w1 + b[k2, c] * w2))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def interp_mul_backward(a, b, vid_a, vid_b, bary, grad, seg, want_a, want_b, want_bary,
+                        g_a, g_b, g_bary, lo, hi):  # pragma: no cover
+    """Backward of :func:`interp_mul_forward` over fragment segments lo..hi-1.
+
+    g_a (Sa, Ma, C), g_b (Sb, Mb, C) zero on entry (one slice per segment when the attribute
+    is shared by the batch, else one slice); g_bary (N, 3).
+    """
+    C = grad.shape[1]
+    for sgi in range(lo, hi):
+        sa = min(np.int64(sgi), g_a.shape[0] - 1)
+        sb = min(np.int64(sgi), g_b.shape[0] - 1)
+        for n in range(seg[sgi], seg[sgi + 1]):
+            a0, a1, a2 = vid_a[0, n], vid_a[1, n], vid_a[2, n]
+            k0, k1, k2 = vid_b[0, n], vid_b[1, n], vid_b[2, n]
+            w0, w1, w2 = bary[n, 0], bary[n, 1], bary[n, 2]
+            h0 = h1 = h2 = 0.0
+            for c in range(C):
+                ia = a[a0, c] * w0 + a[a1, c] * w1 + a[a2, c] * w2
+                ib = b[k0, c] * w0 + b[k1, c] * w1 + b[k2, c] * w2
+                ga = grad[n, c] * ib
+                gb = grad[n, c] * ia
+                if want_a:
+                    g_a[sa, a0, c] += ga * w0
+                    g_a[sa, a1, c] += ga * w1
+                    g_a[sa, a2, c] += ga * w2
+                if want_b:
+                    g_b[sb, k0, c] += gb * w0
+                    g_b[sb, k1, c] += gb * w1
+                    g_b[sb, k2, c] += gb * w2
+                h0 += ga * a[a0, c] + gb * b[k0, c]
+                h1 += ga * a[a1, c] + gb * b[k1, c]
+                h2 += ga * a[a2, c] + gb * b[k2, c]
+            if want_bary:
+                g_bary[n, 0] = h0
+                g_bary[n, 1] = h1
+                g_bary[n, 2] = h2

@@ -231,9 +231,9 @@ def edge_crossings(pix: Tensor, face: Tensor, depth: Tensor, batch_index: Tensor
     face_np, pix_np = _np(face), _np(pix)
     depth_np = _np(depth.detach())
     p2f = np.empty(B * H * W, np.int32)
-    sil = np.empty(max(N, 1), np.uint8)
+    state = np.empty(B * H * W, np.uint8)
     counts = np.empty(B, np.int64)
-    launch(K.aa_count, B, pix_np, face_np, seg, orient_np, nbr, B, H, W, p2f, sil, counts)
+    launch(K.aa_count, B, pix_np, face_np, seg, orient_np, nbr, B, H, W, p2f, state, counts)
     offsets = np.zeros(B + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     M = int(offsets[-1])
@@ -243,7 +243,7 @@ def edge_crossings(pix: Tensor, face: Tensor, depth: Tensor, batch_index: Tensor
     keep = np.empty(M, np.uint8)
     consts = np.array([1.0, -1.0, 2.0, 1e-30], dtype=xs.dtype)
     centre = np.arange(max(H, W) + 1, dtype=xs.dtype) + xs.dtype.type(0.5)
-    launch(K.aa_crossings, B, xs, ys, tri, nbr, orient_np, face_np, depth_np, p2f, sil, B, H, W, V, int(max_steps),
+    launch(K.aa_crossings, B, xs, ys, tri, nbr, orient_np, face_np, depth_np, p2f, state, B, H, W, V, int(max_steps),
                    consts, centre, offsets, *out, keep)
     sel = torch.from_numpy(keep).nonzero().squeeze(1)
     if sel.numel() == 0:
@@ -299,3 +299,49 @@ class Project(torch.autograd.Function):
             g_p = g_p.sum(0, keepdim=True)
         dR, dtt, df, dc = ctx.dtypes
         return g_p, g_R.to(dR), g_t.to(dtt), g_f.to(df), g_c.to(dc)
+
+
+class InterpolateProduct(torch.autograd.Function):
+    """``interp(a) * interp(b)`` per fragment (albedo times irradiance) in one pass.
+
+    a (Ma, C), b (Mb, C); bary (N, 3); vid_a, vid_b (3, N) rows of a and b; seg fragment
+    segments; shared_a, shared_b: the attribute is shared by the batch (see :class:`Interpolate`).
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, bary: Tensor, vid_a: Tensor, vid_b: Tensor, seg: Tensor,
+                shared_a: bool, shared_b: bool):
+        K = kernels()
+        dt = a.dtype
+        a_c, b_c = a.detach().contiguous(), b.detach().to(dt).contiguous()
+        bary_c = bary.detach().to(dt).contiguous()
+        vid_a, vid_b = vid_a.contiguous(), vid_b.contiguous()
+        out = torch.empty(vid_a.shape[1], a.shape[1], dtype=dt)
+        launch(K.interp_mul_forward, vid_a.shape[1], a_c.numpy(), b_c.numpy(), vid_a.numpy(), vid_b.numpy(),
+               bary_c.numpy(), out.numpy())
+        ctx.save_for_backward(a_c, b_c, bary_c, vid_a, vid_b, seg)
+        ctx.shared = (shared_a, shared_b)
+        ctx.dtypes = (b.dtype, bary.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, bary, vid_a, vid_b, seg = ctx.saved_tensors
+        K = kernels()
+        want_a, want_b, want_bary = ctx.needs_input_grad[:3]
+        S = seg.shape[0] - 1
+
+        def buf(x: Tensor, want: bool, shared: bool) -> Tensor:
+            if not want:
+                return torch.zeros(1, 1, x.shape[1], dtype=x.dtype)
+            return torch.zeros(S if (shared and S > 1) else 1, *x.shape, dtype=x.dtype)
+
+        g_a, g_b = buf(a, want_a, ctx.shared[0]), buf(b, want_b, ctx.shared[1])
+        g_bary = torch.empty(bary.shape if want_bary else (1, 3), dtype=a.dtype)
+        launch(K.interp_mul_backward, S, a.numpy(), b.numpy(), vid_a.numpy(), vid_b.numpy(), bary.numpy(),
+               _np(grad.to(a.dtype)), seg.numpy(), want_a, want_b, want_bary, g_a.numpy(), g_b.numpy(),
+               g_bary.numpy())
+        ga = g_a.sum(0) if want_a else None
+        gb = g_b.sum(0).to(ctx.dtypes[0]) if want_b else None
+        gbary = g_bary.to(ctx.dtypes[1]) if want_bary else None
+        return ga, gb, gbary, None, None, None, None, None

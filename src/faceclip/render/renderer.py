@@ -9,7 +9,12 @@ from torch import Tensor, nn
 
 from faceclip.render.antialiasing import EdgeTopology, antialias_deltas, edge_topology
 from faceclip.render.camera import OPENCV_TO_VIEW, PerspectiveCamera
-from faceclip.render.interpolate import interpolate_uv, interpolate_vertex_attributes, sample_texture
+from faceclip.render.interpolate import (
+    interpolate_product,
+    interpolate_uv,
+    interpolate_vertex_attributes,
+    sample_texture,
+)
 from faceclip.render.rasterize import DEFAULT_ZNEAR_MM, Fragments, rasterize, scatter_image
 from faceclip.render.shading import sh_irradiance_quadratic, sh_quadratic_coeffs, vertex_normals
 
@@ -90,7 +95,7 @@ def render_mesh(
             raise ValueError("texture rendering needs uv")
         albedo = sample_texture(texture, interpolate_uv(uv, frags, triangles), frags.batch_index)
     elif vertex_colors is not None:
-        albedo = interpolate_vertex_attributes(vertex_colors, frags, triangles)
+        albedo = None if sh_coeffs is not None else interpolate_vertex_attributes(vertex_colors, frags, triangles)
     else:
         albedo = verts.new_ones(frags.pix.shape[0], 3)
     color = albedo
@@ -103,7 +108,10 @@ def render_mesh(
         flip = torch.tensor(OPENCV_TO_VIEW, dtype=cam.R.dtype, device=cam.R.device)
         weights = sh_quadratic_coeffs(coeffs.expand(B, -1, -1), cam.R * flip[None, :, None])
         irradiance = sh_irradiance_quadratic(normals, weights.to(normals.dtype))
-        color = albedo * interpolate_vertex_attributes(irradiance, frags, triangles)
+        if albedo is None:  # vertex colours: one fused interpolation of colour and light
+            color = interpolate_product(vertex_colors, irradiance, frags, triangles)
+        else:
+            color = albedo * interpolate_vertex_attributes(irradiance, frags, triangles)
 
     C = color.shape[-1]
     bg = torch.as_tensor(background, dtype=color.dtype, device=color.device).expand(C)
