@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from faceclip.render.backend import kernels, launch
+from faceclip.render.backend import kernel_threads, kernels, launch
 
 _NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default
 
@@ -48,7 +48,7 @@ def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, 
     xs, ys = _np(xyf[..., 0].reshape(-1)), _np(xyf[..., 1].reshape(-1))
     zs = _np(z.detach().float().reshape(-1))
     tri = _np(triangles.long())
-    threads = torch.get_num_threads()
+    threads = kernel_threads()
     nbands = 1 if (threads == 1 or B >= 2 * threads) else -(-2 * threads // B)
     nbands = min(nbands, H)
     zbuf = np.zeros(B * H * W, np.int64)

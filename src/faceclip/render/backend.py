@@ -13,8 +13,8 @@ cached on disk (``cache=True``), next to the source when that folder is writable
 Later processes load the machine code in milliseconds.
 
 Threads: kernels are serial, GIL-free (``nogil=True``) functions of a work range; :func:`launch`
-splits the range over ``torch.get_num_threads()`` threads (the caller plus a small pool), so
-``torch.set_num_threads`` governs both backends. Numba's own ``parallel=True`` threading layers
+splits the range over :func:`kernel_threads` threads (the caller plus a small pool; by default
+``torch.get_num_threads()``). Numba's own ``parallel=True`` threading layers
 were measured 2-4x slower end to end on 2 cores: the OpenMP layer shares ``libgomp`` with
 PyTorch (launching it resets PyTorch's thread count, and its workers spin between kernels),
 and ``workqueue`` hands even single-threaded work to a worker thread.
@@ -119,10 +119,22 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def kernel_threads() -> int:
+    """Threads per kernel launch: ``FACECLIP_RENDER_KERNEL_THREADS`` if set (> 0), else
+    ``torch.get_num_threads()``.
+
+    On the shared 2-core development machine (load ~2.5) two threads were slower than one for
+    both backends, kernels or not (PyTorch's OpenMP regions wait for a descheduled worker);
+    there, ``torch.set_num_threads(1)`` is the faster setting.
+    """
+    n = int(os.environ.get("FACECLIP_RENDER_KERNEL_THREADS", "0"))
+    return torch.get_num_threads() if n <= 0 else n
+
+
 def launch(kernel, n_items: int, *args):
-    """Run ``kernel(*args, lo, hi)`` over ``[0, n_items)`` split into ``torch.get_num_threads()``
+    """Run ``kernel(*args, lo, hi)`` over ``[0, n_items)`` split into :func:`kernel_threads`
     contiguous chunks (the calling thread runs the first; kernels release the GIL)."""
-    threads = min(torch.get_num_threads(), n_items)
+    threads = min(kernel_threads(), n_items)
     if threads <= 1:
         return kernel(*args, 0, n_items)
     bounds = [n_items * k // threads for k in range(threads + 1)]
