@@ -52,15 +52,23 @@ class FitConfig:
     """Fitting settings. ``fast()`` gives the quick variant.
 
     Loss weights are relative to the landmark term measured in pixels of a 224-pixel crop.
+    The defaults balance trust in the detector's landmarks against the photometric term and the
+    priors. Measured on the synthetic benchmark (n=10, seed 0, REALY-style "all"; mean face
+    1.78 mm): with exact landmarks 0.92 mm, with dlib's landmarks on the renders 2.21 mm; landmark
+    NME on the real test photos 0.039. Trusting the landmarks more (w_landmark 1, w_identity 0.02
+    in both stages) gives 0.81 / 3.13 mm; less (w_landmark 0.2) 0.97 / 1.98 mm but NME 0.045.
     """
 
     crop_px: int = 224
     landmark_steps: int = 25
     photo_steps: int = 30
     render_px: int = 224
-    w_landmark: float = 1.0
+    w_landmark: float = 0.4
     w_photo: float = 40.0
-    w_identity: float = 0.02
+    w_identity: float = 0.05
+    #: Identity prior weight of the landmark stage (None: ``w_identity``). A stronger prior there
+    #: keeps imperfect detector landmarks from bending the face before the photo is consulted.
+    w_identity_landmarks: float | None = 0.5
     w_expression: float = 0.5
     w_albedo_smooth: float = 0.5
     w_albedo_sym: float = 20.0
@@ -289,7 +297,8 @@ class Fitter:
         # Translation is solved in cm so that all unknowns have similar scales.
         t_unit = 10.0
         prior_w = torch.cat([torch.zeros(6, device=self.device),
-                             torch.full((sizes[2],), c.w_identity, device=self.device),
+                             torch.full((sizes[2],), c.w_identity if c.w_identity_landmarks is None
+                                        else c.w_identity_landmarks, device=self.device),
                              torch.full((sizes[3],), c.w_expression, device=self.device)])
         flip = torch.tensor([1.0, -1.0, -1.0], device=self.device).view(3, 1)
         sub = self._lm
