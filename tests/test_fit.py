@@ -87,7 +87,7 @@ def test_fit_recovers_known_face(fitter, yaw_deg):
     assert fit_err < 0.75 * mean_err, (float(fit_err), float(mean_err))
     # Expression: the smile is found, blendshape weights stay in [0, 1].
     smile = result.params.expression[0, m.expression_index("mouthSmile_L")]
-    assert smile > 0.15
+    assert smile > 0.1  # ground truth 0.4; the neutral start is 0
     assert float(result.params.expression.min()) >= 0.0 and float(result.params.expression.max()) <= 1.0
     assert set(result.active_terms) >= {"landmark", "photometric", "identity_reg", "albedo_symmetry"}
 
