@@ -196,7 +196,10 @@ class Fitter:
             lm_ids, self.render_tris.reshape(-1), self.skin_ids, mirror[self.skin_ids]]))
         self._ph_tris = self._ph.remap[self.render_tris]
         self._ph_skin = self._ph.remap[self.skin_ids]
-        self._ph_skin_mirror = self._ph.remap[mirror[self.skin_ids]]
+        # Mirror map in subset rows (rows whose mirror is outside the subset map to themselves).
+        local = self._ph.remap[mirror[self._ph.vids]]
+        rows = torch.arange(len(self._ph.vids), device=self.device)
+        self._ph_mirror = torch.where(local >= 0, local, rows)
 
     # ------------------------------------------------------------------ helpers
 
@@ -421,7 +424,6 @@ class Fitter:
             albedo = sub.albedo(p.albedo)
             rendered, cover, skin = self._render(p, verts, albedo, self._ph_tris, self.render_tri_is_skin)
             mask = skin & skin_mask
-            skin_alb, mirror_alb = albedo[:, self._ph_skin], albedo[:, self._ph_skin_mirror]
             terms = {
                 "landmark": c.w_landmark * landmark_loss(self.project_landmarks(p, verts, sub), target_lm,
                                                          weights=self.landmark_weights, scale_px=scale),
@@ -429,8 +431,8 @@ class Fitter:
                 "identity_reg": c.w_identity * coefficient_l2(p.identity),
                 "expression_reg": c.w_expression * coefficient_l2(p.expression),
                 "albedo_smooth": c.w_albedo_smooth * albedo_smoothness(p.albedo, am.eigenvalues),
-                "albedo_symmetry": c.w_albedo_sym * ((skin_alb - mirror_alb) ** 2).sum(-1).mean(),
-                "albedo_skin": c.w_albedo_skin * albedo_skin_prior(skin_alb, None),
+                "albedo_symmetry": c.w_albedo_sym * albedo_symmetry(albedo, self._ph_mirror, self._ph_skin),
+                "albedo_skin": c.w_albedo_skin * albedo_skin_prior(albedo, self._ph_skin),
                 "light_chroma": c.w_light_chroma * light_chroma(p.sh),
             }
             if self.extra_terms:
