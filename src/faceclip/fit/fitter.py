@@ -75,7 +75,6 @@ class FitConfig:
     w_albedo_skin: float = 100.0
     w_light_chroma: float = 1.0
     lr_pose: float = 0.01
-    lr_shape: float = 0.05
     lr_photo: float = 0.01
     device: str = "cpu"
 
