@@ -106,13 +106,16 @@ def run_demo(out_dir: Path, fast: bool = False):
 _RECONSTRUCTORS: dict[tuple, object] = {}
 
 
-def reconstruct_array(image, method: str = "fit", fast: bool = False, device: str = "cpu") -> dict:
+def reconstruct_array(image, method: str = "fit", fast: bool = False, device: str = "cpu",
+                      checkpoint: str | None = None) -> dict:
     """Reconstruct the largest face of an in-memory image (no files written).
 
     Args:
         image: (H, W, 3) uint8 RGB array.
-        method: ``"fit"`` (analysis-by-synthesis); ``"regress"`` needs trained weights, which
-            this version does not ship.
+        method: ``"fit"`` (fitting, initialised by the regressor when one is available),
+            ``"fit_mean"`` (fitting from the mean face, no regressor) or ``"regress"`` (the
+            network alone).
+        checkpoint: regressor checkpoint (default: ``$FACECLIP_REGRESSOR`` or the shipped one).
 
     Returns:
         dict with ``vertices_mm`` (V, 3) canonical mesh (model frame), ``triangles`` (F, 3),
@@ -120,18 +123,19 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
         crop camera) and ``seconds`` per stage.
 
     Raises:
-        FaceClipError: no face found, or the method is not available.
+        FaceClipError: no face found, or the method is not available (no regressor checkpoint).
     """
     from faceclip.errors import FaceClipError
     from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
 
-    if method != "fit":
-        raise FaceClipError(f"method {method!r} is not available: no trained regressor ships with this version",
-                            hint="use method='fit'")
-    key = (method, fast, device)
+    if method not in ("fit", "fit_mean", "regress"):
+        raise FaceClipError(f"unknown method {method!r}", hint="use 'fit', 'fit_mean' or 'regress'")
+    key = (method, fast, device, checkpoint)
     rec = _RECONSTRUCTORS.get(key)
     if rec is None:
-        rec = _RECONSTRUCTORS[key] = Reconstructor(ReconstructOptions(fast=fast, device=device))
+        options = ReconstructOptions(fast=fast, device=device, method="regress" if method == "regress" else "fit",
+                                     checkpoint=checkpoint, no_regressor=method == "fit_mean")
+        rec = _RECONSTRUCTORS[key] = Reconstructor(options)
     rgb = np.ascontiguousarray(image)
     face = rec.detect(rgb, "image")[0]
     result, aligned = rec.fit_face(rgb, face.landmarks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -96,6 +97,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         fast=args.fast, all_faces=args.all_faces, min_face_px=args.min_face_px, device=args.device,
         seed=args.seed, texture_px=args.texture_size, delight=args.delight,
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
+        method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
     reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet)
     return _print_reconstruct_summary(reports, Path(args.out))
@@ -212,6 +214,8 @@ def _cmd_benchmark_synthetic(args: argparse.Namespace) -> int:
     from faceclip.evaluate.benchmark import format_report, get_method, run_synthetic_benchmark
     from faceclip.evaluate.report import write_csv, write_json
 
+    if args.checkpoint:
+        os.environ["FACECLIP_REGRESSOR"] = str(Path(args.checkpoint).resolve())
     get_method(args.method)  # unknown names fail before any work
     bar = tqdm(total=args.n, unit="face", file=sys.stderr, disable=True if args.quiet else None)
     report = run_synthetic_benchmark(
@@ -367,8 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--method", default="fit", choices=["fit"],
-                   help="fit: analysis-by-synthesis fitting (regression arrives with trained weights)")
+    p.add_argument("--method", default="fit", choices=["fit", "regress"],
+                   help="fit (default): fitting, started from the regressor's prediction when a checkpoint is "
+                        "available; regress: the network alone (fastest)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="regressor checkpoint (default: $FACECLIP_REGRESSOR or the shipped model)")
+    p.add_argument("--no-regressor", action="store_true", help="fit from the mean face, ignoring any regressor")
     p.add_argument("--fast", action="store_true", help="fewer, lower-resolution fitting steps (~4x faster)")
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
     p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
@@ -430,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, default=100, help="number of faces (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same faces")
-    p.add_argument("--method", default="mean", choices=["mean", "fit", "regress"],
-                   help="mean: the posed mean face (the floor); fit: test-time fitting; regress: the network")
+    p.add_argument("--method", default="mean", choices=["mean", "fit", "fit_mean", "regress"],
+                   help="mean: the posed mean face (the floor); fit: fitting initialised by the regressor; "
+                        "fit_mean: fitting from the mean face; regress: the network alone")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", help="regressor checkpoint for fit / regress")
     p.add_argument("--size", type=int, default=224, choices=[224, 512], help="input image size in pixels")
     p.add_argument("--out", default=None, metavar="DIR", help="write synthetic.json and synthetic.csv here")
     p.add_argument("--save-samples", default=None, metavar="DIR", help="also save every sample (PNGs, GT mesh, JSON)")

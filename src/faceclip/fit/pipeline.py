@@ -48,6 +48,13 @@ class ReconstructOptions:
     face_model_path: str | None = None
     detector: str = "hog"
     cnn_fallback: bool = True
+    #: "fit": analysis-by-synthesis fitting, initialised by the regressor when a checkpoint is
+    #: available (the shipped one by default); "regress": the regressor alone.
+    method: str = "fit"
+    #: Regressor checkpoint; None: the shipped default when present.
+    checkpoint: str | None = None
+    #: Fit from the mean face even when a regressor is available.
+    no_regressor: bool = False
 
 
 @dataclass
@@ -103,6 +110,29 @@ class Reconstructor:
             o.texture_px = 512  # fast mode: a 512 texture unless asked otherwise
         config.device = o.device
         self.fitter = Fitter(self.model, config)
+        self.regressor, self.regressor_path = self._load_regressor()
+
+    def _load_regressor(self):
+        """The regressor to use (or None) and its file, following ``method`` / ``checkpoint``."""
+        from faceclip.errors import ModelNotInstalledError
+        from faceclip.nets.regressor import default_checkpoint_path, load_regressor
+
+        o = self.options
+        if o.method not in ("fit", "regress"):
+            raise FaceClipError(f"unknown method {o.method!r}", hint="use --method fit or --method regress")
+        if o.no_regressor and o.method == "fit" and not o.checkpoint:
+            return None, None
+        path = Path(o.checkpoint) if o.checkpoint else default_checkpoint_path()
+        if not path.is_file():
+            if o.checkpoint or o.method == "regress":
+                raise ModelNotInstalledError(f"regressor checkpoint not found: {path}",
+                                             hint="pass --checkpoint FILE (trained with `faceclip train`)")
+            return None, None
+        net = load_regressor(path, device=o.device, face_model=self.model)
+        if net.config.n_albedo != self.fitter.albedo_model.n_coeffs:
+            raise FaceClipError(f"{path}: regressor predicts {net.config.n_albedo} albedo coefficients, "
+                                f"the fitter uses {self.fitter.albedo_model.n_coeffs}")
+        return net, path
 
     def weights_used(self) -> dict[str, dict]:
         """File and hash of every model file involved, or "none" for networks not used."""
@@ -121,7 +151,8 @@ class Reconstructor:
             out[key] = {"file": str(p), "sha256": file_sha256(p)}
         fm = Path(self.options.face_model_path) if self.options.face_model_path else cache_path(self.options.face_model)
         out["face_model"] = {"file": str(fm), "sha256": file_sha256(fm) if fm.is_file() else "none"}
-        out["regressor"] = {"file": "none", "sha256": "none"}
+        rp = self.regressor_path
+        out["regressor"] = {"file": str(rp), "sha256": file_sha256(rp)} if rp else {"file": "none", "sha256": "none"}
         out["identity_network"] = {"file": "none", "sha256": "none"}
         out["clip"] = {"file": "none", "sha256": "none"}
         return out
@@ -154,14 +185,51 @@ class Reconstructor:
         aligned = align_face(rgb, landmarks68, size_px=crop_px)
         mask = skin_mask(aligned.crop, aligned.landmarks, valid=aligned.valid)
         torch.manual_seed(self.options.seed)
+        crop = torch.from_numpy(aligned.crop.copy()).float() / 255.0
+        init = None
+        if self.regressor is not None:
+            t0 = time.perf_counter()
+            init = self.regress(crop)
+            t_reg = time.perf_counter() - t0
+            if self.options.method == "regress":
+                result = self.regressed_result(init)
+                result.seconds["regress"] = t_reg
+                return result, aligned
         result = self.fitter.fit(
-            torch.from_numpy(aligned.crop.copy()).float() / 255.0,
+            crop,
             torch.from_numpy(aligned.landmarks.copy()).float(),
             torch.from_numpy(np.ascontiguousarray(mask)),
+            init=init,
         )
+        if init is not None:
+            result.seconds["regress"] = t_reg
         if not torch.isfinite(result.vertices_mm).all():
             raise FaceClipError("fitting diverged (non-finite vertices)")
         return result, aligned
+
+    @torch.no_grad()
+    def regress(self, crop: torch.Tensor):
+        """(S, S, 3) crop in [0, 1] -> FaceParams (batch 1) from the regressor, resized to its input."""
+        x = crop.to(self.fitter.device).permute(2, 0, 1).unsqueeze(0)
+        size = self.regressor.config.crop_px
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=True)
+        p = self.regressor(x, clamp=True)
+        crop_px = self.fitter.config.crop_px
+        if size != crop_px:  # same field of view, other pixel size
+            p.focal_px = p.focal_px * (crop_px / size)
+            p.image_size = (crop_px, crop_px)
+        return p
+
+    @torch.no_grad()
+    def regressed_result(self, p) -> FitResult:
+        """A :class:`FitResult` from regressed parameters alone (``--method regress``)."""
+        verts = self.model.vertices(p.identity, p.expression)
+        albedo = self.fitter.albedo_model(p.albedo).clamp(0.0, 1.0)
+        lm = self.fitter.project_landmarks(p, verts)
+        return FitResult(params=p, vertices_mm=verts[0], albedo=albedo[0], landmarks_crop_px=lm[0],
+                         losses={}, active_terms=["regressor"], seconds={})
 
     def reconstruct_image(self, path: Path, out_dir: Path, progress: Callable[[str], None] | None = None) -> list[FaceOutput]:
         """Reconstruct every selected face of one photo into ``out_dir/<stem>[_faceK]/``."""
@@ -202,6 +270,11 @@ class Reconstructor:
         log.debug("%s face %d: NME %.4f, %.2f s", path, k, nme, sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
         return FaceOutput(path, k, folder, files, nme, params_seconds)
 
+    def _method_name(self) -> str:
+        if self.options.method == "regress":
+            return "regress"
+        return "fit" + (" (fast)" if self.options.fast else "")
+
     def _params_json(self, path, k, face, result: FitResult, cam, lm_img, nme, photo_fraction, aligned) -> dict:
         p = result.params
         m = self.model
@@ -215,8 +288,9 @@ class Reconstructor:
                           "detector": face.detector},
             "model": {"name": m.name, "geometry": m.geometry, "n_vertices": m.n_vertices,
                       "n_triangles": m.n_triangles, "licence": m.licence},
-            "method": "fit" + (" (fast)" if self.options.fast else ""),
-            "initialisation": "mean face + PnP pose (no regressor checkpoint)",
+            "method": self._method_name(),
+            "initialisation": (f"regressor {self.regressor_path.name}" if self.regressor is not None
+                               else "mean face + PnP pose (no regressor)"),
             "weights": self.weights_used(),
             "loss_terms": {name: round(v, 6) for name, v in result.losses.items()},
             "seed": self.options.seed,
