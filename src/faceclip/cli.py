@@ -287,10 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a face model into FaceCLIP's compact cache",
         epilog="examples:\n  faceclip models install ict\n  faceclip models install ict --from ~/ICT-FaceKit\n"
         "  faceclip models install ict --from ict-facekit.tar.xz\n"
-        "  faceclip models install bfm --from BFM/BFM_model_front.mat",
+        "  faceclip models install bfm --from BFM/BFM_model_front.mat\n"
+        "  faceclip models install clip-rn50x4 --from RN50x4.pt   # CLIP loss weights (OpenAI or open_clip)\n"
+        "  faceclip models install clip-vitb32 --from ViT-B-32.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=["ict", "bfm"])
+    p.add_argument("name", choices=["ict", "bfm", "clip-rn50x4", "clip-vitb32"])
     p.add_argument("--from", dest="source", default=None, help="local clone, folder or archive to convert")
     p.add_argument("--force", action="store_true", help="convert again even if a cache exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -65,6 +65,9 @@ def list_models() -> list[ModelStatus]:
         else:
             rows.append(ModelStatus(name, False, "`faceclip models install bfm --from BFM_model_front.mat`",
                                     licence))
+    from faceclip.nets.clip import clip_model_status  # network weights (CLIP loss)
+
+    rows += [ModelStatus(*row) for row in clip_model_status()]
     return rows
 
 
@@ -139,12 +142,17 @@ def install_model(name: str, source: str | Path | None = None, force: bool = Fal
     """Convert model ``name`` into its cache (once); return the cache path.
 
     Args:
-        name: ``"ict"`` or ``"bfm"``.
+        name: ``"ict"``, ``"bfm"``, or CLIP weights ``"clip-rn50x4"`` / ``"clip-vitb32"``
+            (:func:`faceclip.nets.clip.install_clip_weights`).
         source: ICT: clone / folder / archive (None: search, then download). BFM: the
-            ``BFM_model_front.mat`` file (required).
+            ``BFM_model_front.mat`` file (required). CLIP: OpenAI .pt or open_clip checkpoint.
         force: convert again even if a valid cache exists.
         progress: show a progress bar on stderr.
     """
+    if name.startswith("clip-"):  # network weights: validated and copied, not converted
+        from faceclip.nets.clip import install_clip_weights
+
+        return install_clip_weights(name, source, force=force)
     target = cache_path(name)
     if target.is_file() and not force:
         try:

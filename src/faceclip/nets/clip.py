@@ -1,0 +1,589 @@
+"""Frozen CLIP encoders for the CLIP feature-consistency loss.
+
+Two image towers of OpenAI CLIP, built with ``open_clip`` and loaded from weight files the
+user provides (nothing is ever downloaded):
+
+- **RN50x4** (``ModifiedResNet``, input 288 px): the *geometric* features are the outputs
+  of ``layer2`` (B, 640, 36, 36) and ``layer3`` (B, 1280, 18, 18). Only the stem and
+  ``layer1``..``layer3`` run; ``layer4`` and the attention pool are kept (so checkpoints load
+  strictly) but never evaluated.
+- **ViT-B/32** (input 224 px): the *semantic* feature is the final projected image
+  embedding (B, 512). Its text tower is optional (``with_text=True``) for text-guided editing.
+
+Weight files, per tower, in this order (:func:`find_clip_weights`):
+
+1. a path given explicitly (``ClipWeights`` / ``find_clip_weights(rn50x4=..., vitb32=...)``);
+2. the environment variables ``FACECLIP_CLIP_RN50X4`` / ``FACECLIP_CLIP_VITB32``;
+3. ``$FACECLIP_HOME/models/``: ``clip-rn50x4.{safetensors,pt,bin}`` (what
+   ``faceclip models install clip-rn50x4 --from FILE`` writes) or OpenAI's file name
+   ``RN50x4.pt`` / ``ViT-B-32.pt``;
+4. caches that ``open_clip`` (or OpenAI's ``clip`` package) filled on a machine with network:
+   the Hugging Face hub cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or
+   ``~/.cache/huggingface/hub``; repos ``timm/resnet50x4_clip.openai`` and
+   ``timm/vit_base_patch32_clip_224.openai``) and ``~/.cache/clip/RN50x4.pt`` /
+   ``ViT-B-32.pt``.
+
+Accepted formats: OpenAI's TorchScript archives (``RN50x4.pt``, ``ViT-B-32.pt``), open_clip
+checkpoints (``.safetensors``, or a ``torch.save``-d state dict, optionally under a
+``"state_dict"`` key with DDP's ``module.`` prefix). Files are read with ``weights_only``
+pickling; a file that is not a CLIP checkpoint of the right architecture is reported as a
+:class:`~faceclip.errors.ModelNotInstalledError` naming it.
+
+The encoders are frozen (``requires_grad=False``) and always in evaluation mode (BatchNorm
+statistics of RN50x4 fixed), even when a parent module is put in training mode; gradients
+still flow to the input images. :meth:`ClipEncoders.random` builds randomly initialised
+stand-ins of the same architectures for tests: never the default anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from faceclip.errors import FaceClipError, ModelNotInstalledError
+from faceclip.paths import models_dir
+
+log = logging.getLogger(__name__)
+
+#: OpenAI CLIP normalisation (``open_clip.constants.OPENAI_DATASET_MEAN`` / ``_STD``).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ClipArch:
+    """One CLIP tower FaceCLIP uses and where its weights can be found."""
+
+    key: str  #: ``"rn50x4"`` / ``"vitb32"``
+    model_name: str  #: FaceCLIP model name (``faceclip models install <model_name>``)
+    open_clip_name: str  #: open_clip architecture name
+    image_size_px: int
+    openai_filename: str  #: OpenAI's file name (also open_clip's URL-download cache name)
+    hf_repo: str  #: open_clip's Hugging Face repo of the OpenAI weights
+    env_var: str
+
+
+RN50X4 = ClipArch("rn50x4", "clip-rn50x4", "RN50x4", 288, "RN50x4.pt", "timm/resnet50x4_clip.openai",
+                  "FACECLIP_CLIP_RN50X4")
+VITB32 = ClipArch("vitb32", "clip-vitb32", "ViT-B-32", 224, "ViT-B-32.pt", "timm/vit_base_patch32_clip_224.openai",
+                  "FACECLIP_CLIP_VITB32")
+CLIP_ARCHS = {RN50X4.key: RN50X4, VITB32.key: VITB32}
+#: ``faceclip models install`` names -> architecture.
+CLIP_MODEL_NAMES = {a.model_name: a for a in CLIP_ARCHS.values()}
+#: File names open_clip stores in a Hugging Face repo, preferred first.
+HF_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_INSTALL_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth")
+_LICENCE = "MIT (OpenAI CLIP weights; bring your own)"
+
+
+def _install_hint(arch: ClipArch) -> str:
+    return (f"get OpenAI's {arch.openai_filename} (or an open_clip {arch.open_clip_name} checkpoint) on a machine "
+            f"with network, then run `faceclip models install {arch.model_name} --from FILE` "
+            f"(or set {arch.env_var}=FILE)")
+
+
+# --------------------------------------------------------------------------- finding weights
+
+
+@dataclass
+class ClipWeights:
+    """Weight files of the two towers (None: not found).
+
+    Attributes:
+        rn50x4: RN50x4 checkpoint (geometric term).
+        vitb32: ViT-B/32 checkpoint (semantic term, text encoder).
+        vitb32_quick_gelu: ViT-B/32 activation. True for OpenAI's weights (and open_clip's
+            ``*-quickgelu`` checkpoints); False for open_clip checkpoints trained with GELU
+            (e.g. ``laion2b_s34b_b79k``). RN50x4's image tower has no GELU.
+    """
+
+    rn50x4: Path | None = None
+    vitb32: Path | None = None
+    vitb32_quick_gelu: bool = True
+
+    def missing(self) -> list[ClipArch]:
+        """Towers without a weight file."""
+        return [a for a in CLIP_ARCHS.values() if getattr(self, a.key) is None]
+
+
+def hf_hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, resolved from the environment at call time."""
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def _hf_cached_file(repo_id: str, filenames: Sequence[str]) -> Path | None:
+    """A file of ``repo_id`` in the hub cache (the ``main`` snapshot first), or None. No network."""
+    repo_dir = hf_hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo_dir / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    revisions = sorted(p for p in snapshots.iterdir() if p.is_dir())
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        main = snapshots / ref.read_text().strip()
+        revisions = [main] + [r for r in revisions if r != main]
+    for rev in revisions:
+        for name in filenames:
+            f = rev / name
+            if f.is_file():  # follows the blob symlink
+                return f
+    return None
+
+
+def installed_path(arch: ClipArch) -> Path | None:
+    """The weight file of ``arch`` under ``$FACECLIP_HOME/models``, or None."""
+    folder = models_dir()
+    names = [arch.model_name + s for s in _INSTALL_SUFFIXES] + [arch.openai_filename]
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _find_one(arch: ClipArch, explicit: str | Path | None) -> Path | None:
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ModelNotInstalledError(f"CLIP {arch.open_clip_name} weight file not found: {p}",
+                                         hint=_install_hint(arch))
+        return p
+    env = os.environ.get(arch.env_var)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ModelNotInstalledError(f"{arch.env_var} names a missing file: {p}", hint=_install_hint(arch))
+        return p
+    found = installed_path(arch) or _hf_cached_file(arch.hf_repo, HF_FILENAMES)
+    if found is None:
+        legacy = Path.home() / ".cache" / "clip" / arch.openai_filename
+        found = legacy if legacy.is_file() else None
+    return found
+
+
+def find_clip_weights(rn50x4: str | Path | None = None, vitb32: str | Path | None = None,
+                      vitb32_quick_gelu: bool = True) -> ClipWeights:
+    """Locate the weight files in the documented order (module docstring). Never downloads.
+
+    Args:
+        rn50x4, vitb32: explicit files; when given they must exist.
+
+    Raises:
+        ModelNotInstalledError: an explicit path or an environment variable names a missing file.
+    """
+    return ClipWeights(_find_one(RN50X4, rn50x4), _find_one(VITB32, vitb32), vitb32_quick_gelu)
+
+
+def searched_locations(arch: ClipArch) -> list[str]:
+    """Where :func:`find_clip_weights` looks for ``arch`` (for messages)."""
+    return [
+        f"${arch.env_var}",
+        str(models_dir() / f"{arch.model_name}.{{safetensors,pt,bin}}"),
+        str(hf_hub_cache_dir() / ("models--" + arch.hf_repo.replace("/", "--"))),
+        str(Path.home() / ".cache" / "clip" / arch.openai_filename),
+    ]
+
+
+# --------------------------------------------------------------------------- reading checkpoints
+
+
+def _open_clip():
+    from faceclip.nets._torchvision import import_torchvision
+
+    import_torchvision()  # open_clip imports torchvision
+    import open_clip
+
+    return open_clip
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a CLIP checkpoint into an OpenAI / open_clip key layout (``visual.*``, text keys).
+
+    OpenAI TorchScript archives are read with ``torch.jit.load`` (as
+    ``open_clip.load_openai_model`` does); anything else with
+    ``open_clip.factory.load_state_dict`` (safetensors, or ``weights_only`` pickles, with the
+    ``state_dict`` / ``module.`` wrappers removed).
+
+    Raises:
+        ModelNotInstalledError: the file cannot be read as a checkpoint (names the file).
+    """
+    path = Path(path)
+    try:
+        if _is_torchscript(path):
+            sd = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            for key in ("input_resolution", "context_length", "vocab_size"):
+                sd.pop(key, None)
+        else:
+            sd = _open_clip().factory.load_state_dict(str(path), device="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a usable checkpoint"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelNotInstalledError(
+            f"{path} is not a readable CLIP checkpoint ({type(exc).__name__}: {first})",
+            hint="give OpenAI's RN50x4.pt / ViT-B-32.pt or an open_clip checkpoint (.safetensors, .bin, .pt)",
+        ) from None
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ModelNotInstalledError(f"{path} does not hold a state dict of tensors")
+    return sd
+
+
+def _model_config(arch: ClipArch) -> dict:
+    cfg = _open_clip().get_model_config(arch.open_clip_name)
+    if cfg is None:  # pragma: no cover - open_clip always ships these configs
+        raise FaceClipError(f"open_clip has no config for {arch.open_clip_name}")
+    return cfg
+
+
+def build_clip_tower(arch: ClipArch, with_text: bool = False, quick_gelu: bool = True) -> nn.Module:
+    """A randomly initialised tower: the image tower, or the whole CLIP model if ``with_text``."""
+    oc = _open_clip()
+    cfg = _model_config(arch)
+    if with_text:
+        return oc.CLIP(**cfg, quick_gelu=quick_gelu)
+    from open_clip.model import _build_vision_tower
+
+    return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=quick_gelu)
+
+
+def _load_strict(module: nn.Module, sd: dict[str, Tensor], path: Path, arch: ClipArch) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise ModelNotInstalledError(
+            f"{path} does not hold CLIP {arch.open_clip_name} weights: " + ", ".join(parts),
+            hint=_install_hint(arch),
+        )
+    module.load_state_dict(sd, strict=True)
+
+
+def load_clip_tower(arch: ClipArch, path: str | Path, with_text: bool = False,
+                    quick_gelu: bool = True) -> nn.Module:
+    """Build ``arch`` and load its weights from ``path`` (strictly; float32, CPU, eval mode).
+
+    Args:
+        arch: :data:`RN50X4` or :data:`VITB32`.
+        path: checkpoint file (see :func:`read_clip_state_dict`).
+        with_text: return the whole open_clip ``CLIP`` model (image and text towers; the file
+            must hold both); otherwise only the image tower, loaded from the ``visual.*`` keys.
+
+    Raises:
+        ModelNotInstalledError: unreadable file or wrong architecture, naming the file.
+    """
+    path = Path(path)
+    sd = read_clip_state_dict(path)
+    if not with_text:
+        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    model = build_clip_tower(arch, with_text=with_text, quick_gelu=quick_gelu)
+    if with_text and "logit_scale" in sd:
+        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+    _load_strict(model, sd, path, arch)
+    return model.float().eval()
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+class ClipFeatures(NamedTuple):
+    """CLIP features of a batch of (masked) images.
+
+    Attributes:
+        geometric: RN50x4 ``layer2`` (B, 640, 36, 36) and ``layer3`` (B, 1280, 18, 18).
+        semantic: ViT-B/32 image embedding (B, 512), not normalised.
+    """
+
+    geometric: tuple[Tensor, Tensor]
+    semantic: Tensor
+
+
+def _as_mask(mask: Tensor | None, images: Tensor) -> Tensor | None:
+    if mask is None:
+        return None
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"mask must be (B, 1, H, W) or (B, H, W) matching images {tuple(images.shape)}, "
+                         f"got {tuple(mask.shape)}")
+    return mask.to(images.dtype)
+
+
+class ClipEncoders(nn.Module):
+    """Frozen RN50x4 and ViT-B/32 CLIP image encoders (plus, optionally, ViT-B/32's text tower).
+
+    Images are (B, 3, H, W) RGB in [0, 1], any size (face crops are square; other aspect
+    ratios are squashed). Preprocessing is differentiable: the image is normalised with
+    CLIP's mean / std, multiplied by the face mask, and resized (bilinear, antialiased) to
+    the tower's input size. Multiplying *after* normalisation puts the background at 0 in
+    normalised space, i.e. at CLIP's mean colour, the input value carrying the least signal,
+    rather than at black, which is far from the training distribution's mean and creates a
+    strong artificial edge along the mask; soft masks blend towards the mean colour.
+
+    Build with :func:`load_clip_encoders` (real weights) or :meth:`random` (tests).
+    """
+
+    def __init__(self, rn50x4: nn.Module, vitb32: nn.Module, text: nn.Module | None = None,
+                 source: str = "") -> None:
+        """
+        Args:
+            rn50x4: open_clip ``ModifiedResNet`` of RN50x4 (the image tower).
+            vitb32: open_clip ``VisionTransformer`` of ViT-B/32 (the image tower).
+            text: an open_clip ``CLIP`` model of ViT-B/32 whose ``visual`` was removed, or None.
+            source: where the weights came from (for logs and ``repr``).
+        """
+        super().__init__()
+        self.rn50x4 = rn50x4
+        self.vitb32 = vitb32
+        self.text = text
+        self.source = source
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.train(False)
+        self._tokenizer = None
+
+    # ---- construction
+
+    @classmethod
+    def random(cls, seed: int = 0, with_text: bool = False, device: str | torch.device | None = None
+               ) -> ClipEncoders:
+        """Randomly initialised stand-ins of the true architectures. For tests only.
+
+        open_clip's initialisation zeroes the last BatchNorm scale of every residual block of
+        RN50x4 (each block starts as the identity); here those scales are set to 1 so every
+        block takes part in the features and in the gradient paths under test.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            rn = build_clip_tower(RN50X4)
+            for name, p in rn.named_parameters():
+                if name.endswith("bn3.weight"):
+                    nn.init.ones_(p)
+            clip = build_clip_tower(VITB32, with_text=with_text)
+        vit, text = _split_text(clip) if with_text else (clip, None)
+        enc = cls(rn, vit, text, source=f"random(seed={seed})")
+        return enc.to(device) if device is not None else enc
+
+    # ---- modes
+
+    def train(self, mode: bool = True) -> ClipEncoders:
+        """Always evaluation mode: the encoders are frozen feature extractors."""
+        return super().train(False)
+
+    # ---- preprocessing and features
+
+    def preprocess(self, images: Tensor, mask: Tensor | None, size_px: int) -> Tensor:
+        """(B, 3, H, W) in [0, 1] (+ mask (B, 1, H, W) / (B, H, W)) -> (B, 3, S, S) normalised."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        m = _as_mask(mask, images)
+        if m is not None:
+            x = x * m
+        if x.shape[-2:] != (size_px, size_px):
+            x = F.interpolate(x, size=(size_px, size_px), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def geometric_features(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """RN50x4 ``layer2`` (B, 640, 36, 36) and ``layer3`` (B, 1280, 18, 18) outputs."""
+        net = self.rn50x4
+        x = self.preprocess(images, mask, RN50X4.image_size_px)
+        x = net.layer1(net.stem(x))
+        f2 = net.layer2(x)
+        f3 = net.layer3(f2)
+        return f2, f3
+
+    def semantic_embedding(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """ViT-B/32 image embedding (B, 512), not normalised."""
+        return self.vitb32(self.preprocess(images, mask, VITB32.image_size_px))
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> ClipFeatures:
+        """Both feature sets of (B, 3, H, W) images in [0, 1] under ``mask``."""
+        return ClipFeatures(self.geometric_features(images, mask), self.semantic_embedding(images, mask))
+
+    # ---- text
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """ViT-B/32 text embeddings (N, 512), not normalised, on the encoders' device.
+
+        Raises:
+            FaceClipError: the encoders were loaded without the text tower (``with_text=False``).
+        """
+        if self.text is None:
+            raise FaceClipError("the CLIP text encoder is not loaded", hint="load the encoders with with_text=True")
+        if self._tokenizer is None:
+            self._tokenizer = _open_clip().get_tokenizer(VITB32.open_clip_name)
+        tokens = self._tokenizer(list(texts)).to(self.mean.device)
+        return self.text.encode_text(tokens)
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, text={self.has_text}"
+
+
+def _split_text(clip: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(image tower, the CLIP model without it) of a whole open_clip ``CLIP`` model."""
+    visual = clip.visual
+    clip.visual = None  # encode_text never touches it; keeps one copy of the image tower
+    return visual, clip
+
+
+def load_clip_encoders(weights: ClipWeights | None = None, device: str | torch.device | None = None,
+                       with_text: bool = False) -> ClipEncoders:
+    """Load both towers from their weight files (found with :func:`find_clip_weights` if None).
+
+    Args:
+        weights: files to load; None searches the documented locations.
+        device: target device (default CPU).
+        with_text: also keep ViT-B/32's text tower (for :meth:`ClipEncoders.encode_text`).
+
+    Raises:
+        ModelNotInstalledError: a tower's weights are missing (naming what is missing, where it
+            was looked for and how to install it) or a file is unusable (naming the file).
+    """
+    if weights is None:
+        weights = find_clip_weights()
+    missing = weights.missing()
+    if missing:
+        lines = [f"{a.open_clip_name} (OpenAI {a.openai_filename} or an open_clip checkpoint); looked in: "
+                 + ", ".join(searched_locations(a)) for a in missing]
+        hint = "; ".join(f"`faceclip models install {a.model_name} --from {a.openai_filename}`" for a in missing)
+        raise ModelNotInstalledError("CLIP weights not found: " + "; ".join(lines),
+                                     hint=hint + " (the files cannot be downloaded here: copy them from a "
+                                     "machine with network, where open_clip or OpenAI's clip package caches them)")
+    rn = load_clip_tower(RN50X4, weights.rn50x4)
+    clip = load_clip_tower(VITB32, weights.vitb32, with_text=with_text, quick_gelu=weights.vitb32_quick_gelu)
+    vit, text = _split_text(clip) if with_text else (clip, None)
+    log.info("loaded CLIP RN50x4 from %s and ViT-B/32 from %s", weights.rn50x4, weights.vitb32)
+    enc = ClipEncoders(rn, vit, text, source=f"{weights.rn50x4}, {weights.vitb32}")
+    return enc.to(device) if device is not None else enc
+
+
+# --------------------------------------------------------------------------- install / list
+
+
+def install_clip_weights(name: str, source: str | Path | None = None, force: bool = False) -> Path:
+    """Validate a CLIP weight file and copy it to ``$FACECLIP_HOME/models/<name><suffix>``.
+
+    Args:
+        name: ``"clip-rn50x4"`` or ``"clip-vitb32"``.
+        source: the file (OpenAI ``.pt`` or an open_clip checkpoint); it replaces any installed
+            file. None: keep an installed file (unless ``force``), else copy the one found in the
+            caches (:func:`find_clip_weights`), if any; nothing is downloaded.
+        force: without ``source``, copy again from the caches even if a file is installed.
+
+    Raises:
+        ModelNotInstalledError: no source, or the file is not a checkpoint of that architecture.
+    """
+    if name not in CLIP_MODEL_NAMES:
+        raise FaceClipError(f"unknown CLIP model {name!r}; known: {', '.join(CLIP_MODEL_NAMES)}")
+    arch = CLIP_MODEL_NAMES[name]
+    existing = installed_path(arch)
+    if source is None:
+        if existing is not None and not force:
+            return existing
+        source = _find_one(arch, None)
+        if source is None:
+            raise ModelNotInstalledError(f"installing {name} needs --from FILE (no {arch.open_clip_name} weights "
+                                         "found in the caches)", hint=_install_hint(arch))
+    src = Path(source).expanduser()
+    if not src.is_file():
+        raise ModelNotInstalledError(f"CLIP weight file not found: {src}", hint=_install_hint(arch))
+    load_clip_tower(arch, src)  # validates format and architecture (image tower)
+    suffix = src.suffix.lower() if src.suffix.lower() in _INSTALL_SUFFIXES else ".pt"
+    target = models_dir() / f"{arch.model_name}{suffix}"
+    if target.is_file() and target.resolve() == src.resolve():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    for other in [arch.model_name + s for s in _INSTALL_SUFFIXES]:
+        if other != target.name and (target.parent / other).is_file():
+            (target.parent / other).unlink()  # one installed file per tower (ours, not hand-placed ones)
+    log.info("installed %s from %s into %s", name, src, target)
+    return target
+
+
+def clip_model_status() -> list[tuple[str, bool, str, str]]:
+    """Rows ``(name, found, location, licence)`` for ``faceclip models list`` (no heavy imports)."""
+    rows = []
+    for arch in CLIP_ARCHS.values():
+        try:
+            found = _find_one(arch, None)
+        except ModelNotInstalledError as exc:
+            rows.append((arch.model_name, False, exc.message, _LICENCE))
+            continue
+        where = str(found) if found else f"`faceclip models install {arch.model_name} --from {arch.openai_filename}`"
+        rows.append((arch.model_name, found is not None, where, _LICENCE))
+    return rows
+
+
+def remove_clip_weights(name: str) -> bool:
+    """Delete an installed CLIP weight file; True if one existed."""
+    p = installed_path(CLIP_MODEL_NAMES[name])
+    if p is not None:
+        p.unlink()
+        return True
+    return False
+
+
+__all__ = [
+    "CLIP_ARCHS",
+    "CLIP_MEAN",
+    "CLIP_MODEL_NAMES",
+    "CLIP_STD",
+    "RN50X4",
+    "VITB32",
+    "ClipArch",
+    "ClipEncoders",
+    "ClipFeatures",
+    "ClipWeights",
+    "build_clip_tower",
+    "clip_model_status",
+    "find_clip_weights",
+    "hf_hub_cache_dir",
+    "install_clip_weights",
+    "installed_path",
+    "load_clip_encoders",
+    "load_clip_tower",
+    "read_clip_state_dict",
+    "remove_clip_weights",
+    "searched_locations",
+]
