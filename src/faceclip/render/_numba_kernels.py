@@ -435,7 +435,7 @@ def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, counts, lo, 
     p2f (B*H*W,) int32 receives the fragment index of each pixel (-1 = background); state
     (B*H*W,) uint8: 0 background, 1 covered, 2 covered by a triangle with a silhouette edge;
     counts (B,) the number of horizontal + vertical pixel pairs to examine per image (a pair
-    is examined when either pixel is 2 or exactly one is covered, as in ``_edge_crossings``).
+    is examined when either pixel is 2 or exactly one is covered, as in ``antialiasing.edge_pairs``).
     """
     F = neighbor.shape[0]
     P = H * W
@@ -474,7 +474,7 @@ def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, counts, lo, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, state, B, H, W, V, max_steps, consts, centre,
                  offsets, p_in, p_out, i_in, i_out, ka, kb, keep, lo, hi):  # pragma: no cover
-    """Pixel pairs straddling a silhouette edge (the no-grad part of ``_edge_crossings``).
+    """Pixel pairs straddling a silhouette edge (the numba twin of ``antialiasing.edge_pairs``).
 
     For every candidate pair of :func:`aa_count` (written from ``offsets[b]`` on): the inside
     (nearer) and outside pixel and fragment, the silhouette edge's flat vertex ids (ka, kb)
@@ -716,3 +716,112 @@ def interp_mul_backward(a, b, vid_a, vid_b, bary, grad, seg, want_a, want_b, wan
                 g_bary[n, 0] = h0
                 g_bary[n, 1] = h1
                 g_bary[n, 2] = h2
+
+
+# ----------------------------------------------------------------------------- composite
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def composite_forward(values, bg, pix, seg, P, out, lo, hi):  # pragma: no cover
+    """Dense image of images lo..hi-1: ``bg`` everywhere, then ``values[n]`` at pixel ``pix[n]``.
+
+    values (N, C); bg (C,); pix (N,) ascending flat pixels; seg (B+1,) fragment offsets per
+    image; P = H * W; out (B*P, C).
+    """
+    C = out.shape[1]
+    for b in range(lo, hi):
+        for p in range(b * P, (b + 1) * P):
+            for c in range(C):
+                out[p, c] = bg[c]
+        for n in range(seg[b], seg[b + 1]):
+            p = pix[n]
+            for c in range(C):
+                out[p, c] = values[n, c]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pair_t(xy, W, P, p_in, p_out, ka, kb):  # pragma: no cover
+    """Unclamped crossing parameter of the segment between the centres of pixels p_in and
+    p_out with the screen edge (ka, kb), and the two edge functions (e_in, e_out)."""
+    r = p_in % P
+    i = r // W
+    qx, qy = (r - i * W) + 0.5, i + 0.5
+    r = p_out % P
+    i = r // W
+    ox, oy = (r - i * W) + 0.5, i + 0.5
+    ax, ay = np.float64(xy[ka, 0]), np.float64(xy[ka, 1])
+    ex, ey = xy[kb, 0] - ax, xy[kb, 1] - ay
+    e_in = ex * (qy - ay) - ey * (qx - ax)
+    e_out = ex * (oy - ay) - ey * (ox - ax)
+    return e_in / (e_in - e_out), e_in, e_out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def composite_aa_forward(values, bg, xy, W, P, p_in, p_out, i_in, i_out, ka, kb, t_raw, out):  # pragma: no cover
+    """Add the antialiasing blend of every edge pair m to ``out`` (B*P, C) (serial: pairs may
+    share pixels): ``(c_in - c_out) (t - 1/2)`` at p_out when ``t > 1/2``, else at p_in, with
+    ``t = clamp(t_raw, 0, 1)`` (stored in t_raw (M,)); c_out is ``bg`` when i_out < 0."""
+    C = out.shape[1]
+    for m in range(p_in.shape[0]):
+        tr, _, _ = _pair_t(xy, W, P, p_in[m], p_out[m], ka[m], kb[m])
+        t_raw[m] = tr
+        t = min(max(tr, 0.0), 1.0)
+        target = p_out[m] if t > 0.5 else p_in[m]
+        w = t - 0.5
+        a, o = i_in[m], i_out[m]
+        for c in range(C):
+            c_out = values[o, c] if o >= 0 else bg[c]
+            out[target, c] += (values[a, c] - c_out) * w
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def composite_backward(g_out, pix, g_values, lo, hi):  # pragma: no cover
+    """g_values[n] = g_out[pix[n]] for fragments lo..hi-1."""
+    C = g_values.shape[1]
+    for n in range(lo, hi):
+        p = pix[n]
+        for c in range(C):
+            g_values[n, c] = g_out[p, c]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def composite_aa_backward(g_out, values, bg, xy, W, P, p_in, p_out, i_in, i_out, ka, kb, t_raw,
+                          g_values, g_bg, g_xy):  # pragma: no cover
+    """Backward of :func:`composite_aa_forward` (serial), accumulated into g_values (N, C),
+    g_bg (C,) and g_xy (B*V, 2). The clamp passes gradients for ``0 <= t_raw <= 1``."""
+    C = values.shape[1]
+    for m in range(p_in.shape[0]):
+        tr = t_raw[m]
+        t = min(max(tr, 0.0), 1.0)
+        target = p_out[m] if t > 0.5 else p_in[m]
+        w = t - 0.5
+        a, o = i_in[m], i_out[m]
+        g_t = 0.0
+        for c in range(C):
+            g = g_out[target, c]
+            c_out = values[o, c] if o >= 0 else bg[c]
+            g_t += g * (values[a, c] - c_out)
+            g_values[a, c] += g * w
+            if o >= 0:
+                g_values[o, c] -= g * w
+            else:
+                g_bg[c] -= g * w
+        if not (tr >= 0.0 and tr <= 1.0) or g_t == 0.0:
+            continue
+        _, e_in, e_out = _pair_t(xy, W, P, p_in[m], p_out[m], ka[m], kb[m])
+        d = e_in - e_out
+        gi = -g_t * e_out / (d * d)  # dL/de_in
+        go = g_t * e_in / (d * d)  # dL/de_out
+        r = p_in[m] % P
+        i = r // W
+        qx, qy = (r - i * W) + 0.5, i + 0.5
+        r = p_out[m] % P
+        i = r // W
+        ox, oy = (r - i * W) + 0.5, i + 0.5
+        bx, by = xy[kb[m], 0], xy[kb[m], 1]
+        ax, ay = xy[ka[m], 0], xy[ka[m], 1]
+        # e(q) = (b - a) x (q - a): de/da = (b_y - q_y, q_x - b_x), de/db = (q_y - a_y, a_x - q_x)
+        g_xy[ka[m], 0] += gi * (by - qy) + go * (by - oy)
+        g_xy[ka[m], 1] += gi * (qx - bx) + go * (ox - bx)
+        g_xy[kb[m], 0] += gi * (qy - ay) + go * (oy - ay)
+        g_xy[kb[m], 1] += gi * (ax - qx) + go * (ax - ox)

@@ -208,23 +208,20 @@ class QuadraticSH(torch.autograd.Function):
 
 
 @torch.no_grad()
-def edge_crossings(pix: Tensor, face: Tensor, depth: Tensor, batch_index: Tensor, batch_size: int,
-                   image_size: tuple[int, int], xy: Tensor, triangles: Tensor, neighbor: Tensor,
-                   orient: Tensor, max_steps: int):
-    """No-grad part of ``antialiasing._edge_crossings`` (same pairs, same walk, same tests).
+def edge_pairs(pix: Tensor, face: Tensor, depth: Tensor, seg: Tensor, batch_size: int,
+               image_size: tuple[int, int], xy: Tensor, triangles: Tensor, neighbor: Tensor,
+               orient: Tensor, max_steps: int) -> tuple[Tensor, ...] | None:
+    """No-grad part of ``antialiasing._edge_pairs`` (same pairs, same walk, same tests).
 
-    Returns None when no pair straddles a silhouette edge, else flat vertex ids (ka, kb) of the
-    silhouette edge, pixel centres q_in, q_out (M, 2) in xy's dtype, and p_in, p_out, i_in,
-    i_out (M,) as in ``_EdgeCrossings``. Fragments must be sorted by pixel (as rasterized).
+    Returns None when no pair straddles a silhouette edge, else (M,) long tensors p_in, p_out,
+    i_in, i_out, ka, kb as in :class:`~faceclip.render.antialiasing.EdgePairs`. Fragments
+    must be sorted by pixel (as rasterized); ``seg`` (B+1,) their offsets per image.
     """
     K = kernels()
     B = batch_size
     H, W = image_size
     V = xy.shape[1]
-    N = pix.shape[0]
-    seg = torch.searchsorted(batch_index, torch.arange(B + 1, dtype=batch_index.dtype)).numpy()
     xyd = xy.detach()
-    dt = xyd.dtype
     xs, ys = _np(xyd[..., 0].reshape(-1)), _np(xyd[..., 1].reshape(-1))
     tri, nbr = _np(triangles.long()), _np(neighbor.long())
     orient_np = _np(orient.to(torch.float32))
@@ -233,7 +230,7 @@ def edge_crossings(pix: Tensor, face: Tensor, depth: Tensor, batch_index: Tensor
     p2f = np.empty(B * H * W, np.int32)
     state = np.empty(B * H * W, np.uint8)
     counts = np.empty(B, np.int64)
-    launch(K.aa_count, B, pix_np, face_np, seg, orient_np, nbr, B, H, W, p2f, state, counts)
+    launch(K.aa_count, B, pix_np, face_np, _np(seg), orient_np, nbr, B, H, W, p2f, state, counts)
     offsets = np.zeros(B + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     M = int(offsets[-1])
@@ -244,16 +241,63 @@ def edge_crossings(pix: Tensor, face: Tensor, depth: Tensor, batch_index: Tensor
     consts = np.array([1.0, -1.0, 2.0, 1e-30], dtype=xs.dtype)
     centre = np.arange(max(H, W) + 1, dtype=xs.dtype) + xs.dtype.type(0.5)
     launch(K.aa_crossings, B, xs, ys, tri, nbr, orient_np, face_np, depth_np, p2f, state, B, H, W, V, int(max_steps),
-                   consts, centre, offsets, *out, keep)
-    sel = torch.from_numpy(keep).nonzero().squeeze(1)
-    if sel.numel() == 0:
+           consts, centre, offsets, *out, keep)
+    sel = np.flatnonzero(keep)
+    if sel.shape[0] == 0:
         return None
-    p_in, p_out, i_in, i_out, ka, kb = (torch.from_numpy(a).index_select(0, sel) for a in out)
-    rem = p_in % (H * W)
-    q_in = torch.stack([(rem % W).to(dt) + 0.5, torch.div(rem, W, rounding_mode="floor").to(dt) + 0.5], 1)
-    rem_o = p_out % (H * W)
-    q_out = torch.stack([(rem_o % W).to(dt) + 0.5, torch.div(rem_o, W, rounding_mode="floor").to(dt) + 0.5], 1)
-    return ka, kb, q_in, q_out, p_in, p_out, i_in, i_out
+    return tuple(torch.from_numpy(a[sel]) for a in out)  # p_in, p_out, i_in, i_out, ka, kb
+
+
+class Composite(torch.autograd.Function):
+    """Antialiased dense image from per-fragment values (the fused form of
+    ``scatter_image(values, background, pix, P, *antialias_deltas(...))``).
+
+    Inputs: values (N, C); background (C,); xy (B, V, 2) projected vertices; pix (N,) ascending
+    flat pixels; seg (B+1,) fragment offsets per image; pairs: None or the (M,) long tensors
+    (p_in, p_out, i_in, i_out, ka, kb) of :func:`edge_pairs`; image_size (H, W).
+    Output: (B*H*W, C). Differentiable wrt values, background and xy (through the pairs'
+    edge crossings).
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, background: Tensor, xy: Tensor, pix: Tensor, seg: Tensor,
+                pairs: tuple[Tensor, ...] | None, image_size: tuple[int, int]):
+        K = kernels()
+        H, W = image_size
+        B = seg.shape[0] - 1
+        vals = values.detach().contiguous()
+        bg = background.detach().to(vals.dtype).expand(vals.shape[1]).contiguous()
+        out = torch.empty(B * H * W, vals.shape[1], dtype=vals.dtype)
+        launch(K.composite_forward, B, vals.numpy(), bg.numpy(), _np(pix), _np(seg), H * W, out.numpy())
+        xyf = xy.detach().reshape(-1, 2).contiguous()
+        t_raw = None
+        if pairs is not None:
+            t_raw = torch.empty(pairs[0].shape[0], dtype=torch.float64)
+            K.composite_aa_forward(vals.numpy(), bg.numpy(), xyf.numpy(), W, H * W, *(_np(a) for a in pairs),
+                                   t_raw.numpy(), out.numpy())
+            ctx.pairs = pairs
+        ctx.save_for_backward(vals, bg, xyf, pix, t_raw)
+        ctx.meta = (image_size, background.shape, xy.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        K = kernels()
+        vals, bg, xyf, pix, t_raw = ctx.saved_tensors
+        (H, W), bg_shape, xy_shape = ctx.meta
+        g = grad.to(vals.dtype).contiguous()
+        g_vals = torch.empty_like(vals)
+        launch(K.composite_backward, pix.shape[0], g.numpy(), _np(pix), g_vals.numpy())
+        want_bg = ctx.needs_input_grad[1]
+        g_bg = (g.sum(0) - g_vals.sum(0)) if want_bg else torch.zeros_like(bg)  # uncovered pixels
+        g_xy = torch.zeros(xyf.shape, dtype=xyf.dtype)
+        if t_raw is not None:
+            K.composite_aa_backward(g.numpy(), vals.numpy(), bg.numpy(), xyf.numpy(), W, H * W,
+                                    *(_np(a) for a in ctx.pairs), t_raw.numpy(), g_vals.numpy(), g_bg.numpy(),
+                                    g_xy.numpy())
+        g_bg = (g_bg.sum() if len(bg_shape) == 0 else g_bg.reshape(bg_shape)) if want_bg else None
+        g_xy = g_xy.view(xy_shape) if ctx.needs_input_grad[2] else None
+        return g_vals, g_bg, g_xy, None, None, None, None
 
 
 # ----------------------------------------------------------------------------- projection

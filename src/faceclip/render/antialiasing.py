@@ -17,10 +17,11 @@ and is continuous as the edge moves across pixel centres.
 
 Work is sparse: candidate pairs are only those next to a pixel whose visible triangle has a
 silhouette edge, or on the coverage boundary (a few per cent of the covered pixels), found
-with boolean image ops; triangle orientations come from the rasterizer. The renderer calls
-:func:`antialias_deltas` with per-fragment colours and composites once
-(:func:`~faceclip.render.rasterize.scatter_image`), so no dense image enters the autograd
-graph; :func:`antialias` is the same on a dense image.
+with boolean image ops; triangle orientations come from the rasterizer. The renderer finds
+the pairs once (:func:`edge_pairs`, no gradients) and calls :func:`composite` with
+per-fragment colours: background fill, fragment writes and blend in one pass (one fused
+kernel on the compiled CPU backend), so no dense image enters the autograd graph besides the
+result; :func:`antialias` is the same on a dense image.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from torch import Tensor
 
 from faceclip.render import _numba_ops
 from faceclip.render.backend import use_numba
-from faceclip.render.rasterize import Fragments
+from faceclip.render.rasterize import Fragments, scatter_image
 
-__all__ = ["EdgeTopology", "edge_topology", "antialias", "antialias_deltas"]
+__all__ = ["EdgeTopology", "EdgePairs", "edge_topology", "edge_pairs", "crossing_t", "antialias", "antialias_deltas",
+           "composite"]
 
 
 @dataclass(frozen=True)
@@ -149,15 +151,25 @@ def _march_to_silhouette(
 
 
 @dataclass
-class _EdgeCrossings:
-    """Pixel pairs straddling a silhouette edge: flat pixel and fragment index (-1 = background)
-    of the inside and outside pixel, and the edge crossing ``t`` (differentiable wrt xy)."""
+class EdgePairs:
+    """Pixel pairs straddling a silhouette edge (no gradients; the crossing itself is computed
+    differentiably from the projected edge by :func:`crossing_t`). All (M,) long.
+
+    Attributes:
+        p_in, p_out: flat pixel ``b*H*W + i*W + j`` of the inside (nearer) and outside pixel.
+        i_in, i_out: their fragment index (-1: background).
+        ka, kb: flat vertex ids ``b*V + v`` of the silhouette edge's end points.
+    """
 
     p_in: Tensor
     p_out: Tensor
     i_in: Tensor
     i_out: Tensor
-    t: Tensor
+    ka: Tensor
+    kb: Tensor
+
+    def astuple(self) -> tuple[Tensor, ...]:
+        return self.p_in, self.p_out, self.i_in, self.i_out, self.ka, self.kb
 
 
 def _pairs(fragments: Fragments, S: Tensor, M: Tensor, horizontal: bool) -> Tensor:
@@ -171,98 +183,124 @@ def _pairs(fragments: Fragments, S: Tensor, M: Tensor, horizontal: bool) -> Tens
     return (b * H + i) * W + j
 
 
-def _edge_crossings(
-    fragments: Fragments, xy: Tensor, triangles: Tensor, neighbor: Tensor, max_steps: int,
-) -> _EdgeCrossings | None:
+def _segments(fragments: Fragments) -> Tensor | None:
+    """(B+1,) fragment offsets per image (None when the fragments are not sorted by image)."""
+    seg = fragments._cache.get("seg")
+    if seg is None or seg.shape[0] != fragments.batch_size + 1:
+        b = fragments.batch_index
+        if not bool((b[1:] >= b[:-1]).all()):
+            return None
+        seg = torch.searchsorted(b, torch.arange(fragments.batch_size + 1, dtype=b.dtype, device=b.device))
+        fragments._cache["seg"] = seg
+    return seg
+
+
+@torch.no_grad()
+def edge_pairs(
+    fragments: Fragments, xy: Tensor, triangles: Tensor, neighbor: Tensor, max_steps: int = 16,
+) -> EdgePairs | None:
+    """Adjacent pixel pairs whose nearer triangle's silhouette edge passes between them.
+
+    Args:
+        fragments: the rasterization; xy: (B, V, 2) projected vertices; triangles: (F, 3) long;
+        neighbor: (F, 3) :class:`EdgeTopology` adjacency; max_steps: see :func:`antialias`.
+    Returns:
+        :class:`EdgePairs`, or None when there are none.
+    """
     B, H, W = fragments.batch_size, *fragments.image_size
     F, V = triangles.shape[0], xy.shape[1]
     dev = xy.device
     if use_numba(xy) and fragments.pix.shape[0] > 0:
-        b = fragments.batch_index
-        if bool((b[1:] >= b[:-1]).all()):  # fragments sorted by image, as rasterized
+        seg = _segments(fragments)
+        if seg is not None:  # fragments sorted by image, as rasterized
             orient = _orientation(fragments, xy, triangles)
-            res = _numba_ops.edge_crossings(fragments.pix, fragments.face, fragments.depth, b, B, (H, W),
-                                            xy, triangles, neighbor, orient, max_steps)
-            if res is None:
-                return None
-            ka, kb, q_in, q_out, p_in, p_out, i_in, i_out = res
-            return _crossing(xy, ka, kb, q_in, q_out, p_in, p_out, i_in, i_out)
-    with torch.no_grad():
-        orient = _orientation(fragments, xy, triangles).to(dev)
-        face, depth = fragments.face, fragments.depth.detach()
-        bF = fragments.batch_index * F
-        sil_frag = _is_silhouette(orient, neighbor, bF, face).any(1)  # (N,)
-        S = torch.zeros(B * H * W, dtype=torch.bool, device=dev)
-        S[fragments.pix] = sil_frag
-        S = S.view(B, H, W)
-        Mk = fragments.mask
-        p2f = fragments.pix_to_fragment()
-        pas, pbs = [], []
-        for horizontal in (True, False):
-            pa = _pairs(fragments, S, Mk, horizontal)
-            pas.append(pa)
-            pbs.append(pa + (1 if horizontal else W))
-        pa, pb = torch.cat(pas), torch.cat(pbs)
-        if pa.numel() == 0:
-            return None
-        horiz = torch.zeros(pa.shape[0], dtype=torch.bool, device=dev)
-        horiz[:pas[0].shape[0]] = True
-        ia, ib = p2f[pa], p2f[pb]
-        fa = torch.where(ia >= 0, face[ia.clamp(min=0)], -1)
-        fb = torch.where(ib >= 0, face[ib.clamp(min=0)], -1)
-        inf = torch.tensor(float("inf"), dtype=depth.dtype, device=dev)
-        da = torch.where(ia >= 0, depth[ia.clamp(min=0)], inf)
-        db = torch.where(ib >= 0, depth[ib.clamp(min=0)], inf)
-        # the nearer triangle (background counts as infinitely far)
-        a_front = (fb < 0) | ((fa >= 0) & (da <= db))
-        i_in, i_out = torch.where(a_front, ia, ib), torch.where(a_front, ib, ia)
-        p_in, p_out = torch.where(a_front, pa, pb), torch.where(a_front, pb, pa)
-        cand = ((fa != fb) & (sil_frag[i_in.clamp(min=0)] | (i_out < 0))).nonzero().squeeze(1)
-        if cand.numel() == 0:
-            return None
-        p_in, p_out, i_in, i_out, horiz = p_in[cand], p_out[cand], i_in[cand], i_out[cand], horiz[cand]
-        f_in = face[i_in]
-        bi = torch.div(p_in, H * W, rounding_mode="floor")
-        rem = p_in - bi * (H * W)
-        q_in = torch.stack([(rem % W).to(xy.dtype) + 0.5,
-                            torch.div(rem, W, rounding_mode="floor").to(xy.dtype) + 0.5], 1)
-        d = (p_out - p_in).sign().to(xy.dtype)
-        q_out = q_in + torch.stack([torch.where(horiz, d, 0.0), torch.where(horiz, 0.0, d)], 1)
-        xy_flat = xy.detach().reshape(B * V, 2)
-        found, f_sil, k = _march_to_silhouette(xy_flat, triangles, neighbor, orient, f_in,
-                                               bi * V, bi * F, q_in, q_out, max_steps)
-        vid = triangles[f_sil] + (bi * V).unsqueeze(1)
-        ka, kb = vid.gather(1, k[:, None]).squeeze(1), vid.gather(1, ((k + 1) % 3)[:, None]).squeeze(1)
-        ed = (xy_flat[kb] - xy_flat[ka]).abs()
-        # horizontal pairs handle steep edges, vertical pairs the others
-        steep = torch.where(horiz, ed[:, 1] >= ed[:, 0], ed[:, 1] < ed[:, 0])
-        keep = (found & steep).nonzero().squeeze(1)
-        if keep.numel() == 0:
-            return None
-        ka, kb, q_in, q_out = ka[keep], kb[keep], q_in[keep], q_out[keep]
-        p_in, p_out, i_in, i_out = p_in[keep], p_out[keep], i_in[keep], i_out[keep]
-    return _crossing(xy, ka, kb, q_in, q_out, p_in, p_out, i_in, i_out)
+            res = _numba_ops.edge_pairs(fragments.pix, fragments.face, fragments.depth, seg, B, (H, W),
+                                        xy, triangles, neighbor, orient, max_steps)
+            return None if res is None else EdgePairs(*res)
+    orient = _orientation(fragments, xy, triangles).to(dev)
+    face, depth = fragments.face, fragments.depth.detach()
+    bF = fragments.batch_index * F
+    sil_frag = _is_silhouette(orient, neighbor, bF, face).any(1)  # (N,)
+    S = torch.zeros(B * H * W, dtype=torch.bool, device=dev)
+    S[fragments.pix] = sil_frag
+    S = S.view(B, H, W)
+    Mk = fragments.mask
+    p2f = fragments.pix_to_fragment()
+    pas, pbs = [], []
+    for horizontal in (True, False):
+        pa = _pairs(fragments, S, Mk, horizontal)
+        pas.append(pa)
+        pbs.append(pa + (1 if horizontal else W))
+    pa, pb = torch.cat(pas), torch.cat(pbs)
+    if pa.numel() == 0:
+        return None
+    horiz = torch.zeros(pa.shape[0], dtype=torch.bool, device=dev)
+    horiz[:pas[0].shape[0]] = True
+    ia, ib = p2f[pa], p2f[pb]
+    fa = torch.where(ia >= 0, face[ia.clamp(min=0)], -1)
+    fb = torch.where(ib >= 0, face[ib.clamp(min=0)], -1)
+    inf = torch.tensor(float("inf"), dtype=depth.dtype, device=dev)
+    da = torch.where(ia >= 0, depth[ia.clamp(min=0)], inf)
+    db = torch.where(ib >= 0, depth[ib.clamp(min=0)], inf)
+    # the nearer triangle (background counts as infinitely far)
+    a_front = (fb < 0) | ((fa >= 0) & (da <= db))
+    i_in, i_out = torch.where(a_front, ia, ib), torch.where(a_front, ib, ia)
+    p_in, p_out = torch.where(a_front, pa, pb), torch.where(a_front, pb, pa)
+    cand = ((fa != fb) & (sil_frag[i_in.clamp(min=0)] | (i_out < 0))).nonzero().squeeze(1)
+    if cand.numel() == 0:
+        return None
+    p_in, p_out, i_in, i_out, horiz = p_in[cand], p_out[cand], i_in[cand], i_out[cand], horiz[cand]
+    f_in = face[i_in]
+    bi = torch.div(p_in, H * W, rounding_mode="floor")
+    q_in, q_out = _pixel_centres(p_in, H, W, xy.dtype), _pixel_centres(p_out, H, W, xy.dtype)
+    xy_flat = xy.detach().reshape(B * V, 2)
+    found, f_sil, k = _march_to_silhouette(xy_flat, triangles, neighbor, orient, f_in,
+                                           bi * V, bi * F, q_in, q_out, max_steps)
+    vid = triangles[f_sil] + (bi * V).unsqueeze(1)
+    ka, kb = vid.gather(1, k[:, None]).squeeze(1), vid.gather(1, ((k + 1) % 3)[:, None]).squeeze(1)
+    ed = (xy_flat[kb] - xy_flat[ka]).abs()
+    # horizontal pairs handle steep edges, vertical pairs the others
+    steep = torch.where(horiz, ed[:, 1] >= ed[:, 0], ed[:, 1] < ed[:, 0])
+    keep = (found & steep).nonzero().squeeze(1)
+    if keep.numel() == 0:
+        return None
+    return EdgePairs(p_in[keep], p_out[keep], i_in[keep], i_out[keep], ka[keep], kb[keep])
 
 
-def _crossing(xy: Tensor, ka: Tensor, kb: Tensor, q_in: Tensor, q_out: Tensor, p_in: Tensor, p_out: Tensor,
-              i_in: Tensor, i_out: Tensor) -> _EdgeCrossings:
-    """The differentiable crossing parameter of segments q_in -> q_out with edges (ka, kb)."""
+def _pixel_centres(p: Tensor, H: int, W: int, dtype: torch.dtype) -> Tensor:
+    """(M, 2) centre (x, y) of flat pixels p."""
+    rem = p % (H * W)
+    return torch.stack([(rem % W).to(dtype) + 0.5, torch.div(rem, W, rounding_mode="floor").to(dtype) + 0.5], 1)
+
+
+def crossing_t(xy: Tensor, pairs: EdgePairs, image_size: tuple[int, int]) -> Tensor:
+    """(M,) where each pair's edge crosses the segment between the two pixel centres
+    (0 at the inside centre, clamped to [0, 1]); differentiable wrt ``xy`` (B, V, 2)."""
+    H, W = image_size
+    q_in = _pixel_centres(pairs.p_in, H, W, xy.dtype)
+    q_out = _pixel_centres(pairs.p_out, H, W, xy.dtype)
     xyf = xy.reshape(-1, 2)
-    a, b = xyf[ka], xyf[kb]  # differentiable edge end points
+    a, b = xyf[pairs.ka], xyf[pairs.kb]  # differentiable edge end points
     ex, ey = (b - a).unbind(-1)
     e_in = ex * (q_in[:, 1] - a[:, 1]) - ey * (q_in[:, 0] - a[:, 0])
     e_out = ex * (q_out[:, 1] - a[:, 1]) - ey * (q_out[:, 0] - a[:, 0])
-    t = (e_in / (e_in - e_out)).clamp(0.0, 1.0)
-    return _EdgeCrossings(p_in=p_in, p_out=p_out, i_in=i_in, i_out=i_out, t=t)
+    return (e_in / (e_in - e_out)).clamp(0.0, 1.0)
 
 
-def _blend(ec: _EdgeCrossings, c_in: Tensor, c_out: Tensor) -> tuple[Tensor, Tensor]:
+def _blend(pairs: EdgePairs, t: Tensor, c_in: Tensor, c_out: Tensor) -> tuple[Tensor, Tensor]:
     """(target pixel (M,), colour delta (M, C)) of the area-sampling blend."""
-    outward = (ec.t > 0.5).detach()
-    target = torch.where(outward, ec.p_out, ec.p_in)
-    weight = torch.where(outward, ec.t - 0.5, 0.5 - ec.t).unsqueeze(1)
+    outward = (t > 0.5).detach()
+    target = torch.where(outward, pairs.p_out, pairs.p_in)
+    weight = torch.where(outward, t - 0.5, 0.5 - t).unsqueeze(1)
     delta = torch.where(outward.unsqueeze(1), c_in - c_out, c_out - c_in) * weight
     return target, delta
+
+
+def _deltas(values: Tensor, background: Tensor, pairs: EdgePairs, xy: Tensor,
+            image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    c_in = values.index_select(0, pairs.i_in)
+    c_out = torch.where((pairs.i_out >= 0).unsqueeze(1), values.index_select(0, pairs.i_out.clamp(min=0)), background)
+    return _blend(pairs, crossing_t(xy, pairs, image_size), c_in, c_out)
 
 
 def antialias_deltas(
@@ -281,12 +319,36 @@ def antialias_deltas(
     """
     if topology is None:
         topology = edge_topology(triangles)
-    ec = _edge_crossings(fragments, xy, triangles, topology.neighbor.to(xy.device), max_steps)
-    if ec is None:
+    pairs = edge_pairs(fragments, xy, triangles, topology.neighbor.to(xy.device), max_steps)
+    if pairs is None:
         return fragments.pix.new_zeros(0), values.new_zeros(0, values.shape[1])
-    c_in = values.index_select(0, ec.i_in)
-    c_out = torch.where((ec.i_out >= 0).unsqueeze(1), values.index_select(0, ec.i_out.clamp(min=0)), background)
-    return _blend(ec, c_in, c_out)
+    return _deltas(values, background, pairs, xy, fragments.image_size)
+
+
+def composite(values: Tensor, background: Tensor, fragments: Fragments, xy: Tensor,
+              pairs: EdgePairs | None) -> Tensor:
+    """Dense image of per-fragment values over a background, antialiased along ``pairs``.
+
+    Args:
+        values: (N, C); background: (C,) or scalar; xy: (B, V, 2) projected vertices;
+        pairs: from :func:`edge_pairs` (None: no antialiasing).
+    Returns:
+        (B, H, W, C) contiguous, differentiable wrt values, background and (via the pairs) xy.
+        On CPU with the compiled backend one fused kernel; otherwise a scatter plus deltas.
+    """
+    B, (H, W) = fragments.batch_size, fragments.image_size
+    C = values.shape[1]
+    if use_numba(values, xy) and values.dtype == xy.dtype:
+        seg = _segments(fragments)
+        if seg is not None:
+            raw = None if pairs is None else pairs.astuple()
+            out = _numba_ops.Composite.apply(values, background, xy, fragments.pix, seg, raw, (H, W))
+            return out.view(B, H, W, C)
+    bg = background.expand(C) if background.ndim == 0 else background
+    delta = target = None
+    if pairs is not None:
+        target, delta = _deltas(values, bg, pairs, xy, (H, W))
+    return scatter_image(values, bg, fragments.pix, fragments.num_pixels, delta, target).view(B, H, W, C)
 
 
 def antialias(
@@ -310,9 +372,9 @@ def antialias(
         topology = edge_topology(triangles)
     B, H, W, C = image.shape
     out = image.reshape(B * H * W, C)
-    ec = _edge_crossings(fragments, xy, triangles.to(xy.device, torch.long), topology.neighbor.to(xy.device),
-                         max_steps)
-    if ec is None:
+    pairs = edge_pairs(fragments, xy, triangles.to(xy.device, torch.long), topology.neighbor.to(xy.device), max_steps)
+    if pairs is None:
         return image
-    target, delta = _blend(ec, out.index_select(0, ec.p_in), out.index_select(0, ec.p_out))
+    t = crossing_t(xy, pairs, (H, W))
+    target, delta = _blend(pairs, t, out.index_select(0, pairs.p_in), out.index_select(0, pairs.p_out))
     return out.index_add(0, target, delta).view(B, H, W, C)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from faceclip.render.antialiasing import EdgeTopology, antialias_deltas, edge_topology
+from faceclip.render.antialiasing import EdgePairs, EdgeTopology, composite, edge_pairs, edge_topology
 from faceclip.render.camera import OPENCV_TO_VIEW, PerspectiveCamera
 from faceclip.render.interpolate import (
     interpolate_product,
@@ -15,15 +13,15 @@ from faceclip.render.interpolate import (
     interpolate_vertex_attributes,
     sample_texture,
 )
-from faceclip.render.rasterize import DEFAULT_ZNEAR_MM, Fragments, rasterize, scatter_image
+from faceclip.render.rasterize import DEFAULT_ZNEAR_MM, Fragments, rasterize
 from faceclip.render.shading import sh_irradiance_quadratic, sh_quadratic_coeffs, vertex_normals
 
 __all__ = ["RenderOutput", "render_mesh", "MeshRenderer"]
 
 
-@dataclass
 class RenderOutput:
-    """What :func:`render_mesh` returns.
+    """What :func:`render_mesh` returns. ``alpha``, ``mask`` and ``depth`` are computed on
+    first access (each is a dense image; most losses need only some of them).
 
     Attributes:
         image: (B, H, W, C) colour, composited over the background (antialiased if asked).
@@ -35,12 +33,31 @@ class RenderOutput:
         xy: (B, V, 2) projected vertices in pixels.
     """
 
-    image: Tensor
-    alpha: Tensor
-    mask: Tensor
-    depth: Tensor
-    fragments: Fragments
-    xy: Tensor
+    def __init__(self, image: Tensor, fragments: Fragments, xy: Tensor, pairs: EdgePairs | None = None) -> None:
+        self.image = image
+        self.fragments = fragments
+        self.xy = xy
+        self._pairs = pairs
+        self._alpha: Tensor | None = None
+
+    @property
+    def alpha(self) -> Tensor:
+        if self._alpha is None:
+            frags = self.fragments
+            ones = self.xy.new_ones(frags.pix.shape[0], 1)
+            self._alpha = composite(ones, self.xy.new_zeros(()), frags, self.xy, self._pairs)[..., 0]
+        return self._alpha
+
+    @property
+    def mask(self) -> Tensor:
+        return self.fragments.mask
+
+    @property
+    def depth(self) -> Tensor:
+        return self.fragments.depth_image
+
+    def __repr__(self) -> str:
+        return f"RenderOutput(image={tuple(self.image.shape)}, fragments={self.fragments.pix.shape[0]})"
 
 
 def render_mesh(
@@ -113,17 +130,12 @@ def render_mesh(
         else:
             color = albedo * interpolate_vertex_attributes(irradiance, frags, triangles)
 
-    C = color.shape[-1]
-    bg = torch.as_tensor(background, dtype=color.dtype, device=color.device).expand(C)
-    rgba = torch.cat([color, color.new_ones(color.shape[0], 1)], 1)
-    bg = torch.cat([bg, bg.new_zeros(1)])
-    delta = target = None
-    if antialiased:  # sparse blend deltas, composited in the same scatter
-        target, delta = antialias_deltas(rgba, bg, frags, xy, triangles, topology)
-    H, W = frags.image_size
-    rgba = scatter_image(rgba, bg, frags.pix, frags.num_pixels, delta, target).view(B, H, W, C + 1)
-    return RenderOutput(image=rgba[..., :C], alpha=rgba[..., C], mask=frags.mask,
-                        depth=frags.depth_image, fragments=frags, xy=xy)
+    bg = torch.as_tensor(background, dtype=color.dtype, device=color.device)
+    pairs = None
+    if antialiased:
+        neighbor = (topology or edge_topology(triangles)).neighbor.to(xy.device)
+        pairs = edge_pairs(frags, xy, triangles, neighbor)
+    return RenderOutput(composite(color, bg, frags, xy, pairs), frags, xy, pairs)
 
 
 class MeshRenderer(nn.Module):
