@@ -135,22 +135,28 @@ def count_zbuffer(zbuf, P, counts, lo, hi):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def compact_zbuffer(zbuf, H, W, offsets, pix, face, bi, ii, jj, lo, hi):  # pragma: no cover
+def compact_zbuffer(zbuf, tri, V, H, W, offsets, pix, face, bi, ii, jj, vid, lo, hi):  # pragma: no cover
     """Covered pixels of images lo..hi-1, written from offsets[b] on: flat pixel (ascending),
-    face, image, row and column (int64)."""
+    face, image, row and column, and the flat corner vertex ids ``b*V + tri[face]`` into
+    vid (3, N) (all int64)."""
     P = H * W
     for b in range(lo, hi):
         n = offsets[b]
+        vb = b * V
         for p in range(b * P, (b + 1) * P):
             k = zbuf[p]
             if k > 0:
+                f = k & 0xFFFFFFFF
                 pix[n] = p
-                face[n] = k & 0xFFFFFFFF
+                face[n] = f
                 bi[n] = b
                 r = p - b * P
                 i = r // W
                 ii[n] = i
                 jj[n] = r - i * W
+                vid[0, n] = vb + tri[f, 0]
+                vid[1, n] = vb + tri[f, 1]
+                vid[2, n] = vb + tri[f, 2]
                 n += 1
 
 
@@ -158,18 +164,17 @@ def compact_zbuffer(zbuf, H, W, offsets, pix, face, bi, ii, jj, lo, hi):  # prag
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def bary_forward(xs, ys, zs, vid, ii, jj, bary, depth, s_out, lo, hi):  # pragma: no cover
+def bary_forward(xy, zs, vid, ii, jj, bary, depth, s_out, lo, hi):  # pragma: no cover
     """Perspective-correct barycentrics (N, 3), depth (N,) and screen barycentrics s (3, N)
-    (evaluated in float64, stored in the outputs' dtype)."""
-    N = ii.shape[0]
+    (evaluated in float64, stored in the outputs' dtype); xy (B*V, 2), zs (B*V,)."""
     for n in range(lo, hi):
         k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
-        x0 = np.float64(xs[k0])
-        y0 = np.float64(ys[k0])
-        e1x = xs[k1] - x0
-        e1y = ys[k1] - y0
-        e2x = xs[k2] - x0
-        e2y = ys[k2] - y0
+        x0 = np.float64(xy[k0, 0])
+        y0 = np.float64(xy[k0, 1])
+        e1x = xy[k1, 0] - x0
+        e1y = xy[k1, 1] - y0
+        e2x = xy[k2, 0] - x0
+        e2y = xy[k2, 1] - y0
         dx = (jj[n] + 0.5) - x0
         dy = (ii[n] + 0.5) - y0
         inv_a = 1.0 / (e1x * e2y - e1y * e2x)
@@ -190,12 +195,12 @@ def bary_forward(xs, ys, zs, vid, ii, jj, bary, depth, s_out, lo, hi):  # pragma
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def bary_backward(xs, ys, zs, vid, s, bary, depth, g_bary, g_depth, has_gb, has_gd, seg,
-                  g_x, g_y, g_z, lo, hi):  # pragma: no cover
+def bary_backward(xy, zs, vid, s, bary, depth, g_bary, g_depth, has_gb, has_gd, seg,
+                  g_xy, g_z, lo, hi):  # pragma: no cover
     """Closed-form backward of :func:`bary_forward` (see ``_PerspectiveBarycentrics``).
 
-    Accumulates into g_x, g_y, g_z (B*V,) (zero on entry); ``seg`` (S+1,) fragment offsets of
-    segments that touch disjoint vertex ranges (one per image).
+    Accumulates into g_xy (B*V, 2), g_z (B*V,) (zero on entry); ``seg`` (S+1,) fragment
+    offsets of segments that touch disjoint vertex ranges (one per image).
     """
     for sgi in range(lo, hi):
         for n in range(seg[sgi], seg[sgi + 1]):
@@ -220,24 +225,24 @@ def bary_backward(xs, ys, zs, vid, s, bary, depth, g_bary, g_depth, has_gb, has_
             gs0 = gw0 * iz0
             gs1 = gw1 * iz1
             gs2 = gw2 * iz2
-            x0 = np.float64(xs[k0])
-            y0 = np.float64(ys[k0])
-            e1x = xs[k1] - x0
-            e1y = ys[k1] - y0
-            e2x = xs[k2] - x0
-            e2y = ys[k2] - y0
+            x0 = np.float64(xy[k0, 0])
+            y0 = np.float64(xy[k0, 1])
+            e1x = xy[k1, 0] - x0
+            e1y = xy[k1, 1] - y0
+            e2x = xy[k2, 0] - x0
+            e2y = xy[k2, 1] - y0
             inv_a = 1.0 / (e1x * e2y - e1y * e2x)
             h1 = gs1 - gs0
             h2 = gs2 - gs0
             ux = (e1y * h2 - e2y * h1) * inv_a
             uy = (e2x * h1 - e1x * h2) * inv_a
             s0, s1, s2 = np.float64(s[0, n]), np.float64(s[1, n]), np.float64(s[2, n])
-            g_x[k0] += s0 * ux
-            g_x[k1] += s1 * ux
-            g_x[k2] += s2 * ux
-            g_y[k0] += s0 * uy
-            g_y[k1] += s1 * uy
-            g_y[k2] += s2 * uy
+            g_xy[k0, 0] += s0 * ux
+            g_xy[k1, 0] += s1 * ux
+            g_xy[k2, 0] += s2 * ux
+            g_xy[k0, 1] += s0 * uy
+            g_xy[k1, 1] += s1 * uy
+            g_xy[k2, 1] += s2 * uy
             # -g_w w / z with w = bary / depth
             rd = 1.0 / d
             g_z[k0] -= gw0 * b0 * iz0 * rd
@@ -609,50 +614,60 @@ def project_forward(pts, R, t, f, c, xy, z, lo, hi):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def project_backward(pts, R, t, f, gxy, gz, g_pts, g_R, g_t, g_f, g_c, lo, hi):  # pragma: no cover
+def project_backward(pts, R, t, f, gxy, gz, want_cam, g_pts, g_R, g_t, g_f, g_c, lo, hi):  # pragma: no cover
     """Backward of :func:`project_forward` for images lo..hi-1 (float64 accumulation).
 
     g_pts (B, V, 3) per image (summed by the caller when the points are shared); g_R (B, 3, 3),
-    g_t (B, 3), g_f, g_c (B, 2), all overwritten.
+    g_t (B, 3), g_f, g_c (B, 2), all overwritten (left zero unless ``want_cam``). Vertices
+    without incoming gradient (not seen) are skipped.
     """
     V = pts.shape[1]
     for b in range(lo, hi):
         pb = 0 if pts.shape[0] == 1 else b
         r = R[b]
         fx, fy = f[b, 0], f[b, 1]
+        r00, r01, r02 = np.float64(r[0, 0]), np.float64(r[0, 1]), np.float64(r[0, 2])
+        r10, r11, r12 = np.float64(r[1, 0]), np.float64(r[1, 1]), np.float64(r[1, 2])
+        r20, r21, r22 = np.float64(r[2, 0]), np.float64(r[2, 1]), np.float64(r[2, 2])
         gr = np.zeros((3, 3))
         gt = np.zeros(3)
         gfx = gfy = gcx = gcy = 0.0
         for v in range(V):
+            gx, gy, gzv = np.float64(gxy[b, v, 0]), np.float64(gxy[b, v, 1]), np.float64(gz[b, v])
+            if gx == 0.0 and gy == 0.0 and gzv == 0.0:
+                g_pts[b, v, 0] = 0.0
+                g_pts[b, v, 1] = 0.0
+                g_pts[b, v, 2] = 0.0
+                continue
             px, py, pz = np.float64(pts[pb, v, 0]), np.float64(pts[pb, v, 1]), np.float64(pts[pb, v, 2])
-            X = r[0, 0] * px + r[0, 1] * py + r[0, 2] * pz + t[b, 0]
-            Y = r[1, 0] * px + r[1, 1] * py + r[1, 2] * pz + t[b, 1]
-            Z = r[2, 0] * px + r[2, 1] * py + r[2, 2] * pz + t[b, 2]
-            gx, gy = np.float64(gxy[b, v, 0]), np.float64(gxy[b, v, 1])
+            X = r00 * px + r01 * py + r02 * pz + t[b, 0]
+            Y = r10 * px + r11 * py + r12 * pz + t[b, 1]
+            Z = r20 * px + r21 * py + r22 * pz + t[b, 2]
             iz = 1.0 / Z
             u, w = X * iz, Y * iz
             gX = gx * fx * iz
             gY = gy * fy * iz
-            gZ = np.float64(gz[b, v]) - (gx * fx * u + gy * fy * w) * iz
-            g_pts[b, v, 0] = r[0, 0] * gX + r[1, 0] * gY + r[2, 0] * gZ
-            g_pts[b, v, 1] = r[0, 1] * gX + r[1, 1] * gY + r[2, 1] * gZ
-            g_pts[b, v, 2] = r[0, 2] * gX + r[1, 2] * gY + r[2, 2] * gZ
-            gr[0, 0] += gX * px
-            gr[0, 1] += gX * py
-            gr[0, 2] += gX * pz
-            gr[1, 0] += gY * px
-            gr[1, 1] += gY * py
-            gr[1, 2] += gY * pz
-            gr[2, 0] += gZ * px
-            gr[2, 1] += gZ * py
-            gr[2, 2] += gZ * pz
-            gt[0] += gX
-            gt[1] += gY
-            gt[2] += gZ
-            gfx += gx * u
-            gfy += gy * w
-            gcx += gx
-            gcy += gy
+            gZ = gzv - (gx * fx * u + gy * fy * w) * iz
+            g_pts[b, v, 0] = r00 * gX + r10 * gY + r20 * gZ
+            g_pts[b, v, 1] = r01 * gX + r11 * gY + r21 * gZ
+            g_pts[b, v, 2] = r02 * gX + r12 * gY + r22 * gZ
+            if want_cam:
+                gr[0, 0] += gX * px
+                gr[0, 1] += gX * py
+                gr[0, 2] += gX * pz
+                gr[1, 0] += gY * px
+                gr[1, 1] += gY * py
+                gr[1, 2] += gY * pz
+                gr[2, 0] += gZ * px
+                gr[2, 1] += gZ * py
+                gr[2, 2] += gZ * pz
+                gt[0] += gX
+                gt[1] += gY
+                gt[2] += gZ
+                gfx += gx * u
+                gfy += gy * w
+                gcx += gx
+                gcy += gy
         for i in range(3):
             g_t[b, i] = gt[i]
             for j in range(3):

@@ -39,7 +39,8 @@ def segments(batch_index: Tensor, batch_size: int) -> Tensor:
 @torch.no_grad()
 def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, int],
                cull_backfaces: bool, znear: float, inside_eps: float):
-    """Numba twin of ``rasterize._visibility``: (pix, face, (b, i, j), orient)."""
+    """Numba twin of ``rasterize._visibility``: (pix, face, (b, i, j), orient, extras) with
+    extras ``vid`` (3, N) flat corner vertex ids and ``seg`` (B+1,) fragment offsets per image."""
     K = kernels()
     H, W = image_size
     B, V = z.shape
@@ -58,9 +59,12 @@ def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, 
     counts = np.zeros(B + 1, np.int64)
     launch(K.count_zbuffer, B, zbuf, H * W, counts)
     offsets = np.cumsum(counts)
-    pix, face, b, i, j = (torch.empty(int(offsets[-1]), dtype=torch.long) for _ in range(5))
-    launch(K.compact_zbuffer, B, zbuf, H, W, offsets, pix.numpy(), face.numpy(), b.numpy(), i.numpy(), j.numpy())
-    return pix, face, (b, i, j), torch.from_numpy(orient)
+    N = int(offsets[-1])
+    pix, face, b, i, j = (torch.empty(N, dtype=torch.long) for _ in range(5))
+    vid = torch.empty(3, N, dtype=torch.long)
+    launch(K.compact_zbuffer, B, zbuf, tri, V, H, W, offsets, pix.numpy(), face.numpy(), b.numpy(), i.numpy(),
+           j.numpy(), vid.numpy())
+    return pix, face, (b, i, j), torch.from_numpy(orient), {"vid": vid, "seg": torch.from_numpy(offsets)}
 
 
 # ----------------------------------------------------------------------------- barycentrics
@@ -77,35 +81,34 @@ class PerspectiveBarycentrics(torch.autograd.Function):
     def forward(ctx, xy: Tensor, z: Tensor, vid: Tensor, i: Tensor, j: Tensor, seg: Tensor):
         K = kernels()
         dt = xy.dtype
-        xs = xy.detach()[..., 0].reshape(-1).contiguous()
-        ys = xy.detach()[..., 1].reshape(-1).contiguous()
+        xyf = xy.detach().reshape(-1, 2).contiguous()
         zs = z.detach().reshape(-1).to(dt).contiguous()
         vid = vid.contiguous()
         N = vid.shape[1]
         bary = torch.empty(N, 3, dtype=dt)
         depth = torch.empty(N, dtype=dt)
         s = torch.empty(3, N, dtype=dt)
-        launch(K.bary_forward, N, xs.numpy(), ys.numpy(), zs.numpy(), vid.numpy(), _np(i), _np(j),
-                       bary.numpy(), depth.numpy(), s.numpy())
-        ctx.save_for_backward(xs, ys, zs, vid, s, bary, depth, seg)
+        launch(K.bary_forward, N, xyf.numpy(), zs.numpy(), vid.numpy(), _np(i), _np(j), bary.numpy(), depth.numpy(),
+               s.numpy())
+        ctx.save_for_backward(xyf, zs, vid, s, bary, depth, seg)
         ctx.shapes = (xy.shape, z.shape, z.dtype)
         return bary, depth
 
     @staticmethod
     def backward(ctx, g_bary: Tensor | None, g_depth: Tensor | None):
-        xs, ys, zs, vid, s, bary, depth, seg = ctx.saved_tensors
+        xyf, zs, vid, s, bary, depth, seg = ctx.saved_tensors
         xy_shape, z_shape, z_dtype = ctx.shapes
         K = kernels()
-        n = xs.shape[0]
-        gx, gy, gz = (torch.zeros(n, dtype=xs.dtype) for _ in range(3))
+        g_xy = torch.zeros_like(xyf)
+        g_z = torch.zeros_like(zs)
         has_gb, has_gd = g_bary is not None, g_depth is not None
-        gb = _np(g_bary.to(xs.dtype)) if has_gb else np.zeros((1, 3), xs.numpy().dtype)
-        gd = _np(g_depth.to(xs.dtype)) if has_gd else np.zeros(1, xs.numpy().dtype)
-        launch(K.bary_backward, seg.shape[0] - 1, xs.numpy(), ys.numpy(), zs.numpy(), vid.numpy(), s.numpy(), bary.numpy(),
-                        depth.numpy(), gb, gd, has_gb, has_gd, seg.numpy(), gx.numpy(), gy.numpy(),
-                        gz.numpy())
-        g_xy = torch.stack([gx, gy], 1).view(xy_shape) if ctx.needs_input_grad[0] else None
-        g_z = gz.view(z_shape).to(z_dtype) if ctx.needs_input_grad[1] else None
+        dt = xyf.numpy().dtype
+        gb = _np(g_bary.to(xyf.dtype)) if has_gb else np.zeros((1, 3), dt)
+        gd = _np(g_depth.to(xyf.dtype)) if has_gd else np.zeros(1, dt)
+        launch(K.bary_backward, seg.shape[0] - 1, xyf.numpy(), zs.numpy(), vid.numpy(), s.numpy(), bary.numpy(),
+               depth.numpy(), gb, gd, has_gb, has_gd, seg.numpy(), g_xy.numpy(), g_z.numpy())
+        g_xy = g_xy.view(xy_shape) if ctx.needs_input_grad[0] else None
+        g_z = g_z.view(z_shape).to(z_dtype) if ctx.needs_input_grad[1] else None
         return g_xy, g_z, None, None, None, None
 
 
@@ -337,10 +340,13 @@ class Project(torch.autograd.Function):
         g_t = torch.empty(B, 3, dtype=torch.float64)
         g_f = torch.empty(B, 2, dtype=torch.float64)
         g_c = torch.empty(B, 2, dtype=torch.float64)
-        launch(K.project_backward, B, p.numpy(), R.numpy(), t.numpy(), f.numpy(), gxy, gz, g_p.numpy(), g_R.numpy(),
-               g_t.numpy(), g_f.numpy(), g_c.numpy())
+        want_cam = any(ctx.needs_input_grad[1:])
+        launch(K.project_backward, B, p.numpy(), R.numpy(), t.numpy(), f.numpy(), gxy, gz, want_cam, g_p.numpy(),
+               g_R.numpy(), g_t.numpy(), g_f.numpy(), g_c.numpy())
         if p.shape[0] == 1 and B > 1:
             g_p = g_p.sum(0, keepdim=True)
+        if not want_cam:
+            return g_p, None, None, None, None
         dR, dtt, df, dc = ctx.dtypes
         return g_p, g_R.to(dR), g_t.to(dtt), g_f.to(df), g_c.to(dc)
 
@@ -385,7 +391,7 @@ class InterpolateProduct(torch.autograd.Function):
         launch(K.interp_mul_backward, S, a.numpy(), b.numpy(), vid_a.numpy(), vid_b.numpy(), bary.numpy(),
                _np(grad.to(a.dtype)), seg.numpy(), want_a, want_b, want_bary, g_a.numpy(), g_b.numpy(),
                g_bary.numpy())
-        ga = g_a.sum(0) if want_a else None
-        gb = g_b.sum(0).to(ctx.dtypes[0]) if want_b else None
+        ga = (g_a[0] if g_a.shape[0] == 1 else g_a.sum(0)) if want_a else None
+        gb = (g_b[0] if g_b.shape[0] == 1 else g_b.sum(0)).to(ctx.dtypes[0]) if want_b else None
         gbary = g_bary.to(ctx.dtypes[1]) if want_bary else None
         return ga, gb, gbary, None, None, None, None, None

@@ -357,7 +357,9 @@ def _visibility(
     xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, int],
     cull_backfaces: bool, znear: float, chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns (b, i, j, face) of covered pixels (ascending flat index) and (B*F,) orientations."""
+    """Returns pix, face of covered pixels (ascending flat index), their (b, i, j), the (B*F,)
+    triangle orientations, and a dict of extras the compiled path computes on the way (``vid``
+    (3, N) flat corner vertex ids, ``seg`` (B+1,) fragment offsets per image)."""
     H, W = image_size
     B = xy.shape[0]
     if use_numba(xy, z):
@@ -372,7 +374,7 @@ def _visibility(
     b, i, j = bij.unbind(1)
     pix = (b * H + i) * W + j
     face = zbuf.index_select(0, pix) & 0xFFFFFFFF
-    return pix, face, (b, i, j), bins.orient
+    return pix, face, (b, i, j), bins.orient, {}
 
 
 def visible_triangles(
@@ -392,7 +394,7 @@ def visible_triangles(
         pix: (N,) ascending flat pixel indices ``b*H*W + i*W + j``; face: (N,) triangle ids.
     """
     triangles = triangles.to(device=xy.device, dtype=torch.long)
-    pix, face, _, _ = _visibility(xy, z, triangles, image_size, cull_backfaces, znear, chunk_size)
+    pix, face, _, _, _ = _visibility(xy, z, triangles, image_size, cull_backfaces, znear, chunk_size)
     return pix, face
 
 
@@ -468,9 +470,10 @@ class _PerspectiveBarycentrics(torch.autograd.Function):
 
 
 def _barycentrics(xy: Tensor, z: Tensor, vid: Tensor, i: Tensor, j: Tensor,
-                  b: Tensor | None = None, batch_size: int = 1) -> tuple[Tensor, Tensor]:
+                  b: Tensor | None = None, batch_size: int = 1, seg: Tensor | None = None) -> tuple[Tensor, Tensor]:
     if use_numba(xy, z):
-        seg = _numba_ops.segments(b, batch_size) if b is not None else torch.tensor([0, i.shape[0]])
+        if seg is None:
+            seg = _numba_ops.segments(b, batch_size) if b is not None else torch.tensor([0, i.shape[0]])
         return _numba_ops.PerspectiveBarycentrics.apply(xy, z, vid, i, j, seg)
     px = j.to(xy.dtype) + 0.5
     py = i.to(xy.dtype) + 0.5
@@ -519,14 +522,19 @@ def rasterize(
     """
     tri = triangles.to(device=xy.device, dtype=torch.long)
     H, W = int(image_size[0]), int(image_size[1])
-    pix, face, (b, i, j), orient = _visibility(xy, z, tri, (H, W), cull_backfaces, znear, chunk_size)
+    pix, face, (b, i, j), orient, extra = _visibility(xy, z, tri, (H, W), cull_backfaces, znear, chunk_size)
     B, V = z.shape
-    vid = tri.t().index_select(1, face)
-    if B > 1:
-        vid += (b * V).unsqueeze(0)
-    bary, depth = _barycentrics(xy, z, vid, i, j, b, B)
+    vid = extra.get("vid")
+    if vid is None:
+        vid = tri.t().index_select(1, face)
+        if B > 1:
+            vid += (b * V).unsqueeze(0)
+    seg = extra.get("seg")
+    bary, depth = _barycentrics(xy, z, vid, i, j, b, B, seg)
     frags = Fragments(pix=pix, face=face, bary=bary, depth=depth, batch_size=B, image_size=(H, W))
     frags._cache.update(batch=b, ij=(i, j), vid=(triangles, V, vid), orient=orient)
+    if seg is not None:
+        frags._cache["seg"] = seg
     return frags
 
 
