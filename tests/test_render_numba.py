@@ -249,3 +249,26 @@ def test_gradcheck_numba_composite_and_match_torch(restore_backend) -> None:
 
     for a, b in zip(*_both(run)):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_gradcheck_numba_vertex_irradiance_and_match_torch(shared: bool, restore_backend) -> None:
+    """Fused normals + SH irradiance: gradients wrt vertices and weights, same as the two ops."""
+    from faceclip.render.shading import vertex_irradiance
+
+    verts, tris, _ = uv_sphere(4, 6, radius_mm=1.0)
+    g = torch.Generator().manual_seed(2)
+    v = (verts.double().unsqueeze(0).repeat(1 if shared else 2, 1, 1)
+         + 0.05 * torch.randn(1 if shared else 2, *verts.shape, generator=g, dtype=torch.float64)).requires_grad_()
+    w = torch.randn(2, 10, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y: _numba_ops.VertexIrradiance.apply(x, tris, y), (v, w))
+    target = torch.randn(2, verts.shape[0], 3, generator=g, dtype=torch.float64)
+
+    def run():
+        vv, ww = v.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        out = vertex_irradiance(vv, tris, ww)
+        ((out - target) ** 2).sum().backward()
+        return out.detach(), vv.grad, ww.grad
+
+    for a, b in zip(*_both(run)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)

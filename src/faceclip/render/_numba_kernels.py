@@ -430,6 +430,135 @@ def shq_backward(normals, weights, grad, g_normals, g_weights, lo, hi):  # pragm
                 g_weights[b, k, c] = gw[k, c]
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def irradiance_forward(verts, tri, weights, eps, normals, norm, out, lo, hi):  # pragma: no cover
+    """Fused :func:`normals_forward` + :func:`shq_forward` for images lo..hi-1.
+
+    verts (Bv, V, 3) with Bv = 1 (shared) or B; weights (B, 10, C); receives the unit normals
+    (B, V, 3), their length before normalisation norm (B, V) and the irradiance out (B, V, C).
+    """
+    V = verts.shape[1]
+    F = tri.shape[0]
+    C = weights.shape[2]
+    acc = np.empty((V, 3), verts.dtype)
+    for b in range(lo, hi):
+        vb = 0 if verts.shape[0] == 1 else b
+        acc[:] = 0.0
+        for f in range(F):
+            i0, i1, i2 = tri[f, 0], tri[f, 1], tri[f, 2]
+            ax = verts[vb, i1, 0] - verts[vb, i0, 0]
+            ay = verts[vb, i1, 1] - verts[vb, i0, 1]
+            az = verts[vb, i1, 2] - verts[vb, i0, 2]
+            bx = verts[vb, i2, 0] - verts[vb, i0, 0]
+            by = verts[vb, i2, 1] - verts[vb, i0, 1]
+            bz = verts[vb, i2, 2] - verts[vb, i0, 2]
+            nx = ay * bz - az * by
+            ny = az * bx - ax * bz
+            nz = ax * by - ay * bx
+            acc[i0, 0] += nx
+            acc[i0, 1] += ny
+            acc[i0, 2] += nz
+            acc[i1, 0] += nx
+            acc[i1, 1] += ny
+            acc[i1, 2] += nz
+            acc[i2, 0] += nx
+            acc[i2, 1] += ny
+            acc[i2, 2] += nz
+        w = weights[b]
+        for v in range(V):
+            nrm = math.sqrt(acc[v, 0] * acc[v, 0] + acc[v, 1] * acc[v, 1] + acc[v, 2] * acc[v, 2])
+            norm[b, v] = nrm
+            r = 1.0 / max(nrm, eps)
+            x, y, z = acc[v, 0] * r, acc[v, 1] * r, acc[v, 2] * r
+            normals[b, v, 0] = x
+            normals[b, v, 1] = y
+            normals[b, v, 2] = z
+            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+            for c in range(C):
+                out[b, v, c] = (w[0, c] + x * w[1, c] + y * w[2, c] + z * w[3, c] + xx * w[4, c]
+                                + yy * w[5, c] + zz * w[6, c] + xy * w[7, c] + yz * w[8, c] + xz * w[9, c])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def irradiance_backward(verts, tri, weights, eps, normals, norm, grad, want_w, g_verts, g_weights,
+                        lo, hi):  # pragma: no cover
+    """Backward of :func:`irradiance_forward` for images lo..hi-1: g_verts (B, V, 3) (zero on
+    entry; per image, summed by the caller when the vertices are shared) and, if ``want_w``,
+    g_weights (B, 10, C). Vertices without incoming gradient, and triangles whose three
+    vertices have none, are skipped."""
+    V = verts.shape[1]
+    F = tri.shape[0]
+    C = weights.shape[2]
+    gacc = np.empty((V, 3), verts.dtype)
+    gw = np.empty((10, C), g_weights.dtype)
+    for b in range(lo, hi):
+        vb = 0 if verts.shape[0] == 1 else b
+        w = weights[b]
+        gw[:] = 0.0
+        for v in range(V):
+            x, y, z = normals[b, v, 0], normals[b, v, 1], normals[b, v, 2]
+            gx = gy = gz = 0.0 * x
+            for c in range(C):
+                g = grad[b, v, c]
+                gx += g * (w[1, c] + 2.0 * x * w[4, c] + y * w[7, c] + z * w[9, c])
+                gy += g * (w[2, c] + 2.0 * y * w[5, c] + x * w[7, c] + z * w[8, c])
+                gz += g * (w[3, c] + 2.0 * z * w[6, c] + y * w[8, c] + x * w[9, c])
+                if want_w:
+                    gw[0, c] += g
+                    gw[1, c] += g * x
+                    gw[2, c] += g * y
+                    gw[3, c] += g * z
+                    gw[4, c] += g * x * x
+                    gw[5, c] += g * y * y
+                    gw[6, c] += g * z * z
+                    gw[7, c] += g * x * y
+                    gw[8, c] += g * y * z
+                    gw[9, c] += g * x * z
+            nrm = norm[b, v]
+            if nrm > eps:  # backward of n = acc / max(|acc|, eps)
+                dot = x * gx + y * gy + z * gz
+                r = 1.0 / nrm
+                gacc[v, 0] = (gx - x * dot) * r
+                gacc[v, 1] = (gy - y * dot) * r
+                gacc[v, 2] = (gz - z * dot) * r
+            else:
+                r = 1.0 / eps
+                gacc[v, 0] = gx * r
+                gacc[v, 1] = gy * r
+                gacc[v, 2] = gz * r
+        for f in range(F):
+            i0, i1, i2 = tri[f, 0], tri[f, 1], tri[f, 2]
+            hx = gacc[i0, 0] + gacc[i1, 0] + gacc[i2, 0]
+            hy = gacc[i0, 1] + gacc[i1, 1] + gacc[i2, 1]
+            hz = gacc[i0, 2] + gacc[i1, 2] + gacc[i2, 2]
+            if hx == 0.0 and hy == 0.0 and hz == 0.0:
+                continue
+            ax = verts[vb, i1, 0] - verts[vb, i0, 0]
+            ay = verts[vb, i1, 1] - verts[vb, i0, 1]
+            az = verts[vb, i1, 2] - verts[vb, i0, 2]
+            bx = verts[vb, i2, 0] - verts[vb, i0, 0]
+            by = verts[vb, i2, 1] - verts[vb, i0, 1]
+            bz = verts[vb, i2, 2] - verts[vb, i0, 2]
+            # n = a x b: dL/da = b x h, dL/db = h x a
+            gax = by * hz - bz * hy
+            gay = bz * hx - bx * hz
+            gaz = bx * hy - by * hx
+            gbx = hy * az - hz * ay
+            gby = hz * ax - hx * az
+            gbz = hx * ay - hy * ax
+            g_verts[b, i1, 0] += gax
+            g_verts[b, i1, 1] += gay
+            g_verts[b, i1, 2] += gaz
+            g_verts[b, i2, 0] += gbx
+            g_verts[b, i2, 1] += gby
+            g_verts[b, i2, 2] += gbz
+            g_verts[b, i0, 0] -= gax + gbx
+            g_verts[b, i0, 1] -= gay + gby
+            g_verts[b, i0, 2] -= gaz + gbz
+        if want_w:
+            g_weights[b] = gw
+
+
 # ----------------------------------------------------------------------------- antialiasing
 
 

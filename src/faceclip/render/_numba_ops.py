@@ -207,6 +207,41 @@ class QuadraticSH(torch.autograd.Function):
         return gn, gw.to(ctx.w_dtype)
 
 
+class VertexIrradiance(torch.autograd.Function):
+    """Fused :class:`VertexNormals` + :class:`QuadraticSH`: SH irradiance (B, V, C) at the
+    area-weighted unit vertex normals of vertices (Bv, V, 3) (Bv = 1 or B), weights (B, 10, C)."""
+
+    @staticmethod
+    def forward(ctx, vertices: Tensor, triangles: Tensor, weights: Tensor):
+        K = kernels()
+        v = vertices.detach().contiguous()
+        w = weights.detach().to(v.dtype).contiguous()
+        tri = triangles.long().contiguous()
+        B, V = w.shape[0], v.shape[1]
+        normals = torch.empty(B, V, 3, dtype=v.dtype)
+        norm = torch.empty(B, V, dtype=v.dtype)
+        out = torch.empty(B, V, w.shape[2], dtype=v.dtype)
+        launch(K.irradiance_forward, B, v.numpy(), tri.numpy(), w.numpy(), _NORMALIZE_EPS, normals.numpy(),
+               norm.numpy(), out.numpy())
+        ctx.save_for_backward(v, tri, w, normals, norm)
+        ctx.w_dtype = weights.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        v, tri, w, normals, norm = ctx.saved_tensors
+        K = kernels()
+        want_w = ctx.needs_input_grad[2]
+        B = w.shape[0]
+        g_v = torch.zeros(B, *v.shape[1:], dtype=v.dtype)
+        g_w = torch.empty_like(w) if want_w else w.new_empty(1, 1, 1)
+        launch(K.irradiance_backward, B, v.numpy(), tri.numpy(), w.numpy(), _NORMALIZE_EPS, normals.numpy(),
+               norm.numpy(), _np(grad.to(v.dtype)), want_w, g_v.numpy(), g_w.numpy())
+        if v.shape[0] == 1 and B > 1:
+            g_v = g_v.sum(0, keepdim=True)
+        return g_v, None, g_w.to(ctx.w_dtype) if want_w else None
+
+
 # ----------------------------------------------------------------------------- antialiasing
 
 

@@ -14,7 +14,7 @@ from faceclip.render.interpolate import (
     sample_texture,
 )
 from faceclip.render.rasterize import DEFAULT_ZNEAR_MM, Fragments, rasterize
-from faceclip.render.shading import sh_irradiance_quadratic, sh_quadratic_coeffs, vertex_normals
+from faceclip.render.shading import sh_quadratic_coeffs, vertex_irradiance
 
 __all__ = ["RenderOutput", "render_mesh", "MeshRenderer"]
 
@@ -118,13 +118,10 @@ def render_mesh(
     color = albedo
     if sh_coeffs is not None:
         # the light is rotated into model space instead of every normal into the view frame
-        normals = vertex_normals(verts, triangles)
-        if normals.shape[0] != B:
-            normals = normals.expand(B, -1, -1)
         coeffs = sh_coeffs if sh_coeffs.ndim == 3 else sh_coeffs.unsqueeze(0)
         flip = torch.tensor(OPENCV_TO_VIEW, dtype=cam.R.dtype, device=cam.R.device)
         weights = sh_quadratic_coeffs(coeffs.expand(B, -1, -1), cam.R * flip[None, :, None])
-        irradiance = sh_irradiance_quadratic(normals, weights.to(normals.dtype))
+        irradiance = vertex_irradiance(verts, triangles, weights.to(verts.dtype))  # (B, V, C)
         if albedo is None:  # vertex colours: one fused interpolation of colour and light
             color = interpolate_product(vertex_colors, irradiance, frags, triangles)
         else:

@@ -42,7 +42,7 @@ from faceclip.render.backend import use_numba
 
 __all__ = ["face_normals", "vertex_normals", "sh_basis", "sh_irradiance", "sh_shade_vertices",
            "SH_CONSTANTS", "sh_from_deep3d", "sh_ambient", "sh_directional",
-           "sh_quadratic_coeffs", "sh_irradiance_quadratic"]
+           "sh_quadratic_coeffs", "sh_irradiance_quadratic", "vertex_irradiance"]
 
 _A = (math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0))
 _C = (1 / math.sqrt(4 * math.pi), math.sqrt(3.0) / math.sqrt(4 * math.pi),
@@ -227,6 +227,27 @@ def sh_irradiance_quadratic(normals: Tensor, weights: Tensor) -> Tensor:
     x, y, z = normals.unbind(-1)
     feats = torch.stack([x, y, z, x * x, y * y, z * z, x * y, y * z, x * z], -1)
     return torch.baddbmm(weights[:, :1], feats, weights[:, 1:])
+
+
+def vertex_irradiance(vertices: Tensor, triangles: Tensor, weights: Tensor) -> Tensor:
+    """SH irradiance at the vertex normals: ``sh_irradiance_quadratic(vertex_normals(v), w)``.
+
+    One fused pass (and one backward) on the compiled CPU backend.
+
+    Args:
+        vertices: (B, V, 3) or (1, V, 3) (shared by the B lights) model-space vertices.
+        triangles: (F, 3) long.
+        weights: (B, 10, C) from :func:`sh_quadratic_coeffs`.
+    Returns:
+        (B, V, C).
+    """
+    triangles = triangles.to(device=vertices.device, dtype=torch.long)
+    if vertices.ndim == 3 and weights.ndim == 3 and use_numba(vertices, weights):
+        return _numba_ops.VertexIrradiance.apply(vertices, triangles, weights)
+    normals = vertex_normals(vertices, triangles)
+    if normals.shape[0] != weights.shape[0]:
+        normals = normals.expand(weights.shape[0], -1, -1)
+    return sh_irradiance_quadratic(normals, weights.to(normals.dtype))
 
 
 def sh_shade_vertices(
