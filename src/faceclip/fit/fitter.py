@@ -130,6 +130,27 @@ class FitResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class SubsetForward:
+    """Output of :meth:`Fitter.forward_subset` (N subset vertices, S render size).
+
+    Attributes:
+        vertices_mm: (B, N, 3) canonical vertices; albedo: (B, N, 3) unclamped albedo.
+        rendered: (B, S, S, 3); coverage, skin: (B, S, S) bool (any face / skin triangles).
+        landmarks_px: (B, 68, 2) in crop pixels.
+        mirror_rows: (N,) subset row of each vertex's mirror; skin_rows: subset rows of skin.
+    """
+
+    vertices_mm: Tensor
+    albedo: Tensor
+    rendered: Tensor
+    coverage: Tensor
+    skin: Tensor
+    landmarks_px: Tensor
+    mirror_rows: Tensor
+    skin_rows: Tensor
+
+
 def _euler_jacobian(angles: Tensor) -> Tensor:
     """(3,) pitch, yaw, roll -> (3, 3, 3) derivatives of :func:`euler_to_matrix` (last axis: angle)."""
     p, y, r = angles.tolist()
@@ -277,6 +298,20 @@ class Fitter:
         cover = frag.mask
         skin = frag.to_image(tri_is_skin[frag.face].float().unsqueeze(-1), 0.0)[..., 0] > 0.5
         return rendered, cover, skin
+
+    def forward_subset(self, params: FaceParams, size_px: int | None = None) -> "SubsetForward":
+        """Differentiable forward model on the rendered vertex subset (training uses it).
+
+        Returns the subset's vertices and albedo, the SH-shaded render of the face area at
+        ``size_px`` (default ``config.render_px``) in the crop frame, and the 68 projected
+        landmarks in crop pixels (sliding contour).
+        """
+        sub = self._ph
+        verts = sub.vertices(params)
+        albedo = sub.albedo(params.albedo)
+        rendered, cover, skin = self._render(params, verts, albedo, self._ph_tris, self.render_tri_is_skin, size_px)
+        lm = self.project_landmarks(params, verts, sub)
+        return SubsetForward(verts, albedo, rendered, cover, skin, lm, self._ph_mirror, self._ph_skin)
 
     # ------------------------------------------------------------------ stages
 
