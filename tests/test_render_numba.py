@@ -261,7 +261,12 @@ def test_gradcheck_numba_vertex_irradiance_and_match_torch(shared: bool, restore
     v = (verts.double().unsqueeze(0).repeat(1 if shared else 2, 1, 1)
          + 0.05 * torch.randn(1 if shared else 2, *verts.shape, generator=g, dtype=torch.float64)).requires_grad_()
     w = torch.randn(2, 10, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y: _numba_ops.VertexIrradiance.apply(x, tris, y), (v, w))
+    assert torch.autograd.gradcheck(lambda x, y: _numba_ops.VertexIrradiance.apply(x, tris, y, None), (v, w))
+    used = (torch.rand(2 * verts.shape[0], generator=g) < 0.5).to(torch.uint8)
+    assert torch.autograd.gradcheck(lambda x, y: _numba_ops.VertexIrradiance.apply(x, tris, y, used), (v, w))
+    full = _numba_ops.VertexIrradiance.apply(v, tris, w, None).detach().reshape(-1, 3)
+    part = _numba_ops.VertexIrradiance.apply(v, tris, w, used).detach().reshape(-1, 3)
+    assert torch.equal(part[used.bool()], full[used.bool()]) and not part[~used.bool()].any()
     target = torch.randn(2, verts.shape[0], 3, generator=g, dtype=torch.float64)
 
     def run():

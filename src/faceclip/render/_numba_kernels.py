@@ -135,10 +135,10 @@ def count_zbuffer(zbuf, P, counts, lo, hi):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def compact_zbuffer(zbuf, tri, V, H, W, offsets, pix, face, bi, ii, jj, vid, lo, hi):  # pragma: no cover
+def compact_zbuffer(zbuf, tri, V, H, W, offsets, pix, face, bi, ii, jj, vid, used, lo, hi):  # pragma: no cover
     """Covered pixels of images lo..hi-1, written from offsets[b] on: flat pixel (ascending),
     face, image, row and column, and the flat corner vertex ids ``b*V + tri[face]`` into
-    vid (3, N) (all int64)."""
+    vid (3, N) (all int64); used (B*V,) uint8 (zero on entry) flags the vertices seen."""
     P = H * W
     for b in range(lo, hi):
         n = offsets[b]
@@ -154,9 +154,10 @@ def compact_zbuffer(zbuf, tri, V, H, W, offsets, pix, face, bi, ii, jj, vid, lo,
                 i = r // W
                 ii[n] = i
                 jj[n] = r - i * W
-                vid[0, n] = vb + tri[f, 0]
-                vid[1, n] = vb + tri[f, 1]
-                vid[2, n] = vb + tri[f, 2]
+                for k in range(3):
+                    v = vb + tri[f, k]
+                    vid[k, n] = v
+                    used[v] = 1
                 n += 1
 
 
@@ -431,21 +432,27 @@ def shq_backward(normals, weights, grad, g_normals, g_weights, lo, hi):  # pragm
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def irradiance_forward(verts, tri, weights, eps, normals, norm, out, lo, hi):  # pragma: no cover
+def irradiance_forward(verts, tri, weights, eps, used, normals, norm, out, lo, hi):  # pragma: no cover
     """Fused :func:`normals_forward` + :func:`shq_forward` for images lo..hi-1.
 
-    verts (Bv, V, 3) with Bv = 1 (shared) or B; weights (B, 10, C); receives the unit normals
-    (B, V, 3), their length before normalisation norm (B, V) and the irradiance out (B, V, C).
+    verts (Bv, V, 3) with Bv = 1 (shared) or B; weights (B, 10, C); used (B*V,) uint8 vertices
+    to shade, or an empty array for all (the others get zeros, and triangles touching none of
+    them are skipped); receives the unit normals (B, V, 3), their length before normalisation
+    norm (B, V) and the irradiance out (B, V, C).
     """
     V = verts.shape[1]
     F = tri.shape[0]
     C = weights.shape[2]
     acc = np.empty((V, 3), verts.dtype)
+    masked = used.shape[0] > 0
     for b in range(lo, hi):
         vb = 0 if verts.shape[0] == 1 else b
+        ub = b * V
         acc[:] = 0.0
         for f in range(F):
             i0, i1, i2 = tri[f, 0], tri[f, 1], tri[f, 2]
+            if masked and not (used[ub + i0] or used[ub + i1] or used[ub + i2]):
+                continue
             ax = verts[vb, i1, 0] - verts[vb, i0, 0]
             ay = verts[vb, i1, 1] - verts[vb, i0, 1]
             az = verts[vb, i1, 2] - verts[vb, i0, 2]
@@ -466,6 +473,13 @@ def irradiance_forward(verts, tri, weights, eps, normals, norm, out, lo, hi):  #
             acc[i2, 2] += nz
         w = weights[b]
         for v in range(V):
+            if masked and not used[ub + v]:
+                norm[b, v] = 0.0
+                for k in range(3):
+                    normals[b, v, k] = 0.0
+                for c in range(C):
+                    out[b, v, c] = 0.0
+                continue
             nrm = math.sqrt(acc[v, 0] * acc[v, 0] + acc[v, 1] * acc[v, 1] + acc[v, 2] * acc[v, 2])
             norm[b, v] = nrm
             r = 1.0 / max(nrm, eps)
@@ -480,22 +494,28 @@ def irradiance_forward(verts, tri, weights, eps, normals, norm, out, lo, hi):  #
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def irradiance_backward(verts, tri, weights, eps, normals, norm, grad, want_w, g_verts, g_weights,
+def irradiance_backward(verts, tri, weights, eps, used, normals, norm, grad, want_w, g_verts, g_weights,
                         lo, hi):  # pragma: no cover
     """Backward of :func:`irradiance_forward` for images lo..hi-1: g_verts (B, V, 3) (zero on
     entry; per image, summed by the caller when the vertices are shared) and, if ``want_w``,
-    g_weights (B, 10, C). Vertices without incoming gradient, and triangles whose three
-    vertices have none, are skipped."""
+    g_weights (B, 10, C). Unused vertices (constant zero output) and triangles whose three
+    vertices get no gradient are skipped."""
     V = verts.shape[1]
     F = tri.shape[0]
     C = weights.shape[2]
     gacc = np.empty((V, 3), verts.dtype)
     gw = np.empty((10, C), g_weights.dtype)
+    masked = used.shape[0] > 0
     for b in range(lo, hi):
         vb = 0 if verts.shape[0] == 1 else b
+        ub = b * V
         w = weights[b]
         gw[:] = 0.0
         for v in range(V):
+            if masked and not used[ub + v]:
+                for k in range(3):
+                    gacc[v, k] = 0.0
+                continue
             x, y, z = normals[b, v, 0], normals[b, v, 1], normals[b, v, 2]
             gx = gy = gz = 0.0 * x
             for c in range(C):

@@ -40,7 +40,8 @@ def segments(batch_index: Tensor, batch_size: int) -> Tensor:
 def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, int],
                cull_backfaces: bool, znear: float, inside_eps: float):
     """Numba twin of ``rasterize._visibility``: (pix, face, (b, i, j), orient, extras) with
-    extras ``vid`` (3, N) flat corner vertex ids and ``seg`` (B+1,) fragment offsets per image."""
+    extras ``vid`` (3, N) flat corner vertex ids, ``seg`` (B+1,) fragment offsets per image and
+    ``used`` (B*V,) uint8 flags of the vertices of visible triangles."""
     K = kernels()
     H, W = image_size
     B, V = z.shape
@@ -62,9 +63,11 @@ def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, 
     N = int(offsets[-1])
     pix, face, b, i, j = (torch.empty(N, dtype=torch.long) for _ in range(5))
     vid = torch.empty(3, N, dtype=torch.long)
+    used = torch.zeros(B * V, dtype=torch.uint8)
     launch(K.compact_zbuffer, B, zbuf, tri, V, H, W, offsets, pix.numpy(), face.numpy(), b.numpy(), i.numpy(),
-           j.numpy(), vid.numpy())
-    return pix, face, (b, i, j), torch.from_numpy(orient), {"vid": vid, "seg": torch.from_numpy(offsets)}
+           j.numpy(), vid.numpy(), used.numpy())
+    return pix, face, (b, i, j), torch.from_numpy(orient), {"vid": vid, "seg": torch.from_numpy(offsets),
+                                                             "used": used}
 
 
 # ----------------------------------------------------------------------------- barycentrics
@@ -209,37 +212,39 @@ class QuadraticSH(torch.autograd.Function):
 
 class VertexIrradiance(torch.autograd.Function):
     """Fused :class:`VertexNormals` + :class:`QuadraticSH`: SH irradiance (B, V, C) at the
-    area-weighted unit vertex normals of vertices (Bv, V, 3) (Bv = 1 or B), weights (B, 10, C)."""
+    area-weighted unit vertex normals of vertices (Bv, V, 3) (Bv = 1 or B), weights (B, 10, C).
+    ``used``: None, or (B*V,) uint8 flags of the vertices to shade (zero output elsewhere)."""
 
     @staticmethod
-    def forward(ctx, vertices: Tensor, triangles: Tensor, weights: Tensor):
+    def forward(ctx, vertices: Tensor, triangles: Tensor, weights: Tensor, used: Tensor | None):
         K = kernels()
         v = vertices.detach().contiguous()
         w = weights.detach().to(v.dtype).contiguous()
         tri = triangles.long().contiguous()
         B, V = w.shape[0], v.shape[1]
+        used = torch.zeros(0, dtype=torch.uint8) if used is None else used.to(torch.uint8).contiguous()
         normals = torch.empty(B, V, 3, dtype=v.dtype)
         norm = torch.empty(B, V, dtype=v.dtype)
         out = torch.empty(B, V, w.shape[2], dtype=v.dtype)
-        launch(K.irradiance_forward, B, v.numpy(), tri.numpy(), w.numpy(), _NORMALIZE_EPS, normals.numpy(),
-               norm.numpy(), out.numpy())
-        ctx.save_for_backward(v, tri, w, normals, norm)
+        launch(K.irradiance_forward, B, v.numpy(), tri.numpy(), w.numpy(), _NORMALIZE_EPS, used.numpy(),
+               normals.numpy(), norm.numpy(), out.numpy())
+        ctx.save_for_backward(v, tri, w, used, normals, norm)
         ctx.w_dtype = weights.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        v, tri, w, normals, norm = ctx.saved_tensors
+        v, tri, w, used, normals, norm = ctx.saved_tensors
         K = kernels()
         want_w = ctx.needs_input_grad[2]
         B = w.shape[0]
         g_v = torch.zeros(B, *v.shape[1:], dtype=v.dtype)
         g_w = torch.empty_like(w) if want_w else w.new_empty(1, 1, 1)
-        launch(K.irradiance_backward, B, v.numpy(), tri.numpy(), w.numpy(), _NORMALIZE_EPS, normals.numpy(),
-               norm.numpy(), _np(grad.to(v.dtype)), want_w, g_v.numpy(), g_w.numpy())
+        launch(K.irradiance_backward, B, v.numpy(), tri.numpy(), w.numpy(), _NORMALIZE_EPS, used.numpy(),
+               normals.numpy(), norm.numpy(), _np(grad.to(v.dtype)), want_w, g_v.numpy(), g_w.numpy())
         if v.shape[0] == 1 and B > 1:
             g_v = g_v.sum(0, keepdim=True)
-        return g_v, None, g_w.to(ctx.w_dtype) if want_w else None
+        return g_v, None, g_w.to(ctx.w_dtype) if want_w else None, None
 
 
 # ----------------------------------------------------------------------------- antialiasing

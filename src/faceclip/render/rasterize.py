@@ -535,6 +535,8 @@ def rasterize(
     frags._cache.update(batch=b, ij=(i, j), vid=(triangles, V, vid), orient=orient)
     if seg is not None:
         frags._cache["seg"] = seg
+    if "used" in extra:
+        frags._cache["used"] = extra["used"]
     return frags
 
 

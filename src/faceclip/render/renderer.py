@@ -121,7 +121,9 @@ def render_mesh(
         coeffs = sh_coeffs if sh_coeffs.ndim == 3 else sh_coeffs.unsqueeze(0)
         flip = torch.tensor(OPENCV_TO_VIEW, dtype=cam.R.dtype, device=cam.R.device)
         weights = sh_quadratic_coeffs(coeffs.expand(B, -1, -1), cam.R * flip[None, :, None])
-        irradiance = vertex_irradiance(verts, triangles, weights.to(verts.dtype))  # (B, V, C)
+        # only the corners of visible triangles are shaded (flags from the compiled rasterizer)
+        used = frags._cache.get("used")
+        irradiance = vertex_irradiance(verts, triangles, weights.to(verts.dtype), used)  # (B, V, C)
         if albedo is None:  # vertex colours: one fused interpolation of colour and light
             color = interpolate_product(vertex_colors, irradiance, frags, triangles)
         else:

@@ -229,7 +229,7 @@ def sh_irradiance_quadratic(normals: Tensor, weights: Tensor) -> Tensor:
     return torch.baddbmm(weights[:, :1], feats, weights[:, 1:])
 
 
-def vertex_irradiance(vertices: Tensor, triangles: Tensor, weights: Tensor) -> Tensor:
+def vertex_irradiance(vertices: Tensor, triangles: Tensor, weights: Tensor, used: Tensor | None = None) -> Tensor:
     """SH irradiance at the vertex normals: ``sh_irradiance_quadratic(vertex_normals(v), w)``.
 
     One fused pass (and one backward) on the compiled CPU backend.
@@ -238,12 +238,15 @@ def vertex_irradiance(vertices: Tensor, triangles: Tensor, weights: Tensor) -> T
         vertices: (B, V, 3) or (1, V, 3) (shared by the B lights) model-space vertices.
         triangles: (F, 3) long.
         weights: (B, 10, C) from :func:`sh_quadratic_coeffs`.
+        used: optional (B*V,) flags of the vertices whose irradiance is needed (e.g. the
+            corners of visible triangles); the compiled backend then skips the others (and
+            returns 0 there), the PyTorch path ignores it.
     Returns:
         (B, V, C).
     """
     triangles = triangles.to(device=vertices.device, dtype=torch.long)
     if vertices.ndim == 3 and weights.ndim == 3 and use_numba(vertices, weights):
-        return _numba_ops.VertexIrradiance.apply(vertices, triangles, weights)
+        return _numba_ops.VertexIrradiance.apply(vertices, triangles, weights, used)
     normals = vertex_normals(vertices, triangles)
     if normals.shape[0] != weights.shape[0]:
         normals = normals.expand(weights.shape[0], -1, -1)
