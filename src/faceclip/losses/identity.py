@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from faceclip.nets.facenet import crop_aligned
+
 
 def identity_loss(emb_input: Tensor, emb_render: Tensor, eps: float = 1e-8) -> Tensor:
     """Mean cosine distance between two batches of embeddings.
@@ -63,8 +65,6 @@ class IdentityLoss(nn.Module):
 
     def embed(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` (or ``(B, H, W, 3)`` with ``channels_last``) in [0, 1] -> ``(B, D)``."""
-        from faceclip.nets.facenet import crop_aligned
-
         if self.channels_last:
             images = images.permute(0, 3, 1, 2)
         if self.box is not None:

