@@ -41,6 +41,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,7 +236,9 @@ def read_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     try:
         if _is_torchscript(path):
-            sd = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            with warnings.catch_warnings():  # "torch.jit.load is deprecated": OpenAI ships TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                sd = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
             for key in ("input_resolution", "context_length", "vocab_size"):
                 sd.pop(key, None)
         else:
