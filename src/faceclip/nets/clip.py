@@ -272,7 +272,8 @@ def build_clip_tower(arch: ClipArch, with_text: bool = False, quick_gelu: bool =
     return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=quick_gelu)
 
 
-def _load_strict(module: nn.Module, sd: dict[str, Tensor], path: Path, arch: ClipArch) -> None:
+def _load_strict(module: nn.Module, sd: dict[str, Tensor], path: Path, arch: ClipArch, assign: bool = False
+                 ) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -286,7 +287,7 @@ def _load_strict(module: nn.Module, sd: dict[str, Tensor], path: Path, arch: Cli
             f"{path} does not hold CLIP {arch.open_clip_name} weights: " + ", ".join(parts),
             hint=_install_hint(arch),
         )
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(sd, strict=True, assign=assign)
 
 
 def load_clip_tower(arch: ClipArch, path: str | Path, with_text: bool = False,
@@ -306,10 +307,15 @@ def load_clip_tower(arch: ClipArch, path: str | Path, with_text: bool = False,
     sd = read_clip_state_dict(path)
     if not with_text:
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
-    model = build_clip_tower(arch, with_text=with_text, quick_gelu=quick_gelu)
-    if with_text and "logit_scale" in sd:
-        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-    _load_strict(model, sd, path, arch)
+    if with_text:  # the text model has non-persistent buffers (causal mask): build for real
+        model = build_clip_tower(arch, with_text=True, quick_gelu=quick_gelu)
+        if "logit_scale" in sd:
+            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+        _load_strict(model, sd, path, arch)
+    else:  # image towers hold only state-dict tensors: skip the random init (seconds for RN50x4)
+        with torch.device("meta"):
+            model = build_clip_tower(arch, quick_gelu=quick_gelu)
+        _load_strict(model, sd, path, arch, assign=True)
     return model.float().eval()
 
 
