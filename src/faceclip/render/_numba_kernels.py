@@ -29,10 +29,10 @@ _F32 = np.float32
 
 
 @njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
-def visibility_zbuffer(xs, ys, zs, tri, B, V, H, W, cull, znear, eps, nbands, zbuf, orient, lo, hi):  # pragma: no cover
+def visibility_zbuffer(xy, zs, tri, B, V, H, W, cull, znear, eps, nbands, zbuf, orient, lo, hi):  # pragma: no cover
     """Nearest triangle per pixel centre.
 
-    xs, ys, zs: (B*V,) float32 pixel coordinates and depths; tri: (F, 3) int64.
+    xy: (B*V, 2) float32 pixel coordinates, zs: (B*V,) float32 depths; tri: (F, 3) int64.
     zbuf: (B*H*W,) int64, zero on entry; receives ``float_bits(1/depth) << 32 | face`` of the
     nearest covering triangle (0 = empty), exactly like the PyTorch path's ``amax`` keys.
     orient: (B*F,) float32, receives the sign of each triangle's doubled signed screen area.
@@ -55,8 +55,8 @@ def visibility_zbuffer(xs, ys, zs, tri, B, V, H, W, cull, znear, eps, nbands, zb
             k0 = vb + tri[f, 0]
             k1 = vb + tri[f, 1]
             k2 = vb + tri[f, 2]
-            x0, x1, x2 = xs[k0], xs[k1], xs[k2]
-            y0, y1, y2 = ys[k0], ys[k1], ys[k2]
+            x0, x1, x2 = xy[k0, 0], xy[k1, 0], xy[k2, 0]
+            y0, y1, y2 = xy[k0, 1], xy[k1, 1], xy[k2, 1]
             e1x = x1 - x0
             e1y = y1 - y0
             e2x = x2 - x0
@@ -626,14 +626,14 @@ def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, counts, lo, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, state, B, H, W, V, max_steps, consts, centre,
+def aa_crossings(xy, tri, neighbor, orient, face, depth, p2f, state, B, H, W, V, max_steps, consts, centre,
                  offsets, p_in, p_out, i_in, i_out, ka, kb, keep, lo, hi):  # pragma: no cover
     """Pixel pairs straddling a silhouette edge (the numba twin of ``antialiasing.edge_pairs``).
 
     For every candidate pair of :func:`aa_count` (written from ``offsets[b]`` on): the inside
     (nearer) and outside pixel and fragment, the silhouette edge's flat vertex ids (ka, kb)
     found by walking the mesh from the inside pixel's triangle, and ``keep`` (edge found and
-    handled by this pair's direction). xs, ys: (B*V,) vertex pixel coordinates; ``consts``
+    handled by this pair's direction). xy: (B*V, 2) vertex pixel coordinates; ``consts``
     = (1, -1, 2, 1e-30) and ``centre`` (max(H, W) + 1,) pixel centre coordinates ``k + 0.5``, in
     the coordinates' dtype, so that the arithmetic follows the PyTorch path's dtype.
     """
@@ -695,8 +695,8 @@ def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, state, B, H, W
                         v0 = bV + tri[cur, 0]
                         v1 = bV + tri[cur, 1]
                         v2 = bV + tri[cur, 2]
-                        vx = (xs[v0], xs[v1], xs[v2])
-                        vy = (ys[v0], ys[v1], ys[v2])
+                        vx = (xy[v0, 0], xy[v1, 0], xy[v2, 0])
+                        vy = (xy[v0, 1], xy[v1, 1], xy[v2, 1])
                         ex0 = vx[1] - vx[0]
                         ey0 = vy[1] - vy[0]
                         ex2 = vx[0] - vx[2]
@@ -728,8 +728,8 @@ def aa_crossings(xs, ys, tri, neighbor, orient, face, depth, p2f, state, B, H, W
                     if found:
                         a = bV + tri[cur, kf]
                         c = bV + tri[cur, (kf + 1) % 3]
-                        edx = abs(xs[c] - xs[a])
-                        edy = abs(ys[c] - ys[a])
+                        edx = abs(xy[c, 0] - xy[a, 0])
+                        edy = abs(xy[c, 1] - xy[a, 1])
                         steep = edy >= edx if horiz else edy < edx
                         if steep:
                             ka[m] = a

@@ -21,6 +21,26 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _shape(shape) -> tuple[int, ...]:
+    return tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else tuple(shape)
+
+
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64,
+              torch.int32: np.int32, torch.uint8: np.uint8}
+
+
+def _empty(*shape, dtype: torch.dtype) -> Tensor:
+    """``torch.empty`` through NumPy's allocator: glibc reuses freed blocks for ``malloc``,
+    while PyTorch's aligned allocations of large blocks are fresh mappings every time (a page
+    fault per 4 KiB on first touch); and no OpenMP region for a fill."""
+    return torch.from_numpy(np.empty(_shape(shape), _NP_DTYPES[dtype]))
+
+
+def _zeros(*shape, dtype: torch.dtype) -> Tensor:
+    """``torch.zeros`` through NumPy's allocator (see :func:`_empty`)."""
+    return torch.from_numpy(np.zeros(_shape(shape), _NP_DTYPES[dtype]))
+
+
 def segments(batch_index: Tensor, batch_size: int) -> Tensor:
     """(S+1,) offsets of runs of fragments that touch disjoint per-image vertex ranges.
 
@@ -46,8 +66,7 @@ def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, 
     H, W = image_size
     B, V = z.shape
     F = triangles.shape[0]
-    xyf = xy.detach().float()
-    xs, ys = _np(xyf[..., 0].reshape(-1)), _np(xyf[..., 1].reshape(-1))
+    xyf = _np(xy.detach().float().reshape(-1, 2))
     zs = _np(z.detach().float().reshape(-1))
     tri = _np(triangles.long())
     threads = kernel_threads()
@@ -55,15 +74,15 @@ def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, 
     nbands = min(nbands, H)
     zbuf = np.zeros(B * H * W, np.int64)
     orient = np.zeros(B * F, np.float32)
-    launch(K.visibility_zbuffer, B * nbands, xs, ys, zs, tri, B, V, H, W, bool(cull_backfaces), np.float32(znear),
+    launch(K.visibility_zbuffer, B * nbands, xyf, zs, tri, B, V, H, W, bool(cull_backfaces), np.float32(znear),
                          np.float32(inside_eps), nbands, zbuf, orient)
     counts = np.zeros(B + 1, np.int64)
     launch(K.count_zbuffer, B, zbuf, H * W, counts)
     offsets = np.cumsum(counts)
     N = int(offsets[-1])
-    pix, face, b, i, j = (torch.empty(N, dtype=torch.long) for _ in range(5))
-    vid = torch.empty(3, N, dtype=torch.long)
-    used = torch.zeros(B * V, dtype=torch.uint8)
+    pix, face, b, i, j = (_empty(N, dtype=torch.long) for _ in range(5))
+    vid = _empty(3, N, dtype=torch.long)
+    used = _zeros(B * V, dtype=torch.uint8)
     launch(K.compact_zbuffer, B, zbuf, tri, V, H, W, offsets, pix.numpy(), face.numpy(), b.numpy(), i.numpy(),
            j.numpy(), vid.numpy(), used.numpy())
     return pix, face, (b, i, j), torch.from_numpy(orient), {"vid": vid, "seg": torch.from_numpy(offsets),
@@ -82,15 +101,16 @@ class PerspectiveBarycentrics(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xy: Tensor, z: Tensor, vid: Tensor, i: Tensor, j: Tensor, seg: Tensor):
+        ctx.set_materialize_grads(False)  # an unused output (often depth) gets no zero gradient
         K = kernels()
         dt = xy.dtype
         xyf = xy.detach().reshape(-1, 2).contiguous()
         zs = z.detach().reshape(-1).to(dt).contiguous()
         vid = vid.contiguous()
         N = vid.shape[1]
-        bary = torch.empty(N, 3, dtype=dt)
-        depth = torch.empty(N, dtype=dt)
-        s = torch.empty(3, N, dtype=dt)
+        bary = _empty(N, 3, dtype=dt)
+        depth = _empty(N, dtype=dt)
+        s = _empty(3, N, dtype=dt)
         launch(K.bary_forward, N, xyf.numpy(), zs.numpy(), vid.numpy(), _np(i), _np(j), bary.numpy(), depth.numpy(),
                s.numpy())
         ctx.save_for_backward(xyf, zs, vid, s, bary, depth, seg)
@@ -102,8 +122,8 @@ class PerspectiveBarycentrics(torch.autograd.Function):
         xyf, zs, vid, s, bary, depth, seg = ctx.saved_tensors
         xy_shape, z_shape, z_dtype = ctx.shapes
         K = kernels()
-        g_xy = torch.zeros_like(xyf)
-        g_z = torch.zeros_like(zs)
+        g_xy = _zeros(xyf.shape, dtype=xyf.dtype)
+        g_z = _zeros(zs.shape, dtype=zs.dtype)
         has_gb, has_gd = g_bary is not None, g_depth is not None
         dt = xyf.numpy().dtype
         gb = _np(g_bary.to(xyf.dtype)) if has_gb else np.zeros((1, 3), dt)
@@ -132,7 +152,7 @@ class Interpolate(torch.autograd.Function):
         attr_c = attr.detach().contiguous()
         bary_c = bary.detach().to(attr.dtype).contiguous()
         vid = vid.contiguous()
-        out = torch.empty(vid.shape[1], attr.shape[1], dtype=attr.dtype)
+        out = _empty(vid.shape[1], attr.shape[1], dtype=attr.dtype)
         launch(K.interp_forward, vid.shape[1], attr_c.numpy(), vid.numpy(), bary_c.numpy(), out.numpy())
         ctx.save_for_backward(attr_c, bary_c, vid, seg)
         ctx.shared = shared
@@ -146,8 +166,8 @@ class Interpolate(torch.autograd.Function):
         want_attr, want_bary = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         S = seg.shape[0] - 1
         slots = S if (ctx.shared and S > 1 and want_attr) else 1
-        g_attr = torch.zeros(slots if want_attr else 1, *(attr.shape if want_attr else (1, 1)), dtype=attr.dtype)
-        g_bary = torch.empty(bary.shape if want_bary else (1, 3), dtype=attr.dtype)
+        g_attr = _zeros(slots if want_attr else 1, *(attr.shape if want_attr else (1, 1)), dtype=attr.dtype)
+        g_bary = _empty(bary.shape if want_bary else (1, 3), dtype=attr.dtype)
         launch(K.interp_backward, S, attr.numpy(), vid.numpy(), bary.numpy(), _np(grad.to(attr.dtype)), seg.numpy(),
                           want_attr, want_bary, g_attr.numpy(), g_bary.numpy())
         ga = (g_attr[0] if slots == 1 else g_attr.sum(0)) if want_attr else None
@@ -170,8 +190,8 @@ class VertexNormals(torch.autograd.Function):
         K = kernels()
         v = vertices.detach().contiguous()
         tri = triangles.long().contiguous()
-        out = torch.empty_like(v)
-        norm = torch.empty(v.shape[:2], dtype=v.dtype)
+        out = _empty(v.shape, dtype=v.dtype)
+        norm = _empty(v.shape[:2], dtype=v.dtype)
         launch(K.normals_forward, v.shape[0], v.numpy(), tri.numpy(), _NORMALIZE_EPS, out.numpy(), norm.numpy())
         ctx.save_for_backward(v, tri, out, norm)
         return out
@@ -180,7 +200,7 @@ class VertexNormals(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         v, tri, out, norm = ctx.saved_tensors
         K = kernels()
-        g = torch.zeros_like(v)
+        g = _zeros(v.shape, dtype=v.dtype)
         launch(K.normals_backward, v.shape[0], v.numpy(), tri.numpy(), _NORMALIZE_EPS, out.numpy(), norm.numpy(),
                            _np(grad.to(v.dtype)), g.numpy())
         return g, None
@@ -194,7 +214,7 @@ class QuadraticSH(torch.autograd.Function):
         K = kernels()
         n = normals.detach().contiguous()
         w = weights.detach().to(n.dtype).contiguous()
-        out = torch.empty(n.shape[0], n.shape[1], w.shape[2], dtype=n.dtype)
+        out = _empty(n.shape[0], n.shape[1], w.shape[2], dtype=n.dtype)
         launch(K.shq_forward, n.shape[0], n.numpy(), w.numpy(), out.numpy())
         ctx.save_for_backward(n, w)
         ctx.w_dtype = weights.dtype
@@ -204,8 +224,8 @@ class QuadraticSH(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         n, w = ctx.saved_tensors
         K = kernels()
-        gn = torch.empty_like(n)
-        gw = torch.empty_like(w)
+        gn = _empty(n.shape, dtype=n.dtype)
+        gw = _empty(w.shape, dtype=w.dtype)
         launch(K.shq_backward, n.shape[0], n.numpy(), w.numpy(), _np(grad.to(n.dtype)), gn.numpy(), gw.numpy())
         return gn, gw.to(ctx.w_dtype)
 
@@ -222,10 +242,10 @@ class VertexIrradiance(torch.autograd.Function):
         w = weights.detach().to(v.dtype).contiguous()
         tri = triangles.long().contiguous()
         B, V = w.shape[0], v.shape[1]
-        used = torch.zeros(0, dtype=torch.uint8) if used is None else used.to(torch.uint8).contiguous()
-        normals = torch.empty(B, V, 3, dtype=v.dtype)
-        norm = torch.empty(B, V, dtype=v.dtype)
-        out = torch.empty(B, V, w.shape[2], dtype=v.dtype)
+        used = _zeros(0, dtype=torch.uint8) if used is None else used.to(torch.uint8).contiguous()
+        normals = _empty(B, V, 3, dtype=v.dtype)
+        norm = _empty(B, V, dtype=v.dtype)
+        out = _empty(B, V, w.shape[2], dtype=v.dtype)
         launch(K.irradiance_forward, B, v.numpy(), tri.numpy(), w.numpy(), _NORMALIZE_EPS, used.numpy(),
                normals.numpy(), norm.numpy(), out.numpy())
         ctx.save_for_backward(v, tri, w, used, normals, norm)
@@ -238,8 +258,8 @@ class VertexIrradiance(torch.autograd.Function):
         K = kernels()
         want_w = ctx.needs_input_grad[2]
         B = w.shape[0]
-        g_v = torch.zeros(B, *v.shape[1:], dtype=v.dtype)
-        g_w = torch.empty_like(w) if want_w else w.new_empty(1, 1, 1)
+        g_v = _zeros(B, *v.shape[1:], dtype=v.dtype)
+        g_w = _empty(w.shape, dtype=w.dtype) if want_w else _empty(1, 1, 1, dtype=w.dtype)
         launch(K.irradiance_backward, B, v.numpy(), tri.numpy(), w.numpy(), _NORMALIZE_EPS, used.numpy(),
                normals.numpy(), norm.numpy(), _np(grad.to(v.dtype)), want_w, g_v.numpy(), g_w.numpy())
         if v.shape[0] == 1 and B > 1:
@@ -264,8 +284,7 @@ def edge_pairs(pix: Tensor, face: Tensor, depth: Tensor, seg: Tensor, batch_size
     B = batch_size
     H, W = image_size
     V = xy.shape[1]
-    xyd = xy.detach()
-    xs, ys = _np(xyd[..., 0].reshape(-1)), _np(xyd[..., 1].reshape(-1))
+    xyf = _np(xy.detach().reshape(-1, 2))
     tri, nbr = _np(triangles.long()), _np(neighbor.long())
     orient_np = _np(orient.to(torch.float32))
     face_np, pix_np = _np(face), _np(pix)
@@ -281,9 +300,9 @@ def edge_pairs(pix: Tensor, face: Tensor, depth: Tensor, seg: Tensor, batch_size
         return None
     out = [np.empty(M, np.int64) for _ in range(6)]
     keep = np.empty(M, np.uint8)
-    consts = np.array([1.0, -1.0, 2.0, 1e-30], dtype=xs.dtype)
-    centre = np.arange(max(H, W) + 1, dtype=xs.dtype) + xs.dtype.type(0.5)
-    launch(K.aa_crossings, B, xs, ys, tri, nbr, orient_np, face_np, depth_np, p2f, state, B, H, W, V, int(max_steps),
+    consts = np.array([1.0, -1.0, 2.0, 1e-30], dtype=xyf.dtype)
+    centre = np.arange(max(H, W) + 1, dtype=xyf.dtype) + xyf.dtype.type(0.5)
+    launch(K.aa_crossings, B, xyf, tri, nbr, orient_np, face_np, depth_np, p2f, state, B, H, W, V, int(max_steps),
            consts, centre, offsets, *out, keep)
     sel = np.flatnonzero(keep)
     if sel.shape[0] == 0:
@@ -310,12 +329,12 @@ class Composite(torch.autograd.Function):
         B = seg.shape[0] - 1
         vals = values.detach().contiguous()
         bg = background.detach().to(vals.dtype).expand(vals.shape[1]).contiguous()
-        out = torch.empty(B * H * W, vals.shape[1], dtype=vals.dtype)
+        out = _empty(B * H * W, vals.shape[1], dtype=vals.dtype)
         launch(K.composite_forward, B, vals.numpy(), bg.numpy(), _np(pix), _np(seg), H * W, out.numpy())
         xyf = xy.detach().reshape(-1, 2).contiguous()
         t_raw = None
         if pairs is not None:
-            t_raw = torch.empty(pairs[0].shape[0], dtype=torch.float64)
+            t_raw = _empty(pairs[0].shape[0], dtype=torch.float64)
             K.composite_aa_forward(vals.numpy(), bg.numpy(), xyf.numpy(), W, H * W, *(_np(a) for a in pairs),
                                    t_raw.numpy(), out.numpy())
             ctx.pairs = pairs
@@ -329,11 +348,11 @@ class Composite(torch.autograd.Function):
         vals, bg, xyf, pix, t_raw = ctx.saved_tensors
         (H, W), bg_shape, xy_shape = ctx.meta
         g = grad.to(vals.dtype).contiguous()
-        g_vals = torch.empty_like(vals)
+        g_vals = _empty(vals.shape, dtype=vals.dtype)
         launch(K.composite_backward, pix.shape[0], g.numpy(), _np(pix), g_vals.numpy())
         want_bg = ctx.needs_input_grad[1]
-        g_bg = (g.sum(0) - g_vals.sum(0)) if want_bg else torch.zeros_like(bg)  # uncovered pixels
-        g_xy = torch.zeros(xyf.shape, dtype=xyf.dtype)
+        g_bg = (g.sum(0) - g_vals.sum(0)) if want_bg else _zeros(bg.shape, dtype=bg.dtype)  # uncovered pixels
+        g_xy = _zeros(xyf.shape, dtype=xyf.dtype)
         if t_raw is not None:
             K.composite_aa_backward(g.numpy(), vals.numpy(), bg.numpy(), xyf.numpy(), W, H * W,
                                     *(_np(a) for a in ctx.pairs), t_raw.numpy(), g_vals.numpy(), g_bg.numpy(),
@@ -355,13 +374,14 @@ class Project(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, points: Tensor, R: Tensor, t: Tensor, f: Tensor, c: Tensor):
+        ctx.set_materialize_grads(False)
         K = kernels()
         dt = points.dtype
         p = points.detach().contiguous()
         Rc, tc, fc, cc = (x.detach().to(dt).contiguous() for x in (R, t, f, c))
         B, V = R.shape[0], p.shape[1]
-        xy = torch.empty(B, V, 2, dtype=dt)
-        z = torch.empty(B, V, dtype=dt)
+        xy = _empty(B, V, 2, dtype=dt)
+        z = _empty(B, V, dtype=dt)
         launch(K.project_forward, B, p.numpy(), Rc.numpy(), tc.numpy(), fc.numpy(), cc.numpy(), xy.numpy(), z.numpy())
         ctx.save_for_backward(p, Rc, tc, fc)
         ctx.dtypes = (R.dtype, t.dtype, f.dtype, c.dtype)
@@ -375,11 +395,11 @@ class Project(torch.autograd.Function):
         dt = p.dtype
         gxy = _np(g_xy.to(dt)) if g_xy is not None else np.zeros((B, V, 2), p.numpy().dtype)
         gz = _np(g_z.to(dt)) if g_z is not None else np.zeros((B, V), p.numpy().dtype)
-        g_p = torch.empty(B, V, 3, dtype=dt)
-        g_R = torch.empty(B, 3, 3, dtype=torch.float64)
-        g_t = torch.empty(B, 3, dtype=torch.float64)
-        g_f = torch.empty(B, 2, dtype=torch.float64)
-        g_c = torch.empty(B, 2, dtype=torch.float64)
+        g_p = _empty(B, V, 3, dtype=dt)
+        g_R = _empty(B, 3, 3, dtype=torch.float64)
+        g_t = _empty(B, 3, dtype=torch.float64)
+        g_f = _empty(B, 2, dtype=torch.float64)
+        g_c = _empty(B, 2, dtype=torch.float64)
         want_cam = any(ctx.needs_input_grad[1:])
         launch(K.project_backward, B, p.numpy(), R.numpy(), t.numpy(), f.numpy(), gxy, gz, want_cam, g_p.numpy(),
                g_R.numpy(), g_t.numpy(), g_f.numpy(), g_c.numpy())
@@ -406,7 +426,7 @@ class InterpolateProduct(torch.autograd.Function):
         a_c, b_c = a.detach().contiguous(), b.detach().to(dt).contiguous()
         bary_c = bary.detach().to(dt).contiguous()
         vid_a, vid_b = vid_a.contiguous(), vid_b.contiguous()
-        out = torch.empty(vid_a.shape[1], a.shape[1], dtype=dt)
+        out = _empty(vid_a.shape[1], a.shape[1], dtype=dt)
         launch(K.interp_mul_forward, vid_a.shape[1], a_c.numpy(), b_c.numpy(), vid_a.numpy(), vid_b.numpy(),
                bary_c.numpy(), out.numpy())
         ctx.save_for_backward(a_c, b_c, bary_c, vid_a, vid_b, seg)
@@ -423,11 +443,11 @@ class InterpolateProduct(torch.autograd.Function):
 
         def buf(x: Tensor, want: bool, shared: bool) -> Tensor:
             if not want:
-                return torch.zeros(1, 1, x.shape[1], dtype=x.dtype)
-            return torch.zeros(S if (shared and S > 1) else 1, *x.shape, dtype=x.dtype)
+                return _zeros(1, 1, x.shape[1], dtype=x.dtype)
+            return _zeros(S if (shared and S > 1) else 1, *x.shape, dtype=x.dtype)
 
         g_a, g_b = buf(a, want_a, ctx.shared[0]), buf(b, want_b, ctx.shared[1])
-        g_bary = torch.empty(bary.shape if want_bary else (1, 3), dtype=a.dtype)
+        g_bary = _empty(bary.shape if want_bary else (1, 3), dtype=a.dtype)
         launch(K.interp_mul_backward, S, a.numpy(), b.numpy(), vid_a.numpy(), vid_b.numpy(), bary.numpy(),
                _np(grad.to(a.dtype)), seg.numpy(), want_a, want_b, want_bary, g_a.numpy(), g_b.numpy(),
                g_bary.numpy())

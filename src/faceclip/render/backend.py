@@ -131,14 +131,56 @@ def kernel_threads() -> int:
     return torch.get_num_threads() if n <= 0 else n
 
 
+_CHUNKS_PER_THREAD = 3  # work is shared out in this many pieces per thread (load balance)
+
+
+class _Chunks:
+    """Contiguous pieces of ``[0, n_items)`` handed out one at a time to whichever thread asks
+    first: a thread that is descheduled (busy machine) simply takes fewer pieces, and the
+    caller never waits for a worker that has not started."""
+
+    def __init__(self, n_items: int, pieces: int) -> None:
+        self.bounds = [n_items * k // pieces for k in range(pieces + 1)]
+        self.next = 0
+        self.done = 0
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+
+    def run(self, kernel, args) -> None:
+        pieces = len(self.bounds) - 1
+        while True:
+            with self.cond:
+                k = self.next
+                if k >= pieces or self.error is not None:
+                    return
+                self.next += 1
+            try:
+                kernel(*args, self.bounds[k], self.bounds[k + 1])
+            except BaseException as exc:  # re-raised in the calling thread
+                with self.cond:
+                    self.error = exc
+            with self.cond:
+                self.done += 1
+                self.cond.notify_all()
+
+    def wait(self) -> None:
+        """Block until every piece handed out has finished (all are handed out by then)."""
+        with self.cond:
+            while self.done < self.next:
+                self.cond.wait()
+        if self.error is not None:
+            raise self.error
+
+
 def launch(kernel, n_items: int, *args):
-    """Run ``kernel(*args, lo, hi)`` over ``[0, n_items)`` split into :func:`kernel_threads`
-    contiguous chunks (the calling thread runs the first; kernels release the GIL)."""
+    """Run ``kernel(*args, lo, hi)`` over ``[0, n_items)`` on :func:`kernel_threads` threads
+    (the calling thread and pool workers; kernels release the GIL), sharing the range out in
+    contiguous pieces on demand (see :class:`_Chunks`)."""
     threads = min(kernel_threads(), n_items)
     if threads <= 1:
         return kernel(*args, 0, n_items)
-    bounds = [n_items * k // threads for k in range(threads + 1)]
-    futures = [_pool().submit(kernel, *args, bounds[k], bounds[k + 1]) for k in range(1, threads)]
-    kernel(*args, bounds[0], bounds[1])
-    for f in futures:
-        f.result()
+    work = _Chunks(n_items, min(n_items, threads * _CHUNKS_PER_THREAD))
+    for _ in range(threads - 1):
+        _pool().submit(work.run, kernel, args)
+    work.run(kernel, args)
+    work.wait()
