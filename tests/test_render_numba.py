@@ -84,14 +84,13 @@ def test_gradcheck_numba_barycentrics() -> None:
     xy, z, tris, size = _random_scene(1, B=2, F=6, H=12, W=14)
     frags = rasterize(xy, z, tris, size)
     b = frags.batch_index
-    i, j = frags.pixel_rows_cols()
     vid = frags.corner_vertices(tris, z.shape[1])
     seg = _numba_ops.segments(b, 2)
     xy64 = xy.double().requires_grad_()
     z64 = z.double().requires_grad_()
 
     def fn(xy_, z_):
-        bary, depth = _numba_ops.PerspectiveBarycentrics.apply(xy_, z_, vid, i, j, seg)
+        bary, depth = _numba_ops.PerspectiveBarycentrics.apply(xy_, z_, vid, frags.pix, seg, size)
         return bary, depth
 
     assert torch.autograd.gradcheck(fn, (xy64, z64), eps=1e-6, atol=1e-5)

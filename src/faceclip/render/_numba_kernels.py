@@ -135,11 +135,10 @@ def count_zbuffer(zbuf, P, counts, lo, hi):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def compact_zbuffer(zbuf, tri, V, H, W, offsets, pix, face, bi, ii, jj, vid, used, lo, hi):  # pragma: no cover
-    """Covered pixels of images lo..hi-1, written from offsets[b] on: flat pixel (ascending),
-    face, image, row and column, and the flat corner vertex ids ``b*V + tri[face]`` into
+def compact_zbuffer(zbuf, tri, V, P, offsets, pix, face, vid, used, lo, hi):  # pragma: no cover
+    """Covered pixels of images lo..hi-1 (P = H * W pixels each), written from offsets[b] on:
+    flat pixel (ascending), face and the flat corner vertex ids ``b*V + tri[face]`` into
     vid (3, N) (all int64); used (B*V,) uint8 (zero on entry) flags the vertices seen."""
-    P = H * W
     for b in range(lo, hi):
         n = offsets[b]
         vb = b * V
@@ -149,14 +148,9 @@ def compact_zbuffer(zbuf, tri, V, H, W, offsets, pix, face, bi, ii, jj, vid, use
                 f = k & 0xFFFFFFFF
                 pix[n] = p
                 face[n] = f
-                bi[n] = b
-                r = p - b * P
-                i = r // W
-                ii[n] = i
-                jj[n] = r - i * W
-                for k in range(3):
-                    v = vb + tri[f, k]
-                    vid[k, n] = v
+                for c in range(3):
+                    v = vb + tri[f, c]
+                    vid[c, n] = v
                     used[v] = 1
                 n += 1
 
@@ -165,10 +159,16 @@ def compact_zbuffer(zbuf, tri, V, H, W, offsets, pix, face, bi, ii, jj, vid, use
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def bary_forward(xy, zs, vid, ii, jj, bary, depth, s_out, lo, hi):  # pragma: no cover
+def bary_forward(xy, zs, vid, pix, W, P, bary, depth, s_out, lo, hi):  # pragma: no cover
     """Perspective-correct barycentrics (N, 3), depth (N,) and screen barycentrics s (3, N)
-    (evaluated in float64, stored in the outputs' dtype); xy (B*V, 2), zs (B*V,)."""
+    (evaluated in float64, stored in the outputs' dtype) at the centres of the flat pixels
+    pix (N,) (images of P = H * W pixels, rows of W); xy (B*V, 2), zs (B*V,)."""
+    inv_p, inv_w = 1.0 / P, 1.0 / W
     for n in range(lo, hi):
+        p = pix[n]
+        r = p - np.int64((p + 0.5) * inv_p) * P  # exact floor divisions (p < 2**40)
+        i = np.int64((r + 0.5) * inv_w)
+        j = r - i * W
         k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
         x0 = np.float64(xy[k0, 0])
         y0 = np.float64(xy[k0, 1])
@@ -176,8 +176,8 @@ def bary_forward(xy, zs, vid, ii, jj, bary, depth, s_out, lo, hi):  # pragma: no
         e1y = xy[k1, 1] - y0
         e2x = xy[k2, 0] - x0
         e2y = xy[k2, 1] - y0
-        dx = (jj[n] + 0.5) - x0
-        dy = (ii[n] + 0.5) - y0
+        dx = (j + 0.5) - x0
+        dy = (i + 0.5) - y0
         inv_a = 1.0 / (e1x * e2y - e1y * e2x)
         s1 = (dx * e2y - dy * e2x) * inv_a
         s2 = (e1x * dy - e1y * dx) * inv_a

@@ -59,7 +59,8 @@ def segments(batch_index: Tensor, batch_size: int) -> Tensor:
 @torch.no_grad()
 def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, int],
                cull_backfaces: bool, znear: float, inside_eps: float):
-    """Numba twin of ``rasterize._visibility``: (pix, face, (b, i, j), orient, extras) with
+    """Numba twin of ``rasterize._visibility``: (pix, face, None, orient, extras) (image, row and
+    column of the fragments are left to :class:`~faceclip.render.rasterize.Fragments`), with
     extras ``vid`` (3, N) flat corner vertex ids, ``seg`` (B+1,) fragment offsets per image and
     ``used`` (B*V,) uint8 flags of the vertices of visible triangles."""
     K = kernels()
@@ -80,13 +81,11 @@ def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, 
     launch(K.count_zbuffer, B, zbuf, H * W, counts)
     offsets = np.cumsum(counts)
     N = int(offsets[-1])
-    pix, face, b, i, j = (_empty(N, dtype=torch.long) for _ in range(5))
+    pix, face = _empty(N, dtype=torch.long), _empty(N, dtype=torch.long)
     vid = _empty(3, N, dtype=torch.long)
     used = _zeros(B * V, dtype=torch.uint8)
-    launch(K.compact_zbuffer, B, zbuf, tri, V, H, W, offsets, pix.numpy(), face.numpy(), b.numpy(), i.numpy(),
-           j.numpy(), vid.numpy(), used.numpy())
-    return pix, face, (b, i, j), torch.from_numpy(orient), {"vid": vid, "seg": torch.from_numpy(offsets),
-                                                             "used": used}
+    launch(K.compact_zbuffer, B, zbuf, tri, V, H * W, offsets, pix.numpy(), face.numpy(), vid.numpy(), used.numpy())
+    return pix, face, None, torch.from_numpy(orient), {"vid": vid, "seg": torch.from_numpy(offsets), "used": used}
 
 
 # ----------------------------------------------------------------------------- barycentrics
@@ -95,12 +94,13 @@ def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, 
 class PerspectiveBarycentrics(torch.autograd.Function):
     """Numba twin of ``rasterize._PerspectiveBarycentrics`` (same formulas).
 
-    Inputs: xy (B, V, 2), z (B, V), vid (3, N) flat corner ids, i, j (N,) pixel rows / columns,
-    seg (S+1,) fragment segments (see :func:`segments`). Outputs: bary (N, 3), depth (N,).
+    Inputs: xy (B, V, 2), z (B, V), vid (3, N) flat corner ids, pix (N,) flat pixels
+    ``b*H*W + i*W + j``, seg (S+1,) fragment segments (see :func:`segments`), image_size (H, W).
+    Outputs: bary (N, 3), depth (N,).
     """
 
     @staticmethod
-    def forward(ctx, xy: Tensor, z: Tensor, vid: Tensor, i: Tensor, j: Tensor, seg: Tensor):
+    def forward(ctx, xy: Tensor, z: Tensor, vid: Tensor, pix: Tensor, seg: Tensor, image_size: tuple[int, int]):
         ctx.set_materialize_grads(False)  # an unused output (often depth) gets no zero gradient
         K = kernels()
         dt = xy.dtype
@@ -111,8 +111,9 @@ class PerspectiveBarycentrics(torch.autograd.Function):
         bary = _empty(N, 3, dtype=dt)
         depth = _empty(N, dtype=dt)
         s = _empty(3, N, dtype=dt)
-        launch(K.bary_forward, N, xyf.numpy(), zs.numpy(), vid.numpy(), _np(i), _np(j), bary.numpy(), depth.numpy(),
-               s.numpy())
+        H, W = image_size
+        launch(K.bary_forward, N, xyf.numpy(), zs.numpy(), vid.numpy(), _np(pix), W, H * W, bary.numpy(),
+               depth.numpy(), s.numpy())
         ctx.save_for_backward(xyf, zs, vid, s, bary, depth, seg)
         ctx.shapes = (xy.shape, z.shape, z.dtype)
         return bary, depth

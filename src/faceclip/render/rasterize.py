@@ -357,9 +357,10 @@ def _visibility(
     xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, int],
     cull_backfaces: bool, znear: float, chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns pix, face of covered pixels (ascending flat index), their (b, i, j), the (B*F,)
-    triangle orientations, and a dict of extras the compiled path computes on the way (``vid``
-    (3, N) flat corner vertex ids, ``seg`` (B+1,) fragment offsets per image)."""
+    """Returns pix, face of covered pixels (ascending flat index), their (b, i, j) (None from the
+    compiled path), the (B*F,) triangle orientations, and a dict of extras the compiled path
+    computes on the way (``vid`` (3, N) flat corner vertex ids, ``seg`` (B+1,) fragment offsets
+    per image, ``used`` (B*V,) flags of the vertices of visible triangles)."""
     H, W = image_size
     B = xy.shape[0]
     if use_numba(xy, z):
@@ -469,12 +470,17 @@ class _PerspectiveBarycentrics(torch.autograd.Function):
         return g_xy, g_z, None, None, None
 
 
-def _barycentrics(xy: Tensor, z: Tensor, vid: Tensor, i: Tensor, j: Tensor,
-                  b: Tensor | None = None, batch_size: int = 1, seg: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _barycentrics(xy: Tensor, z: Tensor, vid: Tensor, pix: Tensor, image_size: tuple[int, int],
+                  seg: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Barycentrics and depth of the fragments (pix, vid), see :func:`fragment_barycentrics`."""
+    H, W = image_size
     if use_numba(xy, z):
         if seg is None:
-            seg = _numba_ops.segments(b, batch_size) if b is not None else torch.tensor([0, i.shape[0]])
-        return _numba_ops.PerspectiveBarycentrics.apply(xy, z, vid, i, j, seg)
+            seg = _numba_ops.segments(torch.div(pix, H * W, rounding_mode="floor"), z.shape[0])
+        return _numba_ops.PerspectiveBarycentrics.apply(xy, z, vid, pix, seg, (H, W))
+    rem = pix % (H * W)
+    i = torch.div(rem, W, rounding_mode="floor")
+    j = rem - i * W
     px = j.to(xy.dtype) + 0.5
     py = i.to(xy.dtype) + 0.5
     return _PerspectiveBarycentrics.apply(xy, z, vid, px, py)
@@ -493,13 +499,10 @@ def fragment_barycentrics(
         bary: (N, 3) perspective-correct barycentrics; depth: (N,) camera depth.
     """
     H, W = image_size
-    B, V = z.shape
+    V = z.shape[1]
     b = torch.div(pix, H * W, rounding_mode="floor")
-    rem = pix - b * (H * W)
-    i = torch.div(rem, W, rounding_mode="floor")
-    j = rem - i * W
     vid = triangles.to(device=xy.device, dtype=torch.long).t().index_select(1, face) + (b * V).unsqueeze(0)
-    return _barycentrics(xy, z, vid.contiguous(), i, j, b, B)
+    return _barycentrics(xy, z, vid.contiguous(), pix, (H, W))
 
 
 def rasterize(
@@ -522,21 +525,19 @@ def rasterize(
     """
     tri = triangles.to(device=xy.device, dtype=torch.long)
     H, W = int(image_size[0]), int(image_size[1])
-    pix, face, (b, i, j), orient, extra = _visibility(xy, z, tri, (H, W), cull_backfaces, znear, chunk_size)
+    pix, face, bij, orient, extra = _visibility(xy, z, tri, (H, W), cull_backfaces, znear, chunk_size)
     B, V = z.shape
     vid = extra.get("vid")
     if vid is None:
         vid = tri.t().index_select(1, face)
         if B > 1:
-            vid += (b * V).unsqueeze(0)
-    seg = extra.get("seg")
-    bary, depth = _barycentrics(xy, z, vid, i, j, b, B, seg)
+            vid += (bij[0] * V).unsqueeze(0)
+    bary, depth = _barycentrics(xy, z, vid, pix, (H, W), extra.get("seg"))
     frags = Fragments(pix=pix, face=face, bary=bary, depth=depth, batch_size=B, image_size=(H, W))
-    frags._cache.update(batch=b, ij=(i, j), vid=(triangles, V, vid), orient=orient)
-    if seg is not None:
-        frags._cache["seg"] = seg
-    if "used" in extra:
-        frags._cache["used"] = extra["used"]
+    frags._cache.update(vid=(triangles, V, vid), orient=orient)
+    if bij is not None:
+        frags._cache.update(batch=bij[0], ij=bij[1:])
+    frags._cache.update({k: extra[k] for k in ("seg", "used") if k in extra})
     return frags
 
 
