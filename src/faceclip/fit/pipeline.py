@@ -111,6 +111,9 @@ class Reconstructor:
         config.device = o.device
         self.fitter = Fitter(self.model, config)
         self.regressor, self.regressor_path = self._load_regressor()
+        if self.regressor is not None and not o.fast:
+            refine = FitConfig.refine()
+            config.landmark_steps, config.photo_steps = refine.landmark_steps, refine.photo_steps
 
     def _load_regressor(self):
         """The regressor to use (or None) and its file, following ``method`` / ``checkpoint``."""

@@ -35,8 +35,11 @@ class DataConfig:
     n_val: int = 16
     seed: int = 0
     augment: bool = True
-    #: Synthetic crop side in pixels (the regressor's input; 224 except in quick tests).
+    #: Crop side in pixels fed to the regressor; samples of another size are resampled (the
+    #: same field of view), so a network can be trained and run at, e.g., 128 px.
     image_px: int = 224
+    #: Side at which synthetic faces are rendered (and cached).
+    render_px: int = 224
 
 
 @dataclass

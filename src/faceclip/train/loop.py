@@ -94,22 +94,60 @@ def _batch_plan(step: int, batch: int, dist_info: DistInfo, n: int, seed: int) -
     return out
 
 
-class _PlannedSamples(torch.utils.data.Dataset):
-    """Wraps a dataset: item ``(index, aug_seed)`` -> augmented sample (seeded, worker-safe)."""
+def resize_sample(sample, size_px: int):
+    """A FaceSample at another crop size: same field of view, image/mask resampled (area),
+    landmarks scaled (continuous pixel coordinates), ground-truth focal length scaled."""
+    from dataclasses import replace
 
-    def __init__(self, base, augment) -> None:
+    S = sample.image.shape[-1]
+    if S == size_px:
+        return sample
+    s = size_px / S
+    image = nn.functional.interpolate(sample.image[None], size=(size_px, size_px), mode="area")[0]
+    mask = nn.functional.interpolate(sample.skin_mask[None, None].float(), size=(size_px, size_px), mode="area")[0, 0]
+    params = sample.params
+    if params is not None:
+        params = replace(params, focal_px=params.focal_px * s, image_size=(size_px, size_px))
+    return replace(sample, image=image, landmarks_px=sample.landmarks_px * s, skin_mask=(mask > 0.5).float(),
+                   params=params)
+
+
+class _PlannedSamples(torch.utils.data.Dataset):
+    """Wraps a dataset: item ``(index, aug_seed)`` -> augmented sample (seeded, worker-safe),
+    resized to ``size_px`` when the dataset's crops have another size."""
+
+    def __init__(self, base, augment, size_px: int | None = None) -> None:
         self.base = base
         self.augment = augment
+        self.size_px = size_px
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def resized_view(self) -> "_Resized":
+        return _Resized(self.base, self.size_px)
 
     def __getitem__(self, item):
         index, aug_seed = item
         sample = self.base[index]
         if self.augment is not None:
             sample = self.augment(sample, generator=torch.Generator().manual_seed(aug_seed))
+        if self.size_px is not None:
+            sample = resize_sample(sample, self.size_px)
         return sample
+
+
+class _Resized(torch.utils.data.Dataset):
+    """Plain-index view of a dataset with every sample resized to ``size_px``."""
+
+    def __init__(self, base, size_px: int) -> None:
+        self.base, self.size_px = base, size_px
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return resize_sample(self.base[index], self.size_px)
 
 
 def build_datasets(cfg: TrainConfig, face_model):
@@ -119,13 +157,15 @@ def build_datasets(cfg: TrainConfig, face_model):
     d = cfg.data
     augment = D.Augment() if d.augment else None  # samples with parameters get colour jitter only
     if d.kind == "synthetic":
-        train = D.SyntheticFaceDataset(face_model, n=d.n_train, seed=d.seed, image_px=d.image_px,
+        train = D.SyntheticFaceDataset(face_model, n=d.n_train, seed=d.seed, image_px=d.render_px,
                                        framing=D.FramingJitter() if d.augment else None,
                                        cache_dir=d.path)
     else:
         train = D.FolderFaceDataset(d.path)
-    val = (D.SyntheticFaceDataset(face_model, n=d.n_val, seed=d.seed + 10_000, image_px=d.image_px)
+    val = (D.SyntheticFaceDataset(face_model, n=d.n_val, seed=d.seed + 10_000, image_px=d.render_px)
            if d.n_val > 0 else None)
+    if val is not None and d.image_px != d.render_px:
+        val = _PlannedSamples(val, None, d.image_px).resized_view()
     if len(train) == 0:
         raise InputError("the training set is empty")
     return train, val, augment
@@ -134,11 +174,11 @@ def build_datasets(cfg: TrainConfig, face_model):
 # ---------------------------------------------------------------------- model, losses
 
 
-def _identity_loss(cfg: TrainConfig, device):
-    if cfg.identity_encoder == "none":
-        return None
-    if cfg.identity_encoder != "facenet":
+def _identity_loss(cfg: TrainConfig, weights, device):
+    if cfg.identity_encoder not in ("facenet", "none"):
         raise InputError(f"unknown identity_encoder {cfg.identity_encoder!r}", hint="use 'facenet' or 'none'")
+    if cfg.identity_encoder == "none" or weights.identity <= 0:
+        return None  # (a zero-weight term does not load its encoder)
     try:
         from faceclip.losses.identity import IdentityLoss
         from faceclip.nets.facenet import load_facenet
@@ -149,7 +189,9 @@ def _identity_loss(cfg: TrainConfig, device):
         return None
 
 
-def _clip_loss(cfg: TrainConfig, device):
+def _clip_loss(cfg: TrainConfig, weights, device):
+    if weights.clip <= 0:
+        return None
     from faceclip.losses.clip import make_clip_loss
     from faceclip.nets.clip import find_clip_weights
 
@@ -188,17 +230,29 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_checkpoint(path: Path, net: nn.Module, opt, sched, scaler, step: int, cfg: TrainConfig) -> Path:
-    """Atomic write of everything needed to resume (``step`` = steps completed)."""
+def save_checkpoint(path: Path, net: nn.Module, opt, sched, scaler, step: int, cfg: TrainConfig,
+                    world_size: int = 1) -> Path:
+    """Atomic write of everything needed to resume (``step`` = steps completed).
+
+    ``world_size`` (processes of the run) is recorded: the sample plan depends on the global
+    batch, so a resume with another number of processes continues with another data order.
+    """
     from faceclip.io.mesh import atomic_path
     from faceclip.nets.regressor import regressor_record
 
     state = {"model": regressor_record(net), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "step": step, "rng": _rng_state(),
-             "config": cfg.to_dict()}
+             "config": cfg.to_dict(), "world_size": int(world_size)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of checkpoint writes that a killed run left beside ``path``."""
+    for tmp in path.parent.glob(f".{path.name}.*"):  # atomic_path's naming
+        log.info("removing %s (an interrupted checkpoint write)", tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -322,8 +376,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     face_model = load_face_model(cfg.face_model, geometry=geometry)
     train_set, val_set, augment = build_datasets(cfg, face_model)
     net = build_model(cfg, face_model).to(device)
-    objective = TrainingObjective(face_model, LossWeights.from_dict(cfg.loss), identity_loss=_identity_loss(cfg, device),
-                                  clip_loss=_clip_loss(cfg, device), render_px=cfg.render_px, device=device)
+    weights = LossWeights.from_dict(cfg.loss)
+    objective = TrainingObjective(face_model, weights, identity_loss=_identity_loss(cfg, weights, device),
+                                  clip_loss=_clip_loss(cfg, weights, device), render_px=cfg.render_px, device=device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay)
     use_amp = cfg.amp and device.type == "cuda"
@@ -340,14 +395,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         _set_rng_state(state["rng"])
         start = int(state["step"])
         log.info("resumed from %s at step %d", ckpt_path, start)
+        if int(state.get("world_size", dist_info.world)) != dist_info.world:
+            log.warning("resuming a run of %d process(es) with %d: the global batch, and so the data order, "
+                        "differ from the original run", state["world_size"], dist_info.world)
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
+        _remove_stale_temporaries(ckpt_path)
     model = net
     if dist_info.world > 1:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    planned = _PlannedSamples(train_set, augment)
+    planned = _PlannedSamples(train_set, augment, cfg.data.image_px)
     logs = _Logs(out_dir, dist_info.is_main, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     plans = [_batch_plan(s, cfg.batch_size, dist_info, len(train_set), cfg.seed) for s in range(start, end)]
@@ -403,7 +462,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                 logs.row({"step": step, **{f"val_{k}": v for k, v in validation.items()}})
                 net.train()
             if dist_info.is_main and (step % cfg.ckpt_every == 0 or step == end):
-                save_checkpoint(ckpt_path, net, opt, sched, scaler, step, cfg)
+                save_checkpoint(ckpt_path, net, opt, sched, scaler, step, cfg, dist_info.world)
     finally:
         bar.close()
         logs.close()
