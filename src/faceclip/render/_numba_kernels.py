@@ -583,13 +583,15 @@ def irradiance_backward(verts, tri, weights, eps, used, normals, norm, grad, wan
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, counts, lo, hi):  # pragma: no cover
-    """Dense fragment index map, pixel states and candidate pair counts of images lo..hi-1.
+def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, cand, counts, lo, hi):  # pragma: no cover
+    """Dense fragment index map, pixel states and candidate pixel pairs of images lo..hi-1.
 
     p2f (B*H*W,) int32 receives the fragment index of each pixel (-1 = background); state
-    (B*H*W,) uint8: 0 background, 1 covered, 2 covered by a triangle with a silhouette edge;
-    counts (B,) the number of horizontal + vertical pixel pairs to examine per image (a pair
-    is examined when either pixel is 2 or exactly one is covered, as in ``antialiasing.edge_pairs``).
+    (B*H*W,) uint8: 0 background, 1 covered, 2 covered by a triangle with a silhouette edge.
+    A horizontal or vertical pair of pixels is a candidate when either is 2 or exactly one is
+    covered (as in ``antialiasing.edge_pairs``); image b's candidates are written to
+    ``cand[2*P*b:]`` (P = H*W) as ``2 * (first pixel within the image) + (1 if horizontal)``
+    and their number to counts[b].
     """
     F = neighbor.shape[0]
     P = H * W
@@ -599,17 +601,21 @@ def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, counts, lo, 
             p2f[p] = -1
             state[p] = 0
         bF = b * F
+        f_prev = -1
+        st = 1
         for n in range(seg[b], seg[b + 1]):
             p2f[pix[n]] = n
             f = face[n]
-            st = 1
-            of = orient[bF + f]
-            for k in range(3):
-                nb = neighbor[f, k]
-                if nb < 0 or orient[bF + nb] != of:  # silhouette edge (inlined: a call is ~5x slower)
-                    st = 2
+            if f != f_prev:  # neighbouring pixels often show the same triangle
+                f_prev = f
+                st = 1
+                of = orient[bF + f]
+                for k in range(3):
+                    nb = neighbor[f, k]
+                    if nb < 0 or orient[bF + nb] != of:  # silhouette edge (inlined: a call is ~5x slower)
+                        st = 2
             state[pix[n]] = st
-        c = 0
+        c = 2 * P * b
         for i in range(H):
             row = base + i * W
             for j in range(W):
@@ -617,16 +623,18 @@ def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, counts, lo, 
                 if j + 1 < W:
                     sb = state[row + j + 1]
                     if sa == 2 or sb == 2 or (sa == 0) != (sb == 0):
+                        cand[c] = 2 * (i * W + j) + 1
                         c += 1
                 if i + 1 < H:
                     sb = state[row + j + W]
                     if sa == 2 or sb == 2 or (sa == 0) != (sb == 0):
+                        cand[c] = 2 * (i * W + j)
                         c += 1
-        counts[b] = c
+        counts[b] = c - 2 * P * b
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def aa_crossings(xy, tri, neighbor, orient, face, depth, p2f, state, B, H, W, V, max_steps, consts, centre,
+def aa_crossings(xy, tri, neighbor, orient, face, depth, p2f, state, cand, B, H, W, V, max_steps, consts, centre,
                  offsets, p_in, p_out, i_in, i_out, ka, kb, keep, lo, hi):  # pragma: no cover
     """Pixel pairs straddling a silhouette edge (the numba twin of ``antialiasing.edge_pairs``).
 
@@ -645,97 +653,85 @@ def aa_crossings(xy, tri, neighbor, orient, face, depth, p2f, state, B, H, W, V,
         bF = b * F
         bV = b * V
         m = offsets[b]
-        for i in range(H):
-            for j in range(W):
-                pa = base + i * W + j
-                for horiz in (True, False):
-                    if horiz:
-                        if j + 1 >= W:
-                            continue
-                        pb = pa + 1
-                    else:
-                        if i + 1 >= H:
-                            continue
-                        pb = pa + W
-                    sa = state[pa]
-                    sb = state[pb]
-                    if not (sa == 2 or sb == 2 or (sa == 0) != (sb == 0)):
-                        continue
-                    ia = p2f[pa]
-                    ib = p2f[pb]
-                    fa = face[ia] if ia >= 0 else -1
-                    fb = face[ib] if ib >= 0 else -1
-                    a_front = fb < 0 or (fa >= 0 and depth[ia] <= depth[ib])
-                    if a_front:
-                        pin, pout, iin, iout = pa, pb, ia, ib
-                    else:
-                        pin, pout, iin, iout = pb, pa, ib, ia
-                    p_in[m] = pin
-                    p_out[m] = pout
-                    i_in[m] = iin
-                    i_out[m] = iout
-                    ka[m] = 0
-                    kb[m] = 0
-                    keep[m] = 0
-                    if fa == fb or not (iout < 0 or state[pin] == 2):
-                        m += 1
-                        continue
-                    rem = pin - base
-                    ri = rem // W
-                    rj = rem - ri * W
-                    dsign = 1 if pout > pin else -1
-                    qy = centre[ri]
-                    qx = centre[rj]
-                    ox = centre[rj + dsign] if horiz else qx
-                    oy = qy if horiz else centre[ri + dsign]
-                    cur = face[iin]
-                    found = False
-                    kf = 0
-                    for _step in range(max_steps):
-                        v0 = bV + tri[cur, 0]
-                        v1 = bV + tri[cur, 1]
-                        v2 = bV + tri[cur, 2]
-                        vx = (xy[v0, 0], xy[v1, 0], xy[v2, 0])
-                        vy = (xy[v0, 1], xy[v1, 1], xy[v2, 1])
-                        ex0 = vx[1] - vx[0]
-                        ey0 = vy[1] - vy[0]
-                        ex2 = vx[0] - vx[2]
-                        ey2 = vy[0] - vy[2]
-                        area = ex0 * (-ey2) - ey0 * (-ex2)
-                        o = one if area >= 0 else mone
-                        t_exit = two
-                        kmin = 0
-                        for k in range(3):
-                            k1 = (k + 1) % 3
-                            ex = vx[k1] - vx[k]
-                            ey = vy[k1] - vy[k]
-                            s_in = (ex * (qy - vy[k]) - ey * (qx - vx[k])) * o
-                            s_out = (ex * (oy - vy[k]) - ey * (ox - vx[k])) * o
-                            t = two
-                            if s_out < s_in:
-                                t = s_in / max(s_in - s_out, tiny)
-                            if t < t_exit:
-                                t_exit = t
-                                kmin = k
-                        if not t_exit <= 1.0:
-                            break
-                        nxt = neighbor[cur, kmin]
-                        if nxt < 0 or orient[bF + nxt] != orient[bF + cur]:  # silhouette edge
-                            found = True
-                            kf = kmin
-                            break
-                        cur = nxt
-                    if found:
-                        a = bV + tri[cur, kf]
-                        c = bV + tri[cur, (kf + 1) % 3]
-                        edx = abs(xy[c, 0] - xy[a, 0])
-                        edy = abs(xy[c, 1] - xy[a, 1])
-                        steep = edy >= edx if horiz else edy < edx
-                        if steep:
-                            ka[m] = a
-                            kb[m] = c
-                            keep[m] = 1
-                    m += 1
+        for c in range(2 * P * b, 2 * P * b + offsets[b + 1] - offsets[b]):
+            pa = base + cand[c] // 2
+            horiz = (cand[c] & 1) == 1
+            pb = pa + 1 if horiz else pa + W
+            ia = p2f[pa]
+            ib = p2f[pb]
+            fa = face[ia] if ia >= 0 else -1
+            fb = face[ib] if ib >= 0 else -1
+            a_front = fb < 0 or (fa >= 0 and depth[ia] <= depth[ib])
+            if a_front:
+                pin, pout, iin, iout = pa, pb, ia, ib
+            else:
+                pin, pout, iin, iout = pb, pa, ib, ia
+            p_in[m] = pin
+            p_out[m] = pout
+            i_in[m] = iin
+            i_out[m] = iout
+            ka[m] = 0
+            kb[m] = 0
+            keep[m] = 0
+            if fa == fb or not (iout < 0 or state[pin] == 2):
+                m += 1
+                continue
+            rem = pin - base
+            ri = rem // W
+            rj = rem - ri * W
+            dsign = 1 if pout > pin else -1
+            qy = centre[ri]
+            qx = centre[rj]
+            ox = centre[rj + dsign] if horiz else qx
+            oy = qy if horiz else centre[ri + dsign]
+            cur = face[iin]
+            found = False
+            kf = 0
+            for _step in range(max_steps):
+                v0 = bV + tri[cur, 0]
+                v1 = bV + tri[cur, 1]
+                v2 = bV + tri[cur, 2]
+                vx = (xy[v0, 0], xy[v1, 0], xy[v2, 0])
+                vy = (xy[v0, 1], xy[v1, 1], xy[v2, 1])
+                ex0 = vx[1] - vx[0]
+                ey0 = vy[1] - vy[0]
+                ex2 = vx[0] - vx[2]
+                ey2 = vy[0] - vy[2]
+                area = ex0 * (-ey2) - ey0 * (-ex2)
+                o = one if area >= 0 else mone
+                t_exit = two
+                kmin = 0
+                for k in range(3):
+                    k1 = (k + 1) % 3
+                    ex = vx[k1] - vx[k]
+                    ey = vy[k1] - vy[k]
+                    s_in = (ex * (qy - vy[k]) - ey * (qx - vx[k])) * o
+                    s_out = (ex * (oy - vy[k]) - ey * (ox - vx[k])) * o
+                    t = two
+                    if s_out < s_in:
+                        t = s_in / max(s_in - s_out, tiny)
+                    if t < t_exit:
+                        t_exit = t
+                        kmin = k
+                if not t_exit <= 1.0:
+                    break
+                nxt = neighbor[cur, kmin]
+                if nxt < 0 or orient[bF + nxt] != orient[bF + cur]:  # silhouette edge
+                    found = True
+                    kf = kmin
+                    break
+                cur = nxt
+            if found:
+                va = bV + tri[cur, kf]
+                vb = bV + tri[cur, (kf + 1) % 3]
+                edx = abs(xy[vb, 0] - xy[va, 0])
+                edy = abs(xy[vb, 1] - xy[va, 1])
+                steep = edy >= edx if horiz else edy < edx
+                if steep:
+                    ka[m] = va
+                    kb[m] = vb
+                    keep[m] = 1
+            m += 1
 
 
 # ----------------------------------------------------------------------------- projection

@@ -293,7 +293,8 @@ def edge_pairs(pix: Tensor, face: Tensor, depth: Tensor, seg: Tensor, batch_size
     p2f = np.empty(B * H * W, np.int32)
     state = np.empty(B * H * W, np.uint8)
     counts = np.empty(B, np.int64)
-    launch(K.aa_count, B, pix_np, face_np, _np(seg), orient_np, nbr, B, H, W, p2f, state, counts)
+    cand = np.empty(2 * B * H * W, np.int32)  # only the first counts[b] of image b's slice are touched
+    launch(K.aa_count, B, pix_np, face_np, _np(seg), orient_np, nbr, B, H, W, p2f, state, cand, counts)
     offsets = np.zeros(B + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     M = int(offsets[-1])
@@ -303,7 +304,7 @@ def edge_pairs(pix: Tensor, face: Tensor, depth: Tensor, seg: Tensor, batch_size
     keep = np.empty(M, np.uint8)
     consts = np.array([1.0, -1.0, 2.0, 1e-30], dtype=xyf.dtype)
     centre = np.arange(max(H, W) + 1, dtype=xyf.dtype) + xyf.dtype.type(0.5)
-    launch(K.aa_crossings, B, xyf, tri, nbr, orient_np, face_np, depth_np, p2f, state, B, H, W, V, int(max_steps),
+    launch(K.aa_crossings, B, xyf, tri, nbr, orient_np, face_np, depth_np, p2f, state, cand, B, H, W, V, int(max_steps),
            consts, centre, offsets, *out, keep)
     sel = np.flatnonzero(keep)
     if sel.shape[0] == 0:
