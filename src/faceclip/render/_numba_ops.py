@@ -53,6 +53,32 @@ def segments(batch_index: Tensor, batch_size: int) -> Tensor:
     return torch.tensor([0, n], dtype=torch.long)
 
 
+class _Fanout(torch.autograd.Function):
+    """Two aliases of one tensor whose gradients are summed in NumPy (single-threaded) instead
+    of by autograd's accumulation, which is a parallel PyTorch op: on a busy machine every
+    OpenMP region can wait milliseconds for a descheduled worker thread."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor):
+        ctx.set_materialize_grads(False)
+        return x.view_as(x), x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g1: Tensor | None, g2: Tensor | None):
+        if g1 is None or g2 is None:
+            return g2 if g1 is None else g1
+        out = _empty(g1.shape, dtype=torch.promote_types(g1.dtype, g2.dtype))
+        np.add(_np(g1), _np(g2), out=out.numpy())
+        return out
+
+
+def fanout(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x, x)`` for two consumers, with a serial gradient sum (see :class:`_Fanout`)."""
+    if not x.requires_grad or not torch.is_grad_enabled():
+        return x, x
+    return _Fanout.apply(x)
+
+
 # ----------------------------------------------------------------------------- visibility
 
 

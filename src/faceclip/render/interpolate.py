@@ -49,9 +49,10 @@ def interpolate_vertex_attributes(attributes: Tensor, fragments: Fragments, tria
 def _numba_operands(attributes: Tensor, fragments: Fragments, triangles: Tensor):
     """(flat (M, C) attribute, (3, N) corner rows, shared-by-the-batch flag, fragment segments)."""
     B = fragments.batch_size
-    if attributes.ndim == 3 and attributes.shape[0] == B and B > 1:
-        V = attributes.shape[1]
-        flat = attributes.reshape(B * V, attributes.shape[2])
+    per_image = attributes.shape[0] == B if attributes.ndim == 3 else B == 1
+    if per_image:  # rows b*V + v: the rasterizer's cached corner ids
+        V = attributes.shape[-2]
+        flat = attributes.reshape(-1, attributes.shape[-1])
         vid = fragments.corner_vertices(triangles, V)
         shared = False
     else:

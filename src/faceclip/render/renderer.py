@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from faceclip.render import _numba_ops
 from faceclip.render.antialiasing import EdgePairs, EdgeTopology, composite, edge_pairs, edge_topology
+from faceclip.render.backend import use_numba
 from faceclip.render.camera import OPENCV_TO_VIEW, PerspectiveCamera
 from faceclip.render.interpolate import (
     interpolate_product,
@@ -102,10 +104,12 @@ def render_mesh(
     B = max(camera.batch_size, vertices_mm.shape[0] if vertices_mm.ndim == 3 else 1)
     cam = camera.expand(B)
     verts = vertices_mm if vertices_mm.ndim == 3 else vertices_mm.unsqueeze(0)
+    verts, verts_shade = _two_uses(verts)
     xy, z = cam.project_with_depth(verts)
     if xy.shape[0] != B:
         xy, z = xy.expand(B, -1, -1), z.expand(B, -1)
-    frags = rasterize(xy, z, triangles, cam.image_size, cull_backfaces=cull_backfaces, znear=znear)
+    xy_raster, xy_edges = _two_uses(xy)
+    frags = rasterize(xy_raster, z, triangles, cam.image_size, cull_backfaces=cull_backfaces, znear=znear)
 
     if texture is not None:
         if uv is None:
@@ -123,7 +127,7 @@ def render_mesh(
         weights = sh_quadratic_coeffs(coeffs.expand(B, -1, -1), cam.R * flip[None, :, None])
         # only the corners of visible triangles are shaded (flags from the compiled rasterizer)
         used = frags._cache.get("used")
-        irradiance = vertex_irradiance(verts, triangles, weights.to(verts.dtype), used)  # (B, V, C)
+        irradiance = vertex_irradiance(verts_shade, triangles, weights.to(verts.dtype), used)  # (B, V, C)
         if albedo is None:  # vertex colours: one fused interpolation of colour and light
             color = interpolate_product(vertex_colors, irradiance, frags, triangles)
         else:
@@ -134,7 +138,13 @@ def render_mesh(
     if antialiased:
         neighbor = (topology or edge_topology(triangles)).neighbor.to(xy.device)
         pairs = edge_pairs(frags, xy, triangles, neighbor)
-    return RenderOutput(composite(color, bg, frags, xy, pairs), frags, xy, pairs)
+    return RenderOutput(composite(color, bg, frags, xy_edges, pairs), frags, xy, pairs)
+
+
+def _two_uses(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x, x)`` for two differentiable consumers; on the compiled CPU backend their gradients
+    are summed serially (:func:`._numba_ops.fanout`) rather than by a parallel PyTorch add."""
+    return _numba_ops.fanout(x) if use_numba(x) else (x, x)
 
 
 class MeshRenderer(nn.Module):
