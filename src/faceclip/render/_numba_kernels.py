@@ -201,11 +201,27 @@ def bary_backward(xy, zs, vid, s, bary, depth, g_bary, g_depth, has_gb, has_gd, 
     """Closed-form backward of :func:`bary_forward` (see ``_PerspectiveBarycentrics``).
 
     Accumulates into g_xy (B*V, 2), g_z (B*V,) (zero on entry); ``seg`` (S+1,) fragment
-    offsets of segments that touch disjoint vertex ranges (one per image).
+    offsets of segments that touch disjoint vertex ranges (one per image). Consecutive
+    fragments of one triangle (neighbouring pixels) share its setup and are summed in
+    registers before one scatter to its corners.
     """
     for sgi in range(lo, hi):
-        for n in range(seg[sgi], seg[sgi + 1]):
+        end = seg[sgi + 1]
+        n0 = seg[sgi]
+        for n in range(n0, end):
             k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
+            if n == n0 or k0 != vid[0, n - 1] or k1 != vid[1, n - 1] or k2 != vid[2, n - 1]:
+                iz0 = 1.0 / zs[k0]  # a new triangle: its setup, empty accumulators
+                iz1 = 1.0 / zs[k1]
+                iz2 = 1.0 / zs[k2]
+                x0 = np.float64(xy[k0, 0])
+                y0 = np.float64(xy[k0, 1])
+                e1x = xy[k1, 0] - x0
+                e1y = xy[k1, 1] - y0
+                e2x = xy[k2, 0] - x0
+                e2y = xy[k2, 1] - y0
+                inv_a = 1.0 / (e1x * e2y - e1y * e2x)
+                gx0 = gx1 = gx2 = gy0 = gy1 = gy2 = gz0 = gz1 = gz2 = 0.0
             d = np.float64(depth[n])
             b0, b1, b2 = np.float64(bary[n, 0]), np.float64(bary[n, 1]), np.float64(bary[n, 2])
             gw0 = gw1 = gw2 = 0.0
@@ -220,35 +236,31 @@ def bary_backward(xy, zs, vid, s, bary, depth, g_bary, g_depth, has_gb, has_gd, 
                 gw0 -= gdd
                 gw1 -= gdd
                 gw2 -= gdd
-            iz0 = 1.0 / zs[k0]
-            iz1 = 1.0 / zs[k1]
-            iz2 = 1.0 / zs[k2]
-            gs0 = gw0 * iz0
-            gs1 = gw1 * iz1
-            gs2 = gw2 * iz2
-            x0 = np.float64(xy[k0, 0])
-            y0 = np.float64(xy[k0, 1])
-            e1x = xy[k1, 0] - x0
-            e1y = xy[k1, 1] - y0
-            e2x = xy[k2, 0] - x0
-            e2y = xy[k2, 1] - y0
-            inv_a = 1.0 / (e1x * e2y - e1y * e2x)
-            h1 = gs1 - gs0
-            h2 = gs2 - gs0
+            h1 = gw1 * iz1 - gw0 * iz0
+            h2 = gw2 * iz2 - gw0 * iz0
             ux = (e1y * h2 - e2y * h1) * inv_a
             uy = (e2x * h1 - e1x * h2) * inv_a
             s0, s1, s2 = np.float64(s[0, n]), np.float64(s[1, n]), np.float64(s[2, n])
-            g_xy[k0, 0] += s0 * ux
-            g_xy[k1, 0] += s1 * ux
-            g_xy[k2, 0] += s2 * ux
-            g_xy[k0, 1] += s0 * uy
-            g_xy[k1, 1] += s1 * uy
-            g_xy[k2, 1] += s2 * uy
-            # -g_w w / z with w = bary / depth
-            rd = 1.0 / d
-            g_z[k0] -= gw0 * b0 * iz0 * rd
-            g_z[k1] -= gw1 * b1 * iz1 * rd
-            g_z[k2] -= gw2 * b2 * iz2 * rd
+            gx0 += s0 * ux
+            gx1 += s1 * ux
+            gx2 += s2 * ux
+            gy0 += s0 * uy
+            gy1 += s1 * uy
+            gy2 += s2 * uy
+            rd = 1.0 / d  # -g_w w / z with w = bary / depth
+            gz0 -= gw0 * b0 * iz0 * rd
+            gz1 -= gw1 * b1 * iz1 * rd
+            gz2 -= gw2 * b2 * iz2 * rd
+            if n + 1 == end or k0 != vid[0, n + 1] or k1 != vid[1, n + 1] or k2 != vid[2, n + 1]:
+                g_xy[k0, 0] += gx0  # the triangle's run ends: scatter its sums
+                g_xy[k1, 0] += gx1
+                g_xy[k2, 0] += gx2
+                g_xy[k0, 1] += gy0
+                g_xy[k1, 1] += gy1
+                g_xy[k2, 1] += gy2
+                g_z[k0] += gz0
+                g_z[k1] += gz1
+                g_z[k2] += gz2
 
 
 # ----------------------------------------------------------------------------- interpolation
