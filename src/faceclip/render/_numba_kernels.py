@@ -895,20 +895,25 @@ def interp_mul_backward(a, b, vid_a, vid_b, bary, grad, seg, want_a, want_b, wan
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def composite_forward(values, bg, pix, seg, P, out, lo, hi):  # pragma: no cover
-    """Dense image of images lo..hi-1: ``bg`` everywhere, then ``values[n]`` at pixel ``pix[n]``.
+    """Dense image of images lo..hi-1: ``values[n]`` at pixel ``pix[n]``, ``bg`` elsewhere
+    (one sweep over the pixels, each written once).
 
     values (N, C); bg (C,); pix (N,) ascending flat pixels; seg (B+1,) fragment offsets per
     image; P = H * W; out (B*P, C).
     """
     C = out.shape[1]
     for b in range(lo, hi):
+        n, end = seg[b], seg[b + 1]
+        nxt = pix[n] if n < end else -1
         for p in range(b * P, (b + 1) * P):
-            for c in range(C):
-                out[p, c] = bg[c]
-        for n in range(seg[b], seg[b + 1]):
-            p = pix[n]
-            for c in range(C):
-                out[p, c] = values[n, c]
+            if p == nxt:
+                for c in range(C):
+                    out[p, c] = values[n, c]
+                n += 1
+                nxt = pix[n] if n < end else -1
+            else:
+                for c in range(C):
+                    out[p, c] = bg[c]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
