@@ -301,6 +301,8 @@ def _aggregate(rows: list[SampleResult]) -> dict[str, float]:
     agg["nmse_all_mm"] = mean(r.nmse_all_mm for r in rows)
     agg["nme_inter_ocular"] = mean(r.nme_inter_ocular for r in rows)
     agg["nme_box"] = mean(r.nme_box for r in rows)
+    times = [r.seconds_method for r in rows]
+    agg["seconds_method_median"] = float(np.median(times)) if times else float("nan")
     return agg
 
 
@@ -373,15 +375,15 @@ def run_synthetic_benchmark(
 def format_report(report: BenchmarkReport) -> str:
     """A fixed-width table per pose bin (NMSE in mm, NME in % of the normaliser)."""
     summary = report.summary()
-    head = f"{'yaw bin':<8} {'n':>4} {'fail':>4} {'lmk':>4} {'nose':>6} {'mouth':>6} {'fhead':>6} {'cheek':>6} {'all':>6} {'NME io%':>8} {'NME box%':>9}"
+    head = f"{'yaw bin':<8} {'n':>4} {'fail':>4} {'lmk':>4} {'nose':>6} {'mouth':>6} {'fhead':>6} {'cheek':>6} {'all':>6} {'NME io%':>8} {'NME box%':>9} {'s/face':>7}"
     lines = [f"synthetic benchmark: method={report.method} seed={report.seed} image={report.size_px}px "
              f"(REALY-style NMSE in mm; NME in %; fail: method failed, scored as the mean face; "
-             f"lmk: 2D landmarks returned)", head]
+             f"lmk: 2D landmarks returned; s/face: median seconds of the method per image)", head]
     for name in POSE_BINS + ("all",):
         s = summary[name]
         lines.append(
             f"{name:<8} {s['n']:>4d} {s['method_failed']:>4d} {s['landmarks_found']:>4d} {s['nmse_nose_mm']:>6.3f} {s['nmse_mouth_mm']:>6.3f} "
             f"{s['nmse_forehead_mm']:>6.3f} {s['nmse_cheek_mm']:>6.3f} {s['nmse_all_mm']:>6.3f} "
-            f"{100 * s['nme_inter_ocular']:>8.2f} {100 * s['nme_box']:>9.2f}"
+            f"{100 * s['nme_inter_ocular']:>8.2f} {100 * s['nme_box']:>9.2f} {s['seconds_method_median']:>7.3f}"
         )
     return "\n".join(lines)
