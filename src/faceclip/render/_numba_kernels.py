@@ -29,14 +29,16 @@ _F32 = np.float32
 
 
 @njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
-def visibility_zbuffer(xy, zs, tri, B, V, H, W, cull, znear, eps, nbands, zbuf, orient, lo, hi):  # pragma: no cover
+def visibility_zbuffer(xy, zs, tri, B, V, H, W, cull, znear, eps, nbands, zbuf, orient, covered,
+                       lo, hi):  # pragma: no cover
     """Nearest triangle per pixel centre.
 
     xy: (B*V, 2) float32 pixel coordinates, zs: (B*V,) float32 depths; tri: (F, 3) int64.
     zbuf: (B*H*W,) int64, zero on entry; receives ``float_bits(1/depth) << 32 | face`` of the
     nearest covering triangle (0 = empty), exactly like the PyTorch path's ``amax`` keys.
     orient: (B*F,) float32, receives the sign of each triangle's doubled signed screen area.
-    Work item ``t`` in ``[0, B * nbands)`` is image ``t // nbands``, rows of band ``t % nbands``.
+    Work item ``t`` in ``[0, B * nbands)`` is image ``t // nbands``, rows of band ``t % nbands``;
+    covered (B * nbands,) receives the number of pixels it covered.
     """
     F = tri.shape[0]
     half = _F32(0.5)
@@ -45,6 +47,7 @@ def visibility_zbuffer(xy, zs, tri, B, V, H, W, cull, znear, eps, nbands, zbuf, 
     neps = -eps
     rows_per_band = (H + nbands - 1) // nbands
     for task in range(lo, hi):
+        n_cov = 0
         b = task // nbands
         band = task - b * nbands
         r_lo = band * rows_per_band
@@ -120,18 +123,10 @@ def visibility_zbuffer(xy, zs, tri, B, V, H, W, cull, znear, eps, nbands, zbuf, 
                     key = (np.int64(np.float32(v3).view(np.int32)) << 32) | f
                     p = row_base + t
                     if key > zbuf[p]:
+                        if zbuf[p] == 0:
+                            n_cov += 1
                         zbuf[p] = key
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def count_zbuffer(zbuf, P, counts, lo, hi):  # pragma: no cover
-    """counts[b + 1] = covered pixels of image b (images lo..hi-1)."""
-    for b in range(lo, hi):
-        n = 0
-        for p in range(b * P, (b + 1) * P):
-            if zbuf[p] > 0:
-                n += 1
-        counts[b + 1] = n
+        covered[task] = n_cov
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
