@@ -100,7 +100,7 @@ def visibility(xy: Tensor, z: Tensor, triangles: Tensor, image_size: tuple[int, 
     nbands = 1 if (threads == 1 or B >= 2 * threads) else -(-2 * threads // B)
     nbands = min(nbands, H)
     zbuf = np.zeros(B * H * W, np.int64)
-    orient = np.zeros(B * F, np.float32)
+    orient = np.empty(B * F, np.float32)  # written for every triangle by band 0
     covered = np.zeros(B * nbands, np.int64)
     launch(K.visibility_zbuffer, B * nbands, xyf, zs, tri, B, V, H, W, bool(cull_backfaces), np.float32(znear),
            np.float32(inside_eps), nbands, zbuf, orient, covered)
