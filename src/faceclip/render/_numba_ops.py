@@ -469,16 +469,13 @@ class InterpolateProduct(torch.autograd.Function):
         want_a, want_b, want_bary = ctx.needs_input_grad[:3]
         S = seg.shape[0] - 1
 
-        def buf(x: Tensor, want: bool, shared: bool) -> Tensor:
-            if not want:
-                return _zeros(1, 1, x.shape[1], dtype=x.dtype)
+        def buf(x: Tensor, shared: bool) -> Tensor:  # written even when not wanted (no branch in the kernel)
             return _zeros(S if (shared and S > 1) else 1, *x.shape, dtype=x.dtype)
 
-        g_a, g_b = buf(a, want_a, ctx.shared[0]), buf(b, want_b, ctx.shared[1])
+        g_a, g_b = buf(a, ctx.shared[0]), buf(b, ctx.shared[1])
         g_bary = _empty(bary.shape if want_bary else (1, 3), dtype=a.dtype)
         launch(K.interp_mul_backward, S, a.numpy(), b.numpy(), vid_a.numpy(), vid_b.numpy(), bary.numpy(),
-               _np(grad.to(a.dtype)), seg.numpy(), want_a, want_b, want_bary, g_a.numpy(), g_b.numpy(),
-               g_bary.numpy())
+               _np(grad.to(a.dtype)), seg.numpy(), want_bary, g_a.numpy(), g_b.numpy(), g_bary.numpy())
         ga = (g_a[0] if g_a.shape[0] == 1 else g_a.sum(0)) if want_a else None
         gb = (g_b[0] if g_b.shape[0] == 1 else g_b.sum(0)).to(ctx.dtypes[0]) if want_b else None
         gbary = g_bary.to(ctx.dtypes[1]) if want_bary else None
