@@ -78,6 +78,11 @@ class FitConfig:
     lr_photo: float = 0.01
     device: str = "cpu"
 
+    #: With an initialisation (a regressor's prediction), centre the identity and expression
+    #: priors on it instead of on the mean face: the fit then stays near the prediction unless
+    #: the landmarks and the photo say otherwise.
+    prior_from_init: bool = False
+
     #: Cauchy scale (224-crop pixels) of the robust landmark weights; 0 disables them.
     robust_px: float = 6.0
     #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
@@ -376,12 +381,14 @@ class Fitter:
             return r, J
 
         def total(r: Tensor, theta: Tensor) -> float:
-            return float(r @ r + (prior_w * theta * theta).sum())
+            d = theta - mu
+            return float(r @ r + (prior_w * d * d).sum())
 
         losses: dict[str, float] = {}
         self.landmark_weights = w.expand(p.batch_size, 68).clone()
         for b in range(p.batch_size):
             theta = torch.cat([p.angles_rad[b], p.translation_mm[b] / t_unit, p.identity[b], p.expression[b]])
+            mu = torch.cat([torch.zeros(6, device=self.device), self._prior_identity[b], self._prior_expression[b]])
             lam = 1e-2
             for _ in range(steps):
                 q = self._params_from_theta(p, theta, sizes, t_unit, b)
@@ -393,7 +400,7 @@ class Fitter:
                 r, J = evaluate(theta, rows, b, True, w_sqrt)
                 cost = total(r, theta)
                 JtJ = J.T @ J + torch.diag(prior_w)
-                g = J.T @ r + prior_w * theta
+                g = J.T @ r + prior_w * (theta - mu)
                 diag = torch.diagonal(JtJ)
                 improved = converged = False
                 for _ in range(6):
@@ -472,8 +479,8 @@ class Fitter:
                 "landmark": c.w_landmark * landmark_loss(self.project_landmarks(p, verts, sub), target_lm,
                                                          weights=self.landmark_weights, scale_px=scale),
                 "photometric": c.w_photo * photometric_loss(rendered, crop, mask),
-                "identity_reg": c.w_identity * coefficient_l2(p.identity),
-                "expression_reg": c.w_expression * coefficient_l2(p.expression),
+                "identity_reg": c.w_identity * coefficient_l2(p.identity - self._prior_identity),
+                "expression_reg": c.w_expression * coefficient_l2(p.expression - self._prior_expression),
                 "albedo_smooth": c.w_albedo_smooth * albedo_smoothness(p.albedo, am.eigenvalues),
                 "albedo_symmetry": c.w_albedo_sym * albedo_symmetry(albedo, self._ph_mirror, self._ph_skin),
                 "albedo_skin": c.w_albedo_skin * albedo_skin_prior(albedo, self._ph_skin),
@@ -559,6 +566,11 @@ class Fitter:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         p = init.detach().to(dev) if init is not None else self.initial_params(target)
+        if init is not None and c.prior_from_init:
+            self._prior_identity, self._prior_expression = p.identity.clone(), p.expression.clone()
+        else:
+            self._prior_identity = torch.zeros_like(p.identity)
+            self._prior_expression = torch.zeros_like(p.expression)
         seconds["init"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         losses = self._landmark_stage(p, target, c.landmark_steps)
