@@ -622,6 +622,8 @@ def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, cand, counts
                     if nb < 0 or orient[bF + nb] != of:  # silhouette edge (inlined: a call is ~5x slower)
                         st = 2
             state[pix[n]] = st
+        # with states in {0, 1, 2} the test "either is 2 or exactly one is covered" is
+        # "the states differ or the first is 2"
         c = 2 * P * b
         for i in range(H):
             row = base + i * W
@@ -629,12 +631,12 @@ def aa_count(pix, face, seg, orient, neighbor, B, H, W, p2f, state, cand, counts
                 sa = state[row + j]
                 if j + 1 < W:
                     sb = state[row + j + 1]
-                    if sa == 2 or sb == 2 or (sa == 0) != (sb == 0):
+                    if sa != sb or sa == 2:
                         cand[c] = 2 * (i * W + j) + 1
                         c += 1
                 if i + 1 < H:
                     sb = state[row + j + W]
-                    if sa == 2 or sb == 2 or (sa == 0) != (sb == 0):
+                    if sa != sb or sa == 2:
                         cand[c] = 2 * (i * W + j)
                         c += 1
         counts[b] = c - 2 * P * b
