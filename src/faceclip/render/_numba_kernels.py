@@ -158,12 +158,17 @@ def bary_forward(xy, zs, vid, pix, W, P, bary, depth, s_out, lo, hi):  # pragma:
     """Perspective-correct barycentrics (N, 3), depth (N,) and screen barycentrics s (3, N)
     (evaluated in float64, stored in the outputs' dtype) at the centres of the flat pixels
     pix (N,) (images of P = H * W pixels, rows of W); xy (B*V, 2), zs (B*V,)."""
-    inv_p, inv_w = 1.0 / P, 1.0 / W
+    H = P // W
+    row_start = row_end = -1  # flat pixel range of the current row (pixels ascend)
+    i = 0
     for n in range(lo, hi):
         p = pix[n]
-        r = p - np.int64((p + 0.5) * inv_p) * P  # exact floor divisions (p < 2**40)
-        i = np.int64((r + 0.5) * inv_w)
-        j = r - i * W
+        if p >= row_end or p < row_start:  # a new row: one division per row, not per pixel
+            row = p // W
+            row_start = row * W
+            row_end = row_start + W
+            i = row % H
+        j = p - row_start
         k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
         x0 = np.float64(xy[k0, 0])
         y0 = np.float64(xy[k0, 1])
