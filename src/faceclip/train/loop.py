@@ -277,16 +277,18 @@ class _Logs:
         self._fields: list[str] | None = None
         if not enabled:
             return
-        if resume_step > 0 and self.csv_path.is_file():
-            # Keep rows up to the resumed step (later ones were lost with the killed run).
+        if self.csv_path.is_file():
+            # Keep the complete rows up to the resumed step: later ones were lost with the
+            # stopped run, a row cut by a kill is incomplete, and a fresh start keeps none.
             with open(self.csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+                rows = [r for r in csv.DictReader(f) if _complete_row(r) and int(r["step"]) <= resume_step]
             self._rewrite(rows)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            # Events of later steps left by an earlier run in this folder are hidden.
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is a dependency, but stay usable without it
             log.warning("tensorboard not installed: TensorBoard logs disabled (metrics.csv is still written)")
 
@@ -333,6 +335,13 @@ class _Logs:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _complete_row(row: dict) -> bool:
+    """A CSV row with every field and an integer step (not one cut short by a killed write)."""
+    if None in row or any(v is None for v in row.values()):
+        return False
+    return row.get("step", "").isdigit()
 
 
 # ---------------------------------------------------------------------- the loop
@@ -398,6 +407,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         if int(state.get("world_size", dist_info.world)) != dist_info.world:
             log.warning("resuming a run of %d process(es) with %d: the global batch, and so the data order, "
                         "differ from the original run", state["world_size"], dist_info.world)
+    elif dist_info.is_main and ckpt_path.is_file():
+        log.warning("%s holds a checkpoint: starting a new run over it (use --resume to continue)", out_dir)
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")

@@ -17,8 +17,9 @@ FaceCLIP's self-supervised loss (see ../GUIDE and the paper) with our loss funct
   over the crop (only when an identity encoder is given).
 - ``clip``: CLIP feature consistency (geometric + semantic) on face-masked images (only when
   CLIP weights are given).
-- ``param``: mean distance (cm) between predicted and ground-truth posed vertices in the camera
-  frame, when the batch carries ground-truth parameters.
+- ``param``: when the batch carries ground-truth parameters, the mean distance (cm) between
+  predicted and ground-truth canonical vertices plus the mean distance of their projections
+  (224-crop pixels / 10).
 """
 
 from __future__ import annotations
@@ -115,13 +116,17 @@ class TrainingObjective(nn.Module):
 
         Returns:
             total (scalar), the unweighted terms ``{name: scalar}``, and a dict of tensors for
-            visualisation (``rendered`` (B, S', S', 3), ``coverage``).
+            visualisation (``rendered`` (B, S', S', 3), ``coverage``, ``landmarks_px`` (B, 68, 2)
+            in crop pixels).
         """
         w = self.weights
         fit = self.fitter
         S = fit.config.render_px
         crop_px = images.shape[-1]
-        params = _with_crop(params, crop_px)
+        # The fitter renders from its own crop camera (config.crop_px, scaled to S): express the
+        # parameters there (same field of view), whatever the size of the crops.
+        fit_px = fit.config.crop_px
+        params = _with_crop(params, fit_px)
         if S != crop_px:
             target = nn.functional.interpolate(images, size=(S, S), mode="area")
             mask = nn.functional.interpolate(skin_mask[:, None].float(), size=(S, S), mode="area")[:, 0] > 0.5
@@ -132,7 +137,7 @@ class TrainingObjective(nn.Module):
         am = fit.albedo_model
         terms: dict[str, Tensor] = {}
         terms["photometric"] = photometric_loss(out.rendered, target_hwc, out.skin & mask)
-        terms["landmark"] = landmark_loss(out.landmarks_px * (224.0 / crop_px), landmarks_px * (224.0 / crop_px),
+        terms["landmark"] = landmark_loss(out.landmarks_px * (224.0 / fit_px), landmarks_px * (224.0 / crop_px),
                                           weights=self.landmark_weights)
         terms["regularization"] = (coefficient_l2(params.identity) + w.expression_reg * coefficient_l2(params.expression)
                                    + w.albedo_reg * albedo_smoothness(params.albedo, am.eigenvalues))
@@ -153,17 +158,26 @@ class TrainingObjective(nn.Module):
             face = out.coverage.unsqueeze(1).float()
             terms["clip"] = self.clip_loss(target, pasted, face).total
         if w.param > 0 and target_params is not None:
-            terms["param"] = self._param_loss(params, _with_crop(target_params, crop_px), out.vertices_mm)
+            terms["param"] = self._param_loss(params, _with_crop(target_params, fit_px), out.vertices_mm)
         total = sum(getattr(w, k) * v for k, v in terms.items())
-        return total, terms, {"rendered": out.rendered, "coverage": out.coverage, "landmarks_px": out.landmarks_px}
+        return total, terms, {"rendered": out.rendered, "coverage": out.coverage,
+                              "landmarks_px": out.landmarks_px * (crop_px / fit_px)}
 
     def _param_loss(self, params: FaceParams, target: FaceParams, verts: Tensor) -> Tensor:
-        """Mean distance (cm) of posed subset vertices, prediction vs ground truth."""
+        """Shape and image-alignment error against ground truth, both in ~cm units.
+
+        ``mean |v - v_gt|`` of the canonical (unposed) subset vertices in cm, plus the mean
+        distance between their projections in 224-crop pixels / 10 (1 px is about 1.2 mm on
+        the face). Comparing posed vertices in 3D instead would be dominated by the distance
+        to the camera, which the nearly orthographic crop camera barely constrains.
+        """
         with torch.no_grad():
             verts_gt = self.fitter._ph.vertices(target)
-        a = params.camera().to_view(verts)
-        b = target.camera().to_view(verts_gt)
-        return (a - b).norm(dim=-1).mean() / 10.0
+            proj_gt = target.camera().project(verts_gt)
+        shape_cm = (verts - verts_gt).norm(dim=-1).mean() / 10.0
+        scale = 224.0 / params.image_size[0]
+        image_px = (params.camera().project(verts) - proj_gt).norm(dim=-1).mean() * scale
+        return shape_cm + image_px / 10.0
 
 
 def _with_crop(params: FaceParams, crop_px: int) -> FaceParams:

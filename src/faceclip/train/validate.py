@@ -68,6 +68,7 @@ def render_grid(objective, images: Tensor, params, vis: dict, max_rows: int = 4)
     from dataclasses import replace
 
     from faceclip.render.shading import sh_directional
+    from faceclip.train.objective import _with_crop
 
     n = min(max_rows, images.shape[0])
     fit = objective.fitter
@@ -76,6 +77,7 @@ def render_grid(objective, images: Tensor, params, vis: dict, max_rows: int = 4)
     cover = vis["coverage"][:n].unsqueeze(-1).float()
     overlay = vis["rendered"][:n].clamp(0, 1) * cover + inp * (1 - cover)
     p = replace(params, **{k: v[:n].detach() for k, v in params.tensors().items()})
+    p = _with_crop(p, fit.config.crop_px)  # the fitter's crop camera (as in the objective)
     grey = torch.full_like(fit._ph.mean.expand(n, -1, -1), 0.7)
     light = sh_directional((0.3, 0.4, 1.0), ambient=0.5, diffuse=0.6, batch_size=n, device=grey.device)
     p = replace(p, sh=light)
