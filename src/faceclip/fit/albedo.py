@@ -183,12 +183,14 @@ def _load_or_compute(path, compute) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, KeyError, ValueError):
         pass
     basis, weights = compute()
+    # Same precision as a later read from the cache, so a fresh and a cached run agree exactly.
+    basis, weights = basis.astype(np.float32), weights.astype(np.float32)
     try:
         from faceclip.io.mesh import atomic_path
 
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, basis=basis.astype(np.float32), weights=weights.astype(np.float32))
+                np.savez(f, basis=basis, weights=weights)
     except OSError as exc:  # a read-only home only costs recomputation
         log.warning("could not cache albedo harmonics in %s: %s", path, exc)
     return basis, weights
