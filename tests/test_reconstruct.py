@@ -47,7 +47,12 @@ def test_params_json(astronaut_result):
     w = params["weights"]
     assert w["landmarks68"]["file"].endswith("shape_predictor_68_face_landmarks.dat")
     assert len(w["landmarks68"]["sha256"]) == 64
-    assert w["regressor"] == {"file": "none", "sha256": "none"} and w["clip"]["file"] == "none"
+    from faceclip.nets.regressor import SHIPPED_CHECKPOINT
+
+    # The shipped regressor initialises the fitting by default.
+    assert w["regressor"]["file"] == str(SHIPPED_CHECKPOINT) and len(w["regressor"]["sha256"]) == 64
+    assert params["initialisation"] == f"regressor {SHIPPED_CHECKPOINT.name}"
+    assert w["clip"]["file"] == "none"
     assert {"landmark", "identity_reg", "light_fit_rmse"} <= set(params["loss_terms"])  # --fast
     assert params["method"] == "fit (fast)"
     img = Image.open(EXAMPLE)

@@ -1,0 +1,57 @@
+"""The regressor shipped with the package: present, small, loads, trained, used by default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faceclip.nets.regressor import SHIPPED_CHECKPOINT, FaceRegressor, load_regressor
+
+
+@pytest.fixture(scope="module")
+def head_eyes(ict_cache):
+    from faceclip.facemodel import load_face_model
+    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+
+    return load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
+
+
+def test_shipped_checkpoint_is_small_and_loads(head_eyes):
+    assert SHIPPED_CHECKPOINT.is_file(), "the shipped regressor is missing from the package"
+    assert SHIPPED_CHECKPOINT.stat().st_size < 30 * 2**20
+    net = load_regressor(SHIPPED_CHECKPOINT, face_model=head_eyes)
+    assert net.config.backbone == "mobilenet_v2" and net.config.prm
+    assert not net.training
+
+
+def test_shipped_regressor_beats_the_mean_face_on_held_out_synthetic_faces(head_eyes):
+    """Faces of a seed used neither for training (1), validation (10001) nor the benchmark (0)."""
+    from faceclip.train.data import SyntheticFaceDataset, collate
+    from faceclip.train.loop import resize_sample
+    from faceclip.train.validate import _similarity_error_mm
+
+    net = load_regressor(SHIPPED_CHECKPOINT, face_model=head_eyes)
+    untrained = FaceRegressor(net.config, pretrained=False).eval()
+    ds = SyntheticFaceDataset(head_eyes, n=6, seed=777)
+    batch = collate([resize_sample(ds[i], net.config.crop_px) for i in range(len(ds))])
+    face = head_eyes.region_mask("face").numpy()
+    errors = {}
+    with torch.no_grad():
+        for name, model in (("trained", net), ("mean", untrained)):
+            p = model(batch.image, clamp=True)
+            pred = head_eyes.vertices(p.identity, p.expression).numpy()
+            gt = head_eyes.vertices(batch.params.identity, batch.params.expression).numpy()
+            shape = np.mean([_similarity_error_mm(pred[b][face], gt[b][face]) for b in range(len(pred))])
+            yaw = (p.angles_rad[:, 1] - batch.params.angles_rad[:, 1]).abs().mean().item()
+            errors[name] = (shape, yaw)
+    assert errors["trained"][0] < errors["mean"][0], errors
+    assert errors["trained"][1] < 0.5 * errors["mean"][1], errors  # head pose is learnt
+
+
+def test_reconstruct_uses_the_shipped_regressor_by_default(ict_cache):
+    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+
+    rec = Reconstructor(ReconstructOptions(fast=True))
+    assert rec.regressor is not None and rec.regressor_path == SHIPPED_CHECKPOINT
+    assert Reconstructor(ReconstructOptions(fast=True, no_regressor=True)).regressor is None
