@@ -113,7 +113,8 @@ class Reconstructor:
         self.regressor, self.regressor_path = self._load_regressor()
         if self.regressor is not None and not o.fast:
             refine = FitConfig.refine()
-            config.landmark_steps, config.photo_steps = refine.landmark_steps, refine.photo_steps
+            for name in ("landmark_steps", "photo_steps", "w_identity", "w_identity_landmarks"):
+                setattr(config, name, getattr(refine, name))
 
     def _load_regressor(self):
         """The regressor to use (or None) and its file, following ``method`` / ``checkpoint``."""
