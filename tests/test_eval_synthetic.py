@@ -147,11 +147,23 @@ def test_benchmark_unavailable_method_is_one_clear_error(ict_cache, capsys, monk
     assert "not available" in err and "reconstruct_array" in err
 
 
-def test_benchmark_regress_is_reported_unavailable(ict_cache, capsys):
+def test_benchmark_regress_without_a_checkpoint_is_one_clear_error(ict_cache, capsys, tmp_path):
     from faceclip.cli import main
 
-    assert main(["benchmark", "synthetic", "--n", "1", "--method", "regress", "--quiet"]) == 2
-    assert "not available" in capsys.readouterr().err
+    missing = tmp_path / "no_such_regressor.pt"
+    assert main(["benchmark", "synthetic", "--n", "1", "--method", "regress", "--quiet",
+                 "--checkpoint", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "not available" in err and "no_such_regressor.pt" in err and "Traceback" not in err
+
+
+def test_benchmark_regress_runs_with_the_shipped_regressor(ict_cache, capsys, monkeypatch):
+    from faceclip.cli import main
+
+    monkeypatch.delenv("FACECLIP_REGRESSOR", raising=False)
+    assert main(["benchmark", "synthetic", "--n", "1", "--method", "regress", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "method=regress" in out and out.strip().splitlines()[-1].startswith("synthetic_nmse_all_mm: ")
 
 
 def test_benchmark_counts_failures_and_scores_them_as_the_mean_face(ict_cache):

@@ -130,7 +130,9 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
 
     if method not in ("fit", "fit_mean", "regress"):
         raise FaceClipError(f"unknown method {method!r}", hint="use 'fit', 'fit_mean' or 'regress'")
-    key = (method, fast, device, checkpoint)
+    from faceclip.nets.regressor import default_checkpoint_path
+
+    key = (method, fast, device, str(checkpoint or default_checkpoint_path()))
     rec = _RECONSTRUCTORS.get(key)
     if rec is None:
         options = ReconstructOptions(fast=fast, device=device, method="regress" if method == "regress" else "fit",

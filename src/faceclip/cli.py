@@ -214,16 +214,23 @@ def _cmd_benchmark_synthetic(args: argparse.Namespace) -> int:
     from faceclip.evaluate.benchmark import format_report, get_method, run_synthetic_benchmark
     from faceclip.evaluate.report import write_csv, write_json
 
-    if args.checkpoint:
+    previous = os.environ.get("FACECLIP_REGRESSOR")
+    if args.checkpoint:  # the methods read the regressor from the environment; restored below
         os.environ["FACECLIP_REGRESSOR"] = str(Path(args.checkpoint).resolve())
-    get_method(args.method)  # unknown names fail before any work
-    bar = tqdm(total=args.n, unit="face", file=sys.stderr, disable=True if args.quiet else None)
-    report = run_synthetic_benchmark(
-        args.n, seed=args.seed, method=args.method, size_px=args.size,
-        progress=lambda done: bar.update(done - bar.n),
-        save_samples_to=Path(args.save_samples) if args.save_samples else None,
-    )
-    bar.close()
+    try:
+        get_method(args.method)  # unknown names fail before any work
+        bar = tqdm(total=args.n, unit="face", file=sys.stderr, disable=True if args.quiet else None)
+        report = run_synthetic_benchmark(
+            args.n, seed=args.seed, method=args.method, size_px=args.size,
+            progress=lambda done: bar.update(done - bar.n),
+            save_samples_to=Path(args.save_samples) if args.save_samples else None,
+        )
+        bar.close()
+    finally:
+        if previous is None:
+            os.environ.pop("FACECLIP_REGRESSOR", None)
+        else:
+            os.environ["FACECLIP_REGRESSOR"] = previous
     if args.out:
         out = Path(args.out)
         print(f"wrote {write_json(out / 'synthetic.json', report.as_dict())}")
