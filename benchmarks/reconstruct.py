@@ -1,7 +1,7 @@
 """Reconstruction speed and landmark accuracy on the photos in ../shared/data/faces.
 
 Usage:
-    .venv/bin/python benchmarks/reconstruct.py [--fast] [--all-faces] [--out DIR] [--faces DIR]
+    .venv/bin/python benchmarks/reconstruct.py [--fast] [--no-regressor] [--all-faces] [--out DIR] [--faces DIR]
 
 Reconstructs every photo (the largest face, or all with --all-faces) in one warm process (the
 model, detectors and albedo basis load once, as in a batch), writing the full outputs. Prints
@@ -27,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true")
     ap.add_argument("--all-faces", action="store_true")
+    ap.add_argument("--no-regressor", action="store_true", help="fit from the mean face (no regressor start)")
     ap.add_argument("--faces", default=str(REPO.parent / "shared" / "data" / "faces"))
     ap.add_argument("--out", default=None, help="keep outputs here (default: a temporary folder)")
     args = ap.parse_args()
@@ -39,7 +40,7 @@ def main() -> None:
         sys.exit(f"no images in {args.faces}")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="faceclip_bench_"))
     t0 = time.perf_counter()
-    rec = Reconstructor(ReconstructOptions(fast=args.fast, all_faces=args.all_faces))
+    rec = Reconstructor(ReconstructOptions(fast=args.fast, all_faces=args.all_faces, no_regressor=args.no_regressor))
     setup_s = time.perf_counter() - t0
     # Warm-up on the first image (first-call costs: imports, allocator), not counted.
     try:
