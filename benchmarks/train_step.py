@@ -30,7 +30,6 @@ import time
 import warnings
 
 import torch
-from torch import nn
 
 
 def make_batch(cfg, face_model):
@@ -78,7 +77,7 @@ def optional_terms(use_identity: bool, use_clip: bool, device) -> tuple[dict, di
 
 def time_steps(cfg, face_model, batch, device: str, runs: int, use_identity: bool, use_clip: bool):
     """Median seconds of (forward, backward + update, whole step) and the active loss terms."""
-    from faceclip.train.loop import _float_params, build_model
+    from faceclip.train.loop import _float_params, backward_and_step, build_model
     from faceclip.train.objective import LossWeights, TrainingObjective
 
     torch.manual_seed(0)
@@ -105,16 +104,7 @@ def time_steps(cfg, face_model, batch, device: str, runs: int, use_identity: boo
         loss, terms, _ = objective(params, b.image, b.landmarks_px, b.skin_mask, b.params)
         sync()
         t1 = time.perf_counter()
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-            opt.step()
+        backward_and_step(loss, net, opt, scaler, cfg.optim.grad_clip)
         sync()
         t2 = time.perf_counter()
         if i >= 2:  # two warm-up steps

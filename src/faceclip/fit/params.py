@@ -87,6 +87,13 @@ class FaceParams:
     def detach(self) -> "FaceParams":
         return replace(self, **{k: v.detach().clone() for k, v in self.tensors().items()})
 
+    def at_crop_size(self, size_px: int) -> "FaceParams":
+        """The same camera field of view for a square crop of ``size_px`` pixels (focal scaled)."""
+        h, _ = self.image_size
+        if h == size_px:
+            return self
+        return replace(self, focal_px=self.focal_px * (size_px / h), image_size=(size_px, size_px))
+
     def to(self, device: torch.device | str) -> "FaceParams":
         return replace(self, **{k: v.to(device) for k, v in self.tensors().items()})
 

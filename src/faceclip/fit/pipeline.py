@@ -219,12 +219,7 @@ class Reconstructor:
         if x.shape[-1] != size:
             x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                                 antialias=True)
-        p = self.regressor(x, clamp=True)
-        crop_px = self.fitter.config.crop_px
-        if size != crop_px:  # same field of view, other pixel size
-            p.focal_px = p.focal_px * (crop_px / size)
-            p.image_size = (crop_px, crop_px)
-        return p
+        return self.regressor(x, clamp=True).at_crop_size(self.fitter.config.crop_px)
 
     @torch.no_grad()
     def regressed_result(self, p) -> FitResult:

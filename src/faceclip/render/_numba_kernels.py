@@ -269,7 +269,6 @@ def bary_backward(xy, zs, vid, s, bary, depth, g_bary, g_depth, has_gb, has_gd, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def interp_forward(attr, vid, bary, out, lo, hi):  # pragma: no cover
     """out[n] = sum_k bary[n, k] attr[vid[k, n]]; attr (M, C), vid (3, N), bary (N, 3)."""
-    N = out.shape[0]
     C = out.shape[1]
     for n in range(lo, hi):
         k0, k1, k2 = vid[0, n], vid[1, n], vid[2, n]
@@ -286,7 +285,6 @@ def interp_backward(attr, vid, bary, grad, seg, want_attr, want_bary, g_attr, g_
     segments touch disjoint rows of ``attr``, and sum the slices otherwise); g_bary (N, 3).
     """
     C = grad.shape[1]
-    S = seg.shape[0] - 1
     for sgi in range(lo, hi):
         slot = min(np.int64(sgi), g_attr.shape[0] - 1)
         for n in range(seg[sgi], seg[sgi + 1]):
@@ -317,7 +315,7 @@ def interp_backward(attr, vid, bary, grad, seg, want_attr, want_bary, g_attr, g_
 def normals_forward(verts, tri, eps, out, norm, lo, hi):  # pragma: no cover
     """Area-weighted unit vertex normals. verts (B, V, 3); out (B, V, 3), norm (B, V) (the
     length before normalisation, kept for the backward)."""
-    B, V = verts.shape[0], verts.shape[1]
+    V = verts.shape[1]
     F = tri.shape[0]
     for b in range(lo, hi):
         acc = np.zeros((V, 3), verts.dtype)
@@ -348,7 +346,7 @@ def normals_forward(verts, tri, eps, out, norm, lo, hi):  # pragma: no cover
 @njit(cache=True, nogil=True, error_model="numpy")
 def normals_backward(verts, tri, eps, out, norm, grad, g_verts, lo, hi):  # pragma: no cover
     """Backward of :func:`normals_forward` into g_verts (B, V, 3) (zero on entry)."""
-    B, V = verts.shape[0], verts.shape[1]
+    V = verts.shape[1]
     F = tri.shape[0]
     for b in range(lo, hi):
         gn = np.empty((V, 3), verts.dtype)
@@ -413,7 +411,7 @@ def shq_forward(normals, weights, out, lo, hi):  # pragma: no cover
 @njit(cache=True, nogil=True, error_model="numpy")
 def shq_backward(normals, weights, grad, g_normals, g_weights, lo, hi):  # pragma: no cover
     """Backward of :func:`shq_forward`: g_normals (B, V, 3), g_weights (B, 10, C)."""
-    B, V = normals.shape[0], normals.shape[1]
+    V = normals.shape[1]
     C = weights.shape[2]
     for b in range(lo, hi):
         gw = np.zeros((10, C), g_weights.dtype)

@@ -105,9 +105,7 @@ def resize_sample(sample, size_px: int):
     s = size_px / S
     image = nn.functional.interpolate(sample.image[None], size=(size_px, size_px), mode="area")[0]
     mask = nn.functional.interpolate(sample.skin_mask[None, None].float(), size=(size_px, size_px), mode="area")[0, 0]
-    params = sample.params
-    if params is not None:
-        params = replace(params, focal_px=params.focal_px * s, image_size=(size_px, size_px))
+    params = sample.params.at_crop_size(size_px) if sample.params is not None else None
     return replace(sample, image=image, landmarks_px=sample.landmarks_px * s, skin_mask=(mask > 0.5).float(),
                    params=params)
 
@@ -123,9 +121,6 @@ class _PlannedSamples(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.base)
-
-    def resized_view(self) -> "_Resized":
-        return _Resized(self.base, self.size_px)
 
     def __getitem__(self, item):
         index, aug_seed = item
@@ -165,7 +160,7 @@ def build_datasets(cfg: TrainConfig, face_model):
     val = (D.SyntheticFaceDataset(face_model, n=d.n_val, seed=d.seed + 10_000, image_px=d.render_px)
            if d.n_val > 0 else None)
     if val is not None and d.image_px != d.render_px:
-        val = _PlannedSamples(val, None, d.image_px).resized_view()
+        val = _Resized(val, d.image_px)
     if len(train) == 0:
         raise InputError("the training set is empty")
     return train, val, augment
@@ -347,10 +342,6 @@ def _complete_row(row: dict) -> bool:
 # ---------------------------------------------------------------------- the loop
 
 
-def _to_device_batch(batch, device):
-    return batch.to(device) if hasattr(batch, "to") else batch
-
-
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Run (or resume) training as configured.
 
@@ -432,7 +423,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     net.train()
     try:
         for batch in loader:
-            batch = _to_device_batch(batch, device)
+            batch = batch.to(device)
             images = batch.image
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -442,16 +433,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             if not torch.isfinite(total):
                 raise FaceClipError(f"training diverged at step {step + 1} (loss {total.item()})",
                                     hint="lower optim.lr, or resume from the last checkpoint")
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-            else:
-                total.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-                opt.step()
+            backward_and_step(total, net, opt, scaler, cfg.optim.grad_clip)
             sched.step()
             step += 1
             n_img += images.shape[0] * dist_info.world
@@ -489,6 +471,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         dist.barrier()
     return TrainResult(out_dir, step, ckpt_path if ckpt_path.is_file() else None, reg_path, history, validation,
                        time.perf_counter() - t_start)
+
+
+def backward_and_step(loss: Tensor, net: nn.Module, opt, scaler, grad_clip: float) -> None:
+    """Backward pass, gradient-norm clipping and the optimiser step (grad scaler under AMP)."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        opt.step()
 
 
 def _float_params(params):

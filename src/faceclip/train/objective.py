@@ -182,9 +182,4 @@ class TrainingObjective(nn.Module):
 
 def _with_crop(params: FaceParams, crop_px: int) -> FaceParams:
     """``params`` re-expressed for a crop of ``crop_px`` pixels (same field of view)."""
-    h, _ = params.image_size
-    if h == crop_px:
-        return params
-    from dataclasses import replace
-
-    return replace(params, focal_px=params.focal_px * (crop_px / h), image_size=(crop_px, crop_px))
+    return params.at_crop_size(crop_px)

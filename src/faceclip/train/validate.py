@@ -11,14 +11,9 @@ from torch import Tensor
 
 def _similarity_error_mm(pred: np.ndarray, gt: np.ndarray) -> float:
     """Mean vertex distance (mm) after the best similarity transform of ``pred`` onto ``gt``."""
-    mp, mg = pred.mean(0), gt.mean(0)
-    a, b = pred - mp, gt - mg
-    u, s, vt = np.linalg.svd(a.T @ b)
-    d = np.sign(np.linalg.det(u @ vt))
-    D = np.diag([1.0, 1.0, d])
-    R = (u @ D @ vt).T
-    scale = (s * np.diag(D)).sum() / (a**2).sum()
-    return float(np.linalg.norm(scale * a @ R.T - b, axis=1).mean())
+    from faceclip.evaluate.geometry import fit_similarity
+
+    return float(np.linalg.norm(fit_similarity(pred, gt).apply(pred) - gt, axis=1).mean())
 
 
 @torch.no_grad()
