@@ -90,7 +90,9 @@ def test_runtime_lock_agrees_with_test_lock():
     assert set(runtime) < set(test)
     assert {k: test[k] for k in runtime} == runtime
     assert runtime["torch"] == "2.13.0+cpu" and runtime["torchvision"] == "0.28.0"
-    assert int(runtime["opencv-python-headless"].split(".")[0]) < 5
+    # OpenCV 5.0: the FaceNet port's reference (dnn.readNetFromTensorflow) is gone in 5.1, and
+    # 4.10-4.14 cannot import the FaceNet graph (graph_simplifier assertion).
+    assert runtime["opencv-python-headless"].startswith("5.0.")
 
 
 def test_every_pin_carries_a_hash():
