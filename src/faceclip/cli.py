@@ -1,9 +1,16 @@
 """The ``faceclip`` command line: parses arguments, calls the library, prints results.
 
-Every subcommand is a small function ``_cmd_<name>(args) -> int``. Errors derived from
-:class:`faceclip.errors.FaceClipError` are printed as one message (no traceback) and give
-exit status 2; an unexpected exception gives exit status 1 with a short message (run with
-``--debug`` for the traceback).
+Every subcommand is a small function ``_cmd_<name>(args) -> int``.
+
+Exit status, the same for every command:
+
+- 0: everything asked for was done.
+- 2: the user can act on it: bad arguments or contradictory options, an unusable input
+  (unreadable, hostile, no face), a missing model, an output location that may not be used,
+  or, in a batch, any input that failed (the other inputs' results are written). Errors
+  derived from :class:`faceclip.errors.FaceClipError` are printed as one message, no traceback.
+- 1: an unexpected internal error (a bug): a one-line message; ``--debug`` shows the traceback.
+- 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -95,7 +102,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         raise FaceClipError("no input images", hint="give image files, folders or glob patterns")
     options = ReconstructOptions(
         fast=args.fast, all_faces=args.all_faces, min_face_px=args.min_face_px, device=args.device,
-        seed=args.seed, texture_px=args.texture_size, delight=args.delight,
+        texture_px=args.texture_size, delight=args.delight, overwrite=args.overwrite,
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
         method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
@@ -114,7 +121,7 @@ def _print_reconstruct_summary(reports, out: Path) -> int:
             total = sum(v for k, v in f.seconds.items() if not k.startswith("fit_"))
             print(f"ok     {r.image} face {f.face_index} -> {f.folder}  (landmark NME {f.landmark_nme:.4f}, {total:.2f} s)")
     print(f"{len(reports) - len(failed)}/{len(reports)} images reconstructed, {n_faces} faces, results in {out}")
-    return 1 if failed else 0
+    return 2 if failed else 0
 
 
 def _cmd_landmarks(args: argparse.Namespace) -> int:
@@ -432,7 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  faceclip reconstruct photos/ 'more/*.png' --out results/ --all-faces\n"
         "  faceclip reconstruct photo.jpg --out results/ --fast\n\n"
         "Each face gets a folder <out>/<image stem>[_face<k>]/ with mesh.obj (+ .mtl, _texture.png),\n"
-        "mesh.ply, mesh.glb, params.json and overlay.png. Exit status 1 if any image failed.",
+        "mesh.ply, mesh.glb, params.json and overlay.png (names made safe; a second 'photo' becomes\n"
+        "photo-2). An existing folder is replaced only if faceclip wrote it and it holds nothing else\n"
+        "(else: --overwrite). Results are deterministic: the same photo and options give the same files.\n"
+        "Exit status 2 if any image failed (the others are written), 1 on an internal error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
@@ -448,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
     p.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector (default hog)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic per seed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace result folders even when faceclip did not write them (or they hold other files)")
     p.add_argument("--texture-size", type=int, default=1024, help="UV texture side in pixels (default 1024)")
     p.add_argument("--delight", action="store_true", help="divide the texture by the fitted lighting")
     p.add_argument("--face-model", default="ict", choices=["ict", "bfm"], help="face model (default ict)")

@@ -50,6 +50,9 @@ AUTO_UPSAMPLE_MAX_PIXELS = 1_300_000
 #: Auto upsampling keeps the first pass when one of its faces scores at least this.
 AUTO_CONFIDENT_SCORE = 0.5
 _MAX_UPSAMPLE = 4
+#: Images with a shorter side below this cannot hold a detectable face (dlib's smallest
+#: detection window is 80 px at 1x, 40 px upsampled once); they are refused up front.
+MIN_IMAGE_SIDE_PX = 32
 
 
 def detect_faces(
@@ -60,6 +63,7 @@ def detect_faces(
     threshold: float = 0.0,
     max_side_px: int | None = DEFAULT_MAX_SIDE_PX,
     landmarks: bool = True,
+    landmark_max_face_px: float | None = None,
 ) -> list[Face]:
     """Find all faces in an image, with 68-point landmarks, largest first.
 
@@ -73,6 +77,8 @@ def detect_faces(
             candidates; CNN: MMOD confidence).
         max_side_px: detect on a copy downscaled to this longer side (``None``: never).
         landmarks: also predict the 68 landmarks of each face.
+        landmark_max_face_px: predict the landmarks of larger faces on a copy of the face's
+            surroundings downscaled to this box size (see :func:`predict_landmarks`).
 
     Returns:
         Faces sorted by box area, largest first; empty when there is none.
@@ -81,7 +87,7 @@ def detect_faces(
     faces = detect_boxes(rgb, detector=detector, upsample=upsample, threshold=threshold, max_side_px=max_side_px)
     if landmarks:
         for face in faces:
-            face.landmarks = predict_landmarks(rgb, face.box)
+            face.landmarks = predict_landmarks(rgb, face.box, max_face_px=landmark_max_face_px)
     return faces
 
 
@@ -102,6 +108,9 @@ def detect_boxes(
     if upsample is not None and not 0 <= upsample <= _MAX_UPSAMPLE:
         raise InputError(f"upsample must be between 0 and {_MAX_UPSAMPLE}, got {upsample}")
     rgb = as_rgb_uint8(image)
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE_PX:
+        raise InputError(f"the image is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold a face "
+                         f"(at least {MIN_IMAGE_SIDE_PX} px on each side)")
     small, sx, sy = _downscale(rgb, max_side_px)
     steps = [upsample] if upsample is not None else _auto_steps(small)
     faces: list[Face] = []
@@ -119,18 +128,38 @@ def detect_boxes(
     return faces
 
 
-def predict_landmarks(image: np.ndarray, box: np.ndarray | list[float]) -> np.ndarray:
+def predict_landmarks(image: np.ndarray, box: np.ndarray | list[float],
+                      max_face_px: float | None = None) -> np.ndarray:
     """Predict dlib's 68 landmarks inside a face box.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         box: ``(4,)`` ``[x0, y0, x1, y1]`` image pixels (edges), typically from
             :func:`detect_boxes`.
+        max_face_px: when the box's longer side exceeds this, predict on the box's
+            surroundings (the box plus half its size on each side) downscaled (area filter)
+            so that the box is this size, and map the points back. dlib's predictor samples
+            single pixels, so this makes its result independent of the photo's resolution
+            for large faces (an upscaled photo gives the same landmarks), and bounds the work.
 
     Returns:
         ``(68, 2)`` float64 ``(x, y)`` image pixels, pixel centres at ``+0.5``.
     """
     rgb = as_rgb_uint8(image)
+    box = np.asarray(box, dtype=np.float64)
+    size = float(max(box[2] - box[0], box[3] - box[1]))
+    if max_face_px is not None and size > max_face_px:
+        h, w = rgb.shape[:2]
+        pad = 0.5 * size
+        rx0, ry0 = int(max(0, np.floor(box[0] - pad))), int(max(0, np.floor(box[1] - pad)))
+        rx1, ry1 = int(min(w, np.ceil(box[2] + pad))), int(min(h, np.ceil(box[3] + pad)))
+        s = max_face_px / size
+        nw, nh = max(1, round((rx1 - rx0) * s)), max(1, round((ry1 - ry0) * s))
+        small = cv2.resize(rgb[ry0:ry1, rx0:rx1], (nw, nh), interpolation=cv2.INTER_AREA)
+        sx, sy = nw / (rx1 - rx0), nh / (ry1 - ry0)
+        small_box = (box - np.array([rx0, ry0, rx0, ry0])) * np.array([sx, sy, sx, sy])
+        pts = predict_landmarks(small, small_box)
+        return pts / np.array([sx, sy]) + np.array([rx0, ry0])
     dlib = models.import_dlib()
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
     rect = dlib.rectangle(x0, y0, max(x0, x1 - 1), max(y0, y1 - 1))

@@ -107,7 +107,8 @@ def plan_landmark_outputs(
     ``json_out`` ending in ``.json`` names the file of a single image; otherwise it is a
     folder receiving ``<stem>.json`` per image. Overlays go to
     ``<overlay_dir>/<stem>_landmarks.png``. Images sharing a stem get ``-2``, ``-3``...
-    suffixes in input order.
+    suffixes in input order; names are made safe (no ``.``/``..``, separators or control
+    characters).
 
     Raises:
         InputError: a ``.json`` file was given for several images, or an output path
@@ -125,9 +126,9 @@ def plan_landmark_outputs(
         jp = None if json_out is None else (json_out if single_json else json_out / f"{stem}.json")
         op = None if overlay_dir is None else overlay_dir / f"{stem}_landmarks.png"
         plan.append((jp, op))
-    inputs = {Path(p).resolve() for p in images}
+    inputs = {_real(p) for p in images}
     for out in (p for pair in plan for p in pair if p is not None):
-        if out.resolve() in inputs:
+        if _real(out) in inputs:
             raise InputError(f"output {out} would overwrite an input image", hint="choose another output folder")
     return plan
 
@@ -156,15 +157,14 @@ def write_png_atomic(path: Path, rgb: np.ndarray) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
+def _real(path: Path) -> str:
+    """Canonical path for comparisons; never raises (a symbolic-link loop stays as given)."""
+    return os.path.realpath(os.path.abspath(path))
+
+
 def _unique_stems(images: list[Path]) -> list[str]:
-    used: set[str] = set()
-    out: list[str] = []
-    for p in images:
-        base = Path(p).stem or "image"
-        stem, n = base, 1
-        while stem in used:
-            n += 1
-            stem = f"{base}-{n}"
-        used.add(stem)
-        out.append(stem)
-    return out
+    """Safe, unique output stems in input order (see :mod:`faceclip.io.outputs`)."""
+    from faceclip.io.outputs import NameAllocator
+
+    names = NameAllocator()
+    return [names.claim(Path(p).stem) for p in images]

@@ -3,7 +3,15 @@
 :func:`reconstruct_image` does one photo (every selected face); :func:`reconstruct_batch`
 runs many photos, keeps going past failures and reports each. Every face's outputs are written
 into a temporary folder that is renamed into place only when complete, so a crash or a bad
-face never leaves half-written results.
+face never leaves half-written results; folder names and replacement follow the output policy
+of :mod:`faceclip.io.outputs` (safe, unique names; nothing the tool did not write is deleted).
+
+Resolution: detection, landmarks and fitting work on a copy of the photo whose longer side is
+at most :data:`WORK_MAX_SIDE_PX`, and landmarks of large faces are predicted at a standard face
+size (:data:`LANDMARK_MAX_FACE_PX`), so an upscaled photo gives the same reconstruction as the
+original and the work and memory are bounded. The texture samples the full-resolution photo;
+``overlay.png`` is drawn on the working copy. All coordinates in ``params.json`` are in pixels
+of the full-resolution photo.
 """
 
 from __future__ import annotations
@@ -11,9 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +31,20 @@ from faceclip.errors import FaceClipError, InputError
 from faceclip.facemodel import FaceModel, load_face_model
 from faceclip.fit.fitter import FitConfig, Fitter, FitResult
 from faceclip.fit.texture import image_camera, render_overlay, unwrap_texture
+from faceclip.io.outputs import (NameAllocator, check_output_root, check_replaceable, clean_stale_temporaries,
+                                 write_result_folder)
 
 log = logging.getLogger(__name__)
 
 RECONSTRUCTION_GEOMETRY = "head_eyes"
+#: Longer side (pixels) of the working copy that detection, landmarks and fitting use.
+WORK_MAX_SIDE_PX = 1600
+#: Faces larger than this (box side, pixels of the working copy) get their landmarks predicted
+#: on a copy downscaled to this size.
+LANDMARK_MAX_FACE_PX = 320
+#: The CNN detector, tried when HOG finds nothing, runs on a copy with at most this longer side
+#: (it costs ~40x HOG per pixel; large turned faces are what it is there for).
+CNN_FALLBACK_MAX_SIDE_PX = 800
 
 
 @dataclass
@@ -41,7 +56,6 @@ class ReconstructOptions:
     min_face_px: float = 32.0
     min_score: float = 0.3
     device: str = "cpu"
-    seed: int = 0
     texture_px: int = 1024
     delight: bool = False
     face_model: str = "ict"
@@ -55,6 +69,9 @@ class ReconstructOptions:
     checkpoint: str | None = None
     #: Fit from the mean face even when a regressor is available.
     no_regressor: bool = False
+    #: Replace existing result folders even when they were not written by faceclip (or hold
+    #: files it did not write). Off: such folders are refused (see faceclip.io.outputs).
+    overwrite: bool = False
 
 
 @dataclass
@@ -100,6 +117,7 @@ class Reconstructor:
     def __init__(self, options: ReconstructOptions | None = None) -> None:
         self.options = options or ReconstructOptions()
         o = self.options
+        check_options(o)
         if o.device.startswith("cuda") and not torch.cuda.is_available():
             raise FaceClipError("--device cuda requested but CUDA is not available",
                                 hint="use --device cpu, or install a CUDA build of torch")
@@ -167,15 +185,17 @@ class Reconstructor:
         """Faces to reconstruct, by the options' policy.
 
         With the HOG detector, an image where it finds nothing is tried once more with dlib's
-        CNN detector (slower, ~2 s on a CPU, but it finds strongly turned faces).
+        CNN detector on a copy of at most ``CNN_FALLBACK_MAX_SIDE_PX`` (about a second on a
+        CPU; it finds large, strongly turned faces).
         """
         from faceclip.detect import FacePolicy, detect_faces, select_faces
 
         o = self.options
-        found = detect_faces(rgb, detector=o.detector)
+        found = detect_faces(rgb, detector=o.detector, landmark_max_face_px=LANDMARK_MAX_FACE_PX)
         if not found and o.detector == "hog" and o.cnn_fallback:
             log.debug("%s: no face with HOG, trying the CNN detector", source)
-            found = detect_faces(rgb, detector="cnn")
+            found = detect_faces(rgb, detector="cnn", upsample=0, max_side_px=CNN_FALLBACK_MAX_SIDE_PX,
+                                 landmark_max_face_px=LANDMARK_MAX_FACE_PX)
         # Weak HOG detections (e.g. a face-like badge) are dropped when a confident face exists.
         confident = [f for f in found if f.score >= o.min_score]
         faces = confident if confident else found
@@ -188,7 +208,7 @@ class Reconstructor:
         crop_px = self.fitter.config.crop_px
         aligned = align_face(rgb, landmarks68, size_px=crop_px)
         mask = skin_mask(aligned.crop, aligned.landmarks, valid=aligned.valid)
-        torch.manual_seed(self.options.seed)
+        torch.manual_seed(0)  # nothing below is random today; keeps it deterministic if that changes
         crop = torch.from_numpy(aligned.crop.copy()).float() / 255.0
         init = None
         if self.regressor is not None:
@@ -230,40 +250,62 @@ class Reconstructor:
         return FitResult(params=p, vertices_mm=verts[0], albedo=albedo[0], landmarks_crop_px=lm[0],
                          losses={}, active_terms=["regressor"], seconds={})
 
-    def reconstruct_image(self, path: Path, out_dir: Path, progress: Callable[[str], None] | None = None) -> list[FaceOutput]:
-        """Reconstruct every selected face of one photo into ``out_dir/<stem>[_faceK]/``."""
+    def reconstruct_image(self, path: Path, out_dir: Path, names: NameAllocator | None = None) -> list[FaceOutput]:
+        """Reconstruct every selected face of one photo into ``out_dir/<stem>[_faceK]/``.
+
+        Folder names come from ``names`` (safe and unique within the run; a fresh allocator
+        when None). Every target folder is checked before any fitting, so a folder that may
+        not be replaced fails the photo at once.
+        """
         from faceclip.io.images import load_image
 
+        names = names if names is not None else NameAllocator()
         t0 = time.perf_counter()
-        rgb = load_image(path)
+        full = load_image(path)
+        work, scale = working_copy(full)
         t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
-        faces = self.detect(rgb, str(path))
+        faces = self.detect(work, str(path))
         t_detect = time.perf_counter() - t0
+        stem = Path(path).stem
+        folders = [out_dir / names.claim(stem if len(faces) == 1 else f"{stem}_face{k}") for k in range(len(faces))]
+        for folder in folders:
+            check_replaceable(folder, self.options.overwrite)
         outputs = []
-        for k, face in enumerate(faces):
-            name = path.stem if len(faces) == 1 else f"{path.stem}_face{k}"
+        for k, (face, folder) in enumerate(zip(faces, folders)):
             seconds = {"load": t_load, "detect": t_detect / len(faces)}
-            outputs.append(self._reconstruct_face(rgb, path, k, face, out_dir / name, seconds))
+            outputs.append(self._reconstruct_face(full, work, scale, path, k, face, folder, seconds))
         return outputs
 
-    def _reconstruct_face(self, rgb, path: Path, k: int, face, folder: Path, seconds: dict) -> FaceOutput:
+    def _reconstruct_face(self, full: np.ndarray, work: np.ndarray, scale: float, path: Path, k: int, face,
+                          folder: Path, seconds: dict) -> FaceOutput:
+        """Fit one face on the working copy; texture from the full photo; write its folder.
+
+        ``scale``: working-copy pixels per full-photo pixel (<= 1).
+        """
         t0 = time.perf_counter()
-        result, aligned = self.fit_face(rgb, face.landmarks)
+        result, aligned = self.fit_face(work, face.landmarks)
         seconds["fit"] = time.perf_counter() - t0
         seconds.update({f"fit_{k2}": v for k2, v in result.seconds.items()})
         t0 = time.perf_counter()
-        cam = image_camera(result.params, aligned.transform.inverse_matrix, rgb.shape[:2])
+        crop_to_work = aligned.transform.inverse_matrix  # (3, 3) crop -> working copy
+        crop_to_full = crop_to_work.copy()
+        crop_to_full[:2] /= scale
+        cam = image_camera(result.params, crop_to_full, full.shape[:2])
         texture, photo_fraction = unwrap_texture(
-            self.model, result.vertices_mm, result.albedo, result.params, cam, rgb,
+            self.model, result.vertices_mm, result.albedo, result.params, cam, full,
             size_px=self.options.texture_px, delight=self.options.delight)
-        overlay = render_overlay(self.model, result.vertices_mm, result.albedo, result.params, cam, rgb)
+        cam_work = image_camera(result.params, crop_to_work, work.shape[:2])
+        overlay = render_overlay(self.model, result.vertices_mm, result.albedo, result.params, cam_work, work)
         seconds["texture_overlay"] = time.perf_counter() - t0
-        lm_img = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64))
-        nme = landmark_nme(lm_img, face.landmarks)
+        lm_img = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64)) / scale
+        detected = face.landmarks / scale
+        nme = landmark_nme(lm_img, detected)
         t0 = time.perf_counter()
-        params = self._params_json(path, k, face, result, cam, lm_img, nme, photo_fraction, aligned)
-        files = write_face_outputs(folder, self.model, result, texture, overlay, params)
+        params = self._params_json(path, k, face, result, cam, lm_img, detected, nme, photo_fraction, aligned,
+                                   scale)
+        files = write_face_outputs(folder, self.model, result, texture, overlay, params,
+                                   overwrite=self.options.overwrite)
         seconds["write"] = time.perf_counter() - t0
         params_seconds = {k2: round(v, 4) for k2, v in seconds.items()}
         log.debug("%s face %d: NME %.4f, %.2f s", path, k, nme, sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
@@ -274,7 +316,8 @@ class Reconstructor:
             return "regress"
         return "fit" + (" (fast)" if self.options.fast else "")
 
-    def _params_json(self, path, k, face, result: FitResult, cam, lm_img, nme, photo_fraction, aligned) -> dict:
+    def _params_json(self, path, k, face, result: FitResult, cam, lm_img, detected, nme, photo_fraction, aligned,
+                     scale: float) -> dict:
         p = result.params
         m = self.model
         R = p.rotation()[0].cpu().numpy()
@@ -283,8 +326,11 @@ class Reconstructor:
             "image": str(path),
             "image_size": {"width": int(cam.image_size[1]), "height": int(cam.image_size[0])},
             "face_index": k,
-            "detection": {"box": [round(float(x), 2) for x in face.box], "score": round(float(face.score), 4),
+            "detection": {"box": [round(float(x) / scale, 2) for x in face.box], "score": round(float(face.score), 4),
                           "detector": face.detector},
+            "working_copy": {"scale": round(scale, 6), "max_side_px": WORK_MAX_SIDE_PX,
+                             "note": "detection, landmarks, fitting and overlay.png use the photo scaled by "
+                                     "this factor; all coordinates here are full-photo pixels"},
             "model": {"name": m.name, "geometry": m.geometry, "n_vertices": m.n_vertices,
                       "n_triangles": m.n_triangles, "licence": m.licence},
             "method": self._method_name(),
@@ -292,7 +338,6 @@ class Reconstructor:
                                else "mean face + PnP pose (no regressor)"),
             "weights": self.weights_used(),
             "loss_terms": {name: round(v, 6) for name, v in result.losses.items()},
-            "seed": self.options.seed,
             "units": "mm; mesh in the model frame (right-handed, +X subject's left, +Y up, +Z out of the face)",
             "identity": [round(float(x), 6) for x in p.identity[0]],
             "expression": {n: round(float(x), 6) for n, x in zip(m.expression_names, p.expression[0])},
@@ -306,7 +351,7 @@ class Reconstructor:
             "camera": {"fx_px": float(cam.fx[0]), "fy_px": float(cam.fy[0]), "cx_px": float(cam.cx[0]),
                        "cy_px": float(cam.cy[0]), "image_size_hw": list(cam.image_size),
                        "pixel_convention": "x right, y down, origin at the top-left image corner, pixel centres at +0.5"},
-            "crop": {"size_px": aligned.size_px, **aligned.transform.to_dict()},
+            "crop": {"size_px": aligned.size_px, "of": "working copy", **aligned.transform.to_dict()},
             "lighting": {"sh_9x3": np.round(p.sh[0].cpu().numpy(), 6).tolist(),
                          "convention": "Deep3DFaceRecon SH basis with Lambertian constants, view frame (see faceclip.render.shading)"},
             "albedo": {"model": self.fitter.albedo_model.kind,
@@ -314,7 +359,7 @@ class Reconstructor:
             "texture": {"size_px": self.options.texture_px, "delit": self.options.delight,
                         "photo_fraction_of_face": round(photo_fraction, 4)},
             "landmarks68_2d": np.round(lm_img, 3).tolist(),
-            "detected_landmarks68_2d": np.round(face.landmarks, 3).tolist(),
+            "detected_landmarks68_2d": np.round(detected, 3).tolist(),
             "landmark_nme_interocular": round(nme, 5),
         }
 
@@ -331,54 +376,87 @@ def _version() -> str:
     return __version__
 
 
+def working_copy(rgb: np.ndarray, max_side_px: int = WORK_MAX_SIDE_PX) -> tuple[np.ndarray, float]:
+    """The photo downscaled (area filter) so its longer side is at most ``max_side_px``.
+
+    Returns:
+        ``(H', W', 3)`` uint8 copy (``rgb`` itself when small enough) and the scale
+        (working-copy pixels per photo pixel, <= 1; the same on both axes).
+    """
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side_px:
+        return rgb, 1.0
+    s = max_side_px / max(h, w)
+    small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return small, s
+
+
+def check_options(o: ReconstructOptions) -> None:
+    """Refuse contradictory options up front (before any model is loaded)."""
+    if o.no_regressor and o.checkpoint:
+        raise FaceClipError("--no-regressor and --checkpoint contradict each other",
+                            hint="drop one: --no-regressor fits from the mean face, --checkpoint picks a regressor")
+    if o.no_regressor and o.method == "regress":
+        raise FaceClipError("--method regress needs the regressor; --no-regressor turns it off",
+                            hint="drop --no-regressor, or use --method fit")
+    if o.texture_px < 16 or o.texture_px > 8192:
+        raise FaceClipError(f"--texture-size {o.texture_px}: must be between 16 and 8192")
+
+
 def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, texture: np.ndarray,
-                       overlay: np.ndarray, params: dict) -> list[Path]:
+                       overlay: np.ndarray, params: dict, overwrite: bool = False) -> list[Path]:
     """Write mesh.obj/.mtl/_texture.png, mesh.ply, mesh.glb, params.json, overlay.png atomically.
 
-    Everything goes to a temporary sibling folder first, which replaces ``folder`` at the end.
+    Everything goes to a temporary sibling folder first, which replaces ``folder`` at the end
+    (see :func:`faceclip.io.outputs.write_result_folder`: a folder the tool did not write, or
+    one holding files it did not write, is refused unless ``overwrite``).
     """
     from PIL import Image
 
     from faceclip.api import export_mesh
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    def write(tmp: Path) -> None:
         export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy(),
                     glb_texture_format="jpeg")
         (tmp / "params.json").write_text(json.dumps(params, indent=1))
         Image.fromarray(overlay).save(tmp / "overlay.png", compress_level=3)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return sorted(folder.iterdir())
+
+    meta = {"image": params.get("image"), "face_index": params.get("face_index")}
+    return write_result_folder(Path(folder), write, meta=meta, overwrite=overwrite)
 
 
 def reconstruct_batch(inputs: Iterable[Path], out_dir: Path, options: ReconstructOptions | None = None,
                       show_progress: bool = True) -> list[ImageReport]:
     """Reconstruct many photos; one failing photo never stops the others.
 
+    The output folder is checked (and created) before any model is loaded; temporary folders
+    left by killed runs are removed. Output folder names are safe and unique in input order
+    (``photo``, ``photo-2``...; see :mod:`faceclip.io.outputs`).
+
     Returns one :class:`ImageReport` per input (``error`` set for failures).
     """
     from tqdm import tqdm
 
     paths = list(inputs)
+    options = options or ReconstructOptions()
+    check_options(options)
+    out_dir = check_output_root(Path(out_dir))
+    for stale in clean_stale_temporaries(out_dir):
+        log.info("removed %s, left by an interrupted run", stale)
     rec = Reconstructor(options)
+    names = NameAllocator()
     reports = []
     for path in tqdm(paths, desc="reconstruct", unit="image", disable=None if show_progress else True):
         report = ImageReport(Path(path))
         try:
-            report.faces = rec.reconstruct_image(Path(path), Path(out_dir))
+            report.faces = rec.reconstruct_image(Path(path), out_dir, names)
         except FaceClipError as exc:
-            report.error = str(exc).splitlines()[0]
-        except (ValueError, RuntimeError, OSError) as exc:
+            report.error = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+        except MemoryError:
+            report.error = "out of memory while processing this image"
+        except Exception as exc:  # noqa: BLE001 - one bad photo must not end the batch
             log.debug("failure on %s", path, exc_info=True)
             report.error = f"{type(exc).__name__}: {exc}"
         reports.append(report)

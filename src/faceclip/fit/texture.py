@@ -221,7 +221,10 @@ def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
     cam_win = window_camera(cam_img, win)
     dfrag, _, _ = rasterize_mesh(verts, tri, cam_win, cull_backfaces=True)
     depth_img = dfrag.depth_image[0]
-    photo_t = torch.tensor(photo, device=dev, dtype=torch.float32) / 255.0
+    # Only the window of the photo is converted (a large photo would cost 12 bytes a pixel).
+    photo_t = torch.tensor(photo[win.y0:win.y0 + win.height, win.x0:win.x0 + win.width], device=dev,
+                           dtype=torch.float32) / 255.0
+    offset = torch.tensor([float(win.x0), float(win.y0)], device=dev)
 
     # Start from the fallback, then blend in the mirror view and the direct view where seen
     # (sampling the photo only for those texels).
@@ -233,7 +236,7 @@ def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
     for ids, w, xy in ((need, w2, xy2), (None, w1, xy1)):
         seen = torch.nonzero(w > 0).flatten()
         rows = seen if ids is None else ids[seen]
-        c = _bilinear(photo_t, xy[seen])
+        c = _bilinear(photo_t, xy[seen] - offset)
         if delight:
             c = c / irr[rows]
         ws = w[seen].unsqueeze(1)

@@ -9,9 +9,11 @@ Handled: EXIF orientation (all 8 values), grayscale and 1-bit, palette (with or 
 transparency), alpha (composited on a background colour), CMYK (colour-managed when the file
 carries an ICC profile), 16-bit and 32-bit integer and float images, multi-frame files (the
 first frame is used). Refused with :class:`faceclip.errors.InputError` naming the file:
-missing paths, folders, empty files, non-images, truncated or corrupt data, and images
-above a configurable pixel count (a decompression-bomb guard that fires on the header,
-before any pixel is decoded).
+missing paths, broken links and link loops, folders, anything that is not a regular file
+(named pipes, devices, sockets: refused without reading, so ``/dev/zero`` or a FIFO never
+hangs or fills memory), empty files, files above a size limit (checked before reading),
+non-images, truncated or corrupt data, and images above a configurable pixel count (a
+decompression-bomb guard that fires on the header, before any pixel is decoded).
 
 Example::
 
@@ -24,9 +26,11 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ from faceclip.errors import InputError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "LoadedImage",
     "IMAGE_SUFFIXES",
@@ -52,6 +57,10 @@ __all__ = [
 #: Default limit on width x height (120 megapixels: above any phone camera's default
 #: output, far below what would exhaust memory). Raise it with ``max_pixels=``.
 DEFAULT_MAX_PIXELS = 120_000_000
+
+#: Default limit on the file size in bytes (512 MiB: a 120-megapixel uncompressed 8-bit TIFF
+#: is 360 MB). Checked on the file system before anything is read.
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
 #: Default colour that transparent pixels are composited onto (RGB, 0..255).
 DEFAULT_BACKGROUND = (255, 255, 255)
@@ -101,6 +110,7 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> np.ndarray:
     """Load an image file as an upright RGB array.
 
@@ -108,14 +118,16 @@ def load_image(
         path: image file (any format Pillow reads: JPEG, PNG, TIFF, WebP, BMP, GIF...).
         max_pixels: refuse images whose width x height exceeds this (``None``: no limit).
         background: RGB colour that transparent pixels are composited onto.
+        max_bytes: refuse files larger than this (``None``: no limit).
 
     Returns:
         ``(H, W, 3)`` ``uint8`` RGB array.
 
     Raises:
-        InputError: the file is missing, empty, not an image, truncated or too large.
+        InputError: the file is missing, not a regular file, empty, not an image, truncated
+            or too large.
     """
-    return read_image(path, max_pixels=max_pixels, background=background).rgb
+    return read_image(path, max_pixels=max_pixels, background=background, max_bytes=max_bytes).rgb
 
 
 def read_image(
@@ -123,10 +135,11 @@ def read_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> LoadedImage:
     """Like :func:`load_image`, returning a :class:`LoadedImage` with metadata."""
     p = Path(path)
-    data = _read_bytes(p)
+    data = _read_bytes(p, max_bytes)
     with _open_pil(p, data, max_pixels) as im:
         _check_size(p, im.size, max_pixels)
         fmt = im.format or "unknown"
@@ -194,16 +207,57 @@ def as_rgb_uint8(array: np.ndarray, *, name: str = "image") -> np.ndarray:
 # --------------------------------------------------------------------------- helpers
 
 
-def _read_bytes(p: Path) -> bytes:
-    """Read the whole file, turning file-system problems into :class:`InputError`."""
-    if not p.exists():
-        raise InputError(f"{p}: no such file", hint="check the path")
-    if p.is_dir():
-        raise InputError(f"{p}: is a folder, not an image file")
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(p: Path, mode: int) -> InputError:
+    if stat.S_ISDIR(mode):
+        return InputError(f"{p}: is a folder, not an image file")
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return InputError(f"{p}: is {kind}, not an image file; refusing to read it",
+                      hint="copy the image into a regular file first")
+
+
+def _read_bytes(p: Path, max_bytes: int | None = DEFAULT_MAX_BYTES) -> bytes:
+    """Read a regular file of at most ``max_bytes``, turning every problem into :class:`InputError`.
+
+    The checks run on the file system before anything is read, and the file is opened
+    non-blocking and checked again on the open descriptor, so pipes, devices and huge (or
+    sparse) files are refused without reading them.
+    """
     try:
-        data = p.read_bytes()
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise InputError(f"{p}: broken symbolic link (its target does not exist)") from None
+        raise InputError(f"{p}: no such file", hint="check the path") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{p}: symbolic link loop") from None
+        raise InputError(f"{p}: cannot access the file ({_short(exc)})") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(p, st.st_mode)
+    if st.st_size == 0:
+        raise InputError(f"{p}: the file is empty (0 bytes)", hint="re-export or re-download the file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise InputError(f"{p}: the file is {st.st_size / 2**20:,.0f} MiB, above the limit of "
+                         f"{max_bytes / 2**20:,.0f} MiB for an image",
+                         hint="pass a larger max_bytes if the file is trusted")
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise InputError(f"{p}: cannot read the file ({_short(exc)})") from exc
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode
+        if not stat.S_ISREG(mode):  # swapped for something else since the check above
+            raise _not_regular(p, mode)
+        try:
+            data = fh.read(max_bytes + 1 if max_bytes is not None else -1)
+        except OSError as exc:
+            raise InputError(f"{p}: cannot read the file ({_short(exc)})") from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise InputError(f"{p}: the file grew past the limit of {max_bytes / 2**20:,.0f} MiB while being read")
     if not data:
         raise InputError(f"{p}: the file is empty (0 bytes)", hint="re-export or re-download the file")
     return data
