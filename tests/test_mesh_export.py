@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+
 import numpy as np
 import pytest
 import trimesh
 from PIL import Image
 
-from faceclip.io.mesh import bake_vertex_colors, split_by_uv, write_glb, write_obj, write_ply
+from faceclip.io.mesh import bake_vertex_colors, split_by_uv, vertex_normals, write_glb, write_obj, write_ply
 
 
 @pytest.fixture()
@@ -26,6 +30,152 @@ def quad_mesh():
 
 def _corner_positions(mesh: trimesh.Trimesh) -> np.ndarray:
     return np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
+
+
+def _glb_primitive(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Parse a one-primitive GLB by hand (no importer heuristics): its accessors' JSON by
+    attribute name (plus "indices") and the data they point to."""
+    blob = Path(path).read_bytes()
+    magic, version, _ = struct.unpack_from("<4sII", blob, 0)
+    assert magic == b"glTF" and version == 2
+    json_len, json_type = struct.unpack_from("<I4s", blob, 12)
+    assert json_type == b"JSON"
+    gltf = json.loads(blob[20:20 + json_len])
+    bin_len, bin_type = struct.unpack_from("<I4s", blob, 20 + json_len)
+    assert bin_type == b"BIN\0"
+    binary = blob[28 + json_len: 28 + json_len + bin_len]
+    (mesh,) = gltf["meshes"]
+    (prim,) = mesh["primitives"]
+    refs = dict(prim["attributes"], indices=prim["indices"])
+    dtypes = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}
+    widths = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
+    accessors, data = {}, {}
+    for name, i in refs.items():
+        acc = gltf["accessors"][i]
+        view = gltf["bufferViews"][acc["bufferView"]]
+        n = widths[acc["type"]]
+        start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+        arr = np.frombuffer(binary, dtypes[acc["componentType"]], acc["count"] * n, start)
+        accessors[name], data[name] = acc, arr.reshape(acc["count"], n)
+    data["indices"] = data["indices"].reshape(-1, 3).astype(np.int64)
+    return accessors, data
+
+
+@pytest.fixture()
+def sphere():
+    """An icosphere (radius 50 mm, off the origin) with counter-clockwise-from-outside
+    triangles, and random per-corner UVs, so that the writers split every vertex."""
+    ico = trimesh.creation.icosphere(subdivisions=2)
+    v = ico.vertices * 50.0 + np.array([10.0, -20.0, 30.0])
+    f = np.asarray(ico.faces, dtype=np.int64)
+    uv = np.random.default_rng(0).random((len(f), 3, 2))
+    return v, f, uv, np.full((4, 4, 3), 200, np.uint8)
+
+
+def _face_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    return n / np.linalg.norm(n, axis=1, keepdims=True)
+
+
+def test_vertex_normals_are_area_weighted_unit_and_follow_winding():
+    # Vertex 0 is shared by a large triangle in the z=0 plane and a small one in the x=0 plane.
+    v = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, -1], [0, 1, 0], [5, 5, 5.0]])
+    f = np.array([[0, 1, 2], [0, 4, 3]])
+    n = vertex_normals(v, f)
+    assert n.shape == (6, 3) and np.allclose(np.linalg.norm(n, axis=1), 1.0)
+    # Cross products: (0, 0, 100) and (-1, 0, 0); area weighting -> (-1, 0, 100) normalised.
+    assert np.allclose(n[0], np.array([-1.0, 0, 100]) / np.hypot(1, 100))
+    assert np.allclose(n[1], [0, 0, 1]) and np.allclose(n[3], [-1, 0, 0])
+    assert np.allclose(vertex_normals(v, f[:, ::-1])[:5], -n[:5])  # reversed winding: reversed normals
+    assert np.allclose(n[5], [0, 0, 1])  # unreferenced vertex: still unit length (glTF)
+
+
+def test_glb_normals_unit_outward_and_shared_across_seams(tmp_path, sphere):
+    v, f, uv, tex = sphere
+    write_glb(tmp_path / "s.glb", v, f, uv, tex)
+    acc, data = _glb_primitive(tmp_path / "s.glb")
+    assert "NORMAL" in acc
+    assert acc["NORMAL"]["componentType"] == 5126 and acc["NORMAL"]["type"] == "VEC3"
+    pos, nrm, tri = data["POSITION"].astype(np.float64), data["NORMAL"].astype(np.float64), data["indices"]
+    assert acc["NORMAL"]["count"] == acc["POSITION"]["count"] == len(pos) > len(v)  # split at seams
+    assert np.abs(np.linalg.norm(nrm, axis=1) - 1.0).max() < 1e-6  # glTF: unit length
+    # Outward: along the radius of this convex mesh, and close to the adjacent face normals.
+    radial = pos - v.mean(axis=0)
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    assert (nrm * radial).sum(1).min() > 0.999
+    assert (nrm[tri] * _face_normals(pos, tri)[:, None]).sum(-1).min() > 0.95
+    # Every split copy of a vertex carries the normal of the unsplit mesh.
+    _, _, _, src = split_by_uv(v, f, uv)
+    assert np.allclose(pos, v[src], atol=1e-4)
+    assert np.allclose(nrm, vertex_normals(v, f)[src], atol=1e-6)
+
+
+def test_glb_normals_of_a_flipped_winding_point_inward(tmp_path, sphere):
+    """The outward check above is not vacuous: triangles wound the other way (clockwise from
+    outside) give inward normals, so a winding or sign error in the writer would be caught."""
+    v, f, uv, tex = sphere
+    write_glb(tmp_path / "flip.glb", v, f[:, ::-1], uv[:, ::-1], tex)
+    _, data = _glb_primitive(tmp_path / "flip.glb")
+    radial = data["POSITION"] - v.mean(axis=0)
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    assert (data["NORMAL"] * radial).sum(1).max() < -0.999
+
+
+def test_glb_normals_smooth_across_a_uv_seam(tmp_path, quad_mesh):
+    v, f, uv, tex = quad_mesh  # non-planar quad, UV seam along the shared edge 0-2
+    write_glb(tmp_path / "q.glb", v, f, uv, tex)
+    _, data = _glb_primitive(tmp_path / "q.glb")
+    pos, nrm = data["POSITION"].astype(np.float64), data["NORMAL"].astype(np.float64)
+    expected = vertex_normals(v, f)
+    for k in (0, 2):  # the seam vertices: two copies each, both with the smooth normal
+        copies = np.flatnonzero(np.all(np.abs(pos - v[k]) < 1e-4, axis=1))
+        assert len(copies) == 2
+        assert np.allclose(nrm[copies], expected[k], atol=1e-6)
+    # ...which is not either triangle's own normal (each copy sees both triangles).
+    fn = _face_normals(v, f)
+    assert min(np.abs(expected[0] - fn[0]).max(), np.abs(expected[0] - fn[1]).max()) > 0.05
+
+
+def test_glb_vertex_colours_has_normals_and_normals_can_be_left_out(tmp_path, sphere):
+    v, f, _, _ = sphere
+    write_glb(tmp_path / "c.glb", v, f, vertex_colors=np.full((len(v), 3), 0.5))
+    acc, data = _glb_primitive(tmp_path / "c.glb")
+    assert acc["NORMAL"]["count"] == len(v) and np.allclose(data["NORMAL"], vertex_normals(v, f), atol=1e-6)
+    write_glb(tmp_path / "n.glb", v, f, normals=False)
+    assert "NORMAL" not in _glb_primitive(tmp_path / "n.glb")[0]
+
+
+def test_obj_normals_round_trip(tmp_path, sphere):
+    v, f, uv, tex = sphere
+    write_obj(tmp_path / "s.obj", v, f, uv, tex)
+    lines = (tmp_path / "s.obj").read_text().splitlines()
+    assert sum(line.startswith("vn ") for line in lines) == len(v)
+    face_lines = [line for line in lines if line.startswith("f ")]
+    assert len(face_lines) == len(f)
+    a, b, c = face_lines[0].split()[1].split("/")
+    assert a == c  # f v/vt/vn: one normal per vertex, same index
+    back = trimesh.load(tmp_path / "s.obj", process=False)
+    assert np.allclose(_corner_positions(back), v[f], atol=1e-5)
+    ours = vertex_normals(v, f)
+    assert np.allclose(np.asarray(back.vertex_normals)[np.asarray(back.faces)], ours[f], atol=1e-6)
+    radial = v - v.mean(axis=0)
+    assert ((ours * radial).sum(1) > 0).all()
+    # Without UVs: "f v//vn".
+    write_obj(tmp_path / "p.obj", v, f)
+    assert "//" in (tmp_path / "p.obj").read_text().splitlines()[-1]
+    back = trimesh.load(tmp_path / "p.obj", process=False, maintain_order=True)
+    assert np.array_equal(back.faces, f) and np.allclose(back.vertex_normals, ours, atol=1e-6)
+    write_obj(tmp_path / "none.obj", v, f, uv, tex, normals=False)
+    assert "\nvn " not in (tmp_path / "none.obj").read_text()
+
+
+def test_ply_normals_round_trip(tmp_path, sphere):
+    v, f, _, _ = sphere
+    write_ply(tmp_path / "s.ply", v, f, np.full((len(v), 3), 0.5))
+    header = (tmp_path / "s.ply").read_bytes().split(b"end_header")[0].decode()
+    assert "property float nx" in header
+    back = trimesh.load(tmp_path / "s.ply", process=False)
+    assert np.allclose(back.vertex_normals, vertex_normals(v, f), atol=1e-6)
 
 
 def test_obj_round_trip_with_texture(tmp_path, quad_mesh):
@@ -133,3 +283,14 @@ def test_export_ict_head_opens_in_trimesh(tmp_path, ict_head):
     # mm units: head width 100-250 mm in every file.
     for m in (obj, ply, mesh):
         assert 100 < float(np.ptp(np.asarray(m.vertices)[:, 0])) < 250
+    # Smooth normals in all three files, the same for every copy of a vertex, outward overall.
+    v, f = ict_head.mean_mm.numpy().astype(np.float64), ict_head.triangles.numpy()
+    ours = vertex_normals(v, f)
+    assert np.allclose(np.asarray(obj.vertex_normals)[np.asarray(obj.faces)], ours[f], atol=1e-6)
+    assert np.allclose(ply.vertex_normals, ours, atol=1e-6)
+    acc, data = _glb_primitive(tmp_path / "mesh.glb")
+    assert acc["NORMAL"]["count"] == acc["POSITION"]["count"] > ict_head.n_vertices
+    _, _, _, src = split_by_uv(v, f, ict_head.uv.numpy())
+    assert np.allclose(data["NORMAL"], ours[src], atol=1e-6)
+    outward = ((ours * (v - v.mean(axis=0))).sum(1) > 0).mean()
+    assert outward > 0.75  # a head is not convex, but most of it faces away from its centre

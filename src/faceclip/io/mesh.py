@@ -1,5 +1,10 @@
 """Mesh export: OBJ + MTL + texture PNG, PLY with vertex colours, and binary glTF (GLB).
 
+Every format carries smooth per-vertex normals (:func:`vertex_normals`: area-weighted, unit
+length, pointing to the side from which the triangles are counter-clockwise, i.e. outward for
+FaceCLIP's meshes). They are computed once on the mesh as given and then indexed, so the copies
+of a vertex that the writers make along UV seams share one normal and the seams stay invisible.
+
 All writers take millimetre vertices in FaceCLIP's model frame (right-handed, +X toward the
 subject's left, +Y up, +Z out of the face; see :mod:`faceclip.facemodel.base`) and write them
 unchanged, so files open upright and facing +Z in MeshLab; glTF is +Y up by definition, so
@@ -56,6 +61,61 @@ def _check_mesh(vertices: np.ndarray, triangles: np.ndarray) -> None:
         raise ValueError("triangle indices out of range")
 
 
+def vertex_normals(vertices, triangles) -> np.ndarray:
+    """Area-weighted unit vertex normals, (V, 3) float64.
+
+    Each vertex gets the sum of its triangles' unnormalised normals (cross products, so larger
+    triangles weigh more), normalised; the normal points to the side from which the triangle's
+    corners run counter-clockwise (the right-hand rule). Vertices where that sum vanishes
+    (unreferenced, or only degenerate / cancelling triangles) get the normalised sum of their
+    unit triangle normals, and failing that +Z, so that every normal is unit length as glTF
+    requires.
+    """
+    v = _np(vertices).astype(np.float64)
+    f = _np(triangles).astype(np.int64)
+    n_v = len(v)
+    normals = np.zeros((n_v, 3))
+    if len(f) == 0:
+        normals[:, 2] = 1.0
+        return normals
+    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # (F, 3), |.| = 2 * area
+    corners = f.reshape(-1)
+
+    def accumulate(face_vectors: np.ndarray) -> np.ndarray:
+        rep = np.repeat(face_vectors, 3, axis=0)  # one row per corner, in ``corners`` order
+        return np.stack([np.bincount(corners, weights=rep[:, c], minlength=n_v) for c in range(3)], 1)
+
+    normals = accumulate(cross)
+    length = np.linalg.norm(normals, axis=1)
+    scale = float(np.linalg.norm(cross, axis=1).max())
+    bad = length <= 1e-12 * max(scale, 1e-300)
+    if bad.any():
+        flen = np.linalg.norm(cross, axis=1, keepdims=True)
+        unit = np.divide(cross, flen, out=np.zeros_like(cross), where=flen > 1e-12 * max(scale, 1e-300))
+        fallback = accumulate(unit)
+        normals[bad] = fallback[bad]
+        length[bad] = np.linalg.norm(fallback[bad], axis=1)
+        still = bad & (length <= 1e-9)
+        normals[still] = (0.0, 0.0, 1.0)
+        length[still] = 1.0
+    return normals / length[:, None]
+
+
+def _normals_arg(normals, vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray | None:
+    """A writer's ``normals`` argument -> (V, 3) unit normals or None (True: compute them)."""
+    if normals is None or normals is False:
+        return None
+    if normals is True:
+        return vertex_normals(vertices, triangles)
+    n = _np(normals).astype(np.float64)
+    if n.shape != vertices.shape:
+        raise ValueError(f"normals must be (V, 3) like the vertices, got {n.shape}")
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    if not np.isfinite(n).all() or (length < 1e-12).any():
+        raise ValueError("normals must be finite and non-zero")
+    return n / length
+
+
 def _to_uint8_image(texture: np.ndarray) -> Image.Image:
     t = _np(texture)
     if t.dtype != np.uint8:
@@ -109,6 +169,7 @@ def write_obj(
     uv=None,
     texture=None,
     material_name: str = "face",
+    normals=True,
 ) -> list[Path]:
     """Write a Wavefront OBJ (+ MTL and texture PNG when ``uv`` and ``texture`` are given).
 
@@ -119,6 +180,8 @@ def write_obj(
         triangles: (F, 3) vertex indices (0-based), counter-clockwise seen from outside.
         uv: (F, 3, 2) per-corner UVs in [0, 1] (v up), or None.
         texture: (H, W, 3) uint8 or float [0, 1] RGB, row 0 = top (v = 1), or None.
+        normals: True (default): write :func:`vertex_normals` as ``vn`` lines (one per vertex,
+            faces ``f v/vt/vn``); a (V, 3) array: write those (normalised); False: none.
 
     Returns:
         The written files, OBJ first.
@@ -127,6 +190,7 @@ def write_obj(
     v = _np(vertices_mm).astype(np.float64)
     f = _np(triangles).astype(np.int64)
     _check_mesh(v, f)
+    n = _normals_arg(normals, v, f)
     written: list[Path] = []
     lines = ["# FaceCLIP mesh: millimetres, right-handed, +X subject's left, +Y up, +Z toward viewer"]
     mtl_name = tex_name = None
@@ -142,6 +206,8 @@ def write_obj(
         written.append(path.parent / mtl_name)
         lines.append(f"mtllib {mtl_name}")
     lines.append(_rows("v %.6f %.6f %.6f", v))
+    if n is not None:
+        lines.append(_rows("vn %.7f %.7f %.7f", n))  # vn k belongs to v k
     if uv is not None:
         uniq, tidx = _unique_uv(_np(uv))
         if tidx.shape[0] != f.shape[0]:
@@ -149,8 +215,15 @@ def write_obj(
         lines.append(_rows("vt %.7f %.7f", uniq))
         if mtl_name:
             lines.append(f"usemtl {material_name}")
-        corners = np.stack([f + 1, tidx + 1], axis=-1).reshape(len(f), 6)
-        lines.append(_rows("f %d/%d %d/%d %d/%d", corners))
+        if n is not None:
+            corners = np.stack([f + 1, tidx + 1, f + 1], axis=-1).reshape(len(f), 9)
+            lines.append(_rows("f %d/%d/%d %d/%d/%d %d/%d/%d", corners))
+        else:
+            corners = np.stack([f + 1, tidx + 1], axis=-1).reshape(len(f), 6)
+            lines.append(_rows("f %d/%d %d/%d %d/%d", corners))
+    elif n is not None:
+        corners = np.stack([f + 1, f + 1], axis=-1).reshape(len(f), 6)
+        lines.append(_rows("f %d//%d %d//%d %d//%d", corners))
     else:
         lines.append(_rows("f %d %d %d", f + 1))
     with atomic_path(path) as tmp:
@@ -158,22 +231,28 @@ def write_obj(
     return [path] + written
 
 
-def write_ply(path: str | Path, vertices_mm, triangles, vertex_colors=None) -> Path:
-    """Write a binary PLY with optional per-vertex colours ((V, 3) uint8 or float in [0, 1])."""
+def write_ply(path: str | Path, vertices_mm, triangles, vertex_colors=None, normals=True) -> Path:
+    """Write a binary PLY with optional per-vertex colours ((V, 3) uint8 or float in [0, 1]).
+
+    ``normals`` as in :func:`write_obj` (written as the vertex properties ``nx ny nz``).
+    """
     import trimesh
 
     v = _np(vertices_mm).astype(np.float64)
     f = _np(triangles).astype(np.int64)
     _check_mesh(v, f)
+    n = _normals_arg(normals, v, f)
     mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
     if vertex_colors is not None:
         c = _np(vertex_colors)
         if c.dtype != np.uint8:
             c = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
         mesh.visual.vertex_colors = np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], axis=1)
+    if n is not None:
+        mesh.vertex_normals = n  # set last: trimesh keeps them in a cache that edits clear
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(mesh.export(file_type="ply"))
+        tmp.write_bytes(trimesh.exchange.ply.export_ply(mesh, encoding="binary", vertex_normal=n is not None))
     return path
 
 
@@ -199,21 +278,24 @@ def split_by_uv(vertices: np.ndarray, triangles: np.ndarray, uv_corners: np.ndar
 
 
 def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, vertex_colors=None,
-              texture_format: str = "png") -> Path:
+              texture_format: str = "png", normals=True) -> Path:
     """Write binary glTF 2.0: textured when ``uv`` and ``texture`` are given, else vertex colours.
 
     Positions are written in mm as they are (glTF nominally uses metres; importers that honour
     this show a 1000x larger object: scale by 0.001 on import if needed). ``texture_format``
     ``"jpeg"`` embeds the texture as a quality-95 JPEG (several times faster to encode and
-    smaller than PNG, at a small loss); ``"png"`` is lossless.
+    smaller than PNG, at a small loss); ``"png"`` is lossless. ``normals`` as in
+    :func:`write_obj` (a ``NORMAL`` attribute, float32 unit vectors; computed on the mesh as
+    given, so the copies of a vertex split along UV seams share one normal).
     """
     import trimesh
 
     v = _np(vertices_mm).astype(np.float64)
     f = _np(triangles).astype(np.int64)
     _check_mesh(v, f)
+    n = _normals_arg(normals, v, f)
     if uv is not None and texture is not None:
-        v2, f2, uv2, _ = split_by_uv(v, f, _np(uv))
+        v2, f2, uv2, src = split_by_uv(v, f, _np(uv))
         image = _to_uint8_image(texture)
         if texture_format.lower() in ("jpeg", "jpg"):
             # trimesh embeds JPEG-format images as JPEG (encoding once more at high quality).
@@ -226,6 +308,8 @@ def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, v
                 baseColorTexture=image, metallicFactor=0.0, roughnessFactor=0.9)
         )
         mesh = trimesh.Trimesh(vertices=v2, faces=f2, visual=visual, process=False)
+        if n is not None:
+            n = n[src]
     else:
         mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
         if vertex_colors is not None:
@@ -233,9 +317,12 @@ def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, v
             if c.dtype != np.uint8:
                 c = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
             mesh.visual.vertex_colors = c
+    if n is not None:
+        mesh.vertex_normals = n  # set last: trimesh keeps them in a cache that edits clear
+    scene = trimesh.Scene(mesh)
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh)))
+        tmp.write_bytes(trimesh.exchange.gltf.export_glb(scene, include_normals=n is not None))
     return path
 
 
