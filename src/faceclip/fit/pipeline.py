@@ -467,7 +467,7 @@ def expand_inputs(items: Iterable[str]) -> list[Path]:
     """Files, folders (their images, sorted) and glob patterns -> image paths.
 
     Raises:
-        InputError: a pattern or path matches nothing.
+        InputError: a pattern matches nothing, or a folder holds no image.
     """
     import glob
 
@@ -477,7 +477,11 @@ def expand_inputs(items: Iterable[str]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(list_image_files([p]))
+            found = list_image_files([p])
+            if not found:
+                raise InputError(f"{p}: a folder with no image files in it",
+                                 hint="give image files, or a folder holding them (not searched recursively)")
+            out.extend(found)
         elif any(ch in item for ch in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
