@@ -214,6 +214,8 @@ def test_check_replaceable_rules(tmp_path):
     with pytest.raises(OutputError):
         check_replaceable(tmp_path / "link", overwrite=True)
     (tmp_path / "theirs").mkdir()
+    check_replaceable(tmp_path / "theirs")  # empty: nothing to lose
+    (tmp_path / "theirs" / "thesis.tex").write_text("x")
     with pytest.raises(OutputError, match="not created by faceclip"):
         check_replaceable(tmp_path / "theirs")
     check_replaceable(tmp_path / "theirs", overwrite=True)
@@ -288,3 +290,15 @@ def test_sigkill_mid_write_is_cleaned_by_the_next_run(tmp_path):
 
 def test_output_error_is_a_faceclip_error():
     assert issubclass(OutputError, FaceClipError)
+
+
+def test_export_mean_never_overwrites_a_users_folder(ict_cache, home, capsys):
+    docs = home / "results"  # holds notes.txt and mine/
+    before = _snapshot(docs)
+    assert main(["export-mean", "--geometry", "face", "--out", str(docs)]) == 2
+    assert "not created by faceclip" in capsys.readouterr().err
+    assert _snapshot(docs) == before
+    mean = home / "mean"
+    assert main(["export-mean", "--geometry", "face", "--out", str(mean)]) == 0
+    assert main(["export-mean", "--geometry", "face", "--out", str(mean)]) == 0  # its own: replaced
+    assert (mean / "mesh.glb").is_file() and (mean / MARKER_NAME).is_file()

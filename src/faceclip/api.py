@@ -46,16 +46,19 @@ def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh"
 
 
 def export_mean_face(out_dir: Path, face_model: str = "ict", face_model_path: str | None = None,
-                     geometry: str | None = None, preview: bool = True) -> list[Path]:
-    """Export a model's mean face (OBJ/MTL/PNG, PLY, GLB), a preview PNG and ``params.json``."""
-    from faceclip.io.mesh import atomic_path
+                     geometry: str | None = None, preview: bool = True, overwrite: bool = False) -> list[Path]:
+    """Export a model's mean face (OBJ/MTL/PNG, PLY, GLB), a preview PNG and ``params.json``.
+
+    ``out_dir`` is written as one result folder (see :mod:`faceclip.io.outputs`): created, or
+    replaced atomically when it is empty or an earlier export; a folder holding anything else
+    is refused unless ``overwrite``.
+    """
+    from faceclip.io.outputs import check_replaceable, write_result_folder
     from faceclip.io.preview import save_model_preview
 
-    model = load_face_model(face_model, path=face_model_path, geometry=geometry)
     out_dir = Path(out_dir)
-    files = export_mesh(model, model.mean_mm, out_dir)
-    if preview:
-        files.append(save_model_preview(model, out_dir / "preview.png"))
+    check_replaceable(out_dir, overwrite)  # before the model is loaded
+    model = load_face_model(face_model, path=face_model_path, geometry=geometry)
     params = {
         "model": model.name,
         "geometry": model.geometry,
@@ -68,10 +71,14 @@ def export_mean_face(out_dir: Path, face_model: str = "ict", face_model_path: st
         "expression": {name: 0.0 for name in model.expression_names},
         "licence": model.licence,
     }
-    with atomic_path(out_dir / "params.json") as tmp:
-        tmp.write_text(json.dumps(params, indent=2))
-    files.append(out_dir / "params.json")
-    return files
+
+    def write(tmp: Path) -> None:
+        export_mesh(model, model.mean_mm, tmp)
+        if preview:
+            save_model_preview(model, tmp / "preview.png")
+        (tmp / "params.json").write_text(json.dumps(params, indent=2))
+
+    return write_result_folder(out_dir, write, meta={"command": "export-mean"}, overwrite=overwrite)
 
 
 def example_image() -> Path:

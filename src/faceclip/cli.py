@@ -78,6 +78,7 @@ def _cmd_export_mean(args: argparse.Namespace) -> int:
         face_model=args.face_model,
         face_model_path=args.face_model_path,
         geometry=args.geometry,
+        overwrite=args.overwrite,
     )
     for f in files:
         print(f"wrote {f}")
@@ -387,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_face_model_args(p, geometry_default=None)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier export)")
+    p.add_argument("--overwrite", action="store_true", help="replace the folder even if it holds other files")
     p.set_defaults(func=_cmd_export_mean)
 
     # demo (the README's main job)

@@ -1,7 +1,7 @@
 """Where results go: safe names, folders the tool owns, atomic replacement, stale temporaries.
 
 The policy every command that writes result folders follows (``faceclip reconstruct``,
-``faceclip demo``):
+``faceclip demo``, ``faceclip export-mean``; ``faceclip landmarks`` names its files the same way):
 
 - **Safe names.** A folder name comes from the input's file name through :func:`safe_name`:
   path separators, control characters and characters that other systems forbid are replaced,
@@ -151,8 +151,9 @@ def _legacy_marker(folder: Path) -> dict | None:
 def check_replaceable(folder: Path, overwrite: bool = False) -> None:
     """Raise :class:`OutputError` unless writing a result to ``folder`` endangers nothing.
 
-    Fine: ``folder`` does not exist; it is a result folder of this tool (marker present)
-    holding only the files its marker lists; or ``overwrite`` is set and it is a folder.
+    Fine: ``folder`` does not exist or is an empty folder; it is a result folder of this tool
+    (marker present) holding only the files its marker lists; or ``overwrite`` is set and it is
+    a folder.
     """
     folder = Path(folder)
     if not os.path.lexists(folder):
@@ -160,7 +161,7 @@ def check_replaceable(folder: Path, overwrite: bool = False) -> None:
     if folder.is_symlink() or not folder.is_dir():
         raise OutputError(f"{folder}: exists and is not a result folder (a file or a link); not replacing it",
                           hint="move it away or choose another --out")
-    if overwrite:
+    if overwrite or not any(folder.iterdir()):  # an empty folder holds nothing to lose
         return
     marker = _read_marker(folder) or _legacy_marker(folder)
     if marker is None:
