@@ -156,3 +156,23 @@ def test_upscaled_photo_gives_the_same_reconstruction(ict_cache, tmp_path):
     lm0, lm1 = np.array(p0["landmarks68_2d"]), np.array(p1["landmarks68_2d"])
     assert np.abs(lm1 / 4 - lm0).mean() < 1.5
     assert Image.open(out / "big" / "overlay.png").size == (1600, 1600)  # drawn on the working copy
+
+
+def test_memory_error_on_one_photo_does_not_end_the_batch(ict_cache, tmp_path, monkeypatch):
+    from faceclip.fit import pipeline
+
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(EXAMPLE.read_bytes())
+    real = pipeline.Reconstructor.reconstruct_image
+
+    def flaky(self, path, out_dir, names=None):
+        if Path(path).name == "b.png":
+            raise MemoryError()
+        return real(self, path, out_dir, names)
+
+    monkeypatch.setattr(pipeline.Reconstructor, "reconstruct_image", flaky)
+    reports = pipeline.reconstruct_batch([tmp_path / n for n in ("a.png", "b.png", "c.png")], tmp_path / "out",
+                                         pipeline.ReconstructOptions(method="regress", texture_px=64),
+                                         show_progress=False)
+    assert [r.error for r in reports] == [None, "out of memory while processing this image", None]
+    assert (tmp_path / "out" / "a" / "mesh.glb").is_file() and (tmp_path / "out" / "c" / "mesh.glb").is_file()
