@@ -102,3 +102,13 @@ def test_every_pin_carries_a_hash():
         for line in blocks:
             start = text.index(line)
             assert "--hash=sha256:" in text[start:start + len(line) + 120], (path.name, line)
+
+
+def test_render_benchmark_without_deodr_says_so_and_fails():
+    """The runtime environment has no DEODR: the benchmark must not print `nan` as its headline."""
+    code = ("import sys, runpy; sys.modules['deodr'] = None; sys.argv = ['render.py', '--runs', '1']; "
+            f"runpy.run_path({str(ROOT / 'benchmarks' / 'render.py')!r}, run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "DEODR is not installed" in res.stderr and "--skip-deodr" in res.stderr
+    assert "nan" not in res.stdout
