@@ -567,7 +567,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     # ---- further subcommands (landmarks, reconstruct, evaluate, train...) go above this line
+    _point_to_docs(parser, sub)
     return parser
+
+
+#: The documentation page (under docs/ in the repository, or the built site) of each command.
+DOCS_PAGES = {
+    "reconstruct": "reconstruct.md", "demo": "reconstruct.md", "landmarks": "front-end.md",
+    "models": "face-models.md", "export-mean": "face-models.md", "evaluate": "evaluation.md",
+    "benchmark": "evaluation.md", "prepare-data": "training.md", "train": "training.md",
+}
+
+
+def _point_to_docs(parser: argparse.ArgumentParser, sub) -> None:
+    """Append 'documentation: docs/<page>' to the help of the main parser and every subcommand."""
+    parser.epilog = (parser.epilog or "") + "\ndocumentation: docs/index.md in the repository (mkdocs serve)"
+    for name, p in sub.choices.items():
+        page = DOCS_PAGES.get(name, "cli.md")
+        p.epilog = ((p.epilog + "\n\n") if p.epilog else "") + f"documentation: docs/{page}"
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def main(argv: Sequence[str] | None = None) -> int:
