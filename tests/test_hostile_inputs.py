@@ -98,7 +98,7 @@ def test_hostile_corpus_under_a_memory_limit(ict_cache, corpus, tmp_path):
     assert len([ln for ln in lines if ln.startswith("FAILED")]) == len(bad)  # one line each, nothing else
     assert f"1/{len(inputs)} images reconstructed" in res.stdout
     assert (out / "good" / "mesh.glb").is_file()
-    assert sorted(p.name for p in out.iterdir()) == ["good"]
+    assert sorted(p.name for p in out.iterdir()) == ["good", "results.jsonl"]
 
 
 def test_landmarks_batch_survives_the_corpus(corpus, tmp_path):

@@ -88,7 +88,7 @@ def test_dot_dot_names_never_delete_user_files(ict_cache, home):
     after = _snapshot(home)
     assert {k: v for k, v in after.items() if k in before} == before  # every file survives
     made = sorted(p.name for p in (home / "results").iterdir())
-    assert made == ["image", "image-2", "jpg", "mine", "notes.txt"]
+    assert made == ["image", "image-2", "jpg", "mine", "notes.txt", "results.jsonl"]
     for d in ("image", "image-2", "jpg"):
         assert (home / "results" / d / "mesh.glb").is_file()
 
@@ -145,13 +145,24 @@ def test_rerun_replaces_own_results_but_never_user_files(ict_cache, home, capsys
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
+def test_a_users_results_jsonl_is_never_replaced(ict_cache, home, capsys):
+    shutil.copy(EXAMPLE, home / "photos" / "a.png")
+    (home / "results" / "results.jsonl").write_text('{"my": "own data"}\n')
+    assert main(["reconstruct", str(home / "photos" / "a.png"), "--out", str(home / "results"), *FAST]) == 2
+    assert "results.jsonl: exists and was not written by faceclip" in capsys.readouterr().err
+    assert (home / "results" / "results.jsonl").read_text() == '{"my": "own data"}\n'
+    assert not (home / "results" / "a").exists()
+
+
 def test_folder_not_written_by_faceclip_is_refused(ict_cache, home, capsys):
     shutil.copy(EXAMPLE, home / "photos" / "mine.png")  # results/mine/ is the user's own folder
     before = _snapshot(home / "results")
     assert main(["reconstruct", str(home / "photos" / "mine.png"), "--out", str(home / "results"), *FAST]) == 2
     err = capsys.readouterr().err
     assert "not created by faceclip" in err
-    assert _snapshot(home / "results") == before
+    after = _snapshot(home / "results")
+    assert json.loads(after.pop("results.jsonl").splitlines()[1])["status"] == "failed"  # the manifest says so
+    assert after == before
 
 
 def test_out_is_an_existing_file_fails_before_any_work(ict_cache, home, capsys):

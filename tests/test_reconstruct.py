@@ -108,7 +108,7 @@ def test_batch_keeps_going_and_reports_failures(ict_cache, tmp_path, capsys):
     assert "Traceback" not in captured.err
     assert "1/3 images reconstructed" in captured.out
     assert (out / "face" / "mesh.obj").is_file()
-    assert sorted(p.name for p in out.iterdir()) == ["face"]
+    assert sorted(p.name for p in out.iterdir()) == ["face", "results.jsonl"]
 
 
 def test_demo_command(ict_cache, tmp_path):

@@ -107,14 +107,20 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
         method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
-    reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet)
+    reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet,
+                                workers=args.workers, resume=args.resume)
     return _print_reconstruct_summary(reports, Path(args.out))
 
 
 def _print_reconstruct_summary(reports, out: Path) -> int:
     n_faces = sum(len(r.faces) for r in reports)
     failed = [r for r in reports if r.error]
+    skipped = sum(r.skipped for r in reports)
+    if skipped:
+        print(f"resumed: {skipped} images already done (listed in the manifest), not redone")
     for r in reports:
+        if r.skipped:
+            continue
         if r.error:
             msg = r.error if str(r.image) in r.error else f"{r.image}: {r.error}"
             print(f"FAILED {msg}", file=sys.stderr)
@@ -444,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mesh.ply, mesh.glb, params.json and overlay.png (names made safe; a second 'photo' becomes\n"
         "photo-2). An existing folder is replaced only if faceclip wrote it and it holds nothing else\n"
         "(else: --overwrite). Results are deterministic: the same photo and options give the same files.\n"
+        "<out>/results.jsonl lists every face (or failure) as it completes; --resume continues a run.\n"
         "Exit status 2 if any image failed (the others are written), 1 on an internal error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -462,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace result folders even when faceclip did not write them (or they hold other files)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes, each loading the models once (default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip photos that <out>/results.jsonl lists as done; redo failed and missing ones")
     p.add_argument("--texture-size", type=int, default=1024, help="UV texture side in pixels (default 1024)")
     p.add_argument("--delight", action="store_true", help="divide the texture by the fitted lighting")
     p.add_argument("--face-model", default="ict", choices=["ict", "bfm"], help="face model (default ict)")

@@ -31,8 +31,7 @@ from faceclip.errors import FaceClipError, InputError
 from faceclip.facemodel import FaceModel, load_face_model
 from faceclip.fit.fitter import FitConfig, Fitter, FitResult
 from faceclip.fit.texture import image_camera, render_overlay, unwrap_texture
-from faceclip.io.outputs import (NameAllocator, check_output_root, check_replaceable, clean_stale_temporaries,
-                                 write_result_folder)
+from faceclip.io.outputs import check_replaceable, safe_name, write_result_folder
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +92,10 @@ class ImageReport:
     image: Path
     faces: list[FaceOutput] = field(default_factory=list)
     error: str | None = None
+    #: Wall time of the whole photo (load, detection, every face), seconds.
+    seconds: float = 0.0
+    #: True when a resumed run found this photo already done (its faces read from the manifest).
+    skipped: bool = False
 
 
 _HASHES: dict[tuple, str] = {}
@@ -250,16 +253,17 @@ class Reconstructor:
         return FitResult(params=p, vertices_mm=verts[0], albedo=albedo[0], landmarks_crop_px=lm[0],
                          losses={}, active_terms=["regressor"], seconds={})
 
-    def reconstruct_image(self, path: Path, out_dir: Path, names: NameAllocator | None = None) -> list[FaceOutput]:
-        """Reconstruct every selected face of one photo into ``out_dir/<stem>[_faceK]/``.
+    def reconstruct_image(self, path: Path, out_dir: Path, base: str | None = None) -> list[FaceOutput]:
+        """Reconstruct every selected face of one photo into ``out_dir/<base>[_faceK]/``.
 
-        Folder names come from ``names`` (safe and unique within the run; a fresh allocator
-        when None). Every target folder is checked before any fitting, so a folder that may
-        not be replaced fails the photo at once.
+        ``base``: the photo's folder name (default: its file stem made safe); a batch plans
+        safe, unique names for all photos up front (:func:`faceclip.batch.plan_output_names`).
+        Every target folder is checked before any fitting, so a folder that may not be replaced
+        fails the photo at once.
         """
         from faceclip.io.images import load_image
 
-        names = names if names is not None else NameAllocator()
+        base = base or safe_name(Path(path).stem)
         t0 = time.perf_counter()
         full = load_image(path)
         work, scale = working_copy(full)
@@ -267,8 +271,7 @@ class Reconstructor:
         t0 = time.perf_counter()
         faces = self.detect(work, str(path))
         t_detect = time.perf_counter() - t0
-        stem = Path(path).stem
-        folders = [out_dir / names.claim(stem if len(faces) == 1 else f"{stem}_face{k}") for k in range(len(faces))]
+        folders = [out_dir / (base if len(faces) == 1 else f"{base}_face{k}") for k in range(len(faces))]
         for folder in folders:
             check_replaceable(folder, self.options.overwrite)
         outputs = []
@@ -428,39 +431,35 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
 
 
 def reconstruct_batch(inputs: Iterable[Path], out_dir: Path, options: ReconstructOptions | None = None,
-                      show_progress: bool = True) -> list[ImageReport]:
+                      show_progress: bool = True, workers: int = 1, resume: bool = False) -> list[ImageReport]:
     """Reconstruct many photos; one failing photo never stops the others.
 
-    The output folder is checked (and created) before any model is loaded; temporary folders
-    left by killed runs are removed. Output folder names are safe and unique in input order
-    (``photo``, ``photo-2``...; see :mod:`faceclip.io.outputs`).
+    See :func:`faceclip.batch.run_batch` (output names, the ``results.jsonl`` manifest,
+    ``workers`` processes, ``resume``).
 
-    Returns one :class:`ImageReport` per input (``error`` set for failures).
+    Returns one :class:`ImageReport` per input, in input order (``error`` set for failures).
     """
-    from tqdm import tqdm
+    from faceclip.batch import run_batch
 
-    paths = list(inputs)
-    options = options or ReconstructOptions()
-    check_options(options)
-    out_dir = check_output_root(Path(out_dir))
-    for stale in clean_stale_temporaries(out_dir):
-        log.info("removed %s, left by an interrupted run", stale)
-    rec = Reconstructor(options)
-    names = NameAllocator()
-    reports = []
-    for path in tqdm(paths, desc="reconstruct", unit="image", disable=None if show_progress else True):
-        report = ImageReport(Path(path))
-        try:
-            report.faces = rec.reconstruct_image(Path(path), out_dir, names)
-        except FaceClipError as exc:
-            report.error = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-        except MemoryError:
-            report.error = "out of memory while processing this image"
-        except Exception as exc:  # noqa: BLE001 - one bad photo must not end the batch
-            log.debug("failure on %s", path, exc_info=True)
-            report.error = f"{type(exc).__name__}: {exc}"
-        reports.append(report)
-    return reports
+    return run_batch(list(inputs), Path(out_dir), options or ReconstructOptions(), workers=workers,
+                     resume=resume, show_progress=show_progress)
+
+
+def reconstruct_one(rec: Reconstructor, path: Path, out_dir: Path, base: str) -> ImageReport:
+    """One photo of a batch: its faces, or its error as one line (never raises but on Ctrl-C)."""
+    report = ImageReport(Path(path))
+    t0 = time.perf_counter()
+    try:
+        report.faces = rec.reconstruct_image(Path(path), out_dir, base)
+    except FaceClipError as exc:
+        report.error = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+    except MemoryError:
+        report.error = "out of memory while processing this image"
+    except Exception as exc:  # noqa: BLE001 - one bad photo must not end the batch
+        log.debug("failure on %s", path, exc_info=True)
+        report.error = f"{type(exc).__name__}: {exc}"
+    report.seconds = time.perf_counter() - t0
+    return report
 
 
 def expand_inputs(items: Iterable[str]) -> list[Path]:

@@ -1,0 +1,261 @@
+"""Many photos: planned output names, a manifest written as results complete, resumable runs,
+and a pool of worker processes.
+
+The job of ``faceclip reconstruct`` over a list of photos::
+
+    reports = run_batch(paths, Path("results"), ReconstructOptions(), workers=2, resume=True)
+
+- **Names** are planned once, up front, in input order (:func:`plan_output_names`), so they do
+  not depend on which worker finishes first: a photo's folder is ``<name>/`` (one face) or
+  ``<name>_face<k>/`` (several), and a photo whose own name looks like another photo's face
+  folder (``group_face1.png`` beside ``group.jpg``) is moved aside to ``group_face1-2``.
+- **Manifest**: ``<out>/results.jsonl`` starts with a header line (``{"faceclip_manifest": 1}``)
+  and gets one JSON line per face (``status: "ok"``, its folder, timings, landmark NME) or per
+  failed photo (``status: "failed"``, the reason), written and flushed as each photo completes.
+  Lines of earlier runs for other photos are kept; a ``results.jsonl`` without the header (not
+  written by faceclip) is refused unless ``overwrite``.
+- **Resume** (``resume=True``): photos whose faces are all ``ok`` in the manifest, with their
+  folders still in place, are skipped; failed and missing photos are done again. Result folders
+  are written atomically, so a run killed at any point (Ctrl-C, SIGKILL) leaves complete results
+  or none, and resuming it gives the same results as an uninterrupted run.
+- **Workers** (``workers=N``): N processes, each loading the models once and using
+  ``cpu_count // N`` threads, so N workers do not oversubscribe the cores. Every photo's
+  computation is the same function as in a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from faceclip.fit.pipeline import (FaceOutput, ImageReport, ReconstructOptions, Reconstructor, check_options,
+                                   reconstruct_one)
+from faceclip.io.outputs import (MARKER_NAME, NameAllocator, OutputError, check_output_root,
+                                 clean_stale_temporaries)
+
+__all__ = ["MANIFEST_NAME", "plan_output_names", "read_manifest", "run_batch"]
+
+log = logging.getLogger(__name__)
+
+#: The manifest file in the output folder.
+MANIFEST_NAME = "results.jsonl"
+
+
+def plan_output_names(paths: list[Path]) -> list[str]:
+    """Safe, unique folder names for the photos of a batch, in input order.
+
+    ``photo`` twice gives ``photo`` and ``photo-2``; a name of the form ``<other>_face<k>``
+    where ``<other>`` is another photo's name is suffixed too, so that it cannot collide with
+    the face folders of a photo with several faces.
+    """
+    names = NameAllocator()
+    bases = [names.claim(Path(p).stem) for p in paths]
+    lower = {b.lower() for b in bases}
+    for i, b in enumerate(bases):
+        m = re.fullmatch(r"(.+)_face\d+", b)
+        if m and m.group(1).lower() in lower:
+            bases[i] = names.claim(b)
+    return bases
+
+
+def _key(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def _check_manifest_is_ours(out_dir: Path, overwrite: bool) -> None:
+    """A ``results.jsonl`` that faceclip did not write (no header line) is never replaced."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if overwrite or not os.path.lexists(path):
+        return
+    try:
+        with open(path) as fh:
+            head = json.loads(fh.readline())
+    except (OSError, ValueError, UnicodeDecodeError):
+        head = None
+    if not (isinstance(head, dict) and "faceclip_manifest" in head) or path.is_symlink():
+        raise OutputError(f"{path}: exists and was not written by faceclip; refusing to replace it",
+                          hint="move it away, choose another --out, or pass --overwrite")
+
+
+def read_manifest(out_dir: Path) -> dict[str, list[dict]]:
+    """Manifest lines per photo (absolute path), in file order; a torn last line is ignored."""
+    entries: dict[str, list[dict]] = {}
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return entries
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed run
+        if isinstance(rec, dict) and isinstance(rec.get("image_abs"), str):
+            entries.setdefault(rec["image_abs"], []).append(rec)
+    return entries
+
+
+def _done_faces(lines: list[dict], out_dir: Path) -> list[dict] | None:
+    """The ok face entries of a photo if it is completely done (folders present), else None."""
+    if not lines or any(rec.get("status") != "ok" for rec in lines):
+        return None
+    for rec in lines:
+        if not (out_dir / str(rec.get("folder", "")) / MARKER_NAME).is_file():
+            return None
+    return lines
+
+
+class _Manifest:
+    """Appends one JSON line per face or failed photo, flushed and synced as photos complete.
+
+    The file is (re)written only when the first photo completes, so a run that fails before
+    any photo (a missing model, say) leaves the output folder as it was.
+    """
+
+    def __init__(self, out_dir: Path, keep: dict[str, list[dict]]) -> None:
+        self.path = Path(out_dir) / MANIFEST_NAME
+        self.keep = keep
+        self.fh = None
+
+    def _open(self) -> None:
+        from faceclip import __version__
+
+        tmp = self.path.with_name(f".{MANIFEST_NAME}.tmp")
+        with open(tmp, "w") as fh:  # a header, the lines kept from earlier runs, then this run's
+            fh.write(json.dumps({"faceclip_manifest": 1, "version": __version__}) + "\n")
+            for lines in self.keep.values():
+                for rec in lines:
+                    fh.write(json.dumps(rec) + "\n")
+        os.replace(tmp, self.path)
+        self.fh = open(self.path, "a")
+
+    def add(self, report: ImageReport, out_dir: Path) -> None:
+        if self.fh is None:
+            self._open()
+        base = {"image": str(report.image), "image_abs": _key(report.image)}
+        if report.error is not None:
+            lines = [{**base, "status": "failed", "face_index": None, "reason": report.error,
+                      "seconds": round(report.seconds, 4)}]
+        else:
+            lines = [{**base, "status": "ok", "face_index": f.face_index, "folder": f.folder.name,
+                      "landmark_nme": round(f.landmark_nme, 5), "seconds": f.seconds} for f in report.faces]
+        for rec in lines:
+            self.fh.write(json.dumps(rec) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_WORKER: Reconstructor | None = None
+_WORKER_ERROR: BaseException | None = None
+
+
+def _init_worker(options: ReconstructOptions, threads: int) -> None:
+    """Load the models once per worker. A failure is kept and raised by the first task (an
+    initializer that raises would make the pool start new workers forever)."""
+    import torch
+
+    global _WORKER, _WORKER_ERROR
+    torch.set_num_threads(threads)
+    try:
+        _WORKER = Reconstructor(options)
+    except Exception as exc:  # noqa: BLE001 - re-raised in _work, reported by the caller
+        _WORKER_ERROR = exc
+
+
+def _work(task: tuple[int, str, str, str]) -> tuple[int, ImageReport]:
+    index, path, out_dir, base = task
+    if _WORKER is None:
+        raise _WORKER_ERROR if _WORKER_ERROR is not None else RuntimeError("worker not initialised")
+    return index, reconstruct_one(_WORKER, Path(path), Path(out_dir), base)
+
+
+def _threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, workers: int = 1,
+              resume: bool = False, show_progress: bool = True,
+              on_report: Callable[[ImageReport], None] | None = None) -> list[ImageReport]:
+    """Reconstruct ``paths`` into ``out_dir``; see the module docstring.
+
+    Args:
+        paths: photos, in the order that decides their folder names.
+        out_dir: output folder (checked and created before any model is loaded).
+        options: reconstruction options (checked first).
+        workers: processes (1: this process).
+        resume: skip photos the manifest lists as done; redo the rest.
+        show_progress: a progress bar on stderr.
+        on_report: called in this process with each photo's report as it completes.
+
+    Returns:
+        One :class:`ImageReport` per photo, in input order.
+    """
+    from tqdm import tqdm
+
+    if workers < 1:
+        from faceclip.errors import FaceClipError
+
+        raise FaceClipError(f"--workers {workers}: must be at least 1")
+    check_options(options)
+    out_dir = check_output_root(Path(out_dir))
+    for stale in clean_stale_temporaries(out_dir):
+        log.info("removed %s, left by an interrupted run", stale)
+    _check_manifest_is_ours(out_dir, options.overwrite)
+    paths = [Path(p) for p in paths]
+    bases = plan_output_names(paths)
+    earlier = read_manifest(out_dir)
+    batch_keys = {_key(p) for p in paths}
+    # Photos of earlier runs that are not in this batch keep their lines; this batch's photos
+    # get this run's lines (or, resuming, their earlier ones when done).
+    keep: dict[str, list[dict]] = {k: v for k, v in earlier.items() if k not in batch_keys}
+    if not resume:
+        earlier = {}
+    reports: list[ImageReport | None] = [None] * len(paths)
+    todo: list[int] = []
+    for i, p in enumerate(paths):
+        done = _done_faces(earlier.get(_key(p), []), out_dir)
+        if done is None:
+            todo.append(i)
+            continue
+        keep[_key(p)] = done
+        faces = [FaceOutput(p, int(rec["face_index"]), out_dir / rec["folder"], [], float(rec["landmark_nme"]),
+                            dict(rec.get("seconds", {}))) for rec in done]
+        reports[i] = ImageReport(p, faces=faces, skipped=True)
+    manifest = _Manifest(out_dir, keep)
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="reconstruct", unit="image",
+               disable=None if show_progress else True)
+
+    def finish(i: int, report: ImageReport) -> None:
+        reports[i] = report
+        manifest.add(report, out_dir)
+        if on_report is not None:
+            on_report(report)
+        bar.update(1)
+
+    try:
+        if not todo:
+            pass
+        elif workers == 1 or len(todo) == 1:
+            rec = Reconstructor(options)
+            for i in todo:
+                finish(i, reconstruct_one(rec, paths[i], out_dir, bases[i]))
+        else:
+            ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start is unsafe
+            n = min(workers, len(todo))
+            tasks = [(i, str(paths[i]), str(out_dir), bases[i]) for i in todo]
+            with ctx.Pool(n, initializer=_init_worker, initargs=(options, _threads_per_worker(n))) as pool:
+                for i, report in pool.imap_unordered(_work, tasks):
+                    finish(i, report)
+    finally:
+        bar.close()
+        manifest.close()
+    return [r for r in reports if r is not None]

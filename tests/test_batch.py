@@ -1,0 +1,140 @@
+"""Batches: planned names, the results.jsonl manifest, --resume after SIGKILL, --workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FACES_DIR, REPO
+from faceclip.batch import MANIFEST_NAME, plan_output_names, read_manifest
+
+EXAMPLE = REPO / "examples" / "astronaut.png"
+FAST = ["--method", "regress", "--texture-size", "64", "--quiet"]
+PHOTOS = ["2008_001009.jpg", "2008_002079.jpg", "2009_004587.jpg", "dogs.jpg"]
+
+
+def _cli(*args: str, threads: int = 1, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return subprocess.run([sys.executable, "-m", "faceclip.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=600, **kw)
+
+
+def _results(out: Path) -> dict[str, bytes]:
+    """Every result file (not the manifest) -> its bytes, params.json without timings."""
+    got = {}
+    for f in sorted(out.rglob("*")):
+        if not f.is_file() or f.name == MANIFEST_NAME:
+            continue
+        data = f.read_bytes()
+        if f.name == "params.json":
+            d = json.loads(data)
+            data = json.dumps({k: v for k, v in d.items() if k != "seconds"}, sort_keys=True).encode()
+        got[str(f.relative_to(out))] = data
+    return got
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        shutil.copy(FACES_DIR / name, d / name)
+    shutil.copy(EXAMPLE, d / "astronaut.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(ict_cache, photos, tmp_path_factory):
+    """An uninterrupted single-process run, one thread."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    res = _cli("reconstruct", str(photos), "--out", str(out), *FAST)
+    assert res.returncode == 2  # dogs.jpg has no face
+    return out
+
+
+def test_plan_output_names():
+    paths = [Path("a/photo.png"), Path("b/photo.jpg"), Path("g/group.jpg"), Path("g/group_face1.png"),
+             Path("x/..jpg"), Path("x/group_face2-x.png")]
+    assert plan_output_names(paths) == ["photo", "photo-2", "group", "group_face1-2", "image", "group_face2-x"]
+
+
+def test_manifest_lists_every_face_and_failure(reference):
+    entries = read_manifest(reference)
+    assert len(entries) == len(PHOTOS) + 1
+    by_name = {Path(k).name: v for k, v in entries.items()}
+    assert by_name["dogs.jpg"][0]["status"] == "failed" and "no face" in by_name["dogs.jpg"][0]["reason"]
+    ok = [rec for lines in entries.values() for rec in lines if rec["status"] == "ok"]
+    assert len(ok) == len(PHOTOS) - 1 + 1
+    for rec in ok:
+        assert (reference / rec["folder"] / "mesh.glb").is_file() and rec["seconds"]["fit"] >= 0
+
+
+def test_sigkilled_run_resumes_to_the_same_results(reference, photos, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "faceclip.cli", "reconstruct", str(photos), "--out", str(out),
+                             *FAST], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill once the first photo is done
+        if (out / MANIFEST_NAME).is_file() and (out / MANIFEST_NAME).read_text().count("\n") >= 2:  # header + one photo
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = read_manifest(out)
+    assert 1 <= len(done_before) < len(PHOTOS) + 1, "killed too late to test resuming"
+    res = _cli("reconstruct", str(photos), "--out", str(out), *FAST, "--resume")
+    assert res.returncode == 2, res.stderr
+    assert f"resumed: {sum(1 for v in done_before.values() if v[0]['status'] == 'ok')} images already done" in res.stdout
+    assert _results(out) == _results(reference)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    entries = read_manifest(out)
+    assert sorted(entries) == sorted(read_manifest(reference))
+    assert all(len(v) == len(read_manifest(reference)[k]) for k, v in entries.items())  # no duplicate lines
+
+
+def test_resume_skips_done_photos_and_retries_failures(reference, photos, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_dir()}
+    res = _cli("reconstruct", str(photos), "--out", str(out), *FAST, "--resume")
+    assert res.returncode == 2
+    assert "resumed: 4 images already done" in res.stdout and "dogs.jpg" in res.stderr  # retried, fails again
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_dir()} == stamp
+    # A result folder removed by the user is done again.
+    shutil.rmtree(out / "astronaut")
+    res = _cli("reconstruct", str(photos), "--out", str(out), *FAST, "--resume")
+    assert "resumed: 3 images already done" in res.stdout
+    assert (out / "astronaut" / "mesh.glb").is_file()
+
+
+def test_two_workers_give_the_same_results(reference, photos, tmp_path):
+    """Byte-identical to the single-process run with the same threads per process."""
+    out = tmp_path / "out"
+    res = _cli("reconstruct", str(photos), "--out", str(out), *FAST, "--workers", "2")
+    assert res.returncode == 2, res.stderr
+    assert _results(out) == _results(reference)
+    assert "1 worker" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_workers_report_a_missing_model_once(tmp_path, photos):
+    env = {**os.environ, "FACECLIP_HOME": str(tmp_path / "empty_home")}
+    res = subprocess.run([sys.executable, "-m", "faceclip.cli", "reconstruct", str(photos), "--out",
+                          str(tmp_path / "o"), "--workers", "2", "--quiet"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 2
+    assert "faceclip models install ict" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_workers_must_be_positive(tmp_path, capsys):
+    from faceclip.cli import main
+
+    assert main(["reconstruct", str(EXAMPLE), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
