@@ -157,6 +157,36 @@ def test_expression_range_is_zero_inside_the_unit_interval(objective, batch):
     assert terms2["expression_range"].item() == pytest.approx(expected, rel=1e-5)
 
 
+def _row(params, i):
+    return replace(params, **{k: v[i:i + 1] for k, v in params.tensors().items()})
+
+
+def test_every_term_is_the_mean_of_the_per_face_terms(objective, batch):
+    """The batch of two faces gives the mean of each face's terms alone (not their sum, and no
+    statistic pooled over the batch such as one photometric ratio over both skin masks)."""
+    gt = _gt(batch, objective)
+    g = torch.Generator().manual_seed(2)
+    e = gt.expression.clone()
+    e[0, 2], e[1, 4], e[1, 5] = 1.4, -0.3, 1.2  # expression_range: a different excess per face
+    p = replace(gt, identity=gt.identity + 0.4 * torch.randn(gt.identity.shape, generator=g), expression=e,
+                translation_mm=gt.translation_mm + torch.tensor([[2.0, 0.0, 0.0], [0.0, -4.0, 8.0]]),
+                albedo=0.05 * torch.randn(gt.albedo.shape, generator=g),
+                sh=gt.sh + 0.05 * torch.randn(gt.sh.shape, generator=g))
+    with torch.no_grad():
+        total, terms, _ = _run(objective, p, batch)
+        singles = []
+        for i in range(2):
+            rows = {"images": batch.image[i:i + 1], "landmarks_px": batch.landmarks_px[i:i + 1],
+                    "skin_mask": batch.skin_mask[i:i + 1], "target_params": _row(batch.params, i)}
+            singles.append(_run(objective, _row(p, i), batch, **rows))
+    assert set(terms) == {"photometric", "landmark", "regularization", "albedo_priors", "expression_range", "param"}
+    for k, v in terms.items():
+        a, b = (float(s[1][k]) for s in singles)
+        assert min(a, b) > 0, (k, a, b)
+        assert float(v) == pytest.approx((a + b) / 2, rel=1e-4), (k, float(v), a, b)
+    assert float(total) == pytest.approx((float(singles[0][0]) + float(singles[1][0])) / 2, rel=1e-4)
+
+
 # ------------------------------------------------------------------ gradients
 
 
