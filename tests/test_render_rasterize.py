@@ -283,3 +283,21 @@ def test_gradcheck_scatter_image_and_sparse_antialias_match_dense() -> None:
     gs = torch.autograd.grad((sparse * weights).sum(), (xy, colors))
     assert len(target) > 20 and torch.allclose(dense, sparse, atol=1e-12)
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(gd, gs))
+
+
+def test_face_normals_match_the_cross_product_on_random_triangles():
+    """Counter-clockwise = front: each normal is the normalised (v1 - v0) x (v2 - v0), for
+    unbatched and batched vertices, and twice the area when not normalised."""
+    from faceclip.render.shading import face_normals
+
+    g = torch.Generator().manual_seed(3)
+    verts = torch.randn(2, 30, 3, generator=g, dtype=torch.float64)
+    tris = torch.randint(0, 30, (40, 3), generator=g)
+    tris = tris[(tris[:, 0] != tris[:, 1]) & (tris[:, 1] != tris[:, 2]) & (tris[:, 0] != tris[:, 2])]
+    e1 = verts[:, tris[:, 1]] - verts[:, tris[:, 0]]
+    e2 = verts[:, tris[:, 2]] - verts[:, tris[:, 0]]
+    cross = torch.linalg.cross(e1, e2, dim=-1)
+    torch.testing.assert_close(face_normals(verts, tris, normalize=False), cross)
+    torch.testing.assert_close(face_normals(verts[0], tris), cross[0] / cross[0].norm(dim=-1, keepdim=True))
+    ccw = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    torch.testing.assert_close(face_normals(ccw, torch.tensor([[0, 1, 2]])), torch.tensor([[0.0, 0.0, 1.0]]))
