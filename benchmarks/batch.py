@@ -1,0 +1,72 @@
+"""Batch throughput: one process against ``--workers 2``, on the same folder of photos.
+
+Usage::
+
+    .venv/bin/python benchmarks/batch.py [--faces 48] [--fast] [--workers 2]
+
+Builds a folder of ``--faces`` photos (copies of the photos in ../shared/data/faces, the
+largest face each, under distinct names), runs ``faceclip reconstruct`` on it once in one
+process and once with ``--workers N`` (each a fresh command, model loading and worker start-up
+included), checks both produced the same folders, and prints faces per second for each. The last
+line is ``batch_speedup_<N>_workers: X`` (throughput with N workers / throughput of one process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FACES = REPO.parent / "shared" / "data" / "faces"
+
+
+def run(photos: Path, out: Path, extra: list[str]) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "faceclip.cli", "reconstruct", str(photos), "--out", str(out),
+                          "--quiet", *extra], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if res.returncode not in (0, 2):
+        sys.exit(f"benchmarks/batch.py: reconstruct failed ({res.returncode}): {res.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--faces", type=int, default=48)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--fast", action="store_true")
+    args = ap.parse_args()
+    sources = sorted(p for p in FACES.iterdir() if p.suffix.lower() in (".jpg", ".png") and p.name != "dogs.jpg")
+    if not sources:
+        sys.exit(f"benchmarks/batch.py: no photos in {FACES}")
+    work = Path(tempfile.mkdtemp(prefix="faceclip_batch_"))
+    try:
+        photos = work / "photos"
+        photos.mkdir()
+        for i in range(args.faces):
+            src = sources[i % len(sources)]
+            shutil.copy(src, photos / f"{i:03d}_{src.name}")
+        extra = ["--fast"] if args.fast else []
+        one = run(photos, work / "one", extra)
+        many = run(photos, work / "many", extra + ["--workers", str(args.workers)])
+        names_one = sorted(p.name for p in (work / "one").iterdir())
+        names_many = sorted(p.name for p in (work / "many").iterdir())
+        if names_one != names_many:
+            sys.exit("benchmarks/batch.py: the two runs produced different folders")
+        n = len([p for p in names_one if (work / "one" / p).is_dir()])
+        mode = "fast" if args.fast else "default"
+        print(f"# {n} faces from {args.faces} photos, mode {mode}; wall time includes model loading")
+        print(f"one process:        {one:7.1f} s  {n / one:6.2f} faces/s")
+        print(f"--workers {args.workers}:        {many:7.1f} s  {n / many:6.2f} faces/s")
+        print(f"batch_speedup_{args.workers}_workers: {one / many:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
