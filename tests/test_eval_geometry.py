@@ -188,3 +188,23 @@ def test_nme_known_values():
     assert normaliser(gt) == pytest.approx(40.0)
     with pytest.raises(ValueError):
         nme(gt[:10], gt[:10])
+
+
+def test_load_mesh_keeps_every_obj_vertex_in_order(tmp_path):
+    """trimesh drops unreferenced vertices of OBJ files whose faces carry normals (f v//vn);
+    keypoint indices into the file would then point at the wrong vertices."""
+    import numpy as np
+
+    from faceclip.evaluate.mesh import load_mesh
+    from faceclip.io.mesh import write_obj
+
+    verts = np.array([[9.0, 9.0, 9.0], [0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [5.0, 5.0, 5.0]])
+    tris = np.array([[1, 2, 3], [2, 4, 3]])
+    for normals in (True, False):
+        write_obj(tmp_path / "m.obj", verts, tris, normals=normals)
+        m = load_mesh(tmp_path / "m.obj")
+        np.testing.assert_allclose(m.vertices, verts, atol=1e-6)
+        np.testing.assert_array_equal(m.triangles, tris)
+    (tmp_path / "quad.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1/1/1 2/2/2 3/3/3 4/4/4\nf -4 -3 -2\n")
+    q = load_mesh(tmp_path / "quad.obj")
+    np.testing.assert_array_equal(q.triangles, [[0, 1, 2], [0, 2, 3], [0, 1, 2]])

@@ -123,7 +123,8 @@ def load_mesh(path: str | Path, *, require_triangles: bool = True) -> Mesh:
     """Read a mesh file (OBJ, PLY, OFF, STL, GLB/glTF; VRML through trimesh where supported).
 
     Vertex order is kept exactly as in the file (no merging or reordering), so per-vertex
-    keypoint indices stay valid; quads and polygons are triangulated by trimesh.
+    keypoint indices stay valid (OBJ files are read directly, so vertices no face references
+    are kept too); quads and polygons are triangulated as fans.
 
     Raises:
         InputError: missing or unreadable file, no vertices, or (``require_triangles``) no faces.
@@ -133,6 +134,11 @@ def load_mesh(path: str | Path, *, require_triangles: bool = True) -> Mesh:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"mesh file not found: {p}", hint="check the path (--pred / --gt)")
+    if p.suffix.lower() == ".obj":
+        obj = _read_obj_exact(p)
+        if obj is not None:
+            vertices, faces = obj
+            return _checked_mesh(p, vertices, faces, require_triangles)
     try:
         loaded = trimesh.load(str(p), process=False, maintain_order=True, skip_materials=True)
         if isinstance(loaded, trimesh.Scene):
@@ -144,6 +150,39 @@ def load_mesh(path: str | Path, *, require_triangles: bool = True) -> Mesh:
                          hint="use a valid OBJ or PLY file") from None
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64)
+    return _checked_mesh(p, vertices, faces, require_triangles)
+
+
+def _read_obj_exact(p: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """An OBJ's ``v`` lines and triangulated ``f`` lines, exactly as in the file.
+
+    trimesh drops vertices that no face references when faces carry normals (``f v//vn``),
+    which would shift per-vertex keypoint indices; this reader keeps every vertex. Returns
+    None for files it does not understand (then trimesh reads them).
+    """
+    verts: list[list[float]] = []
+    faces: list[tuple[int, int, int]] = []
+    try:
+        with open(p, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("v "):
+                    verts.append([float(x) for x in line.split()[1:4]])
+                elif line.startswith("f "):
+                    idx = []
+                    for corner in line.split()[1:]:
+                        i = int(corner.split("/")[0])
+                        idx.append(i - 1 if i > 0 else len(verts) + i)
+                    faces.extend((idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1))
+    except (OSError, ValueError, IndexError):
+        return None
+    if not verts or any(len(v) != 3 for v in verts):
+        return None
+    return np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+
+
+def _checked_mesh(p: Path, vertices: np.ndarray, faces: np.ndarray, require_triangles: bool) -> Mesh:
+    if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise InputError(f"{p}: face indices out of range", hint="use a valid OBJ or PLY file")
     if vertices.ndim != 2 or vertices.shape[0] == 0:
         raise InputError(f"{p}: no vertices found", hint="use a valid OBJ or PLY file")
     if not np.isfinite(vertices).all():
