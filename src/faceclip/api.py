@@ -25,7 +25,7 @@ def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh"
         texture: (H, W, 3) UV texture (uint8 or float); default: baked from the vertex colours.
         glb_texture_format: ``"png"`` or ``"jpeg"`` (faster, smaller) for the GLB's texture.
     """
-    from faceclip.io.mesh import bake_vertex_colors, write_glb, write_obj, write_ply
+    from faceclip.io.mesh import bake_vertex_colors, vertex_normals, write_glb, write_obj, write_ply
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -38,10 +38,11 @@ def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh"
     vertex_colors = np.clip(np.asarray(vertex_colors, dtype=np.float64), 0, 1)
     if texture is None:
         texture = bake_vertex_colors(model.uv, model.triangles, vertex_colors, size_px=512)
-    files = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, texture)
-    files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors))
+    normals = vertex_normals(vertices_mm, model.triangles)  # once for the three files
+    files = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, texture, normals=normals)
+    files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors, normals=normals))
     files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
-                           texture_format=glb_texture_format))
+                           texture_format=glb_texture_format, normals=normals))
     return files
 
 
