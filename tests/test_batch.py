@@ -138,3 +138,14 @@ def test_workers_must_be_positive(tmp_path, capsys):
 
     assert main(["reconstruct", str(EXAMPLE), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_formats_choose_the_mesh_files(ict_cache, tmp_path, capsys):
+    from faceclip.cli import main
+
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(EXAMPLE), "--out", str(out), *FAST, "--formats", "glb"]) == 0
+    assert sorted(p.name for p in (out / "astronaut").iterdir()) == [
+        ".faceclip-result.json", "mesh.glb", "overlay.png", "params.json"]
+    assert main(["reconstruct", str(EXAMPLE), "--out", str(out), *FAST, "--formats", "obj,stl"]) == 2
+    assert "choose from obj, ply, glb" in capsys.readouterr().err

@@ -13,8 +13,12 @@ from faceclip.facemodel import FaceModel, load_face_model
 DEFAULT_SKIN_RGB = (0.80, 0.64, 0.54)
 
 
+MESH_FORMATS = ("obj", "ply", "glb")
+
+
 def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh",
-                vertex_colors=None, texture=None, glb_texture_format: str = "png") -> list[Path]:
+                vertex_colors=None, texture=None, glb_texture_format: str = "png",
+                formats: tuple[str, ...] = MESH_FORMATS) -> list[Path]:
     """Write ``<stem>.obj/.mtl/_texture.png``, ``<stem>.ply`` and ``<stem>.glb`` into ``out_dir``.
 
     Args:
@@ -24,6 +28,7 @@ def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh"
             ``texture`` is given); default: the model's mean albedo, else a uniform skin tone.
         texture: (H, W, 3) UV texture (uint8 or float); default: baked from the vertex colours.
         glb_texture_format: ``"png"`` or ``"jpeg"`` (faster, smaller) for the GLB's texture.
+        formats: which of ``"obj"``, ``"ply"``, ``"glb"`` to write.
     """
     from faceclip.io.mesh import bake_vertex_colors, vertex_normals, write_glb, write_obj, write_ply
 
@@ -38,11 +43,18 @@ def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh"
     vertex_colors = np.clip(np.asarray(vertex_colors, dtype=np.float64), 0, 1)
     if texture is None:
         texture = bake_vertex_colors(model.uv, model.triangles, vertex_colors, size_px=512)
-    normals = vertex_normals(vertices_mm, model.triangles)  # once for the three files
-    files = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, texture, normals=normals)
-    files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors, normals=normals))
-    files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
-                           texture_format=glb_texture_format, normals=normals))
+    unknown = set(formats) - set(MESH_FORMATS)
+    if unknown or not formats:
+        raise ValueError(f"mesh formats must be among {', '.join(MESH_FORMATS)}, got {', '.join(formats) or 'none'}")
+    normals = vertex_normals(vertices_mm, model.triangles)  # once for all files
+    files: list[Path] = []
+    if "obj" in formats:
+        files += write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, texture, normals=normals)
+    if "ply" in formats:
+        files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors, normals=normals))
+    if "glb" in formats:
+        files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
+                               texture_format=glb_texture_format, normals=normals))
     return files
 
 

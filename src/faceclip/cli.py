@@ -104,6 +104,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     options = ReconstructOptions(
         fast=args.fast, all_faces=args.all_faces, min_face_px=args.min_face_px, device=args.device,
         texture_px=args.texture_size, delight=args.delight, overwrite=args.overwrite,
+        formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
         method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
@@ -469,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace result folders even when faceclip did not write them (or they hold other files)")
+    p.add_argument("--formats", default="obj,ply,glb", metavar="LIST",
+                   help="mesh files to write, comma-separated from obj, ply, glb (default: all three)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes, each loading the models once (default 1)")
     p.add_argument("--resume", action="store_true",

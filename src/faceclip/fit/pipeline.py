@@ -71,6 +71,8 @@ class ReconstructOptions:
     #: Replace existing result folders even when they were not written by faceclip (or hold
     #: files it did not write). Off: such folders are refused (see faceclip.io.outputs).
     overwrite: bool = False
+    #: Mesh files to write: any of "obj", "ply", "glb" (params.json and overlay.png always).
+    formats: tuple[str, ...] = ("obj", "ply", "glb")
 
 
 @dataclass
@@ -308,7 +310,7 @@ class Reconstructor:
         params = self._params_json(path, k, face, result, cam, lm_img, detected, nme, photo_fraction, aligned,
                                    scale)
         files = write_face_outputs(folder, self.model, result, texture, overlay, params,
-                                   overwrite=self.options.overwrite)
+                                   overwrite=self.options.overwrite, formats=self.options.formats)
         seconds["write"] = time.perf_counter() - t0
         params_seconds = {k2: round(v, 4) for k2, v in seconds.items()}
         log.debug("%s face %d: NME %.4f, %.2f s", path, k, nme, sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
@@ -404,12 +406,16 @@ def check_options(o: ReconstructOptions) -> None:
     if o.no_regressor and o.method == "regress":
         raise FaceClipError("--method regress needs the regressor; --no-regressor turns it off",
                             hint="drop --no-regressor, or use --method fit")
+    bad = [f for f in o.formats if f not in ("obj", "ply", "glb")]
+    if bad or not o.formats:
+        raise FaceClipError(f"--formats {','.join(o.formats)}: choose from obj, ply, glb (comma-separated)")
     if o.texture_px < 16 or o.texture_px > 8192:
         raise FaceClipError(f"--texture-size {o.texture_px}: must be between 16 and 8192")
 
 
 def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, texture: np.ndarray,
-                       overlay: np.ndarray, params: dict, overwrite: bool = False) -> list[Path]:
+                       overlay: np.ndarray, params: dict, overwrite: bool = False,
+                       formats: tuple[str, ...] = ("obj", "ply", "glb")) -> list[Path]:
     """Write mesh.obj/.mtl/_texture.png, mesh.ply, mesh.glb, params.json, overlay.png atomically.
 
     Everything goes to a temporary sibling folder first, which replaces ``folder`` at the end
@@ -422,7 +428,7 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
 
     def write(tmp: Path) -> None:
         export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy(),
-                    glb_texture_format="jpeg")
+                    glb_texture_format="jpeg", formats=formats)
         (tmp / "params.json").write_text(json.dumps(params, indent=1))
         Image.fromarray(overlay).save(tmp / "overlay.png", compress_level=3)
 
