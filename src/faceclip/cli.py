@@ -604,6 +604,11 @@ def _point_to_docs(parser: argparse.ArgumentParser, sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``faceclip`` command; returns the exit status."""
+    # OpenMP threads that spin while waiting make the job several times slower when another
+    # process holds a core (a browser, a second job). Passive waiting, set before torch starts
+    # OpenMP, costs ~10% on an idle 2-core machine and halves the slowdown under load
+    # (benchmarks/reconstruct.py --busy 1: 2.0-2.2x -> 1.1-1.3x). An explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
