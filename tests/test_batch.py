@@ -63,6 +63,10 @@ def test_plan_output_names():
     paths = [Path("a/photo.png"), Path("b/photo.jpg"), Path("g/group.jpg"), Path("g/group_face1.png"),
              Path("x/..jpg"), Path("x/group_face2-x.png")]
     assert plan_output_names(paths) == ["photo", "photo-2", "group", "group_face1-2", "image", "group_face2-x"]
+    # The manifest's name is never a photo's folder; neither are folders of earlier runs.
+    assert plan_output_names([Path("x/results.jsonl.png"), Path("y/photo.jpg")], {"photo"}) == [
+        "results.jsonl-2", "photo-2"]
+    assert plan_output_names([Path("g/G.jpg"), Path("g/g_FACE0.png")]) == ["G", "g_FACE0-2"]
 
 
 def test_manifest_lists_every_face_and_failure(reference):
@@ -149,3 +153,55 @@ def test_formats_choose_the_mesh_files(ict_cache, tmp_path, capsys):
         ".faceclip-result.json", "mesh.glb", "overlay.png", "params.json"]
     assert main(["reconstruct", str(EXAMPLE), "--out", str(out), *FAST, "--formats", "obj,stl"]) == 2
     assert "choose from obj, ply, glb" in capsys.readouterr().err
+
+
+def test_a_later_run_never_takes_an_earlier_photos_folder(ict_cache, tmp_path):
+    a, b = tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    shutil.copy(EXAMPLE, a)
+    shutil.copy(FACES_DIR / "2008_001009.jpg", b)
+    out = tmp_path / "out"
+    assert _cli("reconstruct", str(a), "--out", str(out), *FAST).returncode == 0
+    assert _cli("reconstruct", str(b), "--out", str(out), *FAST).returncode == 0
+    image = lambda d: json.loads((out / d / "params.json").read_text())["image"]  # noqa: E731
+    assert image("photo") == str(a) and image("photo-2") == str(b)
+    res = _cli("reconstruct", str(a), str(b), "--out", str(out), *FAST, "--resume")
+    assert "resumed: 2 images already done" in res.stdout
+    assert image("photo") == str(a) and image("photo-2") == str(b)
+
+
+def test_manifest_temporary_never_follows_a_link(ict_cache, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(victim, out / ".results.jsonl.tmp")
+    assert _cli("reconstruct", str(EXAMPLE), "--out", str(out), *FAST).returncode == 0
+    assert victim.read_text() == "precious"
+    assert not (out / MANIFEST_NAME).is_symlink()
+
+
+def test_a_killed_worker_fails_its_photo_instead_of_hanging(ict_cache, photos, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "faceclip.cli", "reconstruct", str(photos), "--out", str(out),
+                             *FAST, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+
+    def spawned() -> list[int]:
+        pids = [int(x) for x in children.read_text().split()] if children.exists() else []
+        return [p for p in pids if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not spawned():
+        time.sleep(0.05)
+    assert proc.poll() is None and spawned(), "no worker to kill"
+    time.sleep(0.5)
+    os.kill(spawned()[0], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)  # must not hang
+    assert proc.returncode == 2
+    assert "worker process died" in stderr and "--resume" in stderr
+    res = _cli("reconstruct", str(photos), "--out", str(out), *FAST, "--resume")
+    assert res.returncode == 2 and "dogs.jpg" in res.stderr and "worker process died" not in res.stderr

@@ -59,6 +59,8 @@ def home(tmp_path):
     ("../etc", "_etc"), ("a/b", "a_b"), ("a\\b", "a_b"), (".hidden", "hidden"),
     ("tab\tnew\nline", "tab_new_line"), ("nul\x00byte", "nul_byte"), ("con", "con_"),
     ("what?*:<>|\"", "what_______"), ("photo", "photo"), ("Ünïcödé", "Ünïcödé"),
+    ("a\x85b", "a_b"), ("a\u2028b", "a_b"), ("evil\u202egpj.exe", "evil_gpj.exe"),
+    ("con.txt", "con_.txt"), ("COM1", "COM1_"), ("com¹", "com¹_"),
 ])
 def test_safe_name(raw, expected):
     assert safe_name(raw) == expected
@@ -313,3 +315,22 @@ def test_export_mean_never_overwrites_a_users_folder(ict_cache, home, capsys):
     assert main(["export-mean", "--geometry", "face", "--out", str(mean)]) == 0
     assert main(["export-mean", "--geometry", "face", "--out", str(mean)]) == 0  # its own: replaced
     assert (mean / "mesh.glb").is_file() and (mean / MARKER_NAME).is_file()
+
+
+def test_complete_result_left_by_a_kill_before_its_rename_is_removed(tmp_path):
+    done = tmp_path / f".faceclip-tmp-{_dead_pid()}-xyz"
+    done.mkdir()
+    (done / "mesh.obj").write_text("complete")
+    (done / MARKER_NAME).write_text(json.dumps({"tool": "faceclip", "files": ["mesh.obj"]}))
+    assert clean_stale_temporaries(tmp_path) == [done]
+
+
+def test_previous_result_with_a_long_name_is_restored_after_a_kill(tmp_path):
+    name = "a" * 120 + "-2"  # longer than safe_name's bound: suffixes may exceed it
+    write_result_folder(tmp_path / name, lambda d: (d / "a.txt").write_text("old"))
+    aside = tmp_path / f".faceclip-tmp-{_dead_pid()}-old-x"
+    aside.mkdir()
+    (aside / ".faceclip-in-progress").write_text(name)
+    os.replace(tmp_path / name, aside / "previous")
+    assert clean_stale_temporaries(tmp_path) == [aside]
+    assert (tmp_path / name / "a.txt").read_text() == "old"

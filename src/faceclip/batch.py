@@ -30,6 +30,9 @@ import logging
 import multiprocessing
 import os
 import re
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,18 +49,21 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "results.jsonl"
 
 
-def plan_output_names(paths: list[Path]) -> list[str]:
+def plan_output_names(paths: list[Path], taken: set[str] | None = None) -> list[str]:
     """Safe, unique folder names for the photos of a batch, in input order.
 
     ``photo`` twice gives ``photo`` and ``photo-2``; a name of the form ``<other>_face<k>``
     where ``<other>`` is another photo's name is suffixed too, so that it cannot collide with
-    the face folders of a photo with several faces.
+    the face folders of a photo with several faces. ``taken``: names already in use (the
+    manifest, and folders of other photos from earlier runs) that no photo may get.
     """
     names = NameAllocator()
+    for name in [MANIFEST_NAME, *(taken or ())]:
+        names.claim(name)
     bases = [names.claim(Path(p).stem) for p in paths]
     lower = {b.lower() for b in bases}
     for i, b in enumerate(bases):
-        m = re.fullmatch(r"(.+)_face\d+", b)
+        m = re.fullmatch(r"(.+)_face\d+", b, flags=re.IGNORECASE)
         if m and m.group(1).lower() in lower:
             bases[i] = names.claim(b)
     return bases
@@ -99,11 +105,17 @@ def read_manifest(out_dir: Path) -> dict[str, list[dict]]:
 
 
 def _done_faces(lines: list[dict], out_dir: Path) -> list[dict] | None:
-    """The ok face entries of a photo if it is completely done (folders present), else None."""
+    """The ok face entries of a photo if it is completely done (its folders present and
+    written for this photo), else None."""
     if not lines or any(rec.get("status") != "ok" for rec in lines):
         return None
     for rec in lines:
-        if not (out_dir / str(rec.get("folder", "")) / MARKER_NAME).is_file():
+        try:
+            marker = json.loads((out_dir / str(rec.get("folder", "")) / MARKER_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(marker, dict) or marker.get("image") is None \
+                or os.path.abspath(str(marker["image"])) != rec.get("image_abs"):
             return None
     return lines
 
@@ -123,8 +135,8 @@ class _Manifest:
     def _open(self) -> None:
         from faceclip import __version__
 
-        tmp = self.path.with_name(f".{MANIFEST_NAME}.tmp")
-        with open(tmp, "w") as fh:  # a header, the lines kept from earlier runs, then this run's
+        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=self.path.parent)  # never a link
+        with os.fdopen(fd, "w") as fh:  # a header, the lines kept from earlier runs, then this run's
             fh.write(json.dumps({"faceclip_manifest": 1, "version": __version__}) + "\n")
             for lines in self.keep.values():
                 for rec in lines:
@@ -211,12 +223,13 @@ def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, 
         log.info("removed %s, left by an interrupted run", stale)
     _check_manifest_is_ours(out_dir, options.overwrite)
     paths = [Path(p) for p in paths]
-    bases = plan_output_names(paths)
     earlier = read_manifest(out_dir)
     batch_keys = {_key(p) for p in paths}
-    # Photos of earlier runs that are not in this batch keep their lines; this batch's photos
-    # get this run's lines (or, resuming, their earlier ones when done).
+    # Photos of earlier runs that are not in this batch keep their lines (and their folders
+    # stay theirs); this batch's photos get this run's lines (or, resuming, their earlier ones).
     keep: dict[str, list[dict]] = {k: v for k, v in earlier.items() if k not in batch_keys}
+    taken = {str(rec["folder"]) for lines in keep.values() for rec in lines if rec.get("folder")}
+    bases = plan_output_names(paths, taken)
     if not resume:
         earlier = {}
     reports: list[ImageReport | None] = [None] * len(paths)
@@ -251,9 +264,16 @@ def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, 
         else:
             ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start is unsafe
             n = min(workers, len(todo))
-            tasks = [(i, str(paths[i]), str(out_dir), bases[i]) for i in todo]
-            with ctx.Pool(n, initializer=_init_worker, initargs=(options, _threads_per_worker(n))) as pool:
-                for i, report in pool.imap_unordered(_work, tasks):
+            with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(options, _threads_per_worker(n))) as pool:
+                futures = {pool.submit(_work, (i, str(paths[i]), str(out_dir), bases[i])): i for i in todo}
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    try:
+                        _, report = fut.result()
+                    except BrokenProcessPool:  # a worker was killed (out of memory, a signal)
+                        report = ImageReport(paths[i], error="a worker process died (killed, or out of memory); "
+                                                             "run again with --resume to retry")
                     finish(i, report)
     finally:
         bar.close()

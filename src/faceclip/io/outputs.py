@@ -54,7 +54,8 @@ _TMP_MARKER = ".faceclip-in-progress"
 MAX_NAME_BYTES = 120
 
 _FORBIDDEN = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in "123456789¹²³"),
+                     *(f"lpt{i}" for i in "123456789¹²³")}
 
 
 class OutputError(FaceClipError):
@@ -72,13 +73,17 @@ def safe_name(raw: str, default: str = "image") -> str:
     ('_etc', 'image', 'a_b_c', 'hidden')
     """
     name = unicodedata.normalize("NFC", str(raw))
-    name = _FORBIDDEN.sub("_", name).strip().lstrip(".").strip()
+    name = _FORBIDDEN.sub("_", name)
+    # Other control, format (bidi overrides) and line/paragraph separator characters too.
+    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in name)
+    name = name.strip().lstrip(".").strip()
     encoded = name.encode("utf-8")[:MAX_NAME_BYTES]
     name = encoded.decode("utf-8", errors="ignore").rstrip(" .")
     if not name.strip("_") or name in (".", ".."):
         return default
-    if name.split(".")[0].lower() in _WINDOWS_RESERVED:
-        name = f"{name}_"
+    first, dot, rest = name.partition(".")
+    if first.rstrip(" ").lower() in _WINDOWS_RESERVED:  # CON, CON.txt, "CON .png" are all devices
+        name = f"{first}_{dot}{rest}"
     return name
 
 
@@ -224,6 +229,12 @@ def write_result_folder(folder: Path, write: Callable[[Path], None], *, meta: di
     return [folder / name for name in files]
 
 
+def _plain_name(name: str) -> bool:
+    """A single, visible path component without control characters (a folder name we made)."""
+    return bool(name) and name not in (".", "..") and not name.startswith(".") and "/" not in name \
+        and "\\" not in name and not any(unicodedata.category(ch) == "Cc" for ch in name)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -247,13 +258,15 @@ def clean_stale_temporaries(out_dir: Path) -> list[Path]:
         return removed
     for p in out_dir.iterdir():
         m = re.match(re.escape(TMP_PREFIX) + r"(\d+)-", p.name)
-        if m is None or p.is_symlink() or not p.is_dir() or not (p / _TMP_MARKER).exists():
+        # Ours: the in-progress marker, or a complete result (its marker) that was not yet
+        # renamed into place when the run was killed.
+        if m is None or p.is_symlink() or not p.is_dir() or not (
+                (p / _TMP_MARKER).exists() or (p / MARKER_NAME).exists()):
             continue
         if int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            target = (p / _TMP_MARKER).read_text().strip()
+            target = (p / _TMP_MARKER).read_text().strip() if (p / _TMP_MARKER).is_file() else ""
             previous = p / "previous"
-            if target and previous.is_dir() and target == safe_name(target) \
-                    and not os.path.lexists(out_dir / target):
+            if _plain_name(target) and previous.is_dir() and not os.path.lexists(out_dir / target):
                 os.replace(previous, out_dir / target)  # killed between moving aside and replacing
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
