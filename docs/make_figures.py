@@ -1,6 +1,6 @@
 """Make every picture of the README and the docs from the bundled inputs.
 
-Reconstructs ``examples/astronaut.png`` in-process (``faceclip.fit.pipeline.reconstruct_batch``
+Reconstructs ``examples/astronaut.png`` in-process (``faceclip.batch.reconstruct_batch``
 with the default options, i.e. the README's ``faceclip demo`` path; ``--fast`` for a quick
 check) into a temporary folder, loads the result's ``mesh.obj`` (vertices, per-corner UVs) and
 ``mesh_texture.png``, renders the mesh with the project's own rasterizer
@@ -108,7 +108,8 @@ def check_face_model():
 
 def reconstruct(photo: Path, work_dir: Path, fast: bool) -> Path:
     """Run the library's reconstruction of ``photo`` into ``work_dir``; returns the result folder."""
-    from faceclip.fit.pipeline import ReconstructOptions, reconstruct_batch
+    from faceclip.batch import reconstruct_batch
+    from faceclip.fit.pipeline import ReconstructOptions
 
     reports = reconstruct_batch([photo], work_dir, ReconstructOptions(fast=fast), show_progress=False)
     report = reports[0]

@@ -159,6 +159,7 @@ def test_upscaled_photo_gives_the_same_reconstruction(ict_cache, tmp_path):
 
 
 def test_memory_error_on_one_photo_does_not_end_the_batch(ict_cache, tmp_path, monkeypatch):
+    from faceclip.batch import reconstruct_batch
     from faceclip.fit import pipeline
 
     for name in ("a.png", "b.png", "c.png"):
@@ -171,7 +172,7 @@ def test_memory_error_on_one_photo_does_not_end_the_batch(ict_cache, tmp_path, m
         return real(self, path, out_dir, names)
 
     monkeypatch.setattr(pipeline.Reconstructor, "reconstruct_image", flaky)
-    reports = pipeline.reconstruct_batch([tmp_path / n for n in ("a.png", "b.png", "c.png")], tmp_path / "out",
+    reports = reconstruct_batch([tmp_path / n for n in ("a.png", "b.png", "c.png")], tmp_path / "out",
                                          pipeline.ReconstructOptions(method="regress", texture_px=64),
                                          show_progress=False)
     assert [r.error for r in reports] == [None, "out of memory while processing this image", None]

@@ -7,56 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from faceclip.facemodel import FaceModel, load_face_model
-
-# A neutral mid skin tone (linear-ish sRGB in [0, 1]) for models without an albedo basis.
-DEFAULT_SKIN_RGB = (0.80, 0.64, 0.54)
-
-
-MESH_FORMATS = ("obj", "ply", "glb")
-
-
-def export_mesh(model: FaceModel, vertices_mm, out_dir: Path, stem: str = "mesh",
-                vertex_colors=None, texture=None, glb_texture_format: str = "png",
-                formats: tuple[str, ...] = MESH_FORMATS) -> list[Path]:
-    """Write ``<stem>.obj/.mtl/_texture.png``, ``<stem>.ply`` and ``<stem>.glb`` into ``out_dir``.
-
-    Args:
-        model: supplies triangles and per-corner UVs.
-        vertices_mm: (V, 3) vertices in mm.
-        vertex_colors: (V, 3) in [0, 1], used for the PLY (and baked into the texture when no
-            ``texture`` is given); default: the model's mean albedo, else a uniform skin tone.
-        texture: (H, W, 3) UV texture (uint8 or float); default: baked from the vertex colours.
-        glb_texture_format: ``"png"`` or ``"jpeg"`` (faster, smaller) for the GLB's texture.
-        formats: which of ``"obj"``, ``"ply"``, ``"glb"`` to write.
-    """
-    from faceclip.io.mesh import bake_vertex_colors, vertex_normals, write_glb, write_obj, write_ply
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = model.n_vertices
-    if vertex_colors is None:
-        if model.albedo_mean is not None:
-            vertex_colors = model.albedo_mean.detach().cpu().numpy()
-        else:
-            vertex_colors = np.tile(np.asarray(DEFAULT_SKIN_RGB), (n, 1))
-    vertex_colors = np.clip(np.asarray(vertex_colors, dtype=np.float64), 0, 1)
-    if texture is None:
-        texture = bake_vertex_colors(model.uv, model.triangles, vertex_colors, size_px=512)
-    unknown = set(formats) - set(MESH_FORMATS)
-    if unknown or not formats:
-        raise ValueError(f"mesh formats must be among {', '.join(MESH_FORMATS)}, got {', '.join(formats) or 'none'}")
-    normals = vertex_normals(vertices_mm, model.triangles)  # once for all files
-    files: list[Path] = []
-    if "obj" in formats:
-        files += write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, texture, normals=normals)
-    if "ply" in formats:
-        files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors, normals=normals))
-    if "glb" in formats:
-        files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
-                               texture_format=glb_texture_format, normals=normals))
-    return files
-
+from faceclip.facemodel import load_face_model
+# export_mesh lives with the writers it calls; re-exported as part of the high-level API.
+from faceclip.io.mesh import DEFAULT_SKIN_RGB, MESH_FORMATS, export_mesh  # noqa: F401
 
 def export_mean_face(out_dir: Path, face_model: str = "ict", face_model_path: str | None = None,
                      geometry: str | None = None, preview: bool = True, overwrite: bool = False) -> list[Path]:
@@ -116,7 +69,8 @@ def run_demo(out_dir: Path, fast: bool = False):
     Installs the default face model first if needed. Returns the batch reports.
     """
     from faceclip.facemodel.registry import cache_path, install_model
-    from faceclip.fit.pipeline import ReconstructOptions, reconstruct_batch
+    from faceclip.batch import reconstruct_batch
+    from faceclip.fit.pipeline import ReconstructOptions
 
     if not cache_path("ict").is_file():
         install_model("ict")

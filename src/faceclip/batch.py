@@ -33,7 +33,7 @@ import re
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from faceclip.fit.pipeline import (FaceOutput, ImageReport, ReconstructOptions, Reconstructor, check_options,
@@ -41,7 +41,7 @@ from faceclip.fit.pipeline import (FaceOutput, ImageReport, ReconstructOptions, 
 from faceclip.io.outputs import (MARKER_NAME, NameAllocator, OutputError, check_output_root,
                                  clean_stale_temporaries)
 
-__all__ = ["MANIFEST_NAME", "plan_output_names", "read_manifest", "run_batch"]
+__all__ = ["MANIFEST_NAME", "plan_output_names", "read_manifest", "reconstruct_batch", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class _Manifest:
         os.replace(tmp, self.path)
         self.fh = open(self.path, "a")
 
-    def add(self, report: ImageReport, out_dir: Path) -> None:
+    def add(self, report: ImageReport) -> None:
         if self.fh is None:
             self._open()
         base = {"image": str(report.image), "image_abs": _key(report.image)}
@@ -249,19 +249,17 @@ def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, 
 
     def finish(i: int, report: ImageReport) -> None:
         reports[i] = report
-        manifest.add(report, out_dir)
+        manifest.add(report)
         if on_report is not None:
             on_report(report)
         bar.update(1)
 
     try:
-        if not todo:
-            pass
-        elif workers == 1 or len(todo) == 1:
+        if todo and (workers == 1 or len(todo) == 1):
             rec = Reconstructor(options)
             for i in todo:
                 finish(i, reconstruct_one(rec, paths[i], out_dir, bases[i]))
-        else:
+        elif todo:
             ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start is unsafe
             n = min(workers, len(todo))
             with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
@@ -279,3 +277,14 @@ def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, 
         bar.close()
         manifest.close()
     return [r for r in reports if r is not None]
+
+
+def reconstruct_batch(inputs: Iterable[Path], out_dir: Path, options: ReconstructOptions | None = None,
+                      show_progress: bool = True, workers: int = 1, resume: bool = False) -> list[ImageReport]:
+    """Reconstruct many photos; one failing photo never stops the others.
+
+    :func:`run_batch` with default options. Returns one :class:`ImageReport` per input, in
+    input order (``error`` set for failures).
+    """
+    return run_batch(list(inputs), Path(out_dir), options or ReconstructOptions(), workers=workers,
+                     resume=resume, show_progress=show_progress)

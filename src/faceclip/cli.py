@@ -96,7 +96,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from faceclip.fit.pipeline import ReconstructOptions, expand_inputs, reconstruct_batch
+    from faceclip.batch import reconstruct_batch
+    from faceclip.fit.pipeline import ReconstructOptions, expand_inputs
 
     inputs = expand_inputs(args.inputs)
     if not inputs:

@@ -1,7 +1,8 @@
 """Photo in, textured 3D face out: detection -> alignment -> fitting -> texture -> files.
 
-:func:`reconstruct_image` does one photo (every selected face); :func:`reconstruct_batch`
-runs many photos, keeps going past failures and reports each. Every face's outputs are written
+:func:`reconstruct_image` does one photo (every selected face); :func:`reconstruct_one` wraps
+it for a batch, turning any failure into the photo's report (many photos:
+:func:`faceclip.batch.reconstruct_batch`). Every face's outputs are written
 into a temporary folder that is renamed into place only when complete, so a crash or a bad
 face never leaves half-written results; folder names and replacement follow the output policy
 of :mod:`faceclip.io.outputs` (safe, unique names; nothing the tool did not write is deleted).
@@ -31,6 +32,7 @@ from faceclip.errors import FaceClipError, InputError
 from faceclip.facemodel import FaceModel, load_face_model
 from faceclip.fit.fitter import FitConfig, Fitter, FitResult
 from faceclip.fit.texture import image_camera, render_overlay, unwrap_texture
+from faceclip.io.mesh import MESH_FORMATS
 from faceclip.io.outputs import check_replaceable, safe_name, write_result_folder
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ class ReconstructOptions:
     #: files it did not write). Off: such folders are refused (see faceclip.io.outputs).
     overwrite: bool = False
     #: Mesh files to write: any of "obj", "ply", "glb" (params.json and overlay.png always).
-    formats: tuple[str, ...] = ("obj", "ply", "glb")
+    formats: tuple[str, ...] = MESH_FORMATS
 
 
 @dataclass
@@ -406,7 +408,7 @@ def check_options(o: ReconstructOptions) -> None:
     if o.no_regressor and o.method == "regress":
         raise FaceClipError("--method regress needs the regressor; --no-regressor turns it off",
                             hint="drop --no-regressor, or use --method fit")
-    bad = [f for f in o.formats if f not in ("obj", "ply", "glb")]
+    bad = [f for f in o.formats if f not in MESH_FORMATS]
     if bad or not o.formats:
         raise FaceClipError(f"--formats {','.join(o.formats)}: choose from obj, ply, glb (comma-separated)")
     if o.texture_px < 16 or o.texture_px > 8192:
@@ -415,7 +417,7 @@ def check_options(o: ReconstructOptions) -> None:
 
 def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, texture: np.ndarray,
                        overlay: np.ndarray, params: dict, overwrite: bool = False,
-                       formats: tuple[str, ...] = ("obj", "ply", "glb")) -> list[Path]:
+                       formats: tuple[str, ...] = MESH_FORMATS) -> list[Path]:
     """Write mesh.obj/.mtl/_texture.png, mesh.ply, mesh.glb, params.json, overlay.png atomically.
 
     Everything goes to a temporary sibling folder first, which replaces ``folder`` at the end
@@ -424,7 +426,7 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
     """
     from PIL import Image
 
-    from faceclip.api import export_mesh
+    from faceclip.io.mesh import export_mesh
 
     def write(tmp: Path) -> None:
         export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy(),
@@ -434,21 +436,6 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
 
     meta = {"image": params.get("image"), "face_index": params.get("face_index")}
     return write_result_folder(Path(folder), write, meta=meta, overwrite=overwrite)
-
-
-def reconstruct_batch(inputs: Iterable[Path], out_dir: Path, options: ReconstructOptions | None = None,
-                      show_progress: bool = True, workers: int = 1, resume: bool = False) -> list[ImageReport]:
-    """Reconstruct many photos; one failing photo never stops the others.
-
-    See :func:`faceclip.batch.run_batch` (output names, the ``results.jsonl`` manifest,
-    ``workers`` processes, ``resume``).
-
-    Returns one :class:`ImageReport` per input, in input order (``error`` set for failures).
-    """
-    from faceclip.batch import run_batch
-
-    return run_batch(list(inputs), Path(out_dir), options or ReconstructOptions(), workers=workers,
-                     resume=resume, show_progress=show_progress)
 
 
 def reconstruct_one(rec: Reconstructor, path: Path, out_dir: Path, base: str) -> ImageReport:
