@@ -81,11 +81,11 @@ def test_single_image_json_and_overlay(tmp_path: Path, capsys: pytest.CaptureFix
     assert rec["image"] == str(ASTRONAUT) and (rec["width"], rec["height"]) == (512, 512)
     assert len(rec["faces"]) >= 1
     face = rec["faces"][0]
-    assert set(face) == {"box", "score", "landmarks68"}
+    assert set(face) == {"box", "score", "detector", "landmarks68", "landmarks478"}
     x0, y0, x1, y1 = face["box"]
     assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
     lm = np.array(face["landmarks68"])
-    assert lm.shape == (68, 2)
+    assert lm.shape == (68, 2) and np.array(face["landmarks478"]).shape == (478, 3)
     assert (lm[:, 0] > x0 - 20).all() and (lm[:, 0] < x1 + 20).all()
     overlay = np.asarray(Image.open(tmp_path / "ov" / "astronaut_landmarks.png"))
     assert overlay.shape == (512, 512, 3)

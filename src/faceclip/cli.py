@@ -107,7 +107,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         texture_px=args.texture_size, delight=args.delight, overwrite=args.overwrite,
         formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
-        method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
+        landmarks=args.landmarks, dense=not args.no_dense, method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
     reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet,
                                 workers=args.workers, resume=args.resume)
@@ -150,6 +150,7 @@ def _cmd_landmarks(args: argparse.Namespace) -> int:
     plan = plan_landmark_outputs(images, json_out, Path(args.overlay) if args.overlay else None)
     opts = LandmarksOptions(
         detector=args.detector,
+        landmarks=args.landmarks,
         upsample=args.upsample,
         threshold=args.threshold,
         max_side_px=args.max_side_px or None,
@@ -339,6 +340,16 @@ def _add_face_model_args(p: argparse.ArgumentParser, geometry_default: str | Non
     )
 
 
+def _frontend_args(p: argparse.ArgumentParser) -> None:
+    """--detector and --landmarks, the same for every command that finds faces."""
+    p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "hog", "cnn"],
+                   help="auto (default): MediaPipe and dlib HOG merged (turned and small faces); "
+                        "mediapipe, hog or cnn (dlib's CNN, slow) alone")
+    p.add_argument("--landmarks", default="mediapipe", choices=["mediapipe", "dlib68"],
+                   help="mediapipe (default): 478-point face mesh, 68 points from its calibrated map; "
+                        "dlib68: dlib's 68-point predictor")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``faceclip`` command."""
     parser = argparse.ArgumentParser(
@@ -418,14 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  faceclip landmarks photo.jpg\n  faceclip landmarks photo.jpg --json photo.json --overlay overlays/\n"
         "  faceclip landmarks photos/ --json out/ --overlay out/ --upsample 1\n\n"
         "JSON per image: {\"image\": PATH, \"width\": W, \"height\": H, \"faces\": [{\"box\": [x0, y0, x1, y1],\n"
-        "  \"score\": S, \"landmarks68\": [[x, y], ...]}]} in image pixels (x right, y down, pixel centres at +0.5),\n"
-        "largest face first. Without --json, one JSON line per image goes to stdout.",
+        "  \"score\": S, \"detector\": D, \"landmarks68\": [[x, y], ...], \"landmarks478\": [[x, y, z], ...]}]}\n"
+        "in image pixels (x right, y down, pixel centres at +0.5), largest face first. landmarks478 (MediaPipe's\n"
+        "face mesh; z: relative depth in pixels, smaller is nearer) only with --landmarks mediapipe (default).\n"
+        "Without --json, one JSON line per image goes to stdout.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--json", metavar="OUT", default=None, help="a .json file (one image) or a folder (<name>.json each)")
     p.add_argument("--overlay", metavar="DIR", default=None, help="folder for overlay PNGs (<name>_landmarks.png each)")
-    p.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="hog (fast, default) or cnn (slower)")
+    _frontend_args(p)
     p.add_argument(
         "--upsample", type=int, default=None, metavar="N", help="double the image N times to find small faces (default: auto)"
     )
@@ -467,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="fewer, lower-resolution fitting steps (~4x faster)")
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
     p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
-    p.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector (default hog)")
+    _frontend_args(p)
+    p.add_argument("--no-dense", action="store_true",
+                   help="fit the 68 landmarks only, not MediaPipe's calibrated dense points")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace result folders even when faceclip did not write them (or they hold other files)")

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from faceclip.detect.detector import DEFAULT_MAX_SIDE_PX, DetectorName, detect_faces
+from faceclip.detect.detector import DEFAULT_MAX_SIDE_PX
+from faceclip.detect.frontend import DetectorChoice, LandmarkChoice, detect_and_landmark
 from faceclip.detect.overlay import draw_faces
 from faceclip.detect.types import Face
 from faceclip.errors import InputError
@@ -41,16 +42,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LandmarksOptions:
-    """Settings of a landmarks run (see :func:`faceclip.detect.detect_faces`).
+    """Settings of a landmarks run (see :func:`faceclip.detect.frontend.detect_and_landmark`).
 
     Attributes:
-        detector, upsample, threshold, max_side_px: passed to ``detect_faces``.
+        detector, landmarks, upsample, threshold, max_side_px: passed to ``detect_and_landmark``.
         min_face_px: drop faces whose shorter box side is smaller (pixels).
         largest_only: keep only the largest face of each image.
         max_pixels: decompression-bomb guard of the image loader.
     """
 
-    detector: DetectorName = "hog"
+    detector: DetectorChoice = "auto"
+    landmarks: LandmarkChoice = "mediapipe"
     upsample: int | None = None
     threshold: float = 0.0
     max_side_px: int | None = DEFAULT_MAX_SIDE_PX
@@ -85,9 +87,8 @@ def process_landmarks_file(
     """
     opts = options or LandmarksOptions()
     img = read_image(path, max_pixels=opts.max_pixels)
-    faces = detect_faces(
-        img.rgb, detector=opts.detector, upsample=opts.upsample, threshold=opts.threshold, max_side_px=opts.max_side_px
-    )
+    faces = detect_and_landmark(img.rgb, opts.detector, opts.landmarks, upsample=opts.upsample,
+                                threshold=opts.threshold, max_side_px=opts.max_side_px)
     faces = [f for f in faces if f.size_px >= opts.min_face_px]
     if opts.largest_only:
         faces = faces[:1]

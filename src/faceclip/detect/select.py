@@ -1,4 +1,8 @@
-"""Which detected faces to reconstruct: the largest by default, or all, above a minimum size."""
+"""Which detected faces to reconstruct: one rule for every command.
+
+Weak detections are dropped when a confident face exists, faces below a minimum size are
+ignored, and the largest face is kept (or every face with ``all_faces``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 from faceclip.detect.types import Face
 from faceclip.errors import InputError
 
-__all__ = ["FacePolicy", "NoFaceError", "select_faces"]
+__all__ = ["FacePolicy", "NoFaceError", "is_confident", "select_faces"]
 
 
 class NoFaceError(InputError):
@@ -24,10 +28,19 @@ class FacePolicy:
             otherwise only the largest.
         min_face_px: ignore faces whose shorter box side is below this (pixels). Faces
             much smaller than the 224-pixel crop give blurry, unreliable reconstructions.
+        min_score: dlib HOG margin below which a face found by HOG alone counts as weak; weak
+            faces are dropped when the image holds a confident one (a face-like badge next to a
+            real face). MediaPipe's faces (confidence >= 0.5) are always confident.
     """
 
     all_faces: bool = False
     min_face_px: float = 32.0
+    min_score: float = 0.3
+
+
+def is_confident(face: Face, min_score: float) -> bool:
+    """A face found by MediaPipe, or by a dlib detector with at least ``min_score``."""
+    return "mediapipe" in face.detector or face.score >= min_score
 
 
 def select_faces(faces: list[Face], policy: FacePolicy | None = None, *, source: str | Path = "image") -> list[Face]:
@@ -50,6 +63,8 @@ def select_faces(faces: list[Face], policy: FacePolicy | None = None, *, source:
             f"{source}: no face found",
             hint="the detectors find faces from about 40 px across; for strongly turned faces try --detector cnn",
         )
+    confident = [f for f in faces if is_confident(f, policy.min_score)]
+    faces = confident or faces
     kept = sorted((f for f in faces if f.size_px >= policy.min_face_px), key=lambda f: (-f.area, -f.score))
     if not kept:
         largest = max(f.size_px for f in faces)

@@ -39,7 +39,10 @@ class Face:
             CNN: MMOD confidence). Comparable only within one detector.
         landmarks: ``(68, 2)`` float64 ``(x, y)`` image pixels (iBUG 300-W order), or
             ``None`` when landmarks were not requested.
-        detector: ``"hog"`` or ``"cnn"``.
+        detector: ``"hog"``, ``"cnn"``, ``"mediapipe"`` or a merge such as
+            ``"mediapipe+hog"`` (found by both).
+        extra: detector-specific data: ``"mesh478"`` ``(478, 3)`` MediaPipe's face mesh
+            (x, y image pixels, relative depth z), ``"keypoints6"``, ``"boxes"``, ``"scores"``.
     """
 
     box: np.ndarray
@@ -69,11 +72,16 @@ class Face:
         return self.width * self.height
 
     def to_dict(self, decimals: int = 2) -> dict[str, Any]:
-        """JSON-ready ``{"box": [...], "score": s, "landmarks68": [[x, y], ...]}``."""
+        """JSON-ready ``{"box": [...], "score": s, "detector": name, "landmarks68": [[x, y], ...]}``,
+        plus ``"landmarks478": [[x, y, z], ...]`` when the face has MediaPipe's mesh."""
         out: dict[str, Any] = {
             "box": [round(float(v), decimals) for v in self.box],
             "score": round(float(self.score), 4),
+            "detector": self.detector,
         }
         if self.landmarks is not None:
             out["landmarks68"] = [[round(float(x), decimals), round(float(y), decimals)] for x, y in self.landmarks]
+        mesh = self.extra.get("mesh478")
+        if mesh is not None:
+            out["landmarks478"] = [[round(float(v), decimals) for v in p] for p in mesh]
         return out

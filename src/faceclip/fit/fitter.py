@@ -85,6 +85,14 @@ class FitConfig:
 
     #: Cauchy scale (224-crop pixels) of the robust landmark weights; 0 disables them.
     robust_px: float = 6.0
+    #: Weight of the dense landmark term (calibrated MediaPipe points, see
+    #: :mod:`faceclip.detect.calibration`): ``w_dense * sum_k |r_k|^2 / sigma_k^2`` with each
+    #: point's sigma (mm at the face, per yaw bin) turned into crop pixels by the current pose.
+    #: Used only when dense landmarks are given to :meth:`Fitter.fit`.
+    w_dense: float = 0.02
+    #: With dense landmarks, the weight factor of the inner 51 of the 68 landmarks (the jaw
+    #: contour, 0-16, keeps its weight: the dense points hold no silhouette).
+    inner68_with_dense: float = 0.0
     #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
     #: (linear least squares on the skin pixels); used alone in fast mode.
     closed_form_light: bool = True
@@ -147,6 +155,8 @@ class FitResult:
     losses: dict[str, float]
     active_terms: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: (K, 2) projected dense points in crop pixels when dense landmarks were used.
+    dense_crop_px: Tensor | None = None
 
 
 @dataclass
@@ -239,6 +249,39 @@ class Fitter:
         local = self._ph.remap[mirror[self._ph.vids]]
         rows = torch.arange(len(self._ph.vids), device=self.device)
         self._ph_mirror = torch.where(local >= 0, local, rows)
+        self.dense = None
+
+    def set_dense_points(self, points) -> None:
+        """Use dense surface points (a :class:`faceclip.detect.calibration.DensePoints`, or None).
+
+        Each point is a barycentric combination of three model vertices, so its position is
+        linear in the coefficients like a vertex: its mean and bases are precomputed here.
+        """
+        if points is None:
+            self.dense = None
+            return
+        m = self.model
+        vid = torch.as_tensor(points.vertex_ids, dtype=torch.long, device=self.device)  # (K, 3)
+        bary = torch.as_tensor(points.bary, dtype=torch.float32, device=self.device)  # (K, 3)
+
+        def combine(x: Tensor) -> Tensor:  # (..., V, 3) -> (..., K, 3)
+            return (x[..., vid, :] * bary[..., None]).sum(-2)
+
+        self.dense = {"points": points, "mean": combine(m.mean_mm), "id": combine(m.identity_basis_mm),
+                      "exp": combine(m.expression_basis_mm)}
+
+    def dense_vertices(self, p: FaceParams) -> Tensor:
+        """(B, K, 3) canonical positions of the dense points."""
+        d = self.dense
+        return (d["mean"].unsqueeze(0) + torch.einsum("bk,knc->bnc", p.identity, d["id"])
+                + torch.einsum("bk,knc->bnc", p.expression, d["exp"]))
+
+    def _dense_weights(self, p: FaceParams, b: int, yaw_rad: float, tz_mm: float) -> Tensor:
+        """(K,) NLL weights ``w_dense / sigma_px^2`` for the current pose."""
+        sigma_mm = torch.as_tensor(self.dense["points"].sigma_at(np.degrees(yaw_rad)), dtype=torch.float32,
+                                   device=self.device)
+        px_per_mm = float(p.focal_px[b]) / max(tz_mm, 1.0)
+        return self.config.w_dense / (sigma_mm * px_per_mm) ** 2
 
     # ------------------------------------------------------------------ helpers
 
@@ -335,7 +378,8 @@ class Fitter:
     # ------------------------------------------------------------------ stages
 
     @torch.no_grad()
-    def _landmark_stage(self, p: FaceParams, target: Tensor, steps: int) -> dict[str, float]:
+    def _landmark_stage(self, p: FaceParams, target: Tensor, steps: int,
+                        dense_target: Tensor | None = None) -> dict[str, float]:
         """Levenberg-Marquardt on pose, identity and expression against the 68 landmarks.
 
         The objective is the same weighted sum of squares as the photometric stage's landmark
@@ -343,7 +387,9 @@ class Fitter:
         its coefficients, the camera a rotation, a translation and a perspective division), so an
         iteration costs one (136 x 159) matrix and a 159 x 159 solve; ``steps`` bounds the
         iterations. The sliding contour is re-selected at every iteration and held fixed within
-        it. Blendshape weights are projected onto [0, 1] after every step.
+        it. Blendshape weights are projected onto [0, 1] after every step. ``dense_target``
+        (B, K, 2): positions of the dense points (:meth:`set_dense_points`) in crop pixels,
+        adding K rows weighted by each point's uncertainty.
         """
         c = self.config
         scale = c.crop_px / 224.0
@@ -359,29 +405,36 @@ class Fitter:
         flip = torch.tensor([1.0, -1.0, -1.0], device=self.device).view(3, 1)
         sub = self._lm
 
+        dense = self.dense if dense_target is not None else None
+
         def evaluate(theta: Tensor, rows: Tensor, b: int, jacobian: bool, w_sqrt: Tensor):
+            """Residuals (N*2,) and Jacobian (N*2, P): the 68 landmarks, then any dense points."""
             ang, tr, ident, expr = torch.split(theta, sizes)
-            bid, bexp = sub.id_basis[:, rows], sub.exp_basis[:, rows]  # (K, 68, 3)
-            X = sub.mean[rows] + torch.einsum("k,knc->nc", ident, bid) + torch.einsum("k,knc->nc", expr, bexp)
+            bid, bexp, mean, tgt = sub.id_basis[:, rows], sub.exp_basis[:, rows], sub.mean[rows], target[b]
+            if dense is not None and w_sqrt.shape[0] > 68:
+                bid, bexp = torch.cat([bid, dense["id"]], 1), torch.cat([bexp, dense["exp"]], 1)
+                mean, tgt = torch.cat([mean, dense["mean"]]), torch.cat([tgt, dense_target[b]])
+            n = mean.shape[0]
+            X = mean + torch.einsum("k,knc->nc", ident, bid) + torch.einsum("k,knc->nc", expr, bexp)
             R = flip * euler_to_matrix(ang[None])[0]
             Xc = X @ R.T + tr * t_unit
             f = p.focal_px[b]
             x, y, z = Xc.unbind(-1)
             uv = torch.stack([f * x / z, f * y / z], -1) + torch.tensor(
                 [p.image_size[1] / 2.0, p.image_size[0] / 2.0], device=self.device)
-            r = ((uv - target[b]) * w_sqrt).reshape(-1)
+            r = ((uv - tgt) * w_sqrt).reshape(-1)
             if not jacobian:
                 return r, None
             zero = torch.zeros_like(z)
             duv = torch.stack([torch.stack([f / z, zero, -f * x / z**2], -1),
-                               torch.stack([zero, f / z, -f * y / z**2], -1)], 1)  # (68, 2, 3)
+                               torch.stack([zero, f / z, -f * y / z**2], -1)], 1)  # (N, 2, 3)
             dR = flip.view(3, 1, 1) * _euler_jacobian(ang)  # (3, 3, 3): d R[i, j] / d angle k
-            d_ang = torch.einsum("ijk,nj->nik", dR, X)  # (68, 3, 3)
-            d_t = (torch.eye(3, device=self.device) * t_unit).expand(68, 3, 3)
+            d_ang = torch.einsum("ijk,nj->nik", dR, X)  # (N, 3, 3)
+            d_t = (torch.eye(3, device=self.device) * t_unit).expand(n, 3, 3)
             d_id = torch.einsum("ij,knj->nik", R, bid)
             d_exp = torch.einsum("ij,knj->nik", R, bexp)
-            dX = torch.cat([d_ang, d_t, d_id, d_exp], -1)  # (68, 3, P)
-            J = (torch.einsum("nac,ncp->nap", duv, dX) * w_sqrt.view(68, 1, 1)).reshape(136, -1)
+            dX = torch.cat([d_ang, d_t, d_id, d_exp], -1)  # (N, 3, P)
+            J = (torch.einsum("nac,ncp->nap", duv, dX) * w_sqrt.view(n, 1, 1)).reshape(2 * n, -1)
             return r, J
 
         def total(r: Tensor, theta: Tensor) -> float:
@@ -390,6 +443,9 @@ class Fitter:
 
         losses: dict[str, float] = {}
         self.landmark_weights = w.expand(p.batch_size, 68).clone()
+        inner_factor = torch.ones(68, 1, device=self.device)
+        if dense is not None:
+            inner_factor[17:] = c.inner68_with_dense ** 0.5
         for b in range(p.batch_size):
             theta = torch.cat([p.angles_rad[b], p.translation_mm[b] / t_unit, p.identity[b], p.expression[b]])
             mu = torch.cat([torch.zeros(6, device=self.device), self._prior_identity[b], self._prior_expression[b]])
@@ -401,6 +457,9 @@ class Fitter:
                 # badly detected landmarks from bending the whole face.
                 w_sqrt = self._robust_weights(theta, rows, b, base_w, evaluate, sizes).sqrt().view(68, 1) * (
                     (c.w_landmark ** 0.5) / scale)
+                if dense is not None:
+                    w_sqrt = torch.cat([w_sqrt * inner_factor, self._dense_weights(
+                        p, b, float(theta[1]), float(theta[5]) * t_unit).sqrt().view(-1, 1)])
                 r, J = evaluate(theta, rows, b, True, w_sqrt)
                 cost = total(r, theta)
                 JtJ = J.T @ J + torch.diag(prior_w)
@@ -423,9 +482,13 @@ class Fitter:
             p.identity[b], p.expression[b] = ident, expr
             q = self._params_from_theta(p, theta, sizes, t_unit, b)
             lm = self.project_landmarks(q, sub.vertices(q), sub)
-            self.landmark_weights[b] = w_sqrt.view(68) ** 2 * scale**2 / c.w_landmark * w.sum()
+            self.landmark_weights[b] = w_sqrt[:68].view(68) ** 2 * scale**2 / c.w_landmark * w.sum()
             losses = {"landmark": float(landmark_loss(lm, target[b:b + 1], scale_px=scale)),
                       "identity_reg": float(ident @ ident), "expression_reg": float(expr @ expr)}
+            if dense is not None:
+                self.dense_weights = (w_sqrt[68:].view(-1) ** 2).unsqueeze(0)
+                pd = q.camera().project(self.dense_vertices(q))
+                losses["dense_landmark"] = float((self.dense_weights * ((pd - dense_target[b:b + 1]) ** 2).sum(-1)).sum())
         return losses
 
     def _robust_weights(self, theta, rows, b, base_w, evaluate, sizes) -> Tensor:
@@ -454,7 +517,7 @@ class Fitter:
         return theta
 
     def _photo_stage(self, p: FaceParams, target_lm: Tensor, crop: Tensor, skin_mask: Tensor,
-                     steps: int) -> tuple[dict[str, float], Tensor]:
+                     steps: int, dense_target: Tensor | None = None) -> tuple[dict[str, float], Tensor]:
         c = self.config
         S = c.render_px
         scale = c.crop_px / 224.0
@@ -490,6 +553,9 @@ class Fitter:
                 "albedo_skin": c.w_albedo_skin * albedo_skin_prior(albedo, self._ph_skin),
                 "light_chroma": c.w_light_chroma * light_chroma(p.sh),
             }
+            if dense_target is not None:
+                pd = p.camera().project(self.dense_vertices(p))
+                terms["dense_landmark"] = (self.dense_weights * ((pd - dense_target) ** 2).sum(-1)).sum(-1).mean()
             if self.extra_terms:
                 ctx = {"params": p, "vertices_mm": verts, "rendered": rendered, "coverage": cover,
                        "target": crop, "camera": p.camera()}
@@ -551,7 +617,7 @@ class Fitter:
     # ------------------------------------------------------------------ public
 
     def fit(self, crop_rgb: Tensor, landmarks_px: Tensor, skin_mask: Tensor,
-            init: FaceParams | None = None) -> FitResult:
+            init: FaceParams | None = None, dense_px: Tensor | None = None) -> FitResult:
         """Fit one face.
 
         Args:
@@ -559,6 +625,8 @@ class Fitter:
             landmarks_px: (68, 2) detected landmarks in crop pixels.
             skin_mask: (S, S) bool skin mask of the crop.
             init: optional starting parameters (e.g. from a regressor); default PnP + mean face.
+            dense_px: (K, 2) positions of the dense points set by :meth:`set_dense_points`, in
+                crop pixels (e.g. calibrated MediaPipe points); None: the 68 landmarks alone.
         """
         c = self.config
         dev = self.device
@@ -567,6 +635,13 @@ class Fitter:
         skin = skin_mask.to(dev).bool().unsqueeze(0)
         if not torch.isfinite(crop).all() or not torch.isfinite(target).all():
             raise ValueError("crop or landmarks contain NaN / infinite values")
+        dense_t = None
+        if dense_px is not None:
+            if self.dense is None:
+                raise ValueError("dense_px given but no dense points set (Fitter.set_dense_points)")
+            dense_t = dense_px.to(dev, torch.float32).unsqueeze(0)
+            if dense_t.shape[1:] != self.dense["mean"].shape[:1] + (2,) or not torch.isfinite(dense_t).all():
+                raise ValueError(f"dense_px must be finite with shape ({self.dense['mean'].shape[0]}, 2)")
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         p = init.detach().to(dev) if init is not None else self.initial_params(target)
@@ -577,7 +652,7 @@ class Fitter:
             self._prior_expression = torch.zeros_like(p.expression)
         seconds["init"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        losses = self._landmark_stage(p, target, c.landmark_steps)
+        losses = self._landmark_stage(p, target, c.landmark_steps, dense_t)
         seconds["landmarks"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if c.closed_form_light:
@@ -585,12 +660,14 @@ class Fitter:
             losses["light_fit_rmse"] = self._last_light_rmse
         albedo = self.albedo_model(p.albedo).detach()
         if c.photo_steps > 0:
-            losses, albedo = self._photo_stage(p, target, crop, skin, c.photo_steps)
+            losses, albedo = self._photo_stage(p, target, crop, skin, c.photo_steps, dense_t)
         seconds["photometric"] = time.perf_counter() - t0
         p = p.detach()
         with torch.no_grad():
             verts = self.model.vertices(p.identity, p.expression)
             lm = self.project_landmarks(p, verts)
+            dense_proj = p.camera().project(self.dense_vertices(p))[0] if dense_t is not None else None
         active = list(losses)
         return FitResult(params=p, vertices_mm=verts[0], albedo=albedo[0].clamp(0, 1),
-                         landmarks_crop_px=lm[0], losses=losses, active_terms=active, seconds=seconds)
+                         landmarks_crop_px=lm[0], losses=losses, active_terms=active, seconds=seconds,
+                         dense_crop_px=dense_proj)

