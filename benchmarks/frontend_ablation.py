@@ -11,13 +11,18 @@ thing at a time:
 
 - ``mean``: the posed mean face (the floor to beat);
 - ``dlib``: dlib HOG + 68-point predictor (the front-end before MediaPipe);
-- ``mp68``: MediaPipe detection + mesh, the 68 points from the calibrated map, no dense term;
-- ``default``: ``mp68`` + the calibrated dense points with per-point sigma (what ships);
-- ``nosigma``: dense points with one sigma for all points (the median);
-- ``inner68``: dense points and the inner 51 of the 68 landmarks together;
-- ``nophoto``: no photometric stage (landmarks only);
-- ``noreg``: fitting from the mean face instead of the regressor's prediction;
-- ``dense_w<X>``: the default with ``w_dense = X``.
+- ``default``: what ships: MediaPipe + HOG detection, the mesh, the 68 points from the
+  calibrated map;
+- ``mp68``: the same (kept as a name for older logs);
+- ``dense``: ``default`` + the calibrated dense points (``--dense``: per-point sigma and the
+  correlated-error model), replacing the inner 51 of the 68 points;
+- ``nosigma``: ``dense`` with one sigma for all points (the median) and no correlation model;
+- ``inner68``: ``dense`` with the inner 51 of the 68 points kept too;
+- ``nophoto``: ``default`` without the photometric stage (landmarks only);
+- ``noreg``: ``default`` fitted from the mean face instead of the regressor's prediction;
+- ``dense_w<X>``: ``dense`` with ``w_dense = X``;
+- ``<variant>:<field>=<value>[:...]``: a variant with fitting settings changed
+  (:class:`faceclip.fit.fitter.FitConfig` fields), e.g. ``mp68:w_identity_landmarks=1.0``.
 
 Prints one row per variant (REALY-style "all" in mm per yaw bin, NME, failures, seconds) and
 ends with ``frontend_default_all_mm: X``. Choose defaults on seed 7; report seed 0.
@@ -34,7 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before t
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-VARIANTS = ("mean", "dlib", "mp68", "default", "nosigma", "inner68", "nophoto", "noreg")
+VARIANTS = ("mean", "dlib", "default", "dense", "nosigma", "nophoto", "noreg")
 
 
 def _method(variant: str):
@@ -44,23 +49,31 @@ def _method(variant: str):
 
     opts = ReconstructOptions()
     overrides: dict = {}
+    variant, *settings = variant.split(":")
+    for item in settings:
+        key, value = item.split("=")
+        overrides[key] = float(value)
     if variant == "dlib":
-        opts.detector, opts.landmarks, opts.dense = "hog", "dlib68", False
-    elif variant == "mp68":
-        opts.dense = False
+        opts.detector, opts.landmarks = "hog", "dlib68"
+    elif variant in ("dense", "nosigma", "inner68") or variant.startswith("dense_w"):
+        opts.dense = True
     elif variant == "noreg":
         opts.no_regressor = True
     elif variant == "nophoto":
         overrides["photo_steps"] = 0
-    elif variant == "inner68":
-        overrides["inner68_with_dense"] = 1.0
-    elif variant.startswith("dense_w"):
-        overrides["w_dense"] = float(variant[len("dense_w"):])
-    elif variant not in ("default", "nosigma"):
+    elif variant not in ("default", "mp68"):
         raise SystemExit(f"unknown variant {variant!r}")
+    if variant == "inner68":
+        overrides["inner68_with_dense"] = 1.0
+    if variant.startswith("dense_w"):
+        overrides["w_dense"] = float(variant[len("dense_w"):])
+    if variant == "nosigma":
+        overrides["dense_correlated"] = 0.0
     rec = Reconstructor(opts)
     for k, v in overrides.items():
         setattr(rec.fitter.config, k, v)
+    if rec.dense_points is not None:
+        rec.fitter.set_dense_points(rec.dense_points)  # picks up dense_correlated
     if variant == "nosigma":
         from dataclasses import replace
 

@@ -182,7 +182,7 @@ def test_unexpected_error_is_per_file_and_debug_raises(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calls = {"n": 0}
-    real = report.detect_faces
+    real = report.detect_and_landmark
 
     def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
@@ -190,7 +190,7 @@ def test_unexpected_error_is_per_file_and_debug_raises(
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(report, "detect_faces", flaky)
+    monkeypatch.setattr(report, "detect_and_landmark", flaky)
     rc, out, err = run(["landmarks", str(DOGS), str(ASTRONAUT), "--json", str(tmp_path)], capsys)
     assert rc == 2
     assert f"error: {DOGS}: RuntimeError: boom" in err and "Traceback" not in err

@@ -52,7 +52,7 @@ def test_params_json(astronaut_result):
     assert w["face_detector_mediapipe_full_range"]["file"].endswith("face_detection_full_range_sparse.tflite")
     assert "face_detector_hog" in w and "landmarks68" not in w
     assert all(len(v["sha256"]) == 64 for k, v in w.items() if k.startswith(("landmarks_", "face_detector_mediapipe")))
-    assert params["front_end"] == {"detector": "auto", "landmarks": "mediapipe", "dense_points": 432}
+    assert params["front_end"] == {"detector": "auto", "landmarks": "mediapipe", "dense_points": 0}
     from faceclip.nets.regressor import SHIPPED_CHECKPOINT
 
     # The shipped regressor initialises the fitting by default.

@@ -107,7 +107,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         texture_px=args.texture_size, delight=args.delight, overwrite=args.overwrite,
         formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
-        landmarks=args.landmarks, dense=not args.no_dense, method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
+        landmarks=args.landmarks, dense=args.dense, method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
     reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet,
                                 workers=args.workers, resume=args.resume)
@@ -266,7 +266,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
 
     report = preprocess_folder(
         args.src, args.out, detector=args.detector, all_faces=args.all_faces, min_face_px=args.min_face_px,
-        cnn_fallback=args.cnn_fallback, progress=not args.quiet,
+        cnn_fallback=args.cnn_fallback, progress=not args.quiet, landmarks=args.landmarks,
     )
     print(f"prepare-data: {report.n_images} images ({report.n_processed} processed, {report.n_skipped} unchanged), "
           f"{report.n_faces} faces in {report.cache_dir}, {len(report.failures)} without a face "
@@ -481,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
     p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
     _frontend_args(p)
-    p.add_argument("--no-dense", action="store_true",
-                   help="fit the 68 landmarks only, not MediaPipe's calibrated dense points")
+    p.add_argument("--dense", action="store_true",
+                   help="also fit MediaPipe's 432 calibrated dense points, with their uncertainty "
+                        "(--landmarks mediapipe, ICT model; see docs/front-end.md)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace result folders even when faceclip did not write them (or they hold other files)")
@@ -569,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", metavar="SRC", help="folder of photos (searched recursively)")
     p.add_argument("--out", required=True, metavar="CACHE", help="cache folder (created)")
-    p.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector (default hog)")
-    p.add_argument("--cnn-fallback", action="store_true", help="try the CNN detector where HOG finds nothing (slow)")
+    _frontend_args(p)
+    p.add_argument("--cnn-fallback", action="store_true",
+                   help="with --detector hog: try the CNN detector where HOG finds nothing (slow)")
     p.add_argument("--all-faces", action="store_true", help="keep every face of a photo, not just the largest")
     p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -10,8 +10,15 @@ the 478 MediaPipe points:
   the 10 iris points, which follow the gaze);
 - ``bary`` ``(478, 3)``: barycentric coordinates in that triangle (least squares over the
   renders where the triangle is visible);
+- ``dense_index``, ``dense_weight`` ``(478, 8)``: the image position of each such surface point
+  is predicted from its 8 nearest MediaPipe points by a learnt affine combination (weights sum
+  to 1), which removes part of MediaPipe's systematic error (:meth:`MeshCalibration.dense_positions`);
 - ``sigma_mm`` ``(478, 3)``: the spread of the point around its surface point (isotropic 2D
   Gaussian, millimetres at the face) in each yaw bin ``pose_bins_deg`` (0-20, 20-40, 40+);
+- ``noise_basis`` ``(864, R)``, ``noise_shrink`` ``(R,)``, ``noise_nu``: the errors of
+  neighbouring points are strongly correlated (MediaPipe misplaces whole regions together: 24
+  patterns hold ~90% of the error variance), so the fitter whitens them with this low-rank plus
+  isotropic model instead of treating 432 points as 432 independent measurements;
 
 and a linear map from the 478 points to the 68 landmarks of the 2D-detector convention
 (iBUG order, jaw contour on the silhouette): ``map68_index`` ``(68, J)`` and ``map68_weight``
@@ -22,7 +29,8 @@ Example::
 
     cal = load_calibration()
     lm68 = cal.landmarks68(mesh478[:, :2])         # (68, 2)
-    pts = cal.dense_points()                       # DensePoints for the fitter
+    pts = cal.dense_points(model.triangles)        # DensePoints for the fitter
+    xy = cal.dense_positions(mesh478, pts.point_ids)   # (K, 2) their observed positions
 """
 
 from __future__ import annotations
@@ -56,6 +64,10 @@ class DensePoints:
         bary: ``(K, 3)`` barycentric coordinates.
         sigma_mm: ``(K, B)`` standard deviation per pose bin (mm at the face).
         pose_bins_deg: ``(B, 2)`` |yaw| bin edges in degrees.
+        noise_basis: ``(2K, R)`` the R most correlated error patterns of the points (rows
+            ``x0, y0, x1, y1, ...`` in units of each point's sigma), or ``None``.
+        noise_shrink: ``(R,)`` and ``noise_nu``: the whitening ``(I - U diag(shrink) U^T) /
+            sqrt(nu)`` of errors with correlation ``U diag(lam) U^T + nu I``.
     """
 
     point_ids: np.ndarray
@@ -63,6 +75,9 @@ class DensePoints:
     bary: np.ndarray
     sigma_mm: np.ndarray
     pose_bins_deg: np.ndarray
+    noise_basis: np.ndarray | None = None
+    noise_shrink: np.ndarray | None = None
+    noise_nu: float = 1.0
 
     def sigma_at(self, yaw_deg: float) -> np.ndarray:
         """``(K,)`` sigma (mm) for a head yaw (degrees)."""
@@ -80,6 +95,12 @@ class MeshCalibration:
         self.bary = np.asarray(arrays["bary"], np.float64)
         self.sigma_mm = np.asarray(arrays["sigma_mm"], np.float64)
         self.pose_bins_deg = np.asarray(arrays["pose_bins_deg"], np.float64)
+        self.dense_index = np.asarray(arrays["dense_index"], np.int64)
+        dw = np.asarray(arrays["dense_weight"], np.float64)
+        self.dense_weight = dw / np.where(dw.sum(1, keepdims=True) == 0, 1.0, dw.sum(1, keepdims=True))
+        self.noise_basis = np.asarray(arrays["noise_basis"], np.float64) if "noise_basis" in arrays else None
+        self.noise_shrink = np.asarray(arrays["noise_shrink"], np.float64) if "noise_shrink" in arrays else None
+        self.noise_nu = float(arrays["noise_nu"]) if "noise_nu" in arrays else 1.0
         self.map68_index = np.asarray(arrays["map68_index"], np.int64)
         w = np.asarray(arrays["map68_weight"], np.float64)
         self.map68_weight = w / w.sum(1, keepdims=True)  # exactly affine despite float32 storage
@@ -94,7 +115,16 @@ class MeshCalibration:
         pts = np.asarray(mesh_xy, np.float64)[:, :2]
         return np.einsum("kj,kjc->kc", self.map68_weight, pts[self.map68_index])
 
-    def dense_points(self, triangles: np.ndarray, exclude: tuple[int, ...] = ()) -> DensePoints:
+    def dense_positions(self, mesh_xy: np.ndarray, point_ids: np.ndarray | None = None) -> np.ndarray:
+        """``(478, 2)`` MediaPipe points -> ``(K, 2)`` predicted positions of the surface points.
+
+        ``point_ids``: which points (default: all tied to the surface, as in :meth:`dense_points`).
+        """
+        ids = np.flatnonzero(self.triangle >= 0) if point_ids is None else np.asarray(point_ids)
+        pts = np.asarray(mesh_xy, np.float64)[:, :2]
+        return np.einsum("kj,kjc->kc", self.dense_weight[ids], pts[self.dense_index[ids]])
+
+    def dense_points(self, triangles: np.ndarray) -> DensePoints:
         """The points tied to the surface, for a model with these ``(F, 3)`` triangles.
 
         Raises:
@@ -105,11 +135,9 @@ class MeshCalibration:
             raise ModelNotInstalledError(
                 f"the MediaPipe calibration is for a mesh of {self.n_triangles} triangles, the face model has "
                 f"{len(tris)}", hint="dense MediaPipe landmarks work with the ICT model (--face-model ict)")
-        use = self.triangle >= 0
-        if exclude:
-            use[list(exclude)] = False
-        ids = np.flatnonzero(use)
-        return DensePoints(ids, tris[self.triangle[ids]], self.bary[ids], self.sigma_mm[ids], self.pose_bins_deg)
+        ids = np.flatnonzero(self.triangle >= 0)
+        return DensePoints(ids, tris[self.triangle[ids]], self.bary[ids], self.sigma_mm[ids], self.pose_bins_deg,
+                           self.noise_basis, self.noise_shrink, self.noise_nu)
 
 
 @functools.cache

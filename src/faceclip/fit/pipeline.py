@@ -65,9 +65,11 @@ class ReconstructOptions:
     detector: str = "auto"
     #: "mediapipe" (478-point mesh, calibrated dense landmarks) or "dlib68".
     landmarks: str = "mediapipe"
-    #: Fit the calibrated dense MediaPipe points (with per-point uncertainty) besides the 68
-    #: landmarks; only with ``landmarks="mediapipe"`` and the ICT model.
-    dense: bool = True
+    #: Also fit the calibrated dense MediaPipe points (per-point uncertainty, correlated-error
+    #: model) instead of the inner 51 of the 68 landmarks; only with ``landmarks="mediapipe"``
+    #: and the ICT model. Off by default: on the synthetic benchmark it does not beat the 68
+    #: points from the calibrated map (see docs/front-end.md for the figures).
+    dense: bool = False
     cnn_fallback: bool = True
     #: "fit": analysis-by-synthesis fitting, initialised by the regressor when a checkpoint is
     #: available (the shipped one by default); "regress": the regressor alone.
@@ -258,7 +260,10 @@ class Reconstructor:
                 return result, aligned
         dense = None
         if self.dense_points is not None and mesh478 is not None:
-            pts = aligned.transform.image_to_crop(np.asarray(mesh478, np.float64)[self.dense_points.point_ids, :2])
+            from faceclip.detect.calibration import load_calibration
+
+            xy = load_calibration().dense_positions(mesh478, self.dense_points.point_ids)
+            pts = aligned.transform.image_to_crop(xy)
             dense = torch.from_numpy(pts).float()
         result = self.fitter.fit(
             crop,

@@ -498,6 +498,7 @@ class _Options:
     min_score: float
     crop_px: int
     cnn_fallback: bool
+    landmarks: str = "mediapipe"
 
     def signature(self) -> str:
         return json.dumps({"version": CACHE_VERSION, **asdict(self)}, sort_keys=True)
@@ -514,20 +515,22 @@ def preprocess_folder(
     src_dir: str | os.PathLike[str],
     cache_dir: str | os.PathLike[str],
     *,
-    detector: str = "hog",
+    detector: str = "auto",
     all_faces: bool = False,
     min_face_px: float = 32.0,
     min_score: float = 0.3,
     crop_px: int = 224,
     cnn_fallback: bool = False,
     progress: bool = True,
+    landmarks: str = "mediapipe",
 ) -> PreprocessReport:
     """Detect, align and mask every face of a photo folder (recursively) into a training cache.
 
     Per photo: :func:`faceclip.io.images.load_image` (EXIF rotation, any format),
-    :func:`faceclip.detect.detect_faces` (dlib detector, 68 landmarks), the same selection as
-    ``faceclip reconstruct`` (weak detections below ``min_score`` dropped when a confident one
-    exists; the largest face, or all faces of at least ``min_face_px``),
+    :func:`faceclip.detect.frontend.detect_and_landmark` (the front-end of ``faceclip
+    reconstruct``: ``detector`` and ``landmarks`` as there), the same selection
+    (:func:`faceclip.detect.select_faces`: weak detections below ``min_score`` dropped when a
+    confident one exists; the largest face, or all faces of at least ``min_face_px``),
     :func:`faceclip.detect.align_face` to an ``crop_px`` crop and
     :func:`faceclip.detect.skin_mask`. Each face becomes ``cache_dir/faces/<key>_<k>.npz``
     (``crop`` uint8 (S, S, 3), ``landmarks`` float32 (68, 2) crop pixels, ``skin_mask`` and
@@ -544,7 +547,9 @@ def preprocess_folder(
         src_dir: folder of photos (any depth; files with an image suffix; ``cache_dir`` is
             skipped if it lies inside).
         cache_dir: the cache folder (created).
-        detector: ``"hog"`` (fast) or ``"cnn"`` (dlib's MMOD CNN; ~2 s per photo on a CPU).
+        detector: ``"auto"`` (MediaPipe + dlib HOG), ``"mediapipe"``, ``"hog"`` or ``"cnn"``
+            (dlib's MMOD CNN; ~2 s per photo on a CPU).
+        landmarks: ``"mediapipe"`` (68 points from the calibrated mesh map) or ``"dlib68"``.
         all_faces: keep every face of a photo, not only the largest.
         min_face_px: smaller faces (shorter box side, photo pixels) are not used.
         min_score: detections scoring below this are dropped when a stronger one exists.
@@ -566,9 +571,14 @@ def preprocess_folder(
     cache = Path(cache_dir).expanduser().resolve()
     if not src.is_dir():
         raise InputError(f"{src_dir}: not a folder of photos")
-    if detector not in ("hog", "cnn"):
-        raise InputError(f"unknown face detector {detector!r}", hint="use 'hog' or 'cnn'")
-    opts = _Options(detector, bool(all_faces), float(min_face_px), float(min_score), int(crop_px), bool(cnn_fallback))
+    from faceclip.detect.frontend import DETECTORS, LANDMARKERS
+
+    if detector not in DETECTORS:
+        raise InputError(f"unknown face detector {detector!r}", hint="use one of: " + ", ".join(DETECTORS))
+    if landmarks not in LANDMARKERS:
+        raise InputError(f"unknown landmarks {landmarks!r}", hint="use one of: " + ", ".join(LANDMARKERS))
+    opts = _Options(detector, bool(all_faces), float(min_face_px), float(min_score), int(crop_px), bool(cnn_fallback),
+                    landmarks)
     sig = opts.signature()
     manifest = _open_manifest(cache, src, crop_px)
     entries: dict[str, dict[str, Any]] = manifest["images"]
@@ -633,14 +643,8 @@ def preprocess_folder(
 
 def _process_image(path: Path, rel: str, cache: Path, opts: _Options) -> list[str]:
     """Detect, align and mask the faces of one photo; write their npz files; return their names."""
-    from faceclip.detect import (
-        FacePolicy,
-        NoFaceError,
-        align_face,
-        detect_faces,
-        select_faces,
-        skin_mask,
-    )
+    from faceclip.detect import FacePolicy, NoFaceError, align_face, select_faces, skin_mask
+    from faceclip.detect.frontend import detect_and_landmark
     from faceclip.io.images import load_image
     from faceclip.io.mesh import atomic_path
 
@@ -648,15 +652,14 @@ def _process_image(path: Path, rel: str, cache: Path, opts: _Options) -> list[st
         rgb = load_image(path)
     except InputError as exc:
         raise _Failed("unreadable", exc.message) from exc
-    faces = detect_faces(rgb, detector=opts.detector)  # type: ignore[arg-type]
+    faces = detect_and_landmark(rgb, opts.detector, opts.landmarks)  # type: ignore[arg-type]
     if not faces and opts.detector == "hog" and opts.cnn_fallback:
-        faces = detect_faces(rgb, detector="cnn")
+        faces = detect_and_landmark(rgb, "cnn", opts.landmarks)  # type: ignore[arg-type]
     if not faces:
         raise _Failed("no_face", "no face found")
-    confident = [f for f in faces if f.score >= opts.min_score]
-    faces = confident or faces
     try:
-        selected = select_faces(faces, FacePolicy(all_faces=opts.all_faces, min_face_px=opts.min_face_px), source=rel)
+        policy = FacePolicy(all_faces=opts.all_faces, min_face_px=opts.min_face_px, min_score=opts.min_score)
+        selected = select_faces(faces, policy, source=rel)
     except NoFaceError as exc:
         raise _Failed("too_small", exc.message) from exc
     key = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:16]
