@@ -194,13 +194,30 @@ def test_calibration_contents(ict_cache) -> None:
     assert np.isfinite(dp.sigma_mm).all() and (dp.sigma_mm > 0.2).all() and (dp.sigma_mm < 20).all()
     # turned faces are less certain than frontal ones
     assert np.median(dp.sigma_mm[:, 2]) > np.median(dp.sigma_mm[:, 0])
-    np.testing.assert_allclose(cal.map68_weight.sum(1), 1.0, atol=1e-4)
-    # the map commutes with a similarity transform of the image
-    pts = np.random.default_rng(1).uniform(0, 200, (478, 2))
-    a = np.array([[0.8, -0.3], [0.3, 0.8]])
-    np.testing.assert_allclose(cal.landmarks68(pts @ a.T + 7.0), cal.landmarks68(pts) @ a.T + 7.0, atol=1e-6)
+    np.testing.assert_allclose(cal.map68_weight.sum(-1), 1.0, atol=1e-6)
+    assert len(cal.map68_yaw_centres) == cal.map68_weight.shape[0] > 1
     with pytest.raises(Exception, match="ICT"):
         cal.dense_points(model.triangles.numpy()[:-5])
+
+
+def test_68_point_map_commutes_with_the_image_and_follows_the_yaw(astronaut: np.ndarray) -> None:
+    from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator
+
+    cal = load_calibration()
+    face = detect_and_landmark(astronaut, "mediapipe")[0]
+    mesh = face.extra["mesh478"]
+    assert abs(cal.yaw_deg(mesh)) < 15  # she looks at the camera
+    # a similarity transform of the photo (z scales with it) moves the 68 points the same way
+    a = np.array([[0.8, -0.3], [0.3, 0.8]])
+    moved = np.concatenate([mesh[:, :2] @ a.T + 7.0, mesh[:, 2:] * np.sqrt(np.linalg.det(a))], 1)
+    np.testing.assert_allclose(cal.landmarks68(moved), cal.landmarks68(mesh) @ a.T + 7.0, atol=0.05)
+    # the yaw estimate on synthetic faces turned both ways (seed 3: not a calibration seed)
+    gen = SyntheticFaceGenerator(seed=3, config=SyntheticConfig(sizes_px=(224,)))
+    for i in range(6):
+        s = gen.sample(i)
+        faces = detect_and_landmark(s.images[224], "mediapipe")
+        assert faces, i
+        assert abs(cal.yaw_deg(faces[0].extra["mesh478"]) - s.yaw_deg) < 10, (i, s.yaw_deg)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # frontal data only: the other pose bins are empty

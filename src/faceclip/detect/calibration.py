@@ -22,13 +22,14 @@ the 478 MediaPipe points:
 
 and a linear map from the 478 points to the 68 landmarks of the 2D-detector convention
 (iBUG order, jaw contour on the silhouette): ``map68_index`` ``(68, J)`` and ``map68_weight``
-``(68, J)`` (weights sum to 1 per landmark, so the map commutes with translation, rotation and
-scale of the image).
+``(C, 68, J)``, one map per head yaw in ``map68_yaw_centres_deg`` (blended linearly; the yaw is
+estimated from the mesh's own 3D points with ``yaw_template`` and ``yaw_slope_offset``). Weights
+sum to 1 per landmark, so each map commutes with translation, rotation and scale of the image.
 
 Example::
 
     cal = load_calibration()
-    lm68 = cal.landmarks68(mesh478[:, :2])         # (68, 2)
+    lm68 = cal.landmarks68(mesh478)                # (68, 2)
     pts = cal.dense_points(model.triangles)        # DensePoints for the fitter
     xy = cal.dense_positions(mesh478, pts.point_ids)   # (K, 2) their observed positions
 """
@@ -43,7 +44,8 @@ import numpy as np
 
 from faceclip.errors import ModelNotInstalledError
 
-__all__ = ["CALIBRATION_FILE", "FACE_OVAL", "IRIS", "DensePoints", "MeshCalibration", "load_calibration"]
+__all__ = ["CALIBRATION_FILE", "FACE_OVAL", "IRIS", "DensePoints", "MeshCalibration", "interpolation_weights",
+           "load_calibration", "raw_yaw"]
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "data" / "mediapipe_ict_calibration.npz"
 
@@ -86,6 +88,40 @@ class DensePoints:
         return self.sigma_mm[:, min(j, self.sigma_mm.shape[1] - 1)]
 
 
+def raw_yaw(mesh468: np.ndarray, template: np.ndarray) -> float:
+    """Rotation angle (degrees) about the vertical axis that best turns ``template`` onto a mesh.
+
+    Args:
+        mesh468: ``(468, 3)`` MediaPipe surface points (x, y pixels, relative depth z).
+        template: ``(468, 3)`` a frontal layout, centred, unit norm.
+
+    The similarity (Kabsch) rotation ``R`` is decomposed as ``atan2(R[0, 2], R[0, 0])``; the
+    calibration maps this raw angle linearly to the synthetic faces' yaw.
+    """
+    x = np.asarray(mesh468, np.float64)[:, :3]
+    x = x - x.mean(0)
+    x = x / max(np.sqrt((x ** 2).sum()), 1e-12)
+    u, _, vt = np.linalg.svd(x.T @ template)
+    d = np.sign(np.linalg.det(u @ vt)) or 1.0
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    return float(np.degrees(np.arctan2(rot[0, 2], rot[0, 0])))
+
+
+def interpolation_weights(value: float, centres: np.ndarray) -> np.ndarray:
+    """``(C,)`` weights of piecewise-linear interpolation between sorted ``centres`` (clamped)."""
+    c = np.asarray(centres, np.float64)
+    w = np.zeros(len(c))
+    if value <= c[0]:
+        w[0] = 1.0
+    elif value >= c[-1]:
+        w[-1] = 1.0
+    else:
+        j = int(np.searchsorted(c, value)) - 1
+        t = (value - c[j]) / (c[j + 1] - c[j])
+        w[j], w[j + 1] = 1.0 - t, t
+    return w
+
+
 class MeshCalibration:
     """The contents of the calibration file (see the module docstring)."""
 
@@ -103,17 +139,37 @@ class MeshCalibration:
         self.noise_nu = float(arrays["noise_nu"]) if "noise_nu" in arrays else 1.0
         self.map68_index = np.asarray(arrays["map68_index"], np.int64)
         w = np.asarray(arrays["map68_weight"], np.float64)
-        self.map68_weight = w / w.sum(1, keepdims=True)  # exactly affine despite float32 storage
+        if w.ndim == 2:
+            w = w[None]
+        self.map68_weight = w / w.sum(-1, keepdims=True)  # (C, 68, J), exactly affine despite float32
+        self.map68_yaw_centres = np.asarray(arrays.get("map68_yaw_centres_deg", [0.0]), np.float64)
+        self.yaw_template = np.asarray(arrays["yaw_template"], np.float64) if "yaw_template" in arrays else None
+        self.yaw_slope_offset = np.asarray(arrays.get("yaw_slope_offset", [1.0, 0.0]), np.float64)
         self.n_vertices = int(arrays["n_vertices"])
         self.n_triangles = int(arrays["n_triangles"])
         if self.triangle.shape != (478,) or self.map68_index.shape[0] != 68:
             raise ModelNotInstalledError(f"{path}: not a MediaPipe calibration file (unexpected shapes)",
                                          hint="regenerate it: python tools/calibrate_mediapipe.py")
 
-    def landmarks68(self, mesh_xy: np.ndarray) -> np.ndarray:
-        """``(478, 2)`` MediaPipe points -> ``(68, 2)`` landmarks (same pixel frame)."""
-        pts = np.asarray(mesh_xy, np.float64)[:, :2]
-        return np.einsum("kj,kjc->kc", self.map68_weight, pts[self.map68_index])
+    def yaw_deg(self, mesh: np.ndarray) -> float:
+        """Head yaw (degrees, the synthetic faces' convention) estimated from a ``(478, 3)`` mesh."""
+        if self.yaw_template is None:
+            return 0.0
+        a, b = self.yaw_slope_offset
+        return float(a * raw_yaw(np.asarray(mesh)[:468], self.yaw_template) + b)
+
+    def landmarks68(self, mesh: np.ndarray) -> np.ndarray:
+        """``(478, 3)`` MediaPipe mesh -> ``(68, 2)`` landmarks (same pixel frame).
+
+        The map depends on the head's yaw, estimated from the mesh's own 3D points
+        (:meth:`yaw_deg`); the maps of the two nearest trained yaws are blended linearly.
+        """
+        m = np.asarray(mesh, np.float64)
+        w = self.map68_weight[0]
+        if len(self.map68_yaw_centres) > 1:
+            blend = interpolation_weights(self.yaw_deg(m), self.map68_yaw_centres)
+            w = np.einsum("c,ckj->kj", blend, self.map68_weight)
+        return np.einsum("kj,kjc->kc", w, m[self.map68_index, :2])
 
     def dense_positions(self, mesh_xy: np.ndarray, point_ids: np.ndarray | None = None) -> np.ndarray:
         """``(478, 2)`` MediaPipe points -> ``(K, 2)`` predicted positions of the surface points.

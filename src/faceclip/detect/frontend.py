@@ -169,7 +169,7 @@ def landmark_face(image: np.ndarray, face: Face, landmarks: LandmarkChoice = "me
         mesh = again if again is not None else mesh
     face.extra["mesh478"] = mesh
     if with_68:
-        face.landmarks = load_calibration().landmarks68(mesh[:, :2])
+        face.landmarks = load_calibration().landmarks68(mesh)
     return True
 
 
