@@ -235,7 +235,7 @@ def test_calibration_solver_recovers_planted_surface_points(ict_cache) -> None:
     planted_t = rng.choice(face_tris, 478)
     planted_b = rng.dirichlet([4, 4, 4], 478)
     n = 24
-    verts2d, mesh, lm68 = [], [], []
+    verts2d, mesh, lm68, yaws = [], [], [], []
     for i in range(n):
         ident = torch.from_numpy(rng.standard_normal(model.n_identity) * 0.8).float()[None]
         v = model.vertices(ident, torch.zeros(1, model.n_expression))[0].numpy().astype(np.float64)
@@ -244,9 +244,11 @@ def test_calibration_solver_recovers_planted_surface_points(ict_cache) -> None:
         xc = v @ R.T + np.array([0.0, 0.0, 600.0])
         uv = 900.0 * xc[:, :2] / xc[:, 2:] + 112.0
         verts2d.append(uv)
-        mesh.append(np.concatenate([np.einsum("kj,kjc->kc", planted_b, uv[tris[planted_t]]), np.zeros((478, 1))], 1))
+        uvz = np.concatenate([uv, 1.5 * (xc[:, 2:] - 600.0)], 1)  # MediaPipe-like relative depth, pixels
+        mesh.append(np.einsum("kj,kjc->kc", planted_b, uvz[tris[planted_t]]))
         lm68.append(uv[model.landmarks68.numpy()])
-    data = {"index": np.arange(n), "size": np.full(n, 224), "yaw": np.zeros(n),
+        yaws.append(float(np.degrees(ang[1])))
+    data = {"index": np.arange(n), "size": np.full(n, 224), "yaw": np.array(yaws),
             "mesh": np.array(mesh), "verts2d": np.array(verts2d), "depth_ok": np.ones((n, model.n_vertices), bool),
             "px_per_mm": np.full(n, 1.5), "lm68": np.array(lm68)}
     arrays, _ = mod.solve(data)

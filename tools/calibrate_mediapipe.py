@@ -235,7 +235,8 @@ def solve(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]
         map_w_one[k] = _affine_fit(mesh[train][:, idx] / scale[train, :, None], lm[train, k] / scale[train])
         for c, centre in enumerate(centres):
             sel = train & (np.abs(yaw_hat - centre) < MAP68_YAW_WINDOW)
-            map_w[c, k] = _affine_fit(mesh[sel][:, idx] / scale[sel, :, None], lm[sel, k] / scale[sel])
+            map_w[c, k] = (_affine_fit(mesh[sel][:, idx] / scale[sel, :, None], lm[sel, k] / scale[sel])
+                           if sel.sum() >= 20 else map_w_one[k])  # too few renders there: the one map
     blend = np.array([interpolation_weights(y, centres) if np.isfinite(y) else np.zeros(len(centres))
                       for y in yaw_hat])  # (N, C)
     pred = np.einsum("nc,ckj,nkjz->nkz", blend, map_w, mesh[:, map_idx])

@@ -95,8 +95,10 @@ def raw_yaw(mesh468: np.ndarray, template: np.ndarray) -> float:
         mesh468: ``(468, 3)`` MediaPipe surface points (x, y pixels, relative depth z).
         template: ``(468, 3)`` a frontal layout, centred, unit norm.
 
-    The similarity (Kabsch) rotation ``R`` is decomposed as ``atan2(R[0, 2], R[0, 0])``; the
-    calibration maps this raw angle linearly to the synthetic faces' yaw.
+    The similarity (Kabsch) rotation ``R`` gives ``asin(-R[2, 0])``: the yaw of ``R = Rz Ry Rx``,
+    unchanged by a rotation of the photo (roll, which multiplies ``R`` by ``Rz`` on the left and
+    leaves its last row alone). The calibration maps this raw angle linearly to the synthetic
+    faces' yaw.
     """
     x = np.asarray(mesh468, np.float64)[:, :3]
     x = x - x.mean(0)
@@ -104,7 +106,7 @@ def raw_yaw(mesh468: np.ndarray, template: np.ndarray) -> float:
     u, _, vt = np.linalg.svd(x.T @ template)
     d = np.sign(np.linalg.det(u @ vt)) or 1.0
     rot = u @ np.diag([1.0, 1.0, d]) @ vt
-    return float(np.degrees(np.arctan2(rot[0, 2], rot[0, 0])))
+    return float(np.degrees(np.arctan2(-rot[2, 0], np.hypot(rot[2, 1], rot[2, 2]))))
 
 
 def interpolation_weights(value: float, centres: np.ndarray) -> np.ndarray:
