@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -68,6 +69,43 @@ def _quiet_native_logs() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send the process's stderr (file descriptor 2) to /dev/null for a moment.
+
+    MediaPipe's graphs print a few warnings from C++ when they are built and first run (absl
+    logging, before Python can configure it); they mean nothing to a user. Used only around
+    building a graph and its first frame.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+_WARM: set[int] = set()
+
+
+def _process(graph: Any, rgb: np.ndarray) -> Any:
+    """``graph.process(rgb)``; the first frame of each graph with the native warnings silenced."""
+    if id(graph) in _WARM:
+        return graph.process(rgb)
+    with _native_stderr_silenced():
+        out = graph.process(rgb)
+    _WARM.add(id(graph))
+    return out
+
+
 @functools.cache
 def _solutions() -> Any:
     """``mediapipe.python.solutions`` (imported once), or a clear error."""
@@ -106,13 +144,15 @@ def mediapipe_model_files() -> dict[str, Path]:
 
 @functools.cache
 def _detector(model: int, min_score: float) -> Any:
-    return _solutions().face_detection.FaceDetection(model_selection=model, min_detection_confidence=min_score)
+    with _native_stderr_silenced():
+        return _solutions().face_detection.FaceDetection(model_selection=model, min_detection_confidence=min_score)
 
 
 @functools.cache
 def _mesh() -> Any:
-    return _solutions().face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, refine_landmarks=True,
-                                           min_detection_confidence=0.3)
+    with _native_stderr_silenced():
+        return _solutions().face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, refine_landmarks=True,
+                                               min_detection_confidence=0.3)
 
 
 def detect_boxes_mediapipe(image: np.ndarray, *, min_score: float = 0.5) -> list[Face]:
@@ -136,7 +176,7 @@ def detect_boxes_mediapipe(image: np.ndarray, *, min_score: float = 0.5) -> list
     rgb = np.ascontiguousarray(as_rgb_uint8(image))
     h, w = rgb.shape[:2]
     with _LOCK:
-        detections = [d for model in (0, 1) for d in (_detector(model, round(float(min_score), 4)).process(rgb)
+        detections = [d for model in (0, 1) for d in (_process(_detector(model, round(float(min_score), 4)), rgb)
                                                      .detections or [])]
     faces: list[Face] = []
     for det in detections:
@@ -207,7 +247,7 @@ def predict_mesh478(image: np.ndarray, box: np.ndarray, eyes: np.ndarray | None 
     transform = mesh_crop_transform(box, eyes, crop_px)
     crop = np.ascontiguousarray(warp_to_crop(rgb, transform, crop_px, border="replicate"))
     with _LOCK:
-        result = _mesh().process(crop)
+        result = _process(_mesh(), crop)
     if not result.multi_face_landmarks:
         return None
     best, best_d = None, np.inf
