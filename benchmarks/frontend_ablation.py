@@ -19,7 +19,8 @@ thing at a time:
 - ``nosigma``: ``dense`` with one sigma for all points (the median) and no correlation model;
 - ``inner68``: ``dense`` with the inner 51 of the 68 points kept too;
 - ``nophoto``: ``default`` without the photometric stage (landmarks only);
-- ``noreg``: ``default`` fitted from the mean face instead of the regressor's prediction;
+- ``reg`` / ``noreg``: ``default`` started from the regressor's prediction / the mean face;
+- ``fast`` / ``fastreg``: ``--fast`` from the mean face / the regressor's prediction;
 - ``dense_w<X>``: ``dense`` with ``w_dense = X``;
 - ``<variant>:<field>=<value>[:...]``: a variant with fitting settings changed
   (:class:`faceclip.fit.fitter.FitConfig` fields), e.g. ``mp68:w_identity_landmarks=1.0``.
@@ -39,7 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before t
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-VARIANTS = ("mean", "dlib", "default", "dense", "nosigma", "nophoto", "noreg")
+VARIANTS = ("mean", "dlib", "default", "dense", "nosigma", "nophoto", "reg", "noreg")
 
 
 def _method(variant: str):
@@ -52,13 +53,19 @@ def _method(variant: str):
     variant, *settings = variant.split(":")
     for item in settings:
         key, value = item.split("=")
-        overrides[key] = float(value)
+        overrides[key] = int(value) if value.lstrip("-").isdigit() else float(value)
     if variant == "dlib":
         opts.detector, opts.landmarks = "hog", "dlib68"
     elif variant in ("dense", "nosigma", "inner68") or variant.startswith("dense_w"):
         opts.dense = True
     elif variant == "noreg":
-        opts.no_regressor = True
+        opts.init = "mean"
+    elif variant == "reg":
+        opts.init = "regressor"
+    elif variant == "fast":
+        opts.fast = True
+    elif variant == "fastreg":
+        opts.fast, opts.init = True, "regressor"
     elif variant == "nophoto":
         overrides["photo_steps"] = 0
     elif variant not in ("default", "mp68"):

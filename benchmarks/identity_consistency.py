@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--landmarks", default="mediapipe")
     ap.add_argument("--dense", action="store_true", help="also fit the calibrated dense points")
     ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--init", default="mean", choices=["mean", "regressor"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change a fitting setting (faceclip.fit.fitter.FitConfig field), e.g. w_dense=0.005")
@@ -69,7 +70,8 @@ def main() -> int:
         print(f"error: {PHOTO} not found (../shared/data beside the repository)", file=sys.stderr)
         return 2
     rec = Reconstructor(ReconstructOptions(all_faces=True, detector=args.detector, landmarks=args.landmarks,
-                                           dense=args.dense, fast=args.fast))
+                                           dense=args.dense, fast=args.fast,
+                                           init=args.init))
     for item in args.set:
         key, value = item.split("=")
         setattr(rec.fitter.config, key, float(value))
@@ -102,7 +104,7 @@ def main() -> int:
     d_same, d_diff = D[same & off].mean(), D[~same].mean()
     np.fill_diagonal(D, np.inf)
     nn = (labels_a[D.argmin(1)] == labels_a).mean()
-    print(f"front-end: detector {args.detector}, landmarks {args.landmarks}, dense {args.dense} "
+    print(f"front-end: detector {args.detector}, landmarks {args.landmarks}, dense {args.dense}, init {args.init} "
           f"{' '.join(args.set)}; "
           f"{len(faces)} faces found, {n} of the 24 labelled faces reconstructed in {seconds:.1f} s")
     print(f"mean distance same person {d_same:.3f} mm, different people {d_diff:.3f} mm, "

@@ -55,3 +55,13 @@ def test_help_points_to_an_existing_docs_page(name):
     epilog = sub.choices[name].epilog
     page = re.search(r"documentation: docs/(\S+)", epilog).group(1)
     assert (ROOT / "docs" / page).is_file()
+
+
+def test_site_home_page_is_the_readme():
+    """docs/index.md is generated from README.md (tools/readme_to_index.py): they must agree."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "readme_to_index.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

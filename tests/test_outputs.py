@@ -181,6 +181,7 @@ def test_out_is_an_existing_file_fails_before_any_work(ict_cache, home, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--checkpoint", "x.pt", "--no-regressor"], "contradict"),
     (["--method", "regress", "--no-regressor"], "needs the regressor"),
+    (["--init", "regressor", "--no-regressor"], "contradict"),
     (["--texture-size", "3"], "between 16 and 8192"),
 ])
 def test_conflicting_flags_are_refused_up_front(tmp_path, capsys, extra, message):

@@ -53,11 +53,9 @@ def test_params_json(astronaut_result):
     assert "face_detector_hog" in w and "landmarks68" not in w
     assert all(len(v["sha256"]) == 64 for k, v in w.items() if k.startswith(("landmarks_", "face_detector_mediapipe")))
     assert params["front_end"] == {"detector": "auto", "landmarks": "mediapipe", "dense_points": 0}
-    from faceclip.nets.regressor import SHIPPED_CHECKPOINT
-
-    # The shipped regressor initialises the fitting by default.
-    assert w["regressor"]["file"] == str(SHIPPED_CHECKPOINT) and len(w["regressor"]["sha256"]) == 64
-    assert params["initialisation"] == f"regressor {SHIPPED_CHECKPOINT.name}"
+    # Fitting starts from the mean face by default (--init mean): no regressor is involved.
+    assert w["regressor"] == {"file": "none", "sha256": "none"}
+    assert params["initialisation"].startswith("mean face")
     assert w["clip"]["file"] == "none"
     assert {"landmark", "identity_reg", "light_fit_rmse"} <= set(params["loss_terms"])  # --fast
     assert params["method"] == "fit (fast)"
@@ -127,7 +125,7 @@ def test_missing_inputs_are_clear(ict_cache, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# The default path (photometric fitting initialised by the shipped regressor, no --fast) and
+# The default path (photometric fitting from the mean face, no --fast) and
 # --delight on a real photo. One reconstruction each per module, ~10 s of CPU apiece.
 
 #: Landmark NME (fitted vs detected 68 landmarks, by inter-ocular distance) of the default path
@@ -171,12 +169,10 @@ def _check_outputs_load(d) -> dict:
 
 
 def test_default_path_on_a_real_photo(default_result):
-    from faceclip.nets.regressor import SHIPPED_CHECKPOINT
-
     params = _check_outputs_load(default_result)
     assert params["method"] == "fit"  # not "fit (fast)", not "regress"
-    assert params["initialisation"] == f"regressor {SHIPPED_CHECKPOINT.name}"
-    assert params["weights"]["regressor"]["file"] == str(SHIPPED_CHECKPOINT)
+    assert params["initialisation"].startswith("mean face")
+    assert params["weights"]["regressor"]["file"] == "none"
     # The photometric stage ran (the fast path has no photometric term but a light_fit_rmse).
     assert {"landmark", "photometric", "albedo_smooth", "light_chroma"} <= set(params["loss_terms"])
     assert "light_fit_rmse" not in params["loss_terms"]

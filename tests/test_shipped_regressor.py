@@ -1,4 +1,4 @@
-"""The regressor shipped with the package: present, small, loads, trained, used by default."""
+"""The regressor shipped with the package: present, small, loads, trained, used when asked."""
 
 from __future__ import annotations
 
@@ -67,9 +67,12 @@ def test_shipped_regressor_beats_the_mean_face_on_held_out_synthetic_faces(head_
     assert errors["trained"][1] <= 1.5 * SHIPPED_YAW_RAD, errors  # head pose is learnt
 
 
-def test_reconstruct_uses_the_shipped_regressor_by_default(ict_cache):
+def test_reconstruct_uses_the_shipped_regressor_when_asked(ict_cache):
     from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
 
-    rec = Reconstructor(ReconstructOptions(fast=True))
+    rec = Reconstructor(ReconstructOptions(fast=True, init="regressor"))
     assert rec.regressor is not None and rec.regressor_path == SHIPPED_CHECKPOINT
+    assert Reconstructor(ReconstructOptions(method="regress")).regressor_path == SHIPPED_CHECKPOINT
+    # fitting starts from the mean face by default
+    assert Reconstructor(ReconstructOptions(fast=True)).regressor is None
     assert Reconstructor(ReconstructOptions(fast=True, no_regressor=True)).regressor is None

@@ -86,9 +86,9 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
 
     Args:
         image: (H, W, 3) uint8 RGB array.
-        method: ``"fit"`` (fitting, initialised by the regressor when one is available),
-            ``"fit_mean"`` (fitting from the mean face, no regressor) or ``"regress"`` (the
-            network alone).
+        method: ``"fit"`` (the default reconstruction: fitting from the mean face),
+            ``"fit_mean"`` (the same, named explicitly), ``"fit_regressor"`` (fitting from the
+            regressor's prediction) or ``"regress"`` (the network alone).
         checkpoint: regressor checkpoint (default: ``$FACECLIP_REGRESSOR`` or the shipped one).
 
     Returns:
@@ -102,15 +102,16 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
     from faceclip.errors import FaceClipError
     from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
 
-    if method not in ("fit", "fit_mean", "regress"):
-        raise FaceClipError(f"unknown method {method!r}", hint="use 'fit', 'fit_mean' or 'regress'")
+    if method not in ("fit", "fit_mean", "fit_regressor", "regress"):
+        raise FaceClipError(f"unknown method {method!r}", hint="use 'fit', 'fit_mean', 'fit_regressor' or 'regress'")
     from faceclip.nets.regressor import default_checkpoint_path
 
     key = (method, fast, device, str(checkpoint or default_checkpoint_path()))
     rec = _RECONSTRUCTORS.get(key)
     if rec is None:
         options = ReconstructOptions(fast=fast, device=device, method="regress" if method == "regress" else "fit",
-                                     checkpoint=checkpoint, no_regressor=method == "fit_mean")
+                                     checkpoint=checkpoint,
+                                     init="regressor" if method in ("fit_regressor", "regress") else "mean")
         rec = _RECONSTRUCTORS[key] = Reconstructor(options)
     rgb = np.ascontiguousarray(image)
     face = rec.detect(rgb, "image")[0]

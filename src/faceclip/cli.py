@@ -107,7 +107,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         texture_px=args.texture_size, delight=args.delight, overwrite=args.overwrite,
         formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
-        landmarks=args.landmarks, dense=args.dense, method=args.method, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
+        landmarks=args.landmarks, dense=args.dense, method=args.method, init=args.init, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
     reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet,
                                 workers=args.workers, resume=args.resume)
@@ -472,11 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", default="fit", choices=["fit", "regress"],
-                   help="fit (default): fitting, started from the regressor's prediction when a checkpoint is "
-                        "available; regress: the network alone (fastest)")
+                   help="fit (default): analysis-by-synthesis fitting; regress: the network alone (fastest)")
+    p.add_argument("--init", default="mean", choices=["mean", "regressor"],
+                   help="where fitting starts: mean (default: the mean face posed by PnP; the most accurate) or "
+                        "regressor (the regressor's prediction, fewer steps: faster)")
     p.add_argument("--checkpoint", default=None, metavar="FILE",
-                   help="regressor checkpoint (default: $FACECLIP_REGRESSOR or the shipped model)")
-    p.add_argument("--no-regressor", action="store_true", help="fit from the mean face, ignoring any regressor")
+                   help="regressor checkpoint for --method regress or --init regressor (default: $FACECLIP_REGRESSOR or "
+             "the shipped model); with --method fit it implies --init regressor")
+    p.add_argument("--no-regressor", action="store_true", help="the same as --init mean (kept for old scripts)")
     p.add_argument("--fast", action="store_true", help="fewer, lower-resolution fitting steps (~4x faster)")
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
     p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
@@ -548,9 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, default=100, help="number of faces (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same faces")
-    p.add_argument("--method", default="mean", choices=["mean", "fit", "fit_mean", "regress"],
-                   help="mean: the posed mean face (the floor); fit: fitting initialised by the regressor; "
-                        "fit_mean: fitting from the mean face; regress: the network alone")
+    p.add_argument("--method", default="mean", choices=["mean", "fit", "fit_mean", "fit_regressor", "regress"],
+                   help="mean: the posed mean face (the floor); fit: the default reconstruction (fitting from the "
+                        "mean face); fit_mean: the same; fit_regressor: fitting from the regressor's prediction; "
+                        "regress: the network alone")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="regressor checkpoint for fit / regress")
     p.add_argument("--size", type=int, default=224, choices=[224, 512], help="input image size in pixels")
     p.add_argument("--out", default=None, metavar="DIR", help="write synthetic.json and synthetic.csv here")

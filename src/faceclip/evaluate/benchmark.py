@@ -21,7 +21,8 @@ Methods (:data:`METHODS`, extend with :func:`register_method`) map an RGB image 
   Its 3D error is the floor every method must beat (it ignores the image).
 - ``fit``: ``faceclip.api.reconstruct_array(image, method="fit")`` (test-time fitting).
 - ``regress``: ``faceclip.api.reconstruct_array(image, method="regress")`` (the network).
-- ``fit_mean``: fitting from the mean face even when a regressor is available.
+- ``fit_mean``: fitting from the mean face (what ``fit`` does by default);
+- ``fit_regressor``: fitting from the regressor's prediction.
 
 A method that cannot run here raises :class:`MethodUnavailable` with the reason (checked before
 any work). A method that fails on one image with an input error (e.g. no face found) is scored as
@@ -191,6 +192,7 @@ def _api_method(kind: str) -> MethodFn:
 METHODS["fit"] = _api_method("fit")
 METHODS["regress"] = _api_method("regress")
 METHODS["fit_mean"] = _api_method("fit_mean")
+METHODS["fit_regressor"] = _api_method("fit_regressor")
 
 
 def _as_method_output(result, model: FaceModel) -> MethodOutput:
