@@ -37,7 +37,7 @@ from typing import Literal
 
 import numpy as np
 
-from faceclip.detect.types import Face
+from faceclip.detect.types import Face, box_iou
 from faceclip.errors import InputError
 from faceclip.io.images import as_rgb_uint8
 
@@ -85,16 +85,8 @@ def find_faces(image: np.ndarray, detector: DetectorChoice = "auto", *, upsample
     return merge_detections(mp_faces, hog)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
-    if _iou(a, b) >= MERGE_IOU:
+    if box_iou(a, b) >= MERGE_IOU:
         return True
     sa, sb = max(a[2] - a[0], a[3] - a[1]), max(b[2] - b[0], b[3] - b[1])
     small, large = (a, b) if sa <= sb else (b, a)
@@ -209,7 +201,7 @@ def detect_and_landmark(image: np.ndarray, detector: DetectorChoice = "auto",
             log.debug("no landmarks for the face at %s (%s); dropped", np.round(face.box), face.detector)
             continue
         lb = _box_from_points(face.landmarks)
-        if any(_iou(lb, _box_from_points(k.landmarks)) > 0.5 for k in kept):
+        if any(box_iou(lb, _box_from_points(k.landmarks)) > 0.5 for k in kept):
             log.debug("the face at %s has the landmarks of another face; dropped", np.round(face.box))
             continue
         kept.append(face)

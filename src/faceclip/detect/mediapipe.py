@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from faceclip.detect.align import SimilarityTransform, warp_to_crop
-from faceclip.detect.types import Face
+from faceclip.detect.types import Face, box_iou
 from faceclip.errors import ModelNotInstalledError
 from faceclip.io.images import as_rgb_uint8
 
@@ -190,18 +190,10 @@ def detect_boxes_mediapipe(image: np.ndarray, *, min_score: float = 0.5) -> list
         faces.append(Face(box=box, score=float(det.score[0]), detector="mediapipe", extra={"keypoints6": kp}))
     kept: list[Face] = []
     for f in sorted(faces, key=lambda f: -f.score):  # the same face from both models: keep one
-        if all(_iou(f.box, k.box) < 0.4 for k in kept):
+        if all(box_iou(f.box, k.box) < 0.4 for k in kept):
             kept.append(f)
     kept.sort(key=lambda f: (-f.area, -f.score))
     return kept
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def mesh_crop_transform(box: np.ndarray, eyes: np.ndarray | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Face", "LANDMARK_GROUPS_68"]
+__all__ = ["Face", "LANDMARK_GROUPS_68", "box_iou"]
 
 #: Index ranges of the 68-point (iBUG 300-W / Multi-PIE) scheme, 0-based, end exclusive.
 LANDMARK_GROUPS_68: dict[str, tuple[int, int]] = {
@@ -26,6 +26,15 @@ LANDMARK_GROUPS_68: dict[str, tuple[int, int]] = {
     "outer_lip": (48, 60),
     "inner_lip": (60, 68),
 }
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes (0 when either is empty)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 @dataclass
