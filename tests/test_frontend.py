@@ -342,7 +342,7 @@ def test_turned_faces_are_recovered_from_detected_landmarks(ict_cache) -> None:
     for i in turned:
         s = gen.sample(i)
         out = reconstruct_array(s.images[224])
-        yaw = float(np.degrees(out["params"].angles_rad[0, 1]))
+        yaw = float(np.degrees(float(out["params"].angles_rad[0, 1])))
         assert abs(yaw - s.yaw_deg) < 10, (i, yaw, s.yaw_deg)
         gt_v = s.vertices_mm.astype(np.float64)
         gt = realy_ground_truth_from_mesh(Mesh(gt_v, tri), regions, gt_v[lm_idx])
