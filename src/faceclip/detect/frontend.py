@@ -132,7 +132,8 @@ def landmark_face(image: np.ndarray, face: Face, landmarks: LandmarkChoice = "me
 
     ``"mediapipe"``: sets ``face.extra["mesh478"]`` and ``face.landmarks`` (68 points from the
     calibrated map). ``refine``: run the mesh a second time on a crop centred and levelled by
-    the first mesh; ``with_68=False`` skips the 68-point map (calibration tools). ``"dlib68"``: dlib's predictor (``landmark_max_face_px`` as in
+    the first mesh; ``with_68=False`` skips the 68-point map (calibration tools).
+    ``"dlib68"``: dlib's predictor (``landmark_max_face_px`` as in
     :func:`faceclip.detect.detector.predict_landmarks`).
     """
     from faceclip.detect.detector import predict_landmarks
@@ -181,7 +182,12 @@ def _mesh_fits_box(mesh: np.ndarray, box: np.ndarray) -> bool:
 
 
 def _hog_like_box(box: np.ndarray) -> np.ndarray:
-    """A square box like dlib HOG's (brows to chin) from a MediaPipe box (measured offsets)."""
+    """A square box roughly like dlib HOG's (brows to chin) from a MediaPipe box.
+
+    The offsets are a rough guess, not measured: dlib's predictor on boxes other than its own
+    is unreliable (the front-end issue measured 3.5% to 60% NME for 10% box shifts), which is
+    why the default landmarks are MediaPipe's.
+    """
     cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
     side = 1.0 * max(box[2] - box[0], box[3] - box[1])
     cy += 0.08 * side
