@@ -41,16 +41,6 @@ IDENTITIES = {
 }
 
 
-def align_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a`` (N, 3) moved onto ``b`` by the best similarity transform."""
-    a0, b0 = a - a.mean(0), b - b.mean(0)
-    u, s, vt = np.linalg.svd(a0.T @ b0)
-    d = np.sign(np.linalg.det(u @ vt))
-    rot = u @ np.diag([1.0, 1.0, d]) @ vt
-    scale = (s * np.array([1.0, 1.0, d])).sum() / (a0 ** 2).sum()
-    return scale * a0 @ rot + b.mean(0)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detector", default="auto")
@@ -63,6 +53,7 @@ def main() -> int:
                     help="change a fitting setting (faceclip.fit.fitter.FitConfig field), e.g. w_dense=0.005")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from faceclip.evaluate.geometry import fit_similarity
     from faceclip.fit.pipeline import ReconstructOptions, Reconstructor, working_copy
     from faceclip.io.images import load_image
 
@@ -93,7 +84,7 @@ def main() -> int:
         result, _ = rec.fit_face(work, face.landmarks, face.extra.get("mesh478"))
         ident = result.params.identity
         v = rec.model.vertices(ident, torch.zeros_like(result.params.expression))[0].numpy()[face_v]
-        shapes.append(align_similarity(v.astype(np.float64), mean))
+        shapes.append(fit_similarity(v, mean).apply(v))
         labels.append(centres_people[k][0])
     seconds = time.perf_counter() - t0
     n = len(shapes)

@@ -264,12 +264,9 @@ def test_calibration_solver_recovers_planted_surface_points(ict_cache) -> None:
 
 def _procrustes_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean distance (mm) after the best similarity transform of ``a`` onto ``b``."""
-    a0, b0 = a - a.mean(0), b - b.mean(0)
-    u, sv, vt = np.linalg.svd(a0.T @ b0)
-    d = np.sign(np.linalg.det(u @ vt))
-    rot = u @ np.diag([1.0, 1.0, d]) @ vt
-    scale = (sv * np.array([1.0, 1.0, d])).sum() / (a0 ** 2).sum()
-    return float(np.linalg.norm(scale * a0 @ rot - b0, axis=1).mean())
+    from faceclip.evaluate.geometry import fit_similarity
+
+    return float(np.linalg.norm(fit_similarity(a, b).apply(a) - b, axis=1).mean())
 
 
 def test_exact_dense_points_recover_shape_better_than_the_68(ict_cache) -> None:

@@ -211,11 +211,11 @@ def solve(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]
     # 4. the 478 -> 68 map, the same way (targets: the 68 landmarks of the 2D-detector convention),
     #    one map per head yaw (centres MAP68_YAW_CENTRES, blended linearly); the yaw is estimated
     #    from MediaPipe's own 3D points (rotation onto a frontal template), as at run time
-    from faceclip.detect.calibration import interpolation_weights, raw_yaw
+    from faceclip.detect.calibration import interpolation_weights, normalised_points, raw_yaw
 
     m3 = data["mesh"][:, :468].astype(np.float64)
     frontal = train & (yaw < 10)
-    template = _normalised(np.mean([_normalised(x) for x in m3[frontal]], axis=0))
+    template = normalised_points(np.mean([normalised_points(x) for x in m3[frontal]], axis=0))
     raw = np.array([raw_yaw(x, template) if f else np.nan for x, f in zip(m3, found)])
     slope, offset = np.polyfit(raw[train], data["yaw"][train], 1)
     yaw_hat = slope * raw + offset
@@ -267,12 +267,6 @@ def solve(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]
                  f"{used.sum()} (face oval {len(FACE_OVAL)} and iris {len(IRIS)} excluded)")
     lines.append(f"calibration_residual_mm: {np.nanmedian(held):.3f}")
     return arrays, lines
-
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    """(N, 3) points centred and scaled to unit Frobenius norm."""
-    x = x - x.mean(0)
-    return x / np.sqrt((x ** 2).sum())
 
 
 def _affine_fit(X: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:

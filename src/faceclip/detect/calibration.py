@@ -45,7 +45,7 @@ import numpy as np
 from faceclip.errors import ModelNotInstalledError
 
 __all__ = ["CALIBRATION_FILE", "FACE_OVAL", "IRIS", "DensePoints", "MeshCalibration", "interpolation_weights",
-           "load_calibration", "raw_yaw"]
+           "load_calibration", "normalised_points", "raw_yaw"]
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "data" / "mediapipe_ict_calibration.npz"
 
@@ -88,6 +88,12 @@ class DensePoints:
         return self.sigma_mm[:, min(j, self.sigma_mm.shape[1] - 1)]
 
 
+def normalised_points(x: np.ndarray) -> np.ndarray:
+    """(N, 3) points centred and scaled to unit Frobenius norm."""
+    x = np.asarray(x, np.float64) - np.mean(x, axis=0)
+    return x / max(np.sqrt((x ** 2).sum()), 1e-12)
+
+
 def raw_yaw(mesh468: np.ndarray, template: np.ndarray) -> float:
     """Rotation angle (degrees) about the vertical axis that best turns ``template`` onto a mesh.
 
@@ -100,9 +106,7 @@ def raw_yaw(mesh468: np.ndarray, template: np.ndarray) -> float:
     leaves its last row alone). The calibration maps this raw angle linearly to the synthetic
     faces' yaw.
     """
-    x = np.asarray(mesh468, np.float64)[:, :3]
-    x = x - x.mean(0)
-    x = x / max(np.sqrt((x ** 2).sum()), 1e-12)
+    x = normalised_points(np.asarray(mesh468, np.float64)[:, :3])
     u, _, vt = np.linalg.svd(x.T @ template)
     d = np.sign(np.linalg.det(u @ vt)) or 1.0
     rot = u @ np.diag([1.0, 1.0, d]) @ vt

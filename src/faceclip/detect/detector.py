@@ -39,7 +39,8 @@ from faceclip.io.images import as_rgb_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_SIDE_PX", "DetectorName", "detect_boxes", "detect_faces", "predict_landmarks"]
+__all__ = ["DEFAULT_MAX_SIDE_PX", "DetectorName", "check_image_size", "detect_boxes", "detect_faces",
+           "predict_landmarks"]
 
 DetectorName = Literal["hog", "cnn"]
 
@@ -53,6 +54,13 @@ _MAX_UPSAMPLE = 4
 #: Images with a shorter side below this cannot hold a detectable face (dlib's smallest
 #: detection window is 80 px at 1x, 40 px upsampled once); they are refused up front.
 MIN_IMAGE_SIDE_PX = 32
+
+
+def check_image_size(rgb: np.ndarray) -> None:
+    """Refuse images with a side under :data:`MIN_IMAGE_SIDE_PX` (InputError), for every detector."""
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE_PX:
+        raise InputError(f"the image is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold a face "
+                         f"(at least {MIN_IMAGE_SIDE_PX} px on each side)")
 
 
 def detect_faces(
@@ -108,9 +116,7 @@ def detect_boxes(
     if upsample is not None and not 0 <= upsample <= _MAX_UPSAMPLE:
         raise InputError(f"upsample must be between 0 and {_MAX_UPSAMPLE}, got {upsample}")
     rgb = as_rgb_uint8(image)
-    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE_PX:
-        raise InputError(f"the image is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold a face "
-                         f"(at least {MIN_IMAGE_SIDE_PX} px on each side)")
+    check_image_size(rgb)
     small, sx, sy = _downscale(rgb, max_side_px)
     steps = [upsample] if upsample is not None else _auto_steps(small)
     faces: list[Face] = []

@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from faceclip.detect.detector import DEFAULT_MAX_SIDE_PX
 from faceclip.detect.types import Face, box_iou
 from faceclip.errors import InputError
 from faceclip.io.images import as_rgb_uint8
@@ -57,31 +58,28 @@ MERGE_IOU = 0.3
 
 
 def find_faces(image: np.ndarray, detector: DetectorChoice = "auto", *, upsample: int | None = None,
-               threshold: float = 0.0, max_side_px: int | None = None) -> list[Face]:
+               threshold: float = 0.0, max_side_px: int | None = DEFAULT_MAX_SIDE_PX) -> list[Face]:
     """Face boxes (no landmarks), largest first.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         detector: see the module docstring.
         upsample, threshold, max_side_px: passed to dlib's detectors
-            (:func:`faceclip.detect.detector.detect_boxes`).
+            (:func:`faceclip.detect.detector.detect_boxes`; ``max_side_px=None``: never downscale).
     """
-    from faceclip.detect.detector import DEFAULT_MAX_SIDE_PX, MIN_IMAGE_SIDE_PX, detect_boxes
+    from faceclip.detect.detector import check_image_size, detect_boxes
     from faceclip.detect.mediapipe import detect_boxes_mediapipe
 
     if detector not in DETECTORS:
         raise InputError(f"unknown face detector {detector!r}", hint="use one of: " + ", ".join(DETECTORS))
     rgb = as_rgb_uint8(image)
-    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE_PX:
-        raise InputError(f"the image is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold a face "
-                         f"(at least {MIN_IMAGE_SIDE_PX} px on each side)")
-    side = DEFAULT_MAX_SIDE_PX if max_side_px is None else max_side_px
+    check_image_size(rgb)
     if detector in ("hog", "cnn"):
-        return detect_boxes(rgb, detector=detector, upsample=upsample, threshold=threshold, max_side_px=side)
+        return detect_boxes(rgb, detector=detector, upsample=upsample, threshold=threshold, max_side_px=max_side_px)
     mp_faces = detect_boxes_mediapipe(rgb, min_score=MEDIAPIPE_MIN_SCORE)
     if detector == "mediapipe":
         return mp_faces
-    hog = detect_boxes(rgb, detector="hog", upsample=upsample, threshold=threshold, max_side_px=side)
+    hog = detect_boxes(rgb, detector="hog", upsample=upsample, threshold=threshold, max_side_px=max_side_px)
     return merge_detections(mp_faces, hog)
 
 
@@ -196,7 +194,7 @@ def _hog_like_box(box: np.ndarray) -> np.ndarray:
 
 def detect_and_landmark(image: np.ndarray, detector: DetectorChoice = "auto",
                         landmarks: LandmarkChoice = "mediapipe", *, upsample: int | None = None,
-                        threshold: float = 0.0, max_side_px: int | None = None,
+                        threshold: float = 0.0, max_side_px: int | None = DEFAULT_MAX_SIDE_PX,
                         landmark_max_face_px: float | None = None, refine: bool = False) -> list[Face]:
     """:func:`find_faces` then :func:`landmark_face` on each; faces without landmarks dropped."""
     rgb = as_rgb_uint8(image)

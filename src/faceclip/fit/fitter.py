@@ -199,6 +199,12 @@ def _euler_jacobian(angles: Tensor) -> Tensor:
     return torch.as_tensor(d, dtype=angles.dtype, device=angles.device)
 
 
+def _linear_points(mean: Tensor, id_basis: Tensor, exp_basis: Tensor, p: FaceParams) -> Tensor:
+    """(B, N, 3) points linear in the coefficients: mean (N, 3) + bases (K, N, 3) x coefficients."""
+    return (mean.unsqueeze(0) + torch.einsum("bk,knc->bnc", p.identity, id_basis)
+            + torch.einsum("bk,knc->bnc", p.expression, exp_basis))
+
+
 class _Subset:
     """The face and albedo models restricted to a set of vertices (evaluated per step)."""
 
@@ -215,8 +221,7 @@ class _Subset:
 
     def vertices(self, p: FaceParams) -> Tensor:
         """(B, N, 3) vertices of the subset."""
-        return (self.mean.unsqueeze(0) + torch.einsum("bk,knc->bnc", p.identity, self.id_basis)
-                + torch.einsum("bk,knc->bnc", p.expression, self.exp_basis))
+        return _linear_points(self.mean, self.id_basis, self.exp_basis, p)
 
     def albedo(self, coeffs: Tensor) -> Tensor:
         """(B, N, 3) albedo of the subset."""
@@ -284,10 +289,8 @@ class Fitter:
         d = self.dense
         if d["U"] is None:
             return x
-        U = d["U"]
-        if x.ndim == 1:
-            return (x - U @ (d["shrink"] * (U.T @ x))) / d["nu"] ** 0.5
-        return (x - U @ (d["shrink"][:, None] * (U.T @ x))) / d["nu"] ** 0.5
+        U, x2 = d["U"], x.reshape(x.shape[0], -1)
+        return ((x2 - U @ (d["shrink"][:, None] * (U.T @ x2))) / d["nu"] ** 0.5).reshape(x.shape)
 
     def _dense_cost(self, proj_px: Tensor, target_px: Tensor) -> Tensor:
         """Scalar: the dense term for (B, K, 2) projections and targets (mean over the batch)."""
@@ -297,8 +300,7 @@ class Fitter:
     def dense_vertices(self, p: FaceParams) -> Tensor:
         """(B, K, 3) canonical positions of the dense points."""
         d = self.dense
-        return (d["mean"].unsqueeze(0) + torch.einsum("bk,knc->bnc", p.identity, d["id"])
-                + torch.einsum("bk,knc->bnc", p.expression, d["exp"]))
+        return _linear_points(d["mean"], d["id"], d["exp"], p)
 
     def _dense_weights(self, p: FaceParams, b: int, yaw_rad: float, tz_mm: float) -> Tensor:
         """(K,) NLL weights ``w_dense / sigma_px^2`` for the current pose."""

@@ -147,11 +147,12 @@ class Reconstructor:
             o.texture_px = 512  # fast mode: a 512 texture unless asked otherwise
         config.device = o.device
         self.fitter = Fitter(self.model, config)
-        self.dense_points = None
+        self.dense_points = self._calibration = None
         if o.landmarks == "mediapipe" and o.dense:
             from faceclip.detect.calibration import load_calibration
 
-            self.dense_points = load_calibration().dense_points(self.model.triangles.cpu().numpy())
+            self._calibration = load_calibration()
+            self.dense_points = self._calibration.dense_points(self.model.triangles.cpu().numpy())
             self.fitter.set_dense_points(self.dense_points)
         self.regressor, self.regressor_path = self._load_regressor()
         if self.regressor is not None and not o.fast:
@@ -264,9 +265,7 @@ class Reconstructor:
                 return result, aligned
         dense = None
         if self.dense_points is not None and mesh478 is not None:
-            from faceclip.detect.calibration import load_calibration
-
-            xy = load_calibration().dense_positions(mesh478, self.dense_points.point_ids)
+            xy = self._calibration.dense_positions(mesh478, self.dense_points.point_ids)
             pts = aligned.transform.image_to_crop(xy)
             dense = torch.from_numpy(pts).float()
         result = self.fitter.fit(
