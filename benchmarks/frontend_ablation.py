@@ -22,6 +22,9 @@ thing at a time:
 - ``reg`` / ``noreg``: ``default`` started from the regressor's prediction / the mean face;
 - ``fast`` / ``fastreg``: ``--fast`` from the mean face / the regressor's prediction;
 - ``dense_w<X>``: ``dense`` with ``w_dense = X``;
+- ``net``: the dense landmark network's 68 + N points with their sigmas (``--landmarks net``;
+  the file from ``$FACECLIP_LANDMARK_NET`` or the shipped one); ``netnophoto``: without the
+  photometric stage;
 - ``<variant>:<field>=<value>[:...]``: a variant with fitting settings changed
   (:class:`faceclip.fit.fitter.FitConfig` fields), e.g. ``mp68:w_identity_landmarks=1.0``.
 
@@ -66,6 +69,11 @@ def _method(variant: str):
         opts.fast = True
     elif variant == "fastreg":
         opts.fast, opts.init = True, "regressor"
+    elif variant == "net":
+        opts.landmarks = "net"
+    elif variant == "netnophoto":
+        opts.landmarks = "net"
+        overrides["photo_steps"] = 0
     elif variant == "nophoto":
         overrides["photo_steps"] = 0
     elif variant not in ("default", "mp68"):
@@ -91,7 +99,7 @@ def _method(variant: str):
 
     def run(image: np.ndarray, model) -> MethodOutput:
         face = rec.detect(np.ascontiguousarray(image), "image")[0]
-        result, aligned = rec.fit_face(image, face.landmarks, face.extra.get("mesh478"))
+        result, aligned, _, _ = rec.fit_detected(image, face)
         lm = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64))
         verts = result.vertices_mm.cpu().numpy().astype(np.float64)
         return MethodOutput(verts, model.triangles.numpy(), verts[model.landmarks68.numpy()], lm)

@@ -81,15 +81,18 @@ _RECONSTRUCTORS: dict[tuple, object] = {}
 
 
 def reconstruct_array(image, method: str = "fit", fast: bool = False, device: str = "cpu",
-                      checkpoint: str | None = None) -> dict:
+                      checkpoint: str | None = None, landmark_net: str | None = None) -> dict:
     """Reconstruct the largest face of an in-memory image (no files written).
 
     Args:
         image: (H, W, 3) uint8 RGB array.
         method: ``"fit"`` (the default reconstruction: fitting from the mean face),
             ``"fit_mean"`` (the same, named explicitly), ``"fit_regressor"`` (fitting from the
-            regressor's prediction) or ``"regress"`` (the network alone).
+            regressor's prediction), ``"fit_net"`` (fitting to the dense landmark network's
+            points, ``--landmarks net``) or ``"regress"`` (the network alone).
         checkpoint: regressor checkpoint (default: ``$FACECLIP_REGRESSOR`` or the shipped one).
+        landmark_net: dense landmark network for ``"fit_net"`` (default:
+            ``$FACECLIP_LANDMARK_NET`` or the shipped one).
 
     Returns:
         dict with ``vertices_mm`` (V, 3) canonical mesh (model frame), ``triangles`` (F, 3),
@@ -102,20 +105,24 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
     from faceclip.errors import FaceClipError
     from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
 
-    if method not in ("fit", "fit_mean", "fit_regressor", "regress"):
-        raise FaceClipError(f"unknown method {method!r}", hint="use 'fit', 'fit_mean', 'fit_regressor' or 'regress'")
+    if method not in ("fit", "fit_mean", "fit_regressor", "fit_net", "regress"):
+        raise FaceClipError(f"unknown method {method!r}",
+                            hint="use 'fit', 'fit_mean', 'fit_regressor', 'fit_net' or 'regress'")
+    from faceclip.nets.landmarks import default_landmark_net_path
     from faceclip.nets.regressor import default_checkpoint_path
 
-    key = (method, fast, device, str(checkpoint or default_checkpoint_path()))
+    net = str(landmark_net or default_landmark_net_path()) if method == "fit_net" else None
+    key = (method, fast, device, str(checkpoint or default_checkpoint_path()), net)
     rec = _RECONSTRUCTORS.get(key)
     if rec is None:
         options = ReconstructOptions(fast=fast, device=device, method="regress" if method == "regress" else "fit",
                                      checkpoint=checkpoint,
-                                     init="regressor" if method in ("fit_regressor", "regress") else "mean")
+                                     init="regressor" if method in ("fit_regressor", "regress") else "mean",
+                                     landmarks="net" if method == "fit_net" else "mediapipe", landmark_net=net)
         rec = _RECONSTRUCTORS[key] = Reconstructor(options)
     rgb = np.ascontiguousarray(image)
     face = rec.detect(rgb, "image")[0]
-    result, aligned = rec.fit_face(rgb, face.landmarks, face.extra.get("mesh478"))
+    result, aligned, _, _ = rec.fit_detected(rgb, face)
     lm = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64))
     return {"vertices_mm": result.vertices_mm.cpu(), "triangles": rec.model.triangles,
             "landmarks68_px": lm, "params": result.params, "seconds": result.seconds}

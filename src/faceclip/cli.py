@@ -107,7 +107,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         texture_px=args.texture_size, delight=args.delight, overwrite=args.overwrite,
         formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
-        landmarks=args.landmarks, dense=args.dense, method=args.method, init=args.init, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
+        landmarks=args.landmarks, landmark_net=args.landmark_net, dense=args.dense, method=args.method, init=args.init, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
     reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet,
                                 workers=args.workers, resume=args.resume)
@@ -231,9 +231,11 @@ def _cmd_benchmark_synthetic(args: argparse.Namespace) -> int:
     from faceclip.evaluate.benchmark import format_report, get_method, run_synthetic_benchmark
     from faceclip.evaluate.report import write_csv, write_json
 
-    previous = os.environ.get("FACECLIP_REGRESSOR")
-    if args.checkpoint:  # the methods read the regressor from the environment; restored below
+    saved = {k: os.environ.get(k) for k in ("FACECLIP_REGRESSOR", "FACECLIP_LANDMARK_NET")}
+    if args.checkpoint:  # the methods read their networks from the environment; restored below
         os.environ["FACECLIP_REGRESSOR"] = str(Path(args.checkpoint).resolve())
+    if args.landmark_net:
+        os.environ["FACECLIP_LANDMARK_NET"] = str(Path(args.landmark_net).resolve())
     try:
         get_method(args.method)  # unknown names fail before any work
         bar = tqdm(total=args.n, unit="face", file=sys.stderr, disable=True if args.quiet else None)
@@ -244,10 +246,11 @@ def _cmd_benchmark_synthetic(args: argparse.Namespace) -> int:
         )
         bar.close()
     finally:
-        if previous is None:
-            os.environ.pop("FACECLIP_REGRESSOR", None)
-        else:
-            os.environ["FACECLIP_REGRESSOR"] = previous
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     if args.out:
         out = Path(args.out)
         print(f"wrote {write_json(out / 'synthetic.json', report.as_dict())}")
@@ -294,7 +297,7 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """Train the regressor from a YAML config; resumable, DDP under torchrun."""
+    """Train the regressor or the landmark network from a YAML config; resumable, DDP under torchrun."""
     from faceclip.train.config import load_config
     from faceclip.train.loop import train
 
@@ -307,7 +310,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"trained {result.steps_done} steps in {result.seconds:.1f} s; run folder {result.out_dir}")
         if result.validation:
             print("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in result.validation.items()))
-        if result.regressor_path:
+        if result.regressor_path and cfg.task == "landmarks":
+            print(f"landmark network: {result.regressor_path}  (use: faceclip reconstruct PHOTO --landmarks net "
+                  f"--landmark-net {result.regressor_path})")
+        elif result.regressor_path:
             print(f"regressor: {result.regressor_path}  (use: faceclip reconstruct PHOTO --checkpoint "
                   f"{result.regressor_path})")
     return 0
@@ -340,14 +346,21 @@ def _add_face_model_args(p: argparse.ArgumentParser, geometry_default: str | Non
     )
 
 
-def _frontend_args(p: argparse.ArgumentParser) -> None:
-    """--detector and --landmarks, the same for every command that finds faces."""
+def _frontend_args(p: argparse.ArgumentParser, net: bool = False) -> None:
+    """--detector and --landmarks, the same for every command that finds faces (``net``: also
+    the dense landmark network, and --landmark-net)."""
     p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "hog", "cnn"],
                    help="auto (default): MediaPipe and dlib HOG merged (turned and small faces); "
                         "mediapipe, hog or cnn (dlib's CNN, slow) alone")
-    p.add_argument("--landmarks", default="mediapipe", choices=["mediapipe", "dlib68"],
+    p.add_argument("--landmarks", default="mediapipe", choices=["mediapipe", "dlib68"] + (["net"] if net else []),
                    help="mediapipe (default): 478-point face mesh, 68 points from its calibrated map; "
-                        "dlib68: dlib's 68-point predictor")
+                        "dlib68: dlib's 68-point predictor"
+                        + ("; net: the dense landmark network (68 + 250 surface points with uncertainty)"
+                           if net else ""))
+    if net:
+        p.add_argument("--landmark-net", default=None, metavar="FILE",
+                       help="dense landmark network for --landmarks net (default: the shipped one; "
+                            "train one with faceclip train --config configs/landmarks_cpu.yaml)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -483,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="fewer, lower-resolution fitting steps (~4x faster)")
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
     p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
-    _frontend_args(p)
+    _frontend_args(p, net=True)
     p.add_argument("--dense", action="store_true",
                    help="also fit MediaPipe's 432 calibrated dense points, with their uncertainty "
                         "(--landmarks mediapipe, ICT model; see docs/front-end.md)")
@@ -551,11 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, default=100, help="number of faces (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same faces")
-    p.add_argument("--method", default="mean", choices=["mean", "fit", "fit_mean", "fit_regressor", "regress"],
+    p.add_argument("--method", default="mean", choices=["mean", "fit", "fit_mean", "fit_regressor", "fit_net", "regress"],
                    help="mean: the posed mean face (the floor); fit: the default reconstruction (fitting from the "
                         "mean face); fit_mean: the same; fit_regressor: fitting from the regressor's prediction; "
-                        "regress: the network alone")
+                        "fit_net: fitting to the dense landmark network's points; regress: the network alone")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="regressor checkpoint for fit / regress")
+    p.add_argument("--landmark-net", default=None, metavar="FILE", help="dense landmark network for fit_net")
     p.add_argument("--size", type=int, default=224, choices=[224, 512], help="input image size in pixels")
     p.add_argument("--out", default=None, metavar="DIR", help="write synthetic.json and synthetic.csv here")
     p.add_argument("--save-samples", default=None, metavar="DIR", help="also save every sample (PNGs, GT mesh, JSON)")

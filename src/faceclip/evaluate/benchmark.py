@@ -23,6 +23,8 @@ Methods (:data:`METHODS`, extend with :func:`register_method`) map an RGB image 
 - ``regress``: ``faceclip.api.reconstruct_array(image, method="regress")`` (the network).
 - ``fit_mean``: fitting from the mean face (what ``fit`` does by default);
 - ``fit_regressor``: fitting from the regressor's prediction.
+- ``fit_net``: fitting to the dense landmark network's points (``--landmarks net``; the network
+  file from ``$FACECLIP_LANDMARK_NET`` or the shipped one).
 
 A method that cannot run here raises :class:`MethodUnavailable` with the reason (checked before
 any work). A method that fails on one image with an input error (e.g. no face found) is scored as
@@ -193,6 +195,7 @@ METHODS["fit"] = _api_method("fit")
 METHODS["regress"] = _api_method("regress")
 METHODS["fit_mean"] = _api_method("fit_mean")
 METHODS["fit_regressor"] = _api_method("fit_regressor")
+METHODS["fit_net"] = _api_method("fit_net")
 
 
 def _as_method_output(result, model: FaceModel) -> MethodOutput:

@@ -98,6 +98,10 @@ class FitConfig:
     #: Model the correlation of the dense points' errors (low rank + isotropic, from the
     #: calibration) instead of treating them as independent.
     dense_correlated: bool = True
+    #: Weight of dense points that come with their own per-point sigma (the dense landmark
+    #: network, :mod:`faceclip.detect.landmark_net`): ``w_dense_net * |r_k|^2 / sigma_k^2``
+    #: with sigma in crop pixels.
+    w_dense_net: float = 0.02
     #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
     #: (linear least squares on the skin pixels); used alone in fast mode.
     closed_form_light: bool = True
@@ -260,6 +264,19 @@ class Fitter:
         rows = torch.arange(len(self._ph.vids), device=self.device)
         self._ph_mirror = torch.where(local >= 0, local, rows)
         self.dense = None
+        self._dense_sigma_px: Tensor | None = None
+
+    def set_dense_vertices(self, vertex_ids) -> None:
+        """Use fixed model vertices (N,) as dense points (the dense landmark network's);
+        their uncertainty is given per fit (:meth:`fit` ``dense_sigma_px``)."""
+        from faceclip.detect.calibration import DensePoints
+
+        ids = np.asarray(vertex_ids, np.int64)
+        n = len(ids)
+        bary = np.zeros((n, 3))
+        bary[:, 0] = 1.0
+        self.set_dense_points(DensePoints(point_ids=np.arange(n), vertex_ids=np.repeat(ids[:, None], 3, 1), bary=bary,
+                                          sigma_mm=np.ones((n, 1)), pose_bins_deg=np.array([[0.0, 180.0]])))
 
     def set_dense_points(self, points) -> None:
         """Use dense surface points (a :class:`faceclip.detect.calibration.DensePoints`, or None).
@@ -303,7 +320,10 @@ class Fitter:
         return _linear_points(d["mean"], d["id"], d["exp"], p)
 
     def _dense_weights(self, p: FaceParams, b: int, yaw_rad: float, tz_mm: float) -> Tensor:
-        """(K,) NLL weights ``w_dense / sigma_px^2`` for the current pose."""
+        """(K,) NLL weights ``w_dense / sigma_px^2`` for the current pose (or
+        ``w_dense_net / sigma_px^2`` with the per-point sigmas given to :meth:`fit`)."""
+        if self._dense_sigma_px is not None:
+            return self.config.w_dense_net / self._dense_sigma_px.clamp_min(0.05) ** 2
         sigma_mm = torch.as_tensor(self.dense["points"].sigma_at(np.degrees(yaw_rad)), dtype=torch.float32,
                                    device=self.device)
         px_per_mm = float(p.focal_px[b]) / max(tz_mm, 1.0)
@@ -647,7 +667,8 @@ class Fitter:
     # ------------------------------------------------------------------ public
 
     def fit(self, crop_rgb: Tensor, landmarks_px: Tensor, skin_mask: Tensor,
-            init: FaceParams | None = None, dense_px: Tensor | None = None) -> FitResult:
+            init: FaceParams | None = None, dense_px: Tensor | None = None,
+            dense_sigma_px: Tensor | None = None) -> FitResult:
         """Fit one face.
 
         Args:
@@ -657,6 +678,8 @@ class Fitter:
             init: optional starting parameters (e.g. from a regressor); default PnP + mean face.
             dense_px: (K, 2) positions of the dense points set by :meth:`set_dense_points`, in
                 crop pixels (e.g. calibrated MediaPipe points); None: the 68 landmarks alone.
+            dense_sigma_px: (K,) each dense point's standard deviation in crop pixels (the
+                dense landmark network's); None: the points' own model (calibration sigmas).
         """
         c = self.config
         dev = self.device
@@ -672,6 +695,14 @@ class Fitter:
             dense_t = dense_px.to(dev, torch.float32).unsqueeze(0)
             if dense_t.shape[1:] != self.dense["mean"].shape[:1] + (2,) or not torch.isfinite(dense_t).all():
                 raise ValueError(f"dense_px must be finite with shape ({self.dense['mean'].shape[0]}, 2)")
+        self._dense_sigma_px = None
+        if dense_sigma_px is not None:
+            if dense_t is None:
+                raise ValueError("dense_sigma_px given without dense_px")
+            sig = dense_sigma_px.to(dev, torch.float32).reshape(-1)
+            if sig.shape[0] != dense_t.shape[1] or not torch.isfinite(sig).all() or bool((sig <= 0).any()):
+                raise ValueError(f"dense_sigma_px must be positive and finite with shape ({dense_t.shape[1]},)")
+            self._dense_sigma_px = sig
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         p = init.detach().to(dev) if init is not None else self.initial_params(target)

@@ -63,8 +63,12 @@ class ReconstructOptions:
     face_model_path: str | None = None
     #: "auto" (MediaPipe + dlib HOG, merged), "mediapipe", "hog" or "cnn".
     detector: str = "auto"
-    #: "mediapipe" (478-point mesh, calibrated dense landmarks) or "dlib68".
+    #: "mediapipe" (478-point mesh, calibrated dense landmarks), "dlib68", or "net": the
+    #: project's dense landmark network (68 landmarks + N surface points, each with its
+    #: sigma; MediaPipe's 68 points only place its first crop).
     landmarks: str = "mediapipe"
+    #: The dense landmark network file for ``landmarks="net"`` (None: the shipped one).
+    landmark_net: str | None = None
     #: Also fit the calibrated dense MediaPipe points (per-point uncertainty, correlated-error
     #: model) instead of the inner 51 of the 68 landmarks; only with ``landmarks="mediapipe"``
     #: and the ICT model. Off by default: on the synthetic benchmark it does not beat the 68
@@ -148,6 +152,12 @@ class Reconstructor:
         config.device = o.device
         self.fitter = Fitter(self.model, config)
         self.dense_points = self._calibration = None
+        self.landmarker = None
+        if o.landmarks == "net":
+            from faceclip.detect.landmark_net import DenseLandmarker
+
+            self.landmarker = DenseLandmarker(o.landmark_net, device=o.device, face_model=self.model)
+            self.fitter.set_dense_vertices(self.landmarker.vertex_ids)
         if o.landmarks == "mediapipe" and o.dense:
             from faceclip.detect.calibration import load_calibration
 
@@ -193,7 +203,7 @@ class Reconstructor:
         def add(key: str, path) -> None:
             out[key] = {"file": str(path), "sha256": file_sha256(Path(path))}
 
-        if o.detector in ("auto", "mediapipe") or o.landmarks == "mediapipe":
+        if o.detector in ("auto", "mediapipe") or o.landmarks in ("mediapipe", "net"):
             from faceclip.detect.mediapipe import mediapipe_model_files
 
             mp_files = mediapipe_model_files()
@@ -209,6 +219,12 @@ class Reconstructor:
 
             add("landmarks_mesh478", mp_files["face_mesh"])
             add("landmarks_calibration", load_calibration().path)
+        elif o.landmarks == "net":
+            from faceclip.detect.calibration import load_calibration
+
+            add("landmarks_mesh478", mp_files["face_mesh"])  # places the network's first crop
+            add("landmarks_calibration", load_calibration().path)
+            add("landmark_network", self.landmarker.path)
         else:
             add("landmarks68", dlib_model_path("shape_predictor_68_face_landmarks.dat"))
         fm = Path(o.face_model_path) if o.face_model_path else cache_path(o.face_model)
@@ -232,20 +248,44 @@ class Reconstructor:
         from faceclip.detect.frontend import detect_and_landmark
 
         o = self.options
-        found = detect_and_landmark(rgb, o.detector, o.landmarks, landmark_max_face_px=LANDMARK_MAX_FACE_PX)
+        landmarks = "mediapipe" if o.landmarks == "net" else o.landmarks  # the network refines them later
+        found = detect_and_landmark(rgb, o.detector, landmarks, landmark_max_face_px=LANDMARK_MAX_FACE_PX)
         if not found and o.detector == "hog" and o.cnn_fallback:
             log.debug("%s: no face with HOG, trying the CNN detector", source)
-            found = detect_and_landmark(rgb, "cnn", o.landmarks, upsample=0, max_side_px=CNN_FALLBACK_MAX_SIDE_PX,
+            found = detect_and_landmark(rgb, "cnn", landmarks, upsample=0, max_side_px=CNN_FALLBACK_MAX_SIDE_PX,
                                         landmark_max_face_px=LANDMARK_MAX_FACE_PX)
         policy = FacePolicy(all_faces=o.all_faces, min_face_px=o.min_face_px, min_score=o.min_score)
         return select_faces(found, policy, source=source)
 
-    def fit_face(self, rgb: np.ndarray, landmarks68: np.ndarray,
-                 mesh478: np.ndarray | None = None) -> tuple[FitResult, object]:
+    def refine_landmarks(self, rgb: np.ndarray, face) -> tuple[np.ndarray, object]:
+        """The 68 landmarks to fit a detected face with, and the network's points (or None).
+
+        With ``landmarks="net"`` the dense landmark network runs on the face (its crop placed
+        by the front-end's landmarks) and its own 68 points replace the front-end's.
+        """
+        if self.landmarker is None:
+            return face.landmarks, None
+        points = self.landmarker.predict(rgb, face.landmarks)
+        return points.landmarks68, points
+
+    def fit_detected(self, rgb: np.ndarray, face) -> tuple[FitResult, object, np.ndarray, object]:
+        """Fit a face found by :meth:`detect`: ``(fit, aligned crop, 68 landmarks used, network points)``."""
+        t0 = time.perf_counter()
+        landmarks68, net_points = self.refine_landmarks(rgb, face)
+        t_net = time.perf_counter() - t0
+        result, aligned = self.fit_face(rgb, landmarks68, face.extra.get("mesh478"), net_points)
+        if net_points is not None:
+            result.seconds["landmark_net"] = t_net
+        return result, aligned, landmarks68, net_points
+
+    def fit_face(self, rgb: np.ndarray, landmarks68: np.ndarray, mesh478: np.ndarray | None = None,
+                 net_points=None) -> tuple[FitResult, object]:
         """Align and fit one face. Returns the fit and the :class:`AlignedFace`.
 
         ``mesh478``: the face's MediaPipe points (image pixels); with dense fitting on, its
-        calibrated points join the 68 landmarks.
+        calibrated points join the 68 landmarks. ``net_points``: the dense landmark network's
+        :class:`~faceclip.detect.landmark_net.DenseLandmarks` (image pixels) for the face; its
+        dense points join the 68 landmarks (pass its ``landmarks68`` as ``landmarks68``).
         """
         from faceclip.detect import align_face, skin_mask
 
@@ -263,17 +303,21 @@ class Reconstructor:
                 result = self.regressed_result(init)
                 result.seconds["regress"] = t_reg
                 return result, aligned
-        dense = None
+        dense = dense_sigma = None
         if self.dense_points is not None and mesh478 is not None:
             xy = self._calibration.dense_positions(mesh478, self.dense_points.point_ids)
             pts = aligned.transform.image_to_crop(xy)
             dense = torch.from_numpy(pts).float()
+        if net_points is not None:
+            dense = torch.from_numpy(aligned.transform.image_to_crop(net_points.dense_px)).float()
+            dense_sigma = torch.from_numpy(net_points.dense_sigma_px * aligned.transform.scale).float()
         result = self.fitter.fit(
             crop,
             torch.from_numpy(aligned.landmarks.copy()).float(),
             torch.from_numpy(np.ascontiguousarray(mask)),
             init=init,
             dense_px=dense,
+            dense_sigma_px=dense_sigma,
         )
         if init is not None:
             result.seconds["regress"] = t_reg
@@ -334,7 +378,7 @@ class Reconstructor:
         ``scale``: working-copy pixels per full-photo pixel (<= 1).
         """
         t0 = time.perf_counter()
-        result, aligned = self.fit_face(work, face.landmarks, face.extra.get("mesh478"))
+        result, aligned, landmarks68, net_points = self.fit_detected(work, face)
         seconds["fit"] = time.perf_counter() - t0
         seconds.update({f"fit_{k2}": v for k2, v in result.seconds.items()})
         t0 = time.perf_counter()
@@ -349,11 +393,11 @@ class Reconstructor:
         overlay = render_overlay(self.model, result.vertices_mm, result.albedo, result.params, cam_work, work)
         seconds["texture_overlay"] = time.perf_counter() - t0
         lm_img = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64)) / scale
-        detected = face.landmarks / scale
+        detected = landmarks68 / scale
         nme = landmark_nme(lm_img, detected)
         t0 = time.perf_counter()
         params = self._params_json(path, k, face, result, cam, lm_img, detected, nme, photo_fraction, aligned,
-                                   scale)
+                                   scale, net_points)
         files = write_face_outputs(folder, self.model, result, texture, overlay, params,
                                    overwrite=self.options.overwrite, formats=self.options.formats)
         seconds["write"] = time.perf_counter() - t0
@@ -367,7 +411,7 @@ class Reconstructor:
         return "fit" + (" (fast)" if self.options.fast else "")
 
     def _params_json(self, path, k, face, result: FitResult, cam, lm_img, detected, nme, photo_fraction, aligned,
-                     scale: float) -> dict:
+                     scale: float, net_points=None) -> dict:
         p = result.params
         m = self.model
         R = p.rotation()[0].cpu().numpy()
@@ -379,7 +423,8 @@ class Reconstructor:
             "detection": {"box": [round(float(x) / scale, 2) for x in face.box], "score": round(float(face.score), 4),
                           "detector": face.detector},
             "front_end": {"detector": self.options.detector, "landmarks": self.options.landmarks,
-                          "dense_points": (0 if self.dense_points is None or face.extra.get("mesh478") is None
+                          "dense_points": (len(net_points.vertex_ids) if net_points is not None else
+                                           0 if self.dense_points is None or face.extra.get("mesh478") is None
                                            else len(self.dense_points.point_ids))},
             "working_copy": {"scale": round(scale, 6), "max_side_px": WORK_MAX_SIDE_PX,
                              "note": "detection, landmarks, fitting and overlay.png use the photo scaled by "
@@ -415,6 +460,12 @@ class Reconstructor:
             **({"detected_landmarks478": np.round(face.extra["mesh478"] / scale, 3).tolist()}
                if face.extra.get("mesh478") is not None else {}),
             "detected_landmarks68_2d": np.round(detected, 3).tolist(),
+            **({"network_points": {
+                "vertex_ids": [int(i) for i in net_points.vertex_ids],
+                "points_2d": np.round(net_points.points_px / scale, 3).tolist(),
+                "sigma_px": np.round(net_points.sigma_px / scale, 3).tolist(),
+                "layout": "68 landmarks (2D-detector convention), then one point per vertex id"}}
+               if net_points is not None else {}),
             "landmark_nme_interocular": round(nme, 5),
         }
 
@@ -463,6 +514,13 @@ def check_options(o: ReconstructOptions) -> None:
     bad = [f for f in o.formats if f not in MESH_FORMATS]
     if bad or not o.formats:
         raise FaceClipError(f"--formats {','.join(o.formats)}: choose from obj, ply, glb (comma-separated)")
+    if o.landmarks not in ("mediapipe", "dlib68", "net"):
+        raise FaceClipError(f"--landmarks {o.landmarks}: use mediapipe, dlib68 or net")
+    if o.dense and o.landmarks != "mediapipe":
+        raise FaceClipError("--dense fits MediaPipe's calibrated points: it needs --landmarks mediapipe",
+                            hint="--landmarks net brings its own dense points")
+    if o.landmark_net and o.landmarks != "net":
+        raise FaceClipError("--landmark-net needs --landmarks net")
     if o.texture_px < 16 or o.texture_px > 8192:
         raise FaceClipError(f"--texture-size {o.texture_px}: must be between 16 and 8192")
 

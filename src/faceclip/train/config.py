@@ -40,6 +40,10 @@ class DataConfig:
     image_px: int = 224
     #: Side at which synthetic faces are rendered (and cached).
     render_px: int = 224
+    #: Photo-realism of synthetic faces (:class:`faceclip.train.realism.RealismConfig` fields,
+    #: e.g. ``{backgrounds: photos/no_faces, textures: runs/textures}``), or None for the
+    #: plain renders of the benchmark's generator.
+    realism: dict | None = None
 
 
 @dataclass
@@ -54,8 +58,10 @@ class ModelConfig:
     prm_local_blocks: int = 2
     prm_transformer_layers: int = 2
     prm_heads: int = 4
-    #: Start from this regressor checkpoint's weights (fine-tuning), or None.
+    #: Start from this checkpoint's weights (fine-tuning), or None.
     init_checkpoint: str | None = None
+    #: ``task: landmarks`` only: N dense surface points predicted after the 68 landmarks.
+    dense_points: int = 250
 
 
 @dataclass
@@ -87,6 +93,9 @@ class TrainConfig:
     """
 
     out_dir: str = "runs/default"
+    #: ``"regressor"`` (the FaceCLIP parameter regressor) or ``"landmarks"`` (the dense
+    #: landmark network, :mod:`faceclip.train.landmark_task`).
+    task: str = "regressor"
     face_model: str = "ict"
     seed: int = 0
     device: str = "cpu"
@@ -144,6 +153,16 @@ def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
                          hint="build the cache with `faceclip prepare-data PHOTOS --out CACHE`")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise InputError(f"{where}: steps and batch_size must be positive")
+    if cfg.task not in ("regressor", "landmarks"):
+        raise InputError(f"{where}.task must be 'regressor' or 'landmarks', got {cfg.task!r}")
+    if cfg.data.realism is not None:
+        from faceclip.train.realism import RealismConfig
+
+        try:
+            RealismConfig(**cfg.data.realism)
+        except TypeError as exc:
+            raise InputError(f"{where}.data.realism: {exc}",
+                             hint="see faceclip.train.realism.RealismConfig for the settings") from None
     return cfg
 
 

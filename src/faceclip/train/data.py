@@ -871,6 +871,9 @@ class SyntheticFaceDataset(_AugmentedDataset):
         cache_dir: optional folder of pre-rendered samples (``s_<index>.npz``); samples missing
             there are rendered and written (atomically) on first use; see :meth:`prerender`.
         augment_seed: augmentation seed (default: ``seed``).
+        realism: optional :class:`faceclip.train.realism.RealismConfig`: photo textures and
+            backgrounds, hard light, occluders, camera effects, the whole expression space
+            (drawn from another stream of ``(seed, index)``; the geometry stays exact).
     """
 
     def __init__(
@@ -885,6 +888,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
         focal_px: float | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         augment_seed: int | None = None,
+        realism: Any = None,
     ) -> None:
         from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator
         from faceclip.fit.contour import build_contour_bands
@@ -913,6 +917,11 @@ class SyntheticFaceDataset(_AugmentedDataset):
         self._eye_distance_mm = float(np.linalg.norm(lm_mean[36:42].mean(0) - lm_mean[42:48].mean(0)))
         self._skin_vertex = np.zeros(m.n_vertices, dtype=bool)
         self._skin_vertex[m.regions["skin"].numpy()] = True
+        self.realism = None
+        if realism is not None:
+            from faceclip.train.realism import Realism
+
+            self.realism = Realism(realism, m)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
             self._check_cache_meta()
@@ -969,6 +978,10 @@ class SyntheticFaceDataset(_AugmentedDataset):
 
         gen, m, S = self.generator, self.generator.model, self.image_px
         sp = gen.draw_params(index)
+        rr = None
+        if self.realism is not None:
+            rr = np.random.default_rng([self.seed, int(index), 11])  # the realism stream
+            sp = replace(sp, expression=self.realism.expression(rr, sp.expression))
         verts = gen.vertices(sp)
         head_r = euler_to_matrix(torch.tensor(np.radians(sp.angles_deg), dtype=torch.float64)[None])[0].numpy()
         r_cam, t = self._frame(verts, _F @ head_r, self._template(index))
@@ -991,13 +1004,27 @@ class SyntheticFaceDataset(_AugmentedDataset):
         albedo = gen._albedo(sp, rng)
         noise_seed = int(rng.integers(2 ** 31))
         v_t = torch.from_numpy(verts)[None]
-        out = render_mesh(v_t, m.triangles, cam, vertex_colors=torch.from_numpy(albedo)[None], sh_coeffs=params.sh,
-                          background=0.0, cull_backfaces=True, antialiased=True, topology=self._topology)
+        if rr is None:
+            out = render_mesh(v_t, m.triangles, cam, vertex_colors=torch.from_numpy(albedo)[None], sh_coeffs=params.sh,
+                              background=0.0, cull_backfaces=True, antialiased=True, topology=self._topology)
+        else:
+            colours, sh = self._realistic_colours(rr, sp, albedo, v_t, cam)
+            params = replace(params, sh=torch.from_numpy(sh).float()[None])
+            out = render_mesh(v_t, m.triangles, cam, vertex_colors=colours, sh_coeffs=None,
+                              background=0.0, cull_backfaces=True, antialiased=True, topology=self._topology)
         rgb = out.image[0].clamp(0, 1).numpy().astype(np.float64)
         alpha = out.alpha[0].clamp(0, 1).numpy()[..., None].astype(np.float64)
-        img = rgb + (1.0 - alpha) * _background_image(sp.background, S)
-        img += np.random.default_rng([noise_seed, S]).normal(0.0, gen.config.noise_level, img.shape)
-        img_u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+        if rr is None:
+            img = rgb + (1.0 - alpha) * _background_image(sp.background, S)
+            img += np.random.default_rng([noise_seed, S]).normal(0.0, gen.config.noise_level, img.shape)
+            img_u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+        else:
+            from faceclip.train.realism import camera_effects
+
+            assert self.realism is not None
+            img = rgb + (1.0 - alpha) * self.realism.background(rr, S, _background_image(sp.background, S))
+            img = self.realism.occlude(rr, img, np.array(sp.skin_rgb))
+            img_u8 = camera_effects(img, rr, self.realism.config)
         ids = landmark_vertex_ids(m, self._bands, v_t, cam)[0]
         lm = cam.project(v_t[:, ids])[0]
         tri_skin = torch.from_numpy(self._skin_vertices(sp)[m.triangles.numpy()].all(1))
@@ -1063,13 +1090,48 @@ class SyntheticFaceDataset(_AugmentedDataset):
             t = t + centre_new - centre
         return r_cam, t
 
-    def _skin_vertices(self, sp: Any) -> np.ndarray:
-        """(V,) bool: skin-region vertices without the sample's hair and eyebrows."""
+    def _hair(self, sp: Any) -> np.ndarray:
+        """(V,) the generator's hair coverage of a sample, in [0, 1]."""
         parts = self.generator._albedo_parts
         hair = np.clip((parts["above_brows_mm"] - sp.hairline_mm) / 8.0, 0, 1)
         if sp.hairline_mm < 50.0:  # the generator's rule: hair on the back of the head too
             hair = np.maximum(hair, parts["behind_ears"])
-        return self._skin_vertex & (hair < 0.5) & (parts["brows"] < 0.3)
+        return hair
+
+    def _skin_vertices(self, sp: Any) -> np.ndarray:
+        """(V,) bool: skin-region vertices without the sample's hair and eyebrows."""
+        parts = self.generator._albedo_parts
+        return self._skin_vertex & (self._hair(sp) < 0.5) & (parts["brows"] < 0.3)
+
+    def _realistic_colours(self, rr: np.random.Generator, sp: Any, albedo: np.ndarray, v_t: Tensor,
+                           cam: Any) -> tuple[Tensor, np.ndarray]:
+        """Lit per-vertex colours (1, V, 3) and the SH used (9, 3), with the realism draws:
+        a real skin texture, hair streaks, hard light and a specular highlight."""
+        from faceclip.render.shading import sh_irradiance, vertex_normals
+
+        assert self.realism is not None
+        parts = self.generator._albedo_parts
+        hair = self._hair(sp)
+        eyes_mouth = np.maximum(np.maximum(parts["sclera"], parts["mouth_interior"]), parts["iris"])
+        tex = self.realism.texture_colours(rr)
+        if tex is not None:
+            w = ((1.0 - hair) * (1.0 - np.clip(eyes_mouth, 0, 1)))[:, None]
+            albedo = albedo * (1 - w) + tex * w
+        hair_w = np.maximum(hair, 0.8 * parts["brows"])[:, None]
+        streaks = self.realism.hair_streaks(rr, parts["xyz"])[:, None]
+        albedo = np.clip(albedo * (1 - hair_w) + albedo * streaks * hair_w, 0, 1).astype(np.float32)
+        sh, spec = self.realism.light(rr, np.asarray(sp.sh, np.float64))
+        normals = cam.to_view(vertex_normals(v_t, self.generator.model.triangles))  # (1, V, 3)
+        irr = sh_irradiance(normals, torch.from_numpy(sh).float()[None]).clamp_min(0.0)
+        colours = torch.from_numpy(albedo)[None] * irr
+        if spec is not None:
+            light = torch.tensor(spec["direction"], dtype=torch.float32)
+            half = torch.nn.functional.normalize(light + torch.tensor([0.0, 0.0, 1.0]), dim=0)
+            n_dot_h = (normals @ half).clamp_min(0.0)
+            lit = ((normals @ light) > 0).float()
+            shine = (1.0 - torch.from_numpy(hair_w[:, 0]).float() * 0.7)[None]  # hair is less shiny
+            colours = colours + (spec["strength"] * n_dot_h ** spec["shininess"] * lit * shine).unsqueeze(-1)
+        return colours.float(), sh
 
     # ------------------------------------------------------------------ cache
 
@@ -1078,7 +1140,8 @@ class SyntheticFaceDataset(_AugmentedDataset):
         return {"format": SYNTH_FORMAT, "version": CACHE_VERSION, "seed": self.seed, "image_px": self.image_px,
                 "focal_px": self.focal_px, "framing": None if self.framing is None else asdict(self.framing),
                 "model": {"name": m.name, "geometry": m.geometry, "n_vertices": m.n_vertices},
-                "generator": asdict(self.generator.config)}
+                "generator": asdict(self.generator.config),
+                **({"realism": self.realism.describe()} if self.realism is not None else {})}
 
     def _check_cache_meta(self) -> None:
         from faceclip.io.mesh import atomic_path

@@ -43,7 +43,7 @@ class TrainResult:
     out_dir: Path
     steps_done: int
     last_checkpoint: Path | None
-    regressor_path: Path | None
+    regressor_path: Path | None  # the final network file: regressor.pt, or landmarks.pt for task: landmarks
     history: list[dict] = field(default_factory=list)
     validation: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -152,13 +152,21 @@ def build_datasets(cfg: TrainConfig, face_model):
     d = cfg.data
     augment = D.Augment() if d.augment else None  # samples with parameters get colour jitter only
     if d.kind == "synthetic":
+        realism = None
+        if d.realism is not None:
+            from faceclip.train.realism import RealismConfig
+
+            realism = RealismConfig(**d.realism)
         train = D.SyntheticFaceDataset(face_model, n=d.n_train, seed=d.seed, image_px=d.render_px,
                                        framing=D.FramingJitter() if d.augment else None,
-                                       cache_dir=d.path)
+                                       cache_dir=d.path, realism=realism)
     else:
         train = D.FolderFaceDataset(d.path)
-    val = (D.SyntheticFaceDataset(face_model, n=d.n_val, seed=d.seed + 10_000, image_px=d.render_px)
-           if d.n_val > 0 else None)
+    val = None
+    if d.n_val > 0:  # realistic validation faces when training on realistic ones (other sources: same folders)
+        val_realism = getattr(train, "realism", None)
+        val = D.SyntheticFaceDataset(face_model, n=d.n_val, seed=d.seed + 10_000, image_px=d.render_px,
+                                     realism=val_realism.config if val_realism is not None else None)
     if val is not None and d.image_px != d.render_px:
         val = _Resized(val, d.image_px)
     if len(train) == 0:
@@ -225,6 +233,13 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _model_record(net: nn.Module) -> dict:
+    from faceclip.nets.landmarks import DenseLandmarkNet, landmark_net_record
+    from faceclip.nets.regressor import regressor_record
+
+    return landmark_net_record(net) if isinstance(net, DenseLandmarkNet) else regressor_record(net)
+
+
 def save_checkpoint(path: Path, net: nn.Module, opt, sched, scaler, step: int, cfg: TrainConfig,
                     world_size: int = 1) -> Path:
     """Atomic write of everything needed to resume (``step`` = steps completed).
@@ -233,9 +248,8 @@ def save_checkpoint(path: Path, net: nn.Module, opt, sched, scaler, step: int, c
     batch, so a resume with another number of processes continues with another data order.
     """
     from faceclip.io.mesh import atomic_path
-    from faceclip.nets.regressor import regressor_record
 
-    state = {"model": regressor_record(net), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+    state = {"model": _model_record(net), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "step": step, "rng": _rng_state(),
              "config": cfg.to_dict(), "world_size": int(world_size)}
     with atomic_path(path) as tmp:
@@ -375,10 +389,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     geometry = RECONSTRUCTION_GEOMETRY if cfg.face_model == "ict" else None
     face_model = load_face_model(cfg.face_model, geometry=geometry)
     train_set, val_set, augment = build_datasets(cfg, face_model)
-    net = build_model(cfg, face_model).to(device)
-    weights = LossWeights.from_dict(cfg.loss)
-    objective = TrainingObjective(face_model, weights, identity_loss=_identity_loss(cfg, weights, device),
-                                  clip_loss=_clip_loss(cfg, weights, device), render_px=cfg.render_px, device=device)
+    landmarks_task = cfg.task == "landmarks"
+    if landmarks_task:
+        from faceclip.train.landmark_task import LandmarkObjective, build_landmark_net
+
+        net = build_landmark_net(cfg, face_model, train_set).to(device)
+        objective = LandmarkObjective(face_model.to(device), torch.tensor(net.config.vertex_ids),
+                                      net.config.crop_px).to(device)
+    else:
+        net = build_model(cfg, face_model).to(device)
+        weights = LossWeights.from_dict(cfg.loss)
+        objective = TrainingObjective(face_model, weights, identity_loss=_identity_loss(cfg, weights, device),
+                                      clip_loss=_clip_loss(cfg, weights, device), render_px=cfg.render_px,
+                                      device=device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay)
     use_amp = cfg.amp and device.type == "cuda"
@@ -427,9 +450,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             images = batch.image
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                params = _float_params(model(images))
-            target = batch.params if (batch.params is not None and bool(batch.params_valid.all())) else None
-            total, terms, vis = objective(params, images.float(), batch.landmarks_px, batch.skin_mask, target)
+                output = model(images)
+            if landmarks_task:
+                params = tuple(o.float() for o in output)
+                total, terms, vis = objective(params, images.float(), batch.landmarks_px, batch.skin_mask,
+                                              batch.params, batch.params_valid)
+            else:
+                params = _float_params(output)
+                target = batch.params if (batch.params is not None and bool(batch.params_valid.all())) else None
+                total, terms, vis = objective(params, images.float(), batch.landmarks_px, batch.skin_mask, target)
             if not torch.isfinite(total):
                 raise FaceClipError(f"training diverged at step {step + 1} (loss {total.item()})",
                                     hint="lower optim.lr, or resume from the last checkpoint")
@@ -447,11 +476,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                 history.append(row)
                 t_log, n_img = time.perf_counter(), 0
             if dist_info.is_main and cfg.grid_every and (step % cfg.grid_every == 0 or step == end):
-                grid = render_grid(objective, images, params, vis)
+                if landmarks_task:
+                    from faceclip.train.landmark_task import landmark_grid
+
+                    grid = landmark_grid(images, vis)
+                else:
+                    grid = render_grid(objective, images, params, vis)
                 _save_png(out_dir / "grids" / f"step{step:07d}.png", grid)
                 logs.image("grid", grid, step)
             if dist_info.is_main and val_set is not None and cfg.val_every and (step % cfg.val_every == 0 or step == end):
-                validation = validate(net, objective, val_set, device, batch_size=cfg.batch_size)
+                if landmarks_task:
+                    from faceclip.train.landmark_task import validate_landmarks
+
+                    validation = validate_landmarks(net, objective, val_set, device, batch_size=cfg.batch_size)
+                else:
+                    validation = validate(net, objective, val_set, device, batch_size=cfg.batch_size)
                 logs.row({"step": step, **{f"val_{k}": v for k, v in validation.items()}})
                 net.train()
             if dist_info.is_main and (step % cfg.ckpt_every == 0 or step == end):
@@ -461,10 +500,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         logs.close()
     reg_path = None
     if dist_info.is_main and step == cfg.steps:
-        from faceclip.nets.regressor import save_regressor
+        meta = {"steps": step, "config": cfg.to_dict(), "validation": validation}
+        if landmarks_task:
+            from faceclip.nets.landmarks import save_landmark_net
 
-        reg_path = save_regressor(net, out_dir / "regressor.pt", meta={"steps": step, "config": cfg.to_dict(),
-                                                                        "validation": validation})
+            meta["realism"] = train_set.realism.describe() if getattr(train_set, "realism", None) else None
+            reg_path = save_landmark_net(net, out_dir / "landmarks.pt", meta=meta)
+        else:
+            from faceclip.nets.regressor import save_regressor
+
+            reg_path = save_regressor(net, out_dir / "regressor.pt", meta=meta)
     if dist_info.world > 1:
         import torch.distributed as dist
 

@@ -1,0 +1,222 @@
+"""The dense landmark network: aligned face crop -> K model surface points with uncertainty.
+
+``backbone (MobileNetV2, ImageNet start) -> 1x1 conv -> flatten -> MLP -> K x (x, y, log sigma)``.
+Flattening the last feature map (instead of pooling it) keeps where on the face each feature
+was seen, which direct coordinate regression needs.
+
+The K points are the 68 iBUG landmarks in 2D-detector convention (the jaw on the visible
+silhouette) followed by ``N`` fixed model vertices (:func:`faceclip.facemodel.surface_points.dense_vertex_ids`).
+Positions are crop pixels (x right, y down, pixel centres at +0.5, as in :mod:`faceclip.detect`),
+predicted as offsets from a template (the mean position of each point over training faces), so an
+untrained network outputs the template. Each point has an isotropic standard deviation
+``sigma_px``: the network is trained with the Gaussian negative log-likelihood
+(:func:`gaussian_nll`), and the fitter weights each point by ``1 / sigma_px^2``.
+
+Files (:func:`save_landmark_net` / :func:`load_landmark_net`) hold the configuration, the vertex
+ids and the weights: a file is self-describing, and loading checks it against the face model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from faceclip.errors import InputError, ModelNotInstalledError
+from faceclip.nets.backbones import make_backbone
+
+__all__ = ["LandmarkNetConfig", "DenseLandmarkNet", "gaussian_nll", "save_landmark_net", "load_landmark_net",
+           "landmark_net_record", "default_landmark_net_path", "SHIPPED_LANDMARK_NET"]
+
+FORMAT = "faceclip-landmark-net"
+VERSION = 1
+#: log sigma (in units of the crop side) is clamped to this range: 0.3 px .. 0.37 S.
+LOG_SIGMA_RANGE = (-6.0, -1.0)
+
+
+@dataclass
+class LandmarkNetConfig:
+    """Architecture and output layout.
+
+    Attributes:
+        vertex_ids: the N dense model vertices (after the 68 landmarks).
+        crop_px: input crop side S.
+        face_model, geometry, n_vertices: the model the vertex ids refer to.
+        backbone: ``"mobilenet_v2"`` (or ``"resnet50"``).
+        reduce_channels: channels of the 1x1 convolution before flattening.
+        hidden: width of the hidden layer.
+    """
+
+    vertex_ids: list[int] = field(default_factory=list)
+    crop_px: int = 128
+    face_model: str = "ict"
+    geometry: str = "head_eyes"
+    n_vertices: int = 0
+    backbone: str = "mobilenet_v2"
+    reduce_channels: int = 64
+    hidden: int = 768
+
+    @property
+    def n_points(self) -> int:
+        """K = 68 + N."""
+        return 68 + len(self.vertex_ids)
+
+    @staticmethod
+    def from_dict(d: dict) -> LandmarkNetConfig:
+        known = {f.name for f in fields(LandmarkNetConfig)}
+        return LandmarkNetConfig(**{k: v for k, v in d.items() if k in known})
+
+
+class DenseLandmarkNet(nn.Module):
+    """Aligned crops -> (mu_px, sigma_px) of the K points.
+
+    Args:
+        config: the layout.
+        pretrained: start the MobileNetV2 backbone from the installed ImageNet weights.
+        template_px: (K, 2) starting positions in crop pixels (default: the crop centre).
+    """
+
+    def __init__(self, config: LandmarkNetConfig, *, pretrained: bool = True, template_px: Tensor | None = None,
+                 backbone_weights: str | Path | None = None) -> None:
+        super().__init__()
+        self.config = config
+        S, K = config.crop_px, config.n_points
+        self.backbone = make_backbone(config.backbone, pretrained=pretrained, weights=backbone_weights)
+        cells = math.ceil(S / self.backbone.stride) ** 2
+        self.reduce = nn.Sequential(nn.Conv2d(self.backbone.channels, config.reduce_channels, 1, bias=False),
+                                    nn.BatchNorm2d(config.reduce_channels), nn.ReLU(inplace=True))
+        self.mlp = nn.Sequential(nn.Linear(config.reduce_channels * cells, config.hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(config.hidden, 3 * K))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+        with torch.no_grad():  # start at sigma = 2% of the crop side
+            self.mlp[-1].bias[2 * K:] = float(torch.log(torch.tensor(0.02)))
+        t = torch.full((K, 2), 0.5) if template_px is None else torch.as_tensor(template_px, dtype=torch.float32) / S
+        self.register_buffer("template", t.reshape(K, 2).clone())
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, S, S) RGB in [0, 1] -> mu_px (B, K, 2), log_sigma (B, K) in units of S.
+
+        Use :meth:`sigma_px` to turn ``log_sigma`` into pixels.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected (B, 3, H, W) images, got {tuple(images.shape)}")
+        S, K = self.config.crop_px, self.config.n_points
+        if images.shape[-1] != S or images.shape[-2] != S:
+            raise ValueError(f"the network takes {S} x {S} crops, got {tuple(images.shape[-2:])}")
+        f = self.reduce(self.backbone(images)).flatten(1)
+        out = self.mlp(f)
+        mu = (self.template + out[:, :2 * K].view(-1, K, 2)) * S
+        log_sigma = out[:, 2 * K:].clamp(*LOG_SIGMA_RANGE)
+        return mu, log_sigma
+
+    def sigma_px(self, log_sigma: Tensor) -> Tensor:
+        """(B, K) standard deviations in crop pixels."""
+        return log_sigma.exp() * self.config.crop_px
+
+
+def gaussian_nll(mu_px: Tensor, log_sigma: Tensor, target_px: Tensor, crop_px: int,
+                 weight: Tensor | None = None) -> Tensor:
+    """Mean negative log-likelihood of 2D isotropic Gaussians (positions in units of the crop).
+
+    ``0.5 |target - mu|^2 / sigma^2 + 2 log sigma`` per point (constants dropped).
+
+    Args:
+        mu_px, target_px: (B, K, 2) crop pixels.
+        log_sigma: (B, K) log standard deviation in units of the crop side.
+        weight: optional (B, K) point weights (0 drops a point, e.g. one without ground truth).
+    """
+    d2 = ((target_px - mu_px) / crop_px).square().sum(-1)
+    nll = 0.5 * d2 * torch.exp(-2.0 * log_sigma) + 2.0 * log_sigma
+    if weight is None:
+        return nll.mean()
+    return (nll * weight).sum() / weight.sum().clamp_min(1e-9)
+
+
+# ---------------------------------------------------------------------- files
+
+
+def landmark_net_record(net: DenseLandmarkNet) -> dict:
+    """The self-describing dict stored for a landmark network (also inside training checkpoints)."""
+    return {"format": FORMAT, "version": VERSION, "config": asdict(net.config),
+            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+
+
+def save_landmark_net(net: DenseLandmarkNet, path: str | Path, half: bool = False, meta: dict | None = None) -> Path:
+    """Write the network atomically; ``half`` stores float weights as float16."""
+    from faceclip.io.mesh import atomic_path
+
+    rec = landmark_net_record(net)
+    if half:
+        rec["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in rec["state_dict"].items()}
+    rec["meta"] = dict(meta or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(rec, tmp)
+    return path
+
+
+def load_landmark_net(path: str | Path, device: str | torch.device = "cpu", face_model=None) -> DenseLandmarkNet:
+    """Load a landmark network (or the model of a training checkpoint) in eval mode.
+
+    Raises:
+        ModelNotInstalledError: the file does not exist.
+        InputError: unreadable, not a landmark network, or made for another face model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotInstalledError(f"landmark network not found: {path}",
+                                     hint="train one with `faceclip train --config configs/landmarks_cpu.yaml`, "
+                                          "or omit the option to use the shipped one")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated / foreign pickles all mean a bad file
+        raise InputError(f"cannot read landmark network {path}: {exc.__class__.__name__}",
+                         hint="the file is truncated or not a PyTorch checkpoint") from exc
+    rec = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise InputError(f"{path} is not a FaceCLIP landmark network",
+                         hint="give a file written by `faceclip train` with task: landmarks")
+    if int(rec.get("version", -1)) > VERSION:
+        raise InputError(f"{path} was written by a newer faceclip (format version {rec['version']})")
+    try:
+        config = LandmarkNetConfig.from_dict(rec["config"])
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{path}: malformed landmark network configuration ({exc})") from exc
+    if face_model is not None:
+        want = (face_model.name, face_model.n_vertices)
+        got = (config.face_model, config.n_vertices)
+        if want != got:
+            raise InputError(f"{path} predicts points of face model {got[0]} ({got[1]} vertices), "
+                             f"not {want[0]} ({want[1]} vertices)", hint="use a network trained for this face model")
+    net = DenseLandmarkNet(config, pretrained=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in rec["state_dict"].items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: weights do not match the stored architecture ({str(exc).splitlines()[0]})") from exc
+    return net.to(device).eval()
+
+
+SHIPPED_LANDMARK_NET = Path(__file__).resolve().parent.parent / "data" / "landmarks_ict_mobilenet_v2.pt"
+
+
+def default_landmark_net_path() -> Path:
+    """``$FACECLIP_LANDMARK_NET`` when set, else the network shipped with the package."""
+    env = os.environ.get("FACECLIP_LANDMARK_NET")
+    return Path(env) if env else SHIPPED_LANDMARK_NET
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (recorded in params.json)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
