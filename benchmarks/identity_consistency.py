@@ -44,7 +44,8 @@ IDENTITIES = {
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detector", default="auto")
-    ap.add_argument("--landmarks", default="mediapipe")
+    ap.add_argument("--landmarks", default="mediapipe", help="mediapipe, dlib68 or net")
+    ap.add_argument("--landmark-net", default=None, help="network file for --landmarks net")
     ap.add_argument("--dense", action="store_true", help="also fit the calibrated dense points")
     ap.add_argument("--fast", action="store_true")
     ap.add_argument("--init", default="mean", choices=["mean", "regressor"])
@@ -62,7 +63,7 @@ def main() -> int:
         return 2
     rec = Reconstructor(ReconstructOptions(all_faces=True, detector=args.detector, landmarks=args.landmarks,
                                            dense=args.dense, fast=args.fast,
-                                           init=args.init))
+                                           init=args.init, landmark_net=args.landmark_net))
     for item in args.set:
         key, value = item.split("=")
         setattr(rec.fitter.config, key, float(value))
@@ -81,7 +82,7 @@ def main() -> int:
         k = int(np.argmin(d))
         if d[k] > 60:
             continue
-        result, _ = rec.fit_face(work, face.landmarks, face.extra.get("mesh478"))
+        result, _, _, _ = rec.fit_detected(work, face)
         ident = result.params.identity
         v = rec.model.vertices(ident, torch.zeros_like(result.params.expression))[0].numpy()[face_v]
         shapes.append(fit_similarity(v, mean).apply(v))

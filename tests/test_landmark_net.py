@@ -64,12 +64,48 @@ def test_dense_vertex_ids(ict_head):
 # ------------------------------------------------------------------ network and files
 
 
-def _config(ict_head, n=12, crop=64):
+def _config(ict_head, n=12, crop=64, head="fc"):
     from faceclip.facemodel.surface_points import dense_vertex_ids
     from faceclip.nets.landmarks import LandmarkNetConfig
 
     return LandmarkNetConfig(vertex_ids=dense_vertex_ids(ict_head, n).tolist(), crop_px=crop, face_model="ict",
-                             geometry="head_eyes", n_vertices=ict_head.n_vertices, hidden=32, reduce_channels=8)
+                             geometry="head_eyes", n_vertices=ict_head.n_vertices, hidden=32, reduce_channels=8,
+                             head=head)
+
+
+def test_integral_head_is_a_soft_argmax(ict_head):
+    from faceclip.nets.landmarks import DenseLandmarkNet
+
+    net = DenseLandmarkNet(_config(ict_head, head="integral"), pretrained=False).eval()
+    K = 80
+    with torch.no_grad():
+        net.maps.weight.zero_()  # uniform heatmaps: every point at the crop centre
+        mu, log_sigma = net(torch.rand(2, 3, 64, 64))
+        assert mu.shape == (2, K, 2) and torch.allclose(mu, torch.full_like(mu, 32.0), atol=1e-4)
+        assert torch.allclose(net.sigma_px(log_sigma), torch.full((2, K), 0.02 * 64), rtol=1e-4)
+        # one hot cell per point: the point sits at that cell's centre (stride 8 on a 64 px crop)
+        net.maps.bias[:K] = 0.0
+        net.maps.bias[0] = 0.0
+        grid = 64 // 8
+        logits = torch.full((grid, grid), -30.0)
+        logits[2, 5] = 30.0  # row 2, column 5 -> (x, y) = (5.5 * 8, 2.5 * 8)
+        orig = net.maps.forward
+        net.maps.forward = lambda x: torch.cat([logits.expand(x.shape[0], K, grid, grid),
+                                                torch.full((x.shape[0], K, grid, grid), -3.0)], 1)
+        mu, log_sigma = net(torch.rand(1, 3, 64, 64))
+        net.maps.forward = orig
+    assert torch.allclose(mu[0, 0], torch.tensor([44.0, 20.0]), atol=1e-3)
+    assert torch.allclose(log_sigma, torch.full_like(log_sigma, -3.0))
+    # gradients reach the backbone
+    torch.nn.init.normal_(net.maps.weight, std=0.01)
+    net.train()
+    mu, log_sigma = net(torch.rand(2, 3, 64, 64))
+    (mu.sum() + log_sigma.sum()).backward()
+    assert net.backbone.trunk[0][0].weight.grad.abs().sum() > 0
+    from faceclip.nets.landmarks import LandmarkNetConfig
+
+    with pytest.raises(InputError, match="head"):
+        DenseLandmarkNet(LandmarkNetConfig(vertex_ids=[1], head="transformer"), pretrained=False)
 
 
 def test_untrained_network_outputs_its_template(ict_head):
@@ -231,7 +267,7 @@ def test_train_landmarks_task_and_resume(ict_head, tmp_path, realism_sources):
     over = {"out_dir": str(tmp_path / "run"), "steps": 4, "batch_size": 2, "log_every": 1, "ckpt_every": 2,
             "grid_every": 4, "val_every": 4, "data.n_train": 6, "data.n_val": 2, "data.render_px": 64,
             "data.image_px": 64, "data.path": str(tmp_path / "cache"), "model.pretrained": False,
-            "model.dense_points": 10, "data.realism.backgrounds": str(realism_sources / "bg"),
+            "model.dense_points": 10, "model.landmark_head": "integral", "data.realism.backgrounds": str(realism_sources / "bg"),
             "data.realism.textures": str(realism_sources / "tex")}
     cfg = load_config(REPO / "configs" / "landmarks_cpu.yaml", over)
     assert cfg.task == "landmarks"

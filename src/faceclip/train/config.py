@@ -62,6 +62,8 @@ class ModelConfig:
     init_checkpoint: str | None = None
     #: ``task: landmarks`` only: N dense surface points predicted after the 68 landmarks.
     dense_points: int = 250
+    #: ``task: landmarks`` only: ``"integral"`` (soft-argmax heatmaps) or ``"fc"`` (regression).
+    landmark_head: str = "integral"
 
 
 @dataclass

@@ -91,7 +91,8 @@ def build_landmark_net(cfg, face_model, train_set) -> DenseLandmarkNet:
     S = cfg.data.image_px
     lcfg = LandmarkNetConfig(vertex_ids=[int(i) for i in ids], crop_px=S, face_model=face_model.name,
                              geometry=getattr(face_model, "geometry", "") or "", n_vertices=face_model.n_vertices,
-                             backbone=m.backbone)
+                             backbone=m.backbone, head=m.landmark_head,
+                             hidden=128 if m.landmark_head == "integral" else 768)
     n = min(256, len(train_set))
     samples = [resize_sample(train_set.load(i) if hasattr(train_set, "load") else train_set[i], S) for i in range(n)]
     batch = collate(samples)
