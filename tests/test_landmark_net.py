@@ -333,6 +333,27 @@ def test_fitter_uses_dense_vertices_with_sigmas(ict_head):
         fitter.fit(crop, s.landmarks_px, s.skin_mask > 0, dense_px=dense, dense_sigma_px=torch.zeros(200))
     with pytest.raises(ValueError, match="without dense_px"):
         fitter.fit(crop, s.landmarks_px, s.skin_mask > 0, dense_sigma_px=torch.ones(200))
+    with pytest.raises(ValueError, match="landmark_sigma_px"):
+        fitter.fit(crop, s.landmarks_px, s.skin_mask > 0, landmark_sigma_px=torch.ones(10))
+
+
+def test_landmark_sigmas_downweight_uncertain_landmarks(ict_head):
+    from faceclip.fit.fitter import FitConfig, Fitter
+    from faceclip.train.data import SyntheticFaceDataset
+
+    s = SyntheticFaceDataset(ict_head, n=1, seed=9, image_px=224).render(0)
+    crop, mask = s.image.permute(1, 2, 0), s.skin_mask > 0
+    bad = s.landmarks_px.clone()
+    bad[36:42] += torch.tensor([0.0, 14.0])  # one eye detected 14 px too low
+    sigma = torch.full((68,), 1.0)
+    sigma[36:42] = 10.0  # ... and the detector says it is unsure there
+    fitter = Fitter(ict_head, FitConfig(photo_steps=0))
+    plain = fitter.fit(crop, bad, mask)
+    weighted = fitter.fit(crop, bad, mask, landmark_sigma_px=sigma)
+    err = lambda r: float((r.landmarks_crop_px[36:42] - s.landmarks_px[36:42]).norm(dim=1).mean())  # noqa: E731
+    assert err(weighted) < 0.7 * err(plain)
+    fitter.config.landmark_sigma_weighting = False
+    assert err(fitter.fit(crop, bad, mask, landmark_sigma_px=sigma)) == pytest.approx(err(plain), rel=1e-4)
 
 
 # ------------------------------------------------------------------ photos: DenseLandmarker and --landmarks net

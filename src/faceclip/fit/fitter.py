@@ -102,6 +102,9 @@ class FitConfig:
     #: network, :mod:`faceclip.detect.landmark_net`): ``w_dense_net * |r_k|^2 / sigma_k^2``
     #: with sigma in crop pixels.
     w_dense_net: float = 0.02
+    #: With per-landmark sigmas (the network's, :meth:`Fitter.fit` ``landmark_sigma_px``), scale
+    #: each of the 68 landmarks' weights by ``(median sigma / sigma_k)^2`` (their sum unchanged).
+    landmark_sigma_weighting: bool = True
     #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
     #: (linear least squares on the skin pixels); used alone in fast mode.
     closed_form_light: bool = True
@@ -265,6 +268,7 @@ class Fitter:
         self._ph_mirror = torch.where(local >= 0, local, rows)
         self.dense = None
         self._dense_sigma_px: Tensor | None = None
+        self._landmark_sigma_px: Tensor | None = None
 
     def set_dense_vertices(self, vertex_ids) -> None:
         """Use fixed model vertices (N,) as dense points (the dense landmark network's);
@@ -440,6 +444,10 @@ class Fitter:
         c = self.config
         scale = c.crop_px / 224.0
         w = DEFAULT_LANDMARK_WEIGHTS.to(self.device)
+        if self._landmark_sigma_px is not None and c.landmark_sigma_weighting:
+            sig = self._landmark_sigma_px.clamp_min(0.05)
+            w = w * (sig.median() / sig) ** 2
+            w = w * (DEFAULT_LANDMARK_WEIGHTS.to(self.device).sum() / w.sum())
         base_w = w / w.sum()
         sizes = [3, 3, self.model.n_identity, self.model.n_expression]
         # Translation is solved in cm so that all unknowns have similar scales.
@@ -668,7 +676,7 @@ class Fitter:
 
     def fit(self, crop_rgb: Tensor, landmarks_px: Tensor, skin_mask: Tensor,
             init: FaceParams | None = None, dense_px: Tensor | None = None,
-            dense_sigma_px: Tensor | None = None) -> FitResult:
+            dense_sigma_px: Tensor | None = None, landmark_sigma_px: Tensor | None = None) -> FitResult:
         """Fit one face.
 
         Args:
@@ -680,6 +688,8 @@ class Fitter:
                 crop pixels (e.g. calibrated MediaPipe points); None: the 68 landmarks alone.
             dense_sigma_px: (K,) each dense point's standard deviation in crop pixels (the
                 dense landmark network's); None: the points' own model (calibration sigmas).
+            landmark_sigma_px: (68,) each landmark's standard deviation in crop pixels (the
+                network's); with ``config.landmark_sigma_weighting`` it reweights the 68.
         """
         c = self.config
         dev = self.device
@@ -703,6 +713,12 @@ class Fitter:
             if sig.shape[0] != dense_t.shape[1] or not torch.isfinite(sig).all() or bool((sig <= 0).any()):
                 raise ValueError(f"dense_sigma_px must be positive and finite with shape ({dense_t.shape[1]},)")
             self._dense_sigma_px = sig
+        self._landmark_sigma_px = None
+        if landmark_sigma_px is not None:
+            sig = landmark_sigma_px.to(dev, torch.float32).reshape(-1)
+            if sig.shape[0] != 68 or not torch.isfinite(sig).all() or bool((sig <= 0).any()):
+                raise ValueError("landmark_sigma_px must be positive and finite with shape (68,)")
+            self._landmark_sigma_px = sig
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         p = init.detach().to(dev) if init is not None else self.initial_params(target)

@@ -303,7 +303,7 @@ class Reconstructor:
                 result = self.regressed_result(init)
                 result.seconds["regress"] = t_reg
                 return result, aligned
-        dense = dense_sigma = None
+        dense = dense_sigma = lm_sigma = None
         if self.dense_points is not None and mesh478 is not None:
             xy = self._calibration.dense_positions(mesh478, self.dense_points.point_ids)
             pts = aligned.transform.image_to_crop(xy)
@@ -311,6 +311,7 @@ class Reconstructor:
         if net_points is not None:
             dense = torch.from_numpy(aligned.transform.image_to_crop(net_points.dense_px)).float()
             dense_sigma = torch.from_numpy(net_points.dense_sigma_px * aligned.transform.scale).float()
+            lm_sigma = torch.from_numpy(net_points.sigma_px[:68] * aligned.transform.scale).float()
         result = self.fitter.fit(
             crop,
             torch.from_numpy(aligned.landmarks.copy()).float(),
@@ -318,6 +319,7 @@ class Reconstructor:
             init=init,
             dense_px=dense,
             dense_sigma_px=dense_sigma,
+            landmark_sigma_px=lm_sigma,
         )
         if init is not None:
             result.seconds["regress"] = t_reg
