@@ -24,7 +24,7 @@ thing at a time:
 - ``dense_w<X>``: ``dense`` with ``w_dense = X``;
 - ``net``: the dense landmark network's 68 + N points with their sigmas (``--landmarks net``;
   the file from ``$FACECLIP_LANDMARK_NET`` or the shipped one); ``netnophoto``: without the
-  photometric stage;
+  photometric stage; ``netdense``: MediaPipe's 68 points with the network's dense points;
 - ``<variant>:<field>=<value>[:...]``: a variant with fitting settings changed
   (:class:`faceclip.fit.fitter.FitConfig` fields), e.g. ``mp68:w_identity_landmarks=1.0``.
 
@@ -69,7 +69,7 @@ def _method(variant: str):
         opts.fast = True
     elif variant == "fastreg":
         opts.fast, opts.init = True, "regressor"
-    elif variant == "net":
+    elif variant in ("net", "netdense"):
         opts.landmarks = "net"
     elif variant == "netnophoto":
         opts.landmarks = "net"
@@ -99,7 +99,16 @@ def _method(variant: str):
 
     def run(image: np.ndarray, model) -> MethodOutput:
         face = rec.detect(np.ascontiguousarray(image), "image")[0]
-        result, aligned, _, _ = rec.fit_detected(image, face)
+        if variant == "netdense":  # MediaPipe's 68 points, the network's dense points
+            from dataclasses import replace
+
+            pts = rec.landmarker.predict(image, face.landmarks)
+            sig = pts.sigma_px.copy()
+            sig[:68] = 1.0  # equal sigmas: no reweighting of MediaPipe's 68
+            pts = replace(pts, sigma_px=sig)
+            result, aligned = rec.fit_face(image, face.landmarks, face.extra.get("mesh478"), pts)
+        else:
+            result, aligned, _, _ = rec.fit_detected(image, face)
         lm = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64))
         verts = result.vertices_mm.cpu().numpy().astype(np.float64)
         return MethodOutput(verts, model.triangles.numpy(), verts[model.landmarks68.numpy()], lm)

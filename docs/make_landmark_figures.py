@@ -91,7 +91,8 @@ def astronaut_overlay(out: Path, net: str | None) -> Path:
             if sig is not None:
                 r = max(1, int(round(sig[k] * aligned.transform.scale)))
                 cv2.circle(img, (int(round(x)), int(round(y))), r, colour if k >= 68 else (255, 220, 0), 1, cv2.LINE_AA)
-            cv2.circle(img, (int(round(x)), int(round(y))), 2, colour if k >= 68 else (255, 220, 0), -1, cv2.LINE_AA)
+            dot = colour if (sig is None or k >= 68) else (255, 220, 0)
+            cv2.circle(img, (int(round(x)), int(round(y))), 2, dot, -1, cv2.LINE_AA)
         panels.append(_label(img, name))
     path = out / "landmarks_astronaut.png"
     Image.fromarray(np.concatenate(panels, 1)).save(path, optimize=True)

@@ -153,6 +153,12 @@ def test_save_load_roundtrip_and_clear_errors(ict_head, tmp_path):
     assert torch.allclose(half(x)[0], a[0], atol=0.05)
     with pytest.raises(ModelNotInstalledError, match="not found"):
         load_landmark_net(tmp_path / "missing.pt")
+    from faceclip.nets.landmarks import SHIPPED_LANDMARK_NET
+
+    if not SHIPPED_LANDMARK_NET.is_file():
+        with pytest.raises(ModelNotInstalledError, match="no dense landmark network ships") as info:
+            load_landmark_net(SHIPPED_LANDMARK_NET)
+        assert "--landmark-net" in info.value.hint
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="cannot read"):
         load_landmark_net(tmp_path / "junk.pt")
@@ -292,6 +298,14 @@ def test_config_rejects_unknown_task_and_realism_keys():
         config_from_dict({"task": "segmentation"})
     with pytest.raises(InputError, match="realism"):
         config_from_dict({"data": {"realism": {"backgrounds": "x", "colour": 3}}})
+    with pytest.raises(InputError, match="probability"):
+        config_from_dict({"data": {"realism": {"occluder": 1.5}}})
+    with pytest.raises(InputError, match="synthetic faces only"):
+        config_from_dict({"data": {"kind": "folder", "path": "x", "realism": {}}})
+    with pytest.raises(InputError, match="dense_points"):
+        config_from_dict({"task": "landmarks", "model": {"dense_points": 0}})
+    with pytest.raises(InputError, match="landmark_head"):
+        config_from_dict({"task": "landmarks", "model": {"landmark_head": "transformer"}})
 
 
 # ------------------------------------------------------------------ fitting with per-point sigmas

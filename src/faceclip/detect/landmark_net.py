@@ -69,6 +69,8 @@ class DenseLandmarker:
     def __init__(self, path: str | Path | None = None, device: str = "cpu", face_model=None, passes: int = 2) -> None:
         from faceclip.nets.landmarks import default_landmark_net_path, load_landmark_net
 
+        if passes not in (1, 2):
+            raise ValueError(f"passes must be 1 or 2, got {passes}")
         self.path = Path(path) if path else default_landmark_net_path()
         self.net = load_landmark_net(self.path, device=device, face_model=face_model)
         self.device = device

@@ -103,7 +103,8 @@ class FitConfig:
     #: with sigma in crop pixels.
     w_dense_net: float = 0.02
     #: With per-landmark sigmas (the network's, :meth:`Fitter.fit` ``landmark_sigma_px``), scale
-    #: each of the 68 landmarks' weights by ``(median sigma / sigma_k)^2`` (their sum unchanged).
+    #: each of the 68 landmarks' weights by ``(median sigma / sigma_k)^2``, clipped to [0.25, 4]
+    #: (their sum unchanged).
     landmark_sigma_weighting: bool = True
     #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
     #: (linear least squares on the skin pixels); used alone in fast mode.
@@ -446,7 +447,7 @@ class Fitter:
         w = DEFAULT_LANDMARK_WEIGHTS.to(self.device)
         if self._landmark_sigma_px is not None and c.landmark_sigma_weighting:
             sig = self._landmark_sigma_px.clamp_min(0.05)
-            w = w * (sig.median() / sig) ** 2
+            w = w * ((sig.median() / sig) ** 2).clamp(0.25, 4.0)  # a few overconfident points cannot dominate
             w = w * (DEFAULT_LANDMARK_WEIGHTS.to(self.device).sum() / w.sum())
         base_w = w / w.sum()
         sizes = [3, 3, self.model.n_identity, self.model.n_expression]

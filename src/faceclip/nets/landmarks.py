@@ -11,9 +11,11 @@ Two heads on a MobileNetV2 backbone (ImageNet start):
 
 The K points are the 68 iBUG landmarks in 2D-detector convention (the jaw on the visible
 silhouette) followed by ``N`` fixed model vertices (:func:`faceclip.facemodel.surface_points.dense_vertex_ids`).
-Positions are crop pixels (x right, y down, pixel centres at +0.5, as in :mod:`faceclip.detect`),
-predicted as offsets from a template (the mean position of each point over training faces), so an
-untrained network outputs the template. Each point has an isotropic standard deviation
+Positions are crop pixels (x right, y down, pixel centres at +0.5, as in :mod:`faceclip.detect`).
+The ``fc`` head predicts them as offsets from a template (the mean position of each point over
+training faces: an untrained ``fc`` network outputs the template); the soft-argmax of the
+``integral`` head keeps them within the outer cell centres (4 px from the border of a 128 px
+crop). Each point has an isotropic standard deviation
 ``sigma_px``: the network is trained with the Gaussian negative log-likelihood
 (:func:`gaussian_nll`), and the fitter weights each point by ``1 / sigma_px^2``.
 
@@ -192,6 +194,7 @@ def gaussian_nll(mu_px: Tensor, log_sigma: Tensor, target_px: Tensor, crop_px: i
     nll = 0.5 * d2 * torch.exp(-2.0 * log_sigma) + 2.0 * log_sigma
     if weight is None:
         return nll.mean()
+    nll = torch.where(weight > 0, nll, torch.zeros_like(nll))  # points without ground truth: no NaN leaks in
     return (nll * weight).sum() / weight.sum().clamp_min(1e-9)
 
 
@@ -228,14 +231,19 @@ def load_landmark_net(path: str | Path, device: str | torch.device = "cpu", face
     """
     path = Path(path)
     if not path.is_file():
+        if path == SHIPPED_LANDMARK_NET:
+            raise ModelNotInstalledError(
+                "no dense landmark network ships with this version of faceclip",
+                hint="train one with `faceclip train --config configs/landmarks_cpu.yaml` and pass "
+                     "--landmark-net runs/landmarks/landmarks.pt (or set FACECLIP_LANDMARK_NET)")
         raise ModelNotInstalledError(f"landmark network not found: {path}",
-                                     hint="train one with `faceclip train --config configs/landmarks_cpu.yaml`, "
-                                          "or omit the option to use the shipped one")
+                                     hint="train one with `faceclip train --config configs/landmarks_cpu.yaml`")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated / foreign pickles all mean a bad file
         raise InputError(f"cannot read landmark network {path}: {exc.__class__.__name__}",
-                         hint="the file is truncated or not a PyTorch checkpoint") from exc
+                         hint="the file is truncated or not a network file (a training run's network is "
+                              "<run>/landmarks.pt; checkpoints/last.pt is for --resume)") from exc
     rec = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     if not isinstance(rec, dict) or rec.get("format") != FORMAT:
         raise InputError(f"{path} is not a FaceCLIP landmark network",

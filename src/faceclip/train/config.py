@@ -157,9 +157,17 @@ def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
         raise InputError(f"{where}: steps and batch_size must be positive")
     if cfg.task not in ("regressor", "landmarks"):
         raise InputError(f"{where}.task must be 'regressor' or 'landmarks', got {cfg.task!r}")
+    if cfg.model.landmark_head not in ("integral", "fc"):
+        raise InputError(f"{where}.model.landmark_head must be 'integral' or 'fc', got {cfg.model.landmark_head!r}")
+    if cfg.model.dense_points < 1:
+        raise InputError(f"{where}.model.dense_points must be at least 1, got {cfg.model.dense_points}")
     if cfg.data.realism is not None:
         from faceclip.train.realism import RealismConfig
 
+        if cfg.data.kind != "synthetic":
+            raise InputError(f"{where}.data.realism applies to synthetic faces only (data.kind is {cfg.data.kind!r})")
+        if not isinstance(cfg.data.realism, dict):
+            raise InputError(f"{where}.data.realism must be a mapping of RealismConfig settings")
         try:
             RealismConfig(**cfg.data.realism)
         except TypeError as exc:

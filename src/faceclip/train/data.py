@@ -919,9 +919,9 @@ class SyntheticFaceDataset(_AugmentedDataset):
         self._skin_vertex[m.regions["skin"].numpy()] = True
         self.realism = None
         if realism is not None:
-            from faceclip.train.realism import Realism
+            from faceclip.train.realism import Realism, RealismConfig
 
-            self.realism = Realism(realism, m)
+            self.realism = Realism(RealismConfig(**realism) if isinstance(realism, dict) else realism, m)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
             self._check_cache_meta()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from faceclip.errors import InputError
 from faceclip.nets.landmarks import DenseLandmarkNet, LandmarkNetConfig, gaussian_nll
 
 __all__ = ["LandmarkObjective", "build_landmark_net", "landmark_grid", "validate_landmarks", "targets_px"]
@@ -73,12 +74,14 @@ class LandmarkObjective(nn.Module):
         terms = {"nll": total.detach(), "err68_px": err[:, :68].mean()}
         if bool((w[:, 68:] > 0).any()):
             terms["err_dense_px"] = (err[:, 68:] * w[:, 68:]).sum() / w[:, 68:].sum()
-        return total, terms, {"mu_px": mu.detach(), "target_px": tgt, "log_sigma": log_sigma.detach()}
+        return total, terms, {"mu_px": mu.detach(), "target_px": tgt, "log_sigma": log_sigma.detach(), "weight": w}
 
 
 def build_landmark_net(cfg, face_model, train_set) -> DenseLandmarkNet:
-    """A new network for ``cfg`` (its template: the mean target over up to 256 training faces),
-    or the network of ``cfg.model.init_checkpoint``."""
+    """A new network for ``cfg``, or the network of ``cfg.model.init_checkpoint``.
+
+    The ``fc`` head's template is the mean target over up to 256 training faces (the
+    ``integral`` head has none)."""
     from faceclip.facemodel.surface_points import dense_vertex_ids
     from faceclip.nets.landmarks import load_landmark_net
     from faceclip.train.data import collate
@@ -86,13 +89,19 @@ def build_landmark_net(cfg, face_model, train_set) -> DenseLandmarkNet:
 
     m = cfg.model
     if m.init_checkpoint:
-        return load_landmark_net(m.init_checkpoint, face_model=face_model).train()
+        net = load_landmark_net(m.init_checkpoint, face_model=face_model)
+        if net.config.crop_px != cfg.data.image_px:
+            raise InputError(f"{m.init_checkpoint} takes {net.config.crop_px} px crops, the config feeds "
+                             f"{cfg.data.image_px} px", hint=f"set data.image_px: {net.config.crop_px}")
+        return net.train()
     ids = dense_vertex_ids(face_model, cfg.model.dense_points)
     S = cfg.data.image_px
     lcfg = LandmarkNetConfig(vertex_ids=[int(i) for i in ids], crop_px=S, face_model=face_model.name,
                              geometry=getattr(face_model, "geometry", "") or "", n_vertices=face_model.n_vertices,
                              backbone=m.backbone, head=m.landmark_head,
                              hidden=128 if m.landmark_head == "integral" else 768)
+    if m.landmark_head != "fc":
+        return DenseLandmarkNet(lcfg, pretrained=m.pretrained, backbone_weights=m.backbone_weights)
     n = min(256, len(train_set))
     samples = [resize_sample(train_set.load(i) if hasattr(train_set, "load") else train_set[i], S) for i in range(n)]
     batch = collate(samples)
@@ -131,8 +140,9 @@ def landmark_grid(images: Tensor, vis: dict, max_rows: int = 8) -> np.ndarray:
 def validate_landmarks(net: DenseLandmarkNet, objective: LandmarkObjective, dataset, device,
                        batch_size: int = 16) -> dict[str, float]:
     """Metrics on a synthetic dataset: ``loss``, ``nme68`` and ``nme_dense`` (mean point error
-    over the inter-ocular distance of the target landmarks), and ``z2`` (mean squared error in
-    units of the predicted sigma, per coordinate; 1 when the uncertainties are calibrated)."""
+    over the target's outer-eye-corner distance, landmarks 36 and 45, the 300-W convention of
+    :mod:`faceclip.evaluate.nme`), and ``z2`` (mean squared error in units of the predicted
+    sigma, per coordinate, over the points with ground truth; 1 when the sigmas are calibrated)."""
     from faceclip.train.data import collate
 
     net.eval()
@@ -144,12 +154,14 @@ def validate_landmarks(net: DenseLandmarkNet, objective: LandmarkObjective, data
                                   batch.params_valid)
         losses.append(total.item() * batch.image.shape[0])
         tgt = vis["target_px"]
-        iod = (tgt[:, 36:42].mean(1) - tgt[:, 42:48].mean(1)).norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        iod = (tgt[:, 36] - tgt[:, 45]).norm(dim=-1, keepdim=True).clamp_min(1e-6)
         err = (vis["mu_px"] - tgt).norm(dim=-1)
+        w = vis["weight"]
         n68 += (err[:, :68] / iod).mean(1).tolist()
-        nd += (err[:, 68:] / iod).mean(1).tolist()
+        if err.shape[1] > 68 and bool((w[:, 68:] > 0).any()):
+            nd += ((err[:, 68:] / iod * w[:, 68:]).sum(1) / w[:, 68:].sum(1).clamp_min(1)).tolist()
         sig = net.sigma_px(vis["log_sigma"])
-        z2 += ((err / sig).square() / 2).mean(1).tolist()
+        z2 += (((err / sig).square() / 2 * w).sum(1) / w.sum(1).clamp_min(1)).tolist()
     n = len(n68)
     return {"loss": sum(losses) / max(n, 1), "nme68": float(np.mean(n68)),
             "nme_dense": float(np.mean(nd)) if nd else math.nan, "z2": float(np.mean(z2))}

@@ -49,6 +49,10 @@ __all__ = ["RealismConfig", "Realism", "camera_effects", "clutter_background", "
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+_PROBABILITIES = ("full_expression", "texture", "hard_light", "specular", "photo_background", "clutter", "occluder",
+                  "blur", "noise", "jpeg")
+
+
 @dataclass(frozen=True)
 class RealismConfig:
     """Probabilities and sources (see the module docstring).
@@ -73,6 +77,14 @@ class RealismConfig:
     jpeg: float = 0.5
     white_balance: float = 0.12  # maximum relative per-channel gain change
 
+    def __post_init__(self) -> None:
+        for name in _PROBABILITIES:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                raise InputError(f"realism.{name} must be a probability in [0, 1], got {v!r}")
+        if not 0.0 <= float(self.white_balance) < 1.0:
+            raise InputError(f"realism.white_balance must be in [0, 1), got {self.white_balance!r}")
+
 
 def _list_images(root: Path, pattern: str = "*") -> list[Path]:
     if root.is_file():
@@ -83,10 +95,10 @@ def _list_images(root: Path, pattern: str = "*") -> list[Path]:
 
 
 def _read_rgb(path: Path, max_side: int = 768) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 1], downscaled to at most ``max_side``."""
+    """(H, W, 3) uint8 RGB, downscaled to at most ``max_side``."""
     from faceclip.io.images import load_image
 
-    rgb = load_image(path).astype(np.float32) / 255.0
+    rgb = load_image(path)
     s = max(rgb.shape[:2])
     if s > max_side:
         import cv2
@@ -94,7 +106,11 @@ def _read_rgb(path: Path, max_side: int = 768) -> np.ndarray:
         f = max_side / s
         rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f))),
                          interpolation=cv2.INTER_AREA)
-    return rgb
+    return np.ascontiguousarray(rgb)
+
+
+#: Background photos kept in memory per process (uint8, at most 768 px: <= 1.8 MB each).
+MAX_CACHED_BACKGROUNDS = 64
 
 
 def vertex_colours_from_texture(uv_corners: np.ndarray, triangles: np.ndarray, texture: np.ndarray,
@@ -211,7 +227,8 @@ class Realism:
         """JSON-able description (cache keys, provenance): the settings and the source files."""
         from dataclasses import asdict
 
-        return {"config": asdict(self.config), "backgrounds": [p.name for p in self.background_files],
+        return {"config": asdict(self.config),
+                "backgrounds": [p.name for p in self.background_files],
                 "textures": [str(p.relative_to(self.config.textures)) if self.config.textures else p.name
                              for p in self.texture_files]}
 
@@ -242,7 +259,7 @@ class Realism:
         i = int(rng.integers(len(self.texture_files)))
         if i not in self._tex_cache:
             m = self.model
-            tex = _read_rgb(self.texture_files[i], max_side=1024)
+            tex = _read_rgb(self.texture_files[i], max_side=1024).astype(np.float32) / 255.0
             self._tex_cache[i] = vertex_colours_from_texture(m.uv.cpu().numpy(), m.triangles.cpu().numpy(), tex,
                                                              m.n_vertices)
         gain = rng.uniform(0.8, 1.2) * rng.uniform(0.93, 1.07, 3)
@@ -297,12 +314,15 @@ class Realism:
 
         i = int(rng.integers(len(self.background_files)))
         if i not in self._bg_cache:
+            if len(self._bg_cache) >= MAX_CACHED_BACKGROUNDS:
+                self._bg_cache.pop(next(iter(self._bg_cache)))  # oldest first
             self._bg_cache[i] = _read_rgb(self.background_files[i])
         img = self._bg_cache[i]
         h, w = img.shape[:2]
         side = int(min(h, w) * rng.uniform(0.25, 1.0))
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         crop = cv2.resize(img[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
+        crop = crop.astype(np.float32) / 255.0
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         return np.clip(crop * rng.uniform(0.7, 1.2, 3)[None, None], 0, 1)
@@ -315,7 +335,10 @@ class Realism:
             return img
         S = img.shape[0]
         for _ in range(int(rng.integers(1, 3))):
-            mask = np.zeros((S, S), np.float32)
+            # drawn at 4x on uint8 and area-downsampled: antialiased edges (OpenCV's LINE_AA
+            # does not antialias float images)
+            up = 4
+            mask = np.zeros((S * up, S * up), np.uint8)
             c = (0.5 + rng.uniform(-0.28, 0.28, 2)) * S
             kind = int(rng.integers(3))
             if kind == 0:  # a bar (a microphone, a strap, a finger)
@@ -325,16 +348,17 @@ class Realism:
                 n = np.array([-d[1], d[0]])
                 pts = np.array([c - d * L / 2 - n * wdt / 2, c + d * L / 2 - n * wdt / 2,
                                 c + d * L / 2 + n * wdt / 2, c - d * L / 2 + n * wdt / 2])
-                cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+                cv2.fillPoly(mask, [np.round(pts * up * 16).astype(np.int32)], 255, cv2.LINE_8, shift=4)
             elif kind == 1:  # an ellipse (a hand, a cup)
-                ax = (int(rng.uniform(0.08, 0.22) * S), int(rng.uniform(0.06, 0.18) * S))
-                cv2.ellipse(mask, (int(c[0]), int(c[1])), ax, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
+                ax = (int(rng.uniform(0.08, 0.22) * S * up), int(rng.uniform(0.06, 0.18) * S * up))
+                cv2.ellipse(mask, (int(c[0] * up), int(c[1] * up)), ax, float(rng.uniform(0, 180)), 0, 360, 255, -1)
             else:  # a random polygon
                 k = int(rng.integers(3, 7))
                 ang = np.sort(rng.uniform(0, 2 * math.pi, k))
                 rad = rng.uniform(0.05, 0.2, k) * S
                 pts = c + np.stack([np.cos(ang) * rad, np.sin(ang) * rad], 1)
-                cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+                cv2.fillPoly(mask, [np.round(pts * up * 16).astype(np.int32)], 255, cv2.LINE_8, shift=4)
+            mask = cv2.resize(mask, (S, S), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
             style = rng.random()
             if style < 0.35:
                 fill = np.broadcast_to(skin_rgb * rng.uniform(0.85, 1.1, 3), (S, S, 3))
