@@ -302,6 +302,27 @@ def test_sigkill_mid_write_is_cleaned_by_the_next_run(tmp_path):
     assert (out / "astro" / "a.txt").read_text() == "old"
 
 
+def test_overwrite_never_takes_the_working_folder_home_or_folders_of_folders(ict_cache, tmp_path, monkeypatch, capsys):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(project)
+    before = _snapshot(project)
+    for out in (".", str(project), str(tmp_path)):  # the working folder and one above it
+        assert main(["export-mean", "--geometry", "face", "--out", out, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "never replaces it" in err and "Traceback" not in err
+    with pytest.raises(OutputError, match="home folder"):
+        check_replaceable(Path.home(), overwrite=True)
+    with pytest.raises(OutputError, match="root"):
+        check_replaceable(Path("/"), overwrite=True)
+    assert _snapshot(project) == before
+    other = tmp_path / "other"
+    (other / "photos").mkdir(parents=True)
+    with pytest.raises(OutputError, match="holds folders"):
+        check_replaceable(other, overwrite=True)  # a folder of folders is never a result folder
+
+
 def test_output_error_is_a_faceclip_error():
     assert issubclass(OutputError, FaceClipError)
 

@@ -166,7 +166,16 @@ def check_replaceable(folder: Path, overwrite: bool = False) -> None:
     if folder.is_symlink() or not folder.is_dir():
         raise OutputError(f"{folder}: exists and is not a result folder (a file or a link); not replacing it",
                           hint="move it away or choose another --out")
-    if overwrite or not any(folder.iterdir()):  # an empty folder holds nothing to lose
+    _refuse_protected(folder)
+    if not any(folder.iterdir()):  # an empty folder holds nothing to lose
+        return
+    if overwrite:
+        # A result folder holds files only; --overwrite never takes folders of folders with it.
+        subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+        if subfolders:
+            listed = ", ".join(subfolders[:3]) + (f" and {len(subfolders) - 3} more" if len(subfolders) > 3 else "")
+            raise OutputError(f"{folder}: holds folders ({listed}); --overwrite replaces only a folder of files",
+                              hint="choose a new folder for --out")
         return
     marker = _read_marker(folder) or _legacy_marker(folder)
     if marker is None:
@@ -178,6 +187,16 @@ def check_replaceable(folder: Path, overwrite: bool = False) -> None:
         listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise OutputError(f"{folder}: holds files faceclip did not write ({listed}); refusing to replace it",
                           hint="move those files out, or pass --overwrite to replace the folder anyway")
+
+
+def _refuse_protected(folder: Path) -> None:
+    """Never replace the working folder, a folder above it, the home folder or a root."""
+    resolved = folder.resolve()
+    cwd = Path.cwd().resolve()
+    protected = {cwd, *cwd.parents, Path.home().resolve()}
+    if resolved in protected or resolved.parent == resolved:
+        raise OutputError(f"{folder}: is the current folder, a folder above it, the home folder or a root; "
+                          "faceclip never replaces it", hint="choose a new folder for --out, e.g. --out results/")
 
 
 def write_result_folder(folder: Path, write: Callable[[Path], None], *, meta: dict | None = None,
