@@ -208,3 +208,12 @@ def test_load_mesh_keeps_every_obj_vertex_in_order(tmp_path):
     (tmp_path / "quad.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1/1/1 2/2/2 3/3/3 4/4/4\nf -4 -3 -2\n")
     q = load_mesh(tmp_path / "quad.obj")
     np.testing.assert_array_equal(q.triangles, [[0, 1, 2], [0, 2, 3], [0, 1, 2]])
+    # indented records and tabs between fields are valid OBJ (some exporters write them)
+    (tmp_path / "tabs.obj").write_text("  v 0 0 0\nv\t1 0 0\n\tv 1 1 0\n v 0 1 0\n  f 1 2 3\nf\t1 3 4\n")
+    t = load_mesh(tmp_path / "tabs.obj")
+    np.testing.assert_allclose(t.vertices, [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(t.triangles, [[0, 1, 2], [0, 2, 3]])
+    from faceclip.evaluate.mesh import load_keypoints
+
+    (tmp_path / "kp.obj").write_text("  v 1 2 3\nv\t4 5 6\n")
+    np.testing.assert_allclose(load_keypoints(tmp_path / "kp.obj"), [[1, 2, 3], [4, 5, 6]])

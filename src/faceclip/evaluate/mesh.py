@@ -165,11 +165,14 @@ def _read_obj_exact(p: Path) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         with open(p, encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("v "):
-                    verts.append([float(x) for x in line.split()[1:4]])
-                elif line.startswith("f "):
+                tokens = line.split()  # OBJ allows leading blanks and tabs between fields
+                if not tokens:
+                    continue
+                if tokens[0] == "v":
+                    verts.append([float(x) for x in tokens[1:4]])
+                elif tokens[0] == "f":
                     idx = []
-                    for corner in line.split()[1:]:
+                    for corner in tokens[1:]:
                         i = int(corner.split("/")[0])
                         idx.append(i - 1 if i > 0 else len(verts) + i)
                     faces.extend((idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1))
@@ -222,7 +225,8 @@ def load_keypoints(path: str | Path, n: int | None = None) -> np.ndarray:
                 obj = obj.get("keypoints", obj.get("landmarks", obj.get("points")))
             pts = np.asarray(obj, dtype=np.float64)
         elif suffix == ".obj":
-            rows = [line.split()[1:4] for line in p.read_text(errors="replace").splitlines() if line.startswith("v ")]
+            rows = [t[1:4] for t in (line.split() for line in p.read_text(errors="replace").splitlines())
+                    if t and t[0] == "v"]
             pts = np.asarray(rows, dtype=np.float64)
         else:
             text = p.read_text(errors="replace").replace(",", " ")
