@@ -323,6 +323,28 @@ def test_overwrite_never_takes_the_working_folder_home_or_folders_of_folders(ict
         check_replaceable(other, overwrite=True)  # a folder of folders is never a result folder
 
 
+def test_stale_face_folders_of_the_same_photo_are_removed(tmp_path):
+    from faceclip.io.outputs import remove_stale_results
+
+    def result(name, image, extra=None):
+        write_result_folder(tmp_path / name, lambda t: (t / "mesh.obj").write_text("v 0 0 0\n"),
+                            meta={"image": image, "face_index": 0})
+        if extra:
+            (tmp_path / name / extra).write_text("mine")
+
+    for name in ("photo", "photo_face0", "photo_face1", "photo_face2"):
+        result(name, "in/photo.jpg")
+    result("photo_face3", "in/photo.jpg", extra="my_edit.blend")  # the user added a file: kept
+    result("photo_face4", "other/photo.jpg")  # another photo with the same stem: kept
+    (tmp_path / "photo_faces").mkdir()  # not a face folder name: kept
+    (tmp_path / "photo_face9").mkdir()  # the user's own folder: kept
+    removed = remove_stale_results(tmp_path, "photo", [tmp_path / "photo_face0", tmp_path / "photo_face1"],
+                                   "in/photo.jpg")
+    assert sorted(p.name for p in removed) == ["photo", "photo_face2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo_face0", "photo_face1", "photo_face3",
+                                                         "photo_face4", "photo_face9", "photo_faces"]
+
+
 def test_output_error_is_a_faceclip_error():
     assert issubclass(OutputError, FaceClipError)
 

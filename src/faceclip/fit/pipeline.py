@@ -33,7 +33,7 @@ from faceclip.facemodel import FaceModel, load_face_model
 from faceclip.fit.fitter import FitConfig, Fitter, FitResult
 from faceclip.fit.texture import image_camera, render_overlay, unwrap_texture
 from faceclip.io.mesh import MESH_FORMATS
-from faceclip.io.outputs import check_replaceable, safe_name, write_result_folder
+from faceclip.io.outputs import check_replaceable, remove_stale_results, safe_name, write_result_folder
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +371,9 @@ class Reconstructor:
         for k, (face, folder) in enumerate(zip(faces, folders)):
             seconds = {"load": t_load, "detect": t_detect / len(faces)}
             outputs.append(self._reconstruct_face(full, work, scale, path, k, face, folder, seconds))
+        if outputs:  # folders of this photo's faces from an earlier run that found other faces
+            for stale in remove_stale_results(out_dir, base, folders, str(path)):
+                log.info("removed %s: an earlier result of %s for a face this run did not find", stale, path)
         return outputs
 
     def _reconstruct_face(self, full: np.ndarray, work: np.ndarray, scale: float, path: Path, k: int, face,

@@ -22,6 +22,7 @@ The policy every command that writes result folders follows (``faceclip reconstr
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "check_output_root",
     "check_replaceable",
     "clean_stale_temporaries",
+    "remove_stale_results",
     "safe_name",
     "write_result_folder",
 ]
@@ -197,6 +199,37 @@ def _refuse_protected(folder: Path) -> None:
     if resolved in protected or resolved.parent == resolved:
         raise OutputError(f"{folder}: is the current folder, a folder above it, the home folder or a root; "
                           "faceclip never replaces it", hint="choose a new folder for --out, e.g. --out results/")
+
+
+def remove_stale_results(out_dir: Path, base: str, keep: list[Path], image: str) -> list[Path]:
+    """Delete result folders of ``image`` left by an earlier run that found other faces.
+
+    A photo's faces go to ``<base>/`` (one face) or ``<base>_face<k>/`` (several); when a later
+    run finds a different number of faces, the earlier folders no longer belong to any face of
+    this run. Removed: folders named ``<base>`` or ``<base>_face<k>`` not in ``keep`` whose
+    marker says faceclip wrote them for the same ``image`` and that hold only the files it
+    wrote. Anything else is left alone. Returns the folders removed.
+    """
+    out_dir = Path(out_dir)
+    keep_set = {Path(k).resolve() for k in keep}
+    removed = []
+    candidates = [out_dir / base, *out_dir.glob(f"{glob.escape(base)}_face*")]
+    for folder in candidates:
+        name = folder.name
+        if name != base and not (name.startswith(base + "_face") and name[len(base) + 5:].isdigit()):
+            continue
+        if folder.resolve() in keep_set or folder.is_symlink() or not folder.is_dir():
+            continue
+        marker = _read_marker(folder)
+        if marker is None or marker.get("image") != image:
+            continue
+        try:
+            check_replaceable(folder)  # only the files faceclip wrote
+        except OutputError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def write_result_folder(folder: Path, write: Callable[[Path], None], *, meta: dict | None = None,
