@@ -15,6 +15,7 @@ import pytest
 
 from conftest import FACES_DIR, REPO
 from faceclip.batch import MANIFEST_NAME, plan_output_names, read_manifest
+from faceclip.io.outputs import write_result_folder
 
 EXAMPLE = REPO / "examples" / "astronaut.png"
 FAST = ["--method", "regress", "--texture-size", "64", "--quiet"]
@@ -205,3 +206,41 @@ def test_a_killed_worker_fails_its_photo_instead_of_hanging(ict_cache, photos, t
     assert "worker process died" in stderr and "--resume" in stderr
     res = _cli("reconstruct", str(photos), "--out", str(out), *FAST, "--resume")
     assert res.returncode == 2 and "dogs.jpg" in res.stderr and "worker process died" not in res.stderr
+
+
+def test_one_run_at_a_time_per_output_folder(tmp_path):
+    from faceclip.batch import LOCK_NAME, RunLock
+    from faceclip.io.outputs import OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with RunLock(out) as first:
+        assert first.held and (out / LOCK_NAME).is_file()
+        with pytest.raises(OutputError, match="another faceclip run is writing") as info:
+            RunLock(out).__enter__()
+        assert f"pid {os.getpid()}" in info.value.message
+        # a second process is refused too (flock locks belong to open files, across processes)
+        code = ("import sys; from pathlib import Path; from faceclip.batch import RunLock\n"
+                "try:\n    RunLock(Path(sys.argv[1])).__enter__()\nexcept Exception as e:\n"
+                "    print(type(e).__name__, e); sys.exit(3)\n")
+        res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+        assert res.returncode == 3 and "another faceclip run" in res.stdout
+    assert not (out / LOCK_NAME).exists()  # removed at the end of the run
+    with RunLock(out) as again:
+        assert again.held
+
+
+def test_resume_redoes_photos_made_with_other_options(tmp_path):
+    from faceclip.batch import _done_faces, options_sha
+    from faceclip.fit.pipeline import ReconstructOptions
+
+    a, b = ReconstructOptions(), ReconstructOptions(landmarks="dlib68")
+    assert options_sha(a) == options_sha(ReconstructOptions(device="cuda", overwrite=True))
+    assert options_sha(a) != options_sha(b)
+    folder = tmp_path / "photo"
+    write_result_folder(folder, lambda t: (t / "mesh.obj").write_text("v 0 0 0\n"),
+                        meta={"image": str(tmp_path / "photo.jpg")})
+    lines = [{"status": "ok", "folder": "photo", "image_abs": os.path.abspath(tmp_path / "photo.jpg"),
+              "options_sha": options_sha(a), "face_index": 0}]
+    assert _done_faces(lines, tmp_path, options_sha(a)) == lines
+    assert _done_faces(lines, tmp_path, options_sha(b)) is None  # made with other options: redo

@@ -14,10 +14,18 @@ The job of ``faceclip reconstruct`` over a list of photos::
   failed photo (``status: "failed"``, the reason), written and flushed as each photo completes.
   Lines of earlier runs for other photos are kept; a ``results.jsonl`` without the header (not
   written by faceclip) is refused unless ``overwrite``.
-- **Resume** (``resume=True``): photos whose faces are all ``ok`` in the manifest, with their
-  folders still in place, are skipped; failed and missing photos are done again. Result folders
+- **Resume** (``resume=True``): photos whose faces are all ``ok`` in the manifest, made with the
+  same options (each line carries ``options_sha``, a hash of the options that change results)
+  and with their folders still in place, are skipped; failed and missing photos, and photos
+  done with other options, are done again. Result folders
   are written atomically, so a run killed at any point (Ctrl-C, SIGKILL) leaves complete results
   or none, and resuming it gives the same results as an uninterrupted run.
+- **One run at a time** per output folder: a run holds an exclusive lock on
+  ``<out>/.faceclip-run.lock`` (``flock``; it works across hosts on NFS that supports locks;
+  the file is removed when the run ends); a second run into the same folder stops at once with a
+  clear message. While it holds the lock, a
+  run removes every temporary folder it finds there (a killed run's, from any host); where the
+  filesystem has no locks it warns and removes only those of processes that no longer exist.
 - **Workers** (``workers=N``): N processes, each loading the models once and using
   ``cpu_count // N`` threads, so N workers do not oversubscribe the cores. Every photo's
   computation is the same function as in a single process.
@@ -47,6 +55,95 @@ log = logging.getLogger(__name__)
 
 #: The manifest file in the output folder.
 MANIFEST_NAME = "results.jsonl"
+#: The lock file a run holds in its output folder.
+LOCK_NAME = ".faceclip-run.lock"
+#: Options that do not change a result (not part of ``options_sha``).
+_OPTIONS_NOT_IN_RESULTS = ("overwrite", "device")
+
+
+def options_signature(options: ReconstructOptions) -> dict:
+    """The options that change a result, JSON-able (recorded in the manifest)."""
+    from dataclasses import asdict
+
+    sig = {k: v for k, v in asdict(options).items() if k not in _OPTIONS_NOT_IN_RESULTS}
+    return json.loads(json.dumps(sig, default=str))
+
+
+def options_sha(options: ReconstructOptions) -> str:
+    """Short hash of :func:`options_signature`."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(options_signature(options), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunLock:
+    """Exclusive lock of an output folder for one run (a context manager).
+
+    Attributes:
+        held: True when the lock is held; False where the filesystem offers no locks.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / LOCK_NAME
+        self.fd: int | None = None
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        import socket
+
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock
+            log.warning("no file locks on this platform: make sure no other run writes to %s", self.path.parent)
+            return self
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        for _ in range(10):  # the file is removed at the end of a run: lock the one that is in place
+            try:
+                self.fd = os.open(self.path, flags, 0o644)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create the run lock ({exc.strerror})",
+                                  hint="is the output folder writable?") from None
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    who = os.read(self.fd, 200).decode(errors="replace").strip() or "unknown"
+                except OSError:
+                    who = "unknown"
+                os.close(self.fd)
+                self.fd = None
+                raise OutputError(f"another faceclip run is writing to {self.path.parent} ({who})",
+                                  hint="wait for it to finish, or choose another --out") from None
+            except OSError as exc:  # a filesystem without locks
+                log.warning("%s: file locks are not supported here (%s); make sure no other run writes to this "
+                            "folder", self.path.parent, exc.strerror)
+                os.close(self.fd)
+                self.fd = None
+                return self
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(self.fd)  # locked a file the previous run had just removed: try again
+            self.fd = None
+        if self.fd is None:
+            raise OutputError(f"{self.path}: could not take the run lock", hint="try again")
+        self.held = True
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)  # still holding the lock; the next run checks it locked the file in place
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        self.held = False
 
 
 def plan_output_names(paths: list[Path], taken: set[str] | None = None) -> list[str]:
@@ -104,10 +201,12 @@ def read_manifest(out_dir: Path) -> dict[str, list[dict]]:
     return entries
 
 
-def _done_faces(lines: list[dict], out_dir: Path) -> list[dict] | None:
+def _done_faces(lines: list[dict], out_dir: Path, sha: str | None = None) -> list[dict] | None:
     """The ok face entries of a photo if it is completely done (its folders present and
-    written for this photo), else None."""
+    written for this photo, with options of hash ``sha`` when given), else None."""
     if not lines or any(rec.get("status") != "ok" for rec in lines):
+        return None
+    if sha is not None and any(rec.get("options_sha") != sha for rec in lines):
         return None
     for rec in lines:
         try:
@@ -127,17 +226,20 @@ class _Manifest:
     any photo (a missing model, say) leaves the output folder as it was.
     """
 
-    def __init__(self, out_dir: Path, keep: dict[str, list[dict]]) -> None:
+    def __init__(self, out_dir: Path, keep: dict[str, list[dict]], options: ReconstructOptions) -> None:
         self.path = Path(out_dir) / MANIFEST_NAME
         self.keep = keep
         self.fh = None
+        self.options = options
+        self.sha = options_sha(options)
 
     def _open(self) -> None:
         from faceclip import __version__
 
         fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=self.path.parent)  # never a link
         with os.fdopen(fd, "w") as fh:  # a header, the lines kept from earlier runs, then this run's
-            fh.write(json.dumps({"faceclip_manifest": 1, "version": __version__}) + "\n")
+            fh.write(json.dumps({"faceclip_manifest": 1, "version": __version__, "options_sha": self.sha,
+                                 "options": options_signature(self.options)}) + "\n")
             for lines in self.keep.values():
                 for rec in lines:
                     fh.write(json.dumps(rec) + "\n")
@@ -147,7 +249,7 @@ class _Manifest:
     def add(self, report: ImageReport) -> None:
         if self.fh is None:
             self._open()
-        base = {"image": str(report.image), "image_abs": _key(report.image)}
+        base = {"image": str(report.image), "image_abs": _key(report.image), "options_sha": self.sha}
         if report.error is not None:
             lines = [{**base, "status": "failed", "face_index": None, "reason": report.error,
                       "seconds": round(report.seconds, 4)}]
@@ -211,7 +313,6 @@ def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, 
     Returns:
         One :class:`ImageReport` per photo, in input order.
     """
-    from tqdm import tqdm
 
     if workers < 1:
         from faceclip.errors import FaceClipError
@@ -219,7 +320,15 @@ def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, 
         raise FaceClipError(f"--workers {workers}: must be at least 1")
     check_options(options)
     out_dir = check_output_root(Path(out_dir))
-    for stale in clean_stale_temporaries(out_dir):
+    with RunLock(out_dir) as lock:
+        return _run_locked(paths, out_dir, options, workers, resume, show_progress, on_report, lock.held)
+
+
+def _run_locked(paths, out_dir: Path, options: ReconstructOptions, workers: int, resume: bool, show_progress: bool,
+                on_report, locked: bool) -> list[ImageReport]:
+    from tqdm import tqdm
+
+    for stale in clean_stale_temporaries(out_dir, any_pid=locked):
         log.info("removed %s, left by an interrupted run", stale)
     _check_manifest_is_ours(out_dir, options.overwrite)
     paths = [Path(p) for p in paths]
@@ -234,8 +343,9 @@ def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, 
         earlier = {}
     reports: list[ImageReport | None] = [None] * len(paths)
     todo: list[int] = []
+    sha = options_sha(options)
     for i, p in enumerate(paths):
-        done = _done_faces(earlier.get(_key(p), []), out_dir)
+        done = _done_faces(earlier.get(_key(p), []), out_dir, sha)
         if done is None:
             todo.append(i)
             continue
@@ -243,7 +353,7 @@ def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, 
         faces = [FaceOutput(p, int(rec["face_index"]), out_dir / rec["folder"], [], float(rec["landmark_nme"]),
                             dict(rec.get("seconds", {}))) for rec in done]
         reports[i] = ImageReport(p, faces=faces, skipped=True)
-    manifest = _Manifest(out_dir, keep)
+    manifest = _Manifest(out_dir, keep, options)
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="reconstruct", unit="image",
                disable=None if show_progress else True)
 

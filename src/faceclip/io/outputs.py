@@ -297,12 +297,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(out_dir: Path) -> list[Path]:
+def clean_stale_temporaries(out_dir: Path, any_pid: bool = False) -> list[Path]:
     """Remove temporary folders left in ``out_dir`` by killed runs; returns what was removed.
 
     Only folders named ``.faceclip-tmp-<pid>-...`` that still hold the in-progress marker and
-    whose process no longer exists are touched. A previous result that a killed run had moved
-    aside (and not yet replaced) is put back first.
+    whose process no longer exists are touched (``any_pid``: whatever their process, for a
+    caller that holds the folder's run lock, so that no other run can be writing there; a pid
+    is meaningless across the hosts of a network filesystem). A previous result that a killed
+    run had moved aside (and not yet replaced) is put back first.
     """
     removed = []
     out_dir = Path(out_dir)
@@ -315,7 +317,7 @@ def clean_stale_temporaries(out_dir: Path) -> list[Path]:
         if m is None or p.is_symlink() or not p.is_dir() or not (
                 (p / _TMP_MARKER).exists() or (p / MARKER_NAME).exists()):
             continue
-        if int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if int(m.group(1)) != os.getpid() and (any_pid or not _pid_alive(int(m.group(1)))):
             target = (p / _TMP_MARKER).read_text().strip() if (p / _TMP_MARKER).is_file() else ""
             previous = p / "previous"
             if _plain_name(target) and previous.is_dir() and not os.path.lexists(out_dir / target):
