@@ -429,3 +429,11 @@ def test_landmark_network_option_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "landmark network not found" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    from faceclip.train.config import load_config
+
+    cfg = load_config(REPO / "configs" / name)
+    assert cfg.steps >= 1 and cfg.task in ("regressor", "landmarks")
