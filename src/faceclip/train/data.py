@@ -1116,6 +1116,13 @@ class SyntheticFaceDataset(_AugmentedDataset):
         tex = self.realism.texture_colours(rr)
         if tex is not None:
             w = ((1.0 - hair) * (1.0 - np.clip(eyes_mouth, 0, 1)))[:, None]
+            # The texture brings real detail (pores, stubble, make-up, brows); the drawn skin tone
+            # keeps the palette's range: the texture's mean skin colour is scaled to it per channel
+            # (photos' textures are mostly dim and would make every face dark).
+            skin = self._skin_vertex & (w[:, 0] > 0.5)
+            if skin.any():
+                gain = np.asarray(sp.skin_rgb) / np.maximum(tex[skin].mean(0), 1e-3)
+                tex = np.clip(tex * gain[None], 0, 1).astype(np.float32)
             albedo = albedo * (1 - w) + tex * w
         hair_w = np.maximum(hair, 0.8 * parts["brows"])[:, None]
         streaks = self.realism.hair_streaks(rr, parts["xyz"])[:, None]

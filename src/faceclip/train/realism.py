@@ -11,7 +11,9 @@ sample also draws, from its own ``(seed, index)`` stream:
 - **skin**: with probability ``texture`` (when a texture folder is given), the colours of a real
   face: a UV texture unwrapped from a photo by ``faceclip reconstruct PHOTOS --out DIR --delight``
   (every ``mesh_texture.png`` under the folder), sampled at the model's vertices, with a random
-  per-channel gain; the synthetic hair, eyes and mouth interior stay procedural. Hair and brows
+  per-channel gain, scaled so that its mean skin colour is the drawn skin tone (the palette's
+  range is kept; the texture adds real detail); the synthetic hair, eyes and mouth interior stay
+  procedural. Hair and brows
   get strand-like streaks;
 - **light**: with probability ``hard_light``, a strong directional light from anywhere in front
   (also from the side and below) with little ambient; with probability ``specular`` a Blinn-Phong
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 __all__ = ["RealismConfig", "Realism", "camera_effects", "clutter_background", "vertex_colours_from_texture"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: Bumped when the drawn samples change for the same settings (cached samples of another version
+#: are refused): 2 = real textures scaled to the drawn skin tone.
+REALISM_VERSION = 2
 
 
 _PROBABILITIES = ("full_expression", "texture", "hard_light", "specular", "photo_background", "clutter", "occluder",
@@ -227,7 +232,7 @@ class Realism:
         """JSON-able description (cache keys, provenance): the settings and the source files."""
         from dataclasses import asdict
 
-        return {"config": asdict(self.config),
+        return {"version": REALISM_VERSION, "config": asdict(self.config),
                 "backgrounds": [p.name for p in self.background_files],
                 "textures": [str(p.relative_to(self.config.textures)) if self.config.textures else p.name
                              for p in self.texture_files]}
