@@ -294,3 +294,27 @@ def test_export_ict_head_opens_in_trimesh(tmp_path, ict_head):
     assert np.allclose(data["NORMAL"], ours[src], atol=1e-6)
     outward = ((ours * (v - v.mean(axis=0))).sum(1) > 0).mean()
     assert outward > 0.75  # a head is not convex, but most of it faces away from its centre
+
+
+def test_obj_topology_lines_are_cached_per_layout(tmp_path):
+    """vt and f lines are formatted once per topology; files equal uncached writes."""
+    import numpy as np
+
+    from faceclip.io import mesh as M
+
+    rng = np.random.default_rng(0)
+    tri = np.array([[0, 1, 2], [0, 2, 3]])
+    uv = rng.uniform(0, 1, (2, 3, 2))
+    tex = np.zeros((4, 4, 3), np.uint8)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    M.write_obj(tmp_path / "a.obj", a, tri, uv=uv, texture=tex)
+    M.write_obj(tmp_path / "b.obj", b, tri, uv=uv, texture=tex)  # topology lines from the cache
+    M._TOPOLOGY_CACHE.clear()
+    M.write_obj(tmp_path / "b2.obj", b, tri, uv=uv, texture=tex)
+    assert (tmp_path / "b.obj").read_text().replace("b_texture", "X").replace("b.mtl", "Y") == \
+        (tmp_path / "b2.obj").read_text().replace("b2_texture", "X").replace("b2.mtl", "Y")
+    other = np.array([[0, 2, 1], [0, 3, 2]])  # another layout: its own f lines
+    M.write_obj(tmp_path / "c.obj", b, other, uv=uv, texture=tex)
+    f_lines = [ln for ln in (tmp_path / "c.obj").read_text().splitlines() if ln.startswith("f ")]
+    assert f_lines[0].split()[1].split("/")[0] == "1" and f_lines[0].split()[2].split("/")[0] == "3"
+    assert (tmp_path / "a.obj").read_text() != (tmp_path / "b.obj").read_text()

@@ -547,7 +547,7 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
         export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy(),
                     glb_texture_format="jpeg", formats=formats)
         (tmp / "params.json").write_text(json.dumps(params, indent=1))
-        Image.fromarray(overlay).save(tmp / "overlay.png", compress_level=3)
+        Image.fromarray(overlay).save(tmp / "overlay.png", compress_level=1)
 
     meta = {"image": params.get("image"), "face_index": params.get("face_index")}
     return write_result_folder(Path(folder), write, meta=meta, overwrite=overwrite)
