@@ -437,3 +437,21 @@ def test_every_shipped_config_loads(name):
 
     cfg = load_config(REPO / "configs" / name)
     assert cfg.steps >= 1 and cfg.task in ("regressor", "landmarks")
+
+
+def test_landmarks_command_with_the_network(random_net_file, tmp_path, capsys):
+    from faceclip.cli import main
+
+    out = tmp_path / "lm.json"
+    assert main(["landmarks", str(FACES / "astronaut.png"), "--json", str(out), "--landmarks", "net",
+                 "--landmark-net", str(random_net_file), "--largest"]) == 0
+    face = json.loads(out.read_text())["faces"][0]
+    net = face["network_points"]
+    assert len(net["points"]) == 80 and len(net["sigma_px"]) == 80 and len(net["vertex_ids"]) == 12
+    assert face["landmarks68"] == net["points"][:68] and "landmarks478" in face
+    assert main(["landmarks", str(FACES / "astronaut.png"), "--landmark-net", str(random_net_file)]) == 2
+    assert "--landmark-net needs --landmarks net" in capsys.readouterr().err
+    assert main(["landmarks", str(FACES / "astronaut.png"), "--landmarks", "net", "--landmark-net",
+                 str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "landmark network not found" in err and "Traceback" not in err

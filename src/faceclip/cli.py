@@ -148,9 +148,16 @@ def _cmd_landmarks(args: argparse.Namespace) -> int:
         raise InputError(f"no image files in {' '.join(args.images)}")
     json_out = Path(args.json) if args.json else None
     plan = plan_landmark_outputs(images, json_out, Path(args.overlay) if args.overlay else None)
+    if args.landmarks == "net" and not args.landmark_net:
+        from faceclip.nets.landmarks import default_landmark_net_path
+
+        args.landmark_net = str(default_landmark_net_path())
+    if args.landmark_net and args.landmarks != "net":
+        raise InputError("--landmark-net needs --landmarks net")
     opts = LandmarksOptions(
         detector=args.detector,
-        landmarks=args.landmarks,
+        landmarks="mediapipe" if args.landmarks == "net" else args.landmarks,
+        landmark_net=args.landmark_net,
         upsample=args.upsample,
         threshold=args.threshold,
         max_side_px=args.max_side_px or None,
@@ -451,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--json", metavar="OUT", default=None, help="a .json file (one image) or a folder (<name>.json each)")
     p.add_argument("--overlay", metavar="DIR", default=None, help="folder for overlay PNGs (<name>_landmarks.png each)")
-    _frontend_args(p)
+    _frontend_args(p, net=True)
     p.add_argument(
         "--upsample", type=int, default=None, metavar="N", help="double the image N times to find small faces (default: auto)"
     )

@@ -49,6 +49,9 @@ class LandmarksOptions:
         min_face_px: drop faces whose shorter box side is smaller (pixels).
         largest_only: keep only the largest face of each image.
         max_pixels: decompression-bomb guard of the image loader.
+        landmark_net: a dense landmark network file: each face also gets the network's 68 +
+            N points and sigmas (``network_points`` in its record), and its ``landmarks68``
+            become the network's (see :mod:`faceclip.detect.landmark_net`).
     """
 
     detector: DetectorChoice = "auto"
@@ -59,6 +62,7 @@ class LandmarksOptions:
     min_face_px: float = 0.0
     largest_only: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    landmark_net: str | None = None
 
 
 def landmarks_record(image: str | Path, width: int, height: int, faces: list[Face]) -> dict[str, Any]:
@@ -92,12 +96,32 @@ def process_landmarks_file(
     faces = [f for f in faces if f.size_px >= opts.min_face_px]
     if opts.largest_only:
         faces = faces[:1]
+    if opts.landmark_net:
+        faces = [_with_network_points(img.rgb, f, opts.landmark_net) for f in faces]
     record = landmarks_record(path, img.width, img.height, faces)
     if overlay_path is not None:
         write_png_atomic(overlay_path, draw_faces(img.rgb, faces))
     if json_path is not None:
         write_json_atomic(json_path, record)
     return record
+
+
+_LANDMARKERS: dict[str, Any] = {}
+
+
+def _with_network_points(rgb: np.ndarray, face: Face, net_path: str) -> Face:
+    """The face with the dense landmark network's points (its 68 replace the front-end's)."""
+    from dataclasses import replace
+
+    from faceclip.detect.landmark_net import DenseLandmarker
+
+    if face.landmarks is None:
+        return face
+    if net_path not in _LANDMARKERS:
+        _LANDMARKERS.clear()
+        _LANDMARKERS[net_path] = DenseLandmarker(net_path)
+    pts = _LANDMARKERS[net_path].predict(rgb, face.landmarks)
+    return replace(face, landmarks=pts.landmarks68, extra={**face.extra, "network_points": pts})
 
 
 def plan_landmark_outputs(

@@ -82,7 +82,8 @@ class Face:
 
     def to_dict(self, decimals: int = 2) -> dict[str, Any]:
         """JSON-ready ``{"box": [...], "score": s, "detector": name, "landmarks68": [[x, y], ...]}``,
-        plus ``"landmarks478": [[x, y, z], ...]`` when the face has MediaPipe's mesh."""
+        plus ``"landmarks478": [[x, y, z], ...]`` when the face has MediaPipe's mesh and
+        ``"network_points"`` when the dense landmark network ran on it."""
         out: dict[str, Any] = {
             "box": [round(float(v), decimals) for v in self.box],
             "score": round(float(self.score), 4),
@@ -93,4 +94,11 @@ class Face:
         mesh = self.extra.get("mesh478")
         if mesh is not None:
             out["landmarks478"] = [[round(float(v), decimals) for v in p] for p in mesh]
+        net = self.extra.get("network_points")
+        if net is not None:  # a faceclip.detect.landmark_net.DenseLandmarks
+            out["network_points"] = {
+                "vertex_ids": [int(i) for i in net.vertex_ids],
+                "points": [[round(float(x), decimals), round(float(y), decimals)] for x, y in net.points_px],
+                "sigma_px": [round(float(s), decimals) for s in net.sigma_px],
+                "layout": "68 landmarks (2D-detector convention), then one point per vertex id"}
         return out
