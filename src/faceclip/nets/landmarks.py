@@ -25,7 +25,6 @@ ids and the weights: a file is self-describing, and loading checks it against th
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -209,17 +208,9 @@ def landmark_net_record(net: DenseLandmarkNet) -> dict:
 
 def save_landmark_net(net: DenseLandmarkNet, path: str | Path, half: bool = False, meta: dict | None = None) -> Path:
     """Write the network atomically; ``half`` stores float weights as float16."""
-    from faceclip.io.mesh import atomic_path
+    from faceclip.nets.files import save_record
 
-    rec = landmark_net_record(net)
-    if half:
-        rec["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in rec["state_dict"].items()}
-    rec["meta"] = dict(meta or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(rec, tmp)
-    return path
+    return save_record(landmark_net_record(net), path, half=half, meta=meta)
 
 
 def load_landmark_net(path: str | Path, device: str | torch.device = "cpu", face_model=None) -> DenseLandmarkNet:
@@ -276,12 +267,3 @@ def default_landmark_net_path() -> Path:
     """``$FACECLIP_LANDMARK_NET`` when set, else the network shipped with the package."""
     env = os.environ.get("FACECLIP_LANDMARK_NET")
     return Path(env) if env else SHIPPED_LANDMARK_NET
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (recorded in params.json)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

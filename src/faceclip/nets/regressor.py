@@ -224,17 +224,9 @@ def regressor_record(model: FaceRegressor) -> dict:
 
 def save_regressor(model: FaceRegressor, path: str | Path, half: bool = False, meta: dict | None = None) -> Path:
     """Write the regressor atomically. ``half`` stores float weights as float16 (half the size)."""
-    from faceclip.io.mesh import atomic_path
+    from faceclip.nets.files import save_record
 
-    rec = regressor_record(model)
-    if half:
-        rec["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in rec["state_dict"].items()}
-    rec["meta"] = dict(meta or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(rec, tmp)
-    return path
+    return save_record(regressor_record(model), path, half=half, meta=meta)
 
 
 def _extract_record(obj, path: Path) -> dict:

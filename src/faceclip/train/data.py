@@ -97,6 +97,7 @@ __all__ = [
     "mirror_landmarks",
     "preprocess_folder",
     "read_manifest",
+    "resize_sample",
     "warp_sample",
 ]
 
@@ -871,7 +872,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
         cache_dir: optional folder of pre-rendered samples (``s_<index>.npz``); samples missing
             there are rendered and written (atomically) on first use; see :meth:`prerender`.
         augment_seed: augmentation seed (default: ``seed``).
-        realism: optional :class:`faceclip.train.realism.RealismConfig`: photo textures and
+        realism: optional :class:`faceclip.train.realism.RealismConfig` (or a dict of its fields): photo textures and
             backgrounds, hard light, occluders, camera effects, the whole expression space
             (drawn from another stream of ``(seed, index)``; the geometry stays exact).
     """
@@ -1194,6 +1195,20 @@ class SyntheticFaceDataset(_AugmentedDataset):
             params=params,
             source=f"synthetic:{self.seed}:{index}",
         )
+
+
+def resize_sample(sample: FaceSample, size_px: int) -> FaceSample:
+    """A FaceSample at another crop size: same field of view, image/mask resampled (area),
+    landmarks scaled (continuous pixel coordinates), ground-truth focal length scaled."""
+    S = sample.image.shape[-1]
+    if S == size_px:
+        return sample
+    s = size_px / S
+    image = torch.nn.functional.interpolate(sample.image[None], size=(size_px, size_px), mode="area")[0]
+    mask = torch.nn.functional.interpolate(sample.skin_mask[None, None].float(), size=(size_px, size_px), mode="area")[0, 0]
+    params = sample.params.at_crop_size(size_px) if sample.params is not None else None
+    return replace(sample, image=image, landmarks_px=sample.landmarks_px * s, skin_mask=(mask > 0.5).float(),
+                   params=params)
 
 
 def iter_batches(dataset: Dataset, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[FaceBatch]:

@@ -84,8 +84,7 @@ def build_landmark_net(cfg, face_model, train_set) -> DenseLandmarkNet:
     ``integral`` head has none)."""
     from faceclip.facemodel.surface_points import dense_vertex_ids
     from faceclip.nets.landmarks import load_landmark_net
-    from faceclip.train.data import collate
-    from faceclip.train.loop import resize_sample
+    from faceclip.train.data import collate, resize_sample
 
     m = cfg.model
     if m.init_checkpoint:
@@ -143,6 +142,7 @@ def validate_landmarks(net: DenseLandmarkNet, objective: LandmarkObjective, data
     over the target's outer-eye-corner distance, landmarks 36 and 45, the 300-W convention of
     :mod:`faceclip.evaluate.nme`), and ``z2`` (mean squared error in units of the predicted
     sigma, per coordinate, over the points with ground truth; 1 when the sigmas are calibrated)."""
+    from faceclip.evaluate.nme import normaliser
     from faceclip.train.data import collate
 
     net.eval()
@@ -154,7 +154,8 @@ def validate_landmarks(net: DenseLandmarkNet, objective: LandmarkObjective, data
                                   batch.params_valid)
         losses.append(total.item() * batch.image.shape[0])
         tgt = vis["target_px"]
-        iod = (tgt[:, 36] - tgt[:, 45]).norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        iod = torch.as_tensor(normaliser(tgt[:, :68].cpu().numpy(), "inter_ocular"), dtype=tgt.dtype,
+                              device=tgt.device).clamp_min(1e-6).unsqueeze(1)
         err = (vis["mu_px"] - tgt).norm(dim=-1)
         w = vis["weight"]
         n68 += (err[:, :68] / iod).mean(1).tolist()

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from faceclip.errors import FaceClipError, InputError, ModelNotInstalledError
 from faceclip.train.config import TrainConfig, save_config
+from faceclip.train.data import resize_sample  # noqa: F401 - also importable from here
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +95,6 @@ def _batch_plan(step: int, batch: int, dist_info: DistInfo, n: int, seed: int) -
     return out
 
 
-def resize_sample(sample, size_px: int):
-    """A FaceSample at another crop size: same field of view, image/mask resampled (area),
-    landmarks scaled (continuous pixel coordinates), ground-truth focal length scaled."""
-    from dataclasses import replace
-
-    S = sample.image.shape[-1]
-    if S == size_px:
-        return sample
-    s = size_px / S
-    image = nn.functional.interpolate(sample.image[None], size=(size_px, size_px), mode="area")[0]
-    mask = nn.functional.interpolate(sample.skin_mask[None, None].float(), size=(size_px, size_px), mode="area")[0, 0]
-    params = sample.params.at_crop_size(size_px) if sample.params is not None else None
-    return replace(sample, image=image, landmarks_px=sample.landmarks_px * s, skin_mask=(mask > 0.5).float(),
-                   params=params)
-
-
 class _PlannedSamples(torch.utils.data.Dataset):
     """Wraps a dataset: item ``(index, aug_seed)`` -> augmented sample (seeded, worker-safe),
     resized to ``size_px`` when the dataset's crops have another size."""
@@ -152,14 +137,9 @@ def build_datasets(cfg: TrainConfig, face_model):
     d = cfg.data
     augment = D.Augment() if d.augment else None  # samples with parameters get colour jitter only
     if d.kind == "synthetic":
-        realism = None
-        if d.realism is not None:
-            from faceclip.train.realism import RealismConfig
-
-            realism = RealismConfig(**d.realism)
         train = D.SyntheticFaceDataset(face_model, n=d.n_train, seed=d.seed, image_px=d.render_px,
                                        framing=D.FramingJitter() if d.augment else None,
-                                       cache_dir=d.path, realism=realism)
+                                       cache_dir=d.path, realism=d.realism)
     else:
         train = D.FolderFaceDataset(d.path)
     val = None

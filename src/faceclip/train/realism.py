@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RealismConfig", "Realism", "camera_effects", "clutter_background", "vertex_colours_from_texture"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: Bumped when the drawn samples change for the same settings (cached samples of another version
 #: are refused): 2 = real textures scaled to the drawn skin tone.
 REALISM_VERSION = 2
@@ -96,6 +95,8 @@ def _list_images(root: Path, pattern: str = "*") -> list[Path]:
         return [root]
     if not root.is_dir():
         raise InputError(f"{root}: no such file or folder")
+    from faceclip.io.images import IMAGE_SUFFIXES
+
     return sorted(p for p in root.rglob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
