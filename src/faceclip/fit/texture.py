@@ -251,16 +251,21 @@ def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
     return out, photo_fraction
 
 
-def overlay_triangles(model: FaceModel) -> Tensor:
-    """Triangles shown in overlays: the narrow face area and the eyeballs (the classic view of
-    face reconstruction papers; the neck and back of the head would hide the photo)."""
+def overlay_triangle_mask(model: FaceModel) -> Tensor:
+    """(F,) bool: the triangles shown in overlays, the narrow face area and the eyeballs (the
+    classic view of face reconstruction papers; the neck and back of the head would hide the photo)."""
     keep = torch.zeros(model.n_vertices, dtype=torch.bool)
     for region in ("face_narrow", "sclera", "iris"):
         if region in model.regions:
             keep[model.regions[region].cpu()] = True
     if not keep.any():
         keep[:] = True
-    return model.triangles[keep[model.triangles.cpu()].all(1)]
+    return keep[model.triangles.cpu()].all(1)
+
+
+def overlay_triangles(model: FaceModel) -> Tensor:
+    """(F', 3) the triangles of :func:`overlay_triangle_mask`."""
+    return model.triangles[overlay_triangle_mask(model).to(model.triangles.device)]
 
 
 def render_overlay(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params: FaceParams,

@@ -499,6 +499,87 @@ def load_clip_encoders(weights: ClipWeights | None = None, device: str | torch.d
     return enc.to(device) if device is not None else enc
 
 
+class ClipImageText(nn.Module):
+    """Frozen ViT-B/32 CLIP, image and text towers: the encoders of text-guided editing.
+
+    ``encode_image`` takes (B, 3, H, W) RGB in [0, 1] (normalised with CLIP's mean / std and
+    resized, bilinear and antialiased, to the tower's input size: differentiable) and
+    ``encode_text`` a list of prompts; both return unnormalised embeddings (B, D).
+
+    Build with :func:`load_clip_image_text` (real weights) or :meth:`small_random` (tests).
+    """
+
+    def __init__(self, clip: nn.Module, image_size_px: int = VITB32.image_size_px, source: str = "",
+                 tokenizer_name: str = VITB32.open_clip_name) -> None:
+        super().__init__()
+        self.clip = clip
+        self.image_size_px = image_size_px
+        self.source = source
+        self.tokenizer_name = tokenizer_name
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.train(False)
+        self._tokenizer = None
+
+    @classmethod
+    def small_random(cls, seed: int = 0, width: int = 64, layers: int = 2) -> ClipImageText:
+        """A randomly initialised, narrow and shallow model of the same open_clip classes as
+        ViT-B/32 (vision transformer with 32 px patches at 224 px, causal text transformer with
+        CLIP's tokenizer and 77-token context). For tests only."""
+        oc = _open_clip()
+        vision = {"image_size": 224, "layers": layers, "width": width, "patch_size": 32, "head_width": 32}
+        text = {"context_length": 77, "vocab_size": 49408, "width": width, "heads": max(1, width // 32),
+                "layers": layers}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clip = oc.CLIP(embed_dim=width, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+        return cls(clip.float().eval(), 224, source=f"small_random(seed={seed})")
+
+    def train(self, mode: bool = True) -> ClipImageText:
+        """Always evaluation mode (frozen)."""
+        return super().train(False)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, D) image embeddings."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        size = (self.image_size_px, self.image_size_px)
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return self.clip.encode_image(x)
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """N prompts -> (N, D) text embeddings."""
+        if self._tokenizer is None:
+            self._tokenizer = _open_clip().get_tokenizer(self.tokenizer_name)
+        return self.clip.encode_text(self._tokenizer(list(texts)).to(self.mean.device))
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}"
+
+
+def load_clip_image_text(path: str | Path | None = None, quick_gelu: bool = True,
+                         device: str | torch.device | None = None) -> ClipImageText:
+    """ViT-B/32 with its text tower from its weight file (found as in :func:`find_clip_weights`).
+
+    Raises:
+        ModelNotInstalledError: no ViT-B/32 weights (naming where they were looked for and how to
+            install them), or an unusable file (naming it).
+    """
+    found = _find_one(VITB32, path)
+    if found is None:
+        raise ModelNotInstalledError(
+            f"CLIP {VITB32.open_clip_name} weights not found; looked in: " + ", ".join(searched_locations(VITB32)),
+            hint=f"`faceclip models install {VITB32.model_name} --from {VITB32.openai_filename}` (the file cannot be "
+                 "downloaded here: copy it from a machine with network, where open_clip or OpenAI's clip package "
+                 "caches it)")
+    clip = load_clip_tower(VITB32, found, with_text=True, quick_gelu=quick_gelu)
+    model = ClipImageText(clip, VITB32.image_size_px, source=str(found))
+    return model.to(device) if device is not None else model
+
+
 # --------------------------------------------------------------------------- install / list
 
 

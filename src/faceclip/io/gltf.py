@@ -1,0 +1,221 @@
+"""Binary glTF 2.0 with morph targets and a morph-weight animation (written here, read back).
+
+trimesh writes static meshes (:func:`faceclip.io.mesh.write_glb`) but neither morph targets nor
+animations, so this module writes the container itself, following the glTF 2.0 specification
+(Khronos): one mesh with ``POSITION``, ``NORMAL``, ``TEXCOORD_0``, indices, a base-colour
+texture (JPEG or PNG), one morph target per blendshape (``POSITION`` offsets, names in
+``mesh.extras.targetNames``, which Blender and three.js use as shape-key names), default
+weights, and optionally one animation whose ``weights`` channel plays the blendshape weights
+over time (linear interpolation). Blender imports it with shape keys and an action; three.js's
+``GLTFLoader`` gives ``morphTargetDictionary`` and an ``AnimationClip``.
+
+Positions are in mm in FaceCLIP's model frame, as in the other exports.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from faceclip.io.mesh import _to_uint8_image, atomic_path, split_by_uv, vertex_normals
+
+_GLB_MAGIC = 0x46546C67
+_JSON_CHUNK = 0x4E4F534A
+_BIN_CHUNK = 0x004E4942
+_FLOAT, _UINT32 = 5126, 5125
+_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
+
+
+class _Builder:
+    """Accumulates buffer views and accessors of one binary buffer (4-byte aligned)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.length = 0
+        self.views: list[dict] = []
+        self.accessors: list[dict] = []
+
+    def view(self, data: bytes, target: int | None = None) -> int:
+        pad = (-self.length) % 4
+        if pad:
+            self.chunks.append(b"\0" * pad)
+            self.length += pad
+        v = {"buffer": 0, "byteOffset": self.length, "byteLength": len(data)}
+        if target is not None:
+            v["target"] = target
+        self.chunks.append(data)
+        self.length += len(data)
+        self.views.append(v)
+        return len(self.views) - 1
+
+    def accessor(self, array: np.ndarray, kind: str, target: int | None = None, bounds: bool = False) -> int:
+        """``array`` (N,) or (N, C) float32 / uint32 -> accessor index."""
+        comp = _UINT32 if array.dtype == np.uint32 else _FLOAT
+        a = np.ascontiguousarray(array, dtype=np.uint32 if comp == _UINT32 else np.float32)
+        acc = {"bufferView": self.view(a.tobytes(), target), "componentType": comp, "count": int(a.shape[0]),
+               "type": kind}
+        if bounds:
+            flat = a.reshape(a.shape[0], -1)
+            acc["min"] = [float(x) for x in flat.min(0)]
+            acc["max"] = [float(x) for x in flat.max(0)]
+        self.accessors.append(acc)
+        return len(self.accessors) - 1
+
+    def blob(self) -> bytes:
+        data = b"".join(self.chunks)
+        return data + b"\0" * ((-len(data)) % 4)
+
+
+def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, texture, targets_mm,
+                    target_names: list[str], weights=None, times_s=None, frame_weights=None,
+                    texture_format: str = "jpeg", animation_name: str = "expression") -> Path:
+    """Write a textured mesh with morph targets (and optionally their animation) as GLB.
+
+    Args:
+        base_vertices_mm: (V, 3) the mesh at zero weights.
+        triangles: (F, 3) vertex indices, counter-clockwise seen from outside.
+        uv_corners: (F, 3, 2) per-corner UVs in [0, 1], v up (flipped to glTF's v down here).
+        texture: (H, W, 3) uint8 or float texture, row 0 = v 1.
+        targets_mm: (K, V, 3) vertex offsets per unit weight.
+        target_names: K names.
+        weights: (K,) the mesh's default weights (what a viewer shows without the animation).
+        times_s: (N,) key times in seconds (increasing), with ``frame_weights`` (N, K).
+        texture_format: ``"jpeg"`` (quality 95) or ``"png"``.
+    """
+    v = np.asarray(base_vertices_mm, dtype=np.float64)
+    f = np.asarray(triangles, dtype=np.int64)
+    t = np.asarray(targets_mm, dtype=np.float64)
+    k = t.shape[0]
+    if t.shape[1:] != v.shape or len(target_names) != k:
+        raise ValueError(f"targets must be (K, V, 3) with K names; got {t.shape}, {len(target_names)} names, V={len(v)}")
+    v2, f2, uv2, src = split_by_uv(v, f, np.asarray(uv_corners))
+    normals = vertex_normals(v, f)[src]
+    b = _Builder()
+    attrs = {"POSITION": b.accessor(v2, "VEC3", _ARRAY_BUFFER, bounds=True),
+             "NORMAL": b.accessor(normals, "VEC3", _ARRAY_BUFFER),
+             "TEXCOORD_0": b.accessor(np.stack([uv2[:, 0], 1.0 - uv2[:, 1]], 1), "VEC2", _ARRAY_BUFFER)}
+    indices = b.accessor(f2.reshape(-1).astype(np.uint32), "SCALAR", _ELEMENT_ARRAY_BUFFER)
+    target_acc = [{"POSITION": b.accessor(t[i][src], "VEC3", _ARRAY_BUFFER, bounds=True)} for i in range(k)]
+    image = _to_uint8_image(texture)
+    buf = io.BytesIO()
+    jpeg = texture_format.lower() in ("jpeg", "jpg")
+    image.save(buf, format="JPEG" if jpeg else "PNG", **({"quality": 95} if jpeg else {"compress_level": 1}))
+    image_view = b.view(buf.getvalue())
+    w = np.zeros(k) if weights is None else np.asarray(weights, dtype=np.float64)
+    gltf: dict = {
+        "asset": {"version": "2.0", "generator": "faceclip"},
+        "scene": 0, "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0, "name": "face"}],
+        "meshes": [{"name": "face", "primitives": [{"attributes": attrs, "indices": indices, "material": 0,
+                                                    "targets": target_acc}],
+                    "weights": [float(x) for x in w], "extras": {"targetNames": list(target_names)}}],
+        "materials": [{"name": "face", "pbrMetallicRoughness": {"baseColorTexture": {"index": 0},
+                                                                "metallicFactor": 0.0, "roughnessFactor": 0.9}}],
+        "textures": [{"source": 0, "sampler": 0}],
+        "samplers": [{"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}],
+        "images": [{"bufferView": image_view, "mimeType": "image/jpeg" if jpeg else "image/png"}],
+    }
+    if times_s is not None:
+        times = np.asarray(times_s, dtype=np.float64)
+        fw = np.asarray(frame_weights, dtype=np.float64)
+        if times.ndim != 1 or fw.shape != (len(times), k) or np.any(np.diff(times) <= 0):
+            raise ValueError(f"times_s must be (N,) increasing and frame_weights (N, {k}); got {times.shape}, {fw.shape}")
+        inp = b.accessor(times, "SCALAR", bounds=True)
+        out = b.accessor(fw.reshape(-1), "SCALAR")
+        gltf["animations"] = [{"name": animation_name,
+                               "samplers": [{"input": inp, "output": out, "interpolation": "LINEAR"}],
+                               "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]
+    gltf["bufferViews"], gltf["accessors"] = b.views, b.accessors
+    binary = b.blob()
+    gltf["buffers"] = [{"byteLength": len(binary)}]
+    js = json.dumps(gltf, separators=(",", ":")).encode()
+    js += b" " * ((-len(js)) % 4)
+    total = 12 + 8 + len(js) + 8 + len(binary)
+    data = (struct.pack("<III", _GLB_MAGIC, 2, total) + struct.pack("<II", len(js), _JSON_CHUNK) + js
+            + struct.pack("<II", len(binary), _BIN_CHUNK) + binary)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+@dataclass
+class GlbMorphMesh:
+    """What :func:`read_morph_glb` returns (arrays as stored, UV seams split)."""
+
+    vertices: np.ndarray  # (V, 3)
+    triangles: np.ndarray  # (F, 3)
+    targets: np.ndarray  # (K, V, 3)
+    target_names: list[str]
+    weights: np.ndarray  # (K,)
+    times_s: np.ndarray | None  # (N,)
+    frame_weights: np.ndarray | None  # (N, K)
+    texture: Image.Image | None
+    gltf: dict
+
+    def at(self, weights) -> np.ndarray:
+        """(V, 3) vertices at blendshape ``weights`` (K,)."""
+        return self.vertices + np.tensordot(np.asarray(weights, dtype=np.float64), self.targets, axes=1)
+
+
+def read_glb_json(path: str | Path) -> tuple[dict, bytes]:
+    """(glTF JSON, binary chunk) of a GLB file.
+
+    Raises:
+        ValueError: not a GLB 2.0 file.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < 20:
+        raise ValueError(f"{path}: too short for GLB")
+    magic, version, total = struct.unpack_from("<III", data, 0)
+    if magic != _GLB_MAGIC or version != 2 or total != len(data):
+        raise ValueError(f"{path}: not a GLB 2.0 file")
+    n, kind = struct.unpack_from("<II", data, 12)
+    if kind != _JSON_CHUNK:
+        raise ValueError(f"{path}: first chunk is not JSON")
+    gltf = json.loads(data[20:20 + n])
+    rest = 20 + n
+    binary = b""
+    if rest < len(data):
+        m, kind = struct.unpack_from("<II", data, rest)
+        binary = data[rest + 8:rest + 8 + m] if kind == _BIN_CHUNK else b""
+    return gltf, binary
+
+
+def _accessor(gltf: dict, binary: bytes, i: int) -> np.ndarray:
+    acc = gltf["accessors"][i]
+    view = gltf["bufferViews"][acc["bufferView"]]
+    width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[acc["type"]]
+    dtype = {_FLOAT: np.float32, _UINT32: np.uint32}[acc["componentType"]]
+    start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+    a = np.frombuffer(binary, dtype=dtype, count=acc["count"] * width, offset=start)
+    return a.reshape(acc["count"], width) if width > 1 else a
+
+
+def read_morph_glb(path: str | Path) -> GlbMorphMesh:
+    """Read back a file of :func:`write_morph_glb` (the first primitive of the first mesh)."""
+    gltf, binary = read_glb_json(path)
+    mesh = gltf["meshes"][0]
+    prim = mesh["primitives"][0]
+    verts = _accessor(gltf, binary, prim["attributes"]["POSITION"]).astype(np.float64)
+    tris = _accessor(gltf, binary, prim["indices"]).reshape(-1, 3).astype(np.int64)
+    targets = np.stack([_accessor(gltf, binary, tg["POSITION"]) for tg in prim.get("targets", [])]
+                       ).astype(np.float64) if prim.get("targets") else np.zeros((0,) + verts.shape)
+    times = frames = None
+    if gltf.get("animations"):
+        s = gltf["animations"][0]["samplers"][0]
+        times = _accessor(gltf, binary, s["input"]).astype(np.float64)
+        frames = _accessor(gltf, binary, s["output"]).astype(np.float64).reshape(len(times), -1)
+    texture = None
+    if gltf.get("images"):
+        view = gltf["bufferViews"][gltf["images"][0]["bufferView"]]
+        start = view.get("byteOffset", 0)
+        texture = Image.open(io.BytesIO(binary[start:start + view["byteLength"]]))
+    return GlbMorphMesh(verts, tris, targets, list(mesh.get("extras", {}).get("targetNames", [])),
+                        np.asarray(mesh.get("weights", []), dtype=np.float64), times, frames, texture, gltf)
