@@ -34,6 +34,7 @@ EPILOG = """examples:
   faceclip reconstruct photo.jpg --out results/     # photo -> textured 3D face
   faceclip demo --out results/                      # the main job on the bundled example
   faceclip export-mean --out mean_face/ --geometry head_eyes
+  faceclip edit results/astronaut --out edited/ --expression happy   # change the expression
 """
 
 
@@ -264,6 +265,94 @@ def _cmd_benchmark_synthetic(args: argparse.Namespace) -> int:
         print(f"wrote {write_csv(out / 'synthetic.csv', [s.as_row() for s in report.samples])}")
     print(format_report(report))
     print(f"synthetic_nmse_all_mm: {report.nmse_all_mm:.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------- editing
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    """Edit a result's expression; writes the edited result folder."""
+    from tqdm import tqdm
+
+    from faceclip.edit.apply import EditRequest, edit_result
+    from faceclip.edit.expressions import ExpressionEdit
+    from faceclip.edit.mapper import TextEditConfig
+
+    request = EditRequest(
+        expressions=tuple(ExpressionEdit.parse(e) for e in args.expression),
+        text=args.text, source=Path(args.source) if args.source else None, strength=args.strength,
+        animate=args.animate, formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
+        text_config=_text_config(TextEditConfig, args),
+    )
+    clip = "auto"
+    if args.offline:
+        clip = None
+    elif args.clip_weights:
+        from faceclip.nets.clip import load_clip_image_text
+
+        clip = load_clip_image_text(args.clip_weights)
+    bar = None
+    if args.text and clip is not None and not args.quiet:
+        bar = tqdm(total=request.text_config.steps, unit="step", desc="CLIP-guided edit", file=sys.stderr,
+                   disable=None)
+
+    def progress(step: int, losses: dict) -> None:
+        if bar is not None:
+            bar.set_postfix(clip=f"{losses['clip']:.4f}")
+            bar.update(1)
+
+    report = edit_result(args.result, args.out, request, clip=clip, overwrite=args.overwrite,
+                         face_model_path=args.face_model_path, progress=progress)
+    if bar is not None:
+        bar.close()
+    for note in report.outcome.notes:
+        print(f"note: {note}", file=sys.stderr)
+    changed = report.outcome.record["changed"]
+    shown = ", ".join(f"{n} {a:.2f}->{b:.2f}" for n, (a, b) in list(changed.items())[:8])
+    more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+    print(f"edited {args.result}: {len(changed)} blendshapes changed: {shown}{more}")
+    if not args.quiet:
+        for f in report.files:
+            print(f"wrote {f}")
+    return 0
+
+
+def _text_config(cls, args: argparse.Namespace):
+    try:
+        return cls(steps=args.text_steps, lr=args.text_lr)
+    except ValueError as exc:
+        raise FaceClipError(f"--text-steps / --text-lr: {exc}") from None
+
+
+def _cmd_expressions(args: argparse.Namespace) -> int:
+    """List the named expressions (FACS codes, blendshapes) and the model's blendshapes."""
+    from faceclip.edit.expressions import MODIFIERS, NAMED_FACS, parse_facs
+    from faceclip.errors import ModelNotInstalledError
+
+    names: list[str] | None = None
+    try:
+        from faceclip.facemodel import load_face_model
+
+        names = list(load_face_model("ict", geometry="head_eyes").expression_names)
+    except ModelNotInstalledError:
+        pass
+    print("named expressions (FACS action units -> ICT blendshapes; L/R: the subject's own side):")
+    width = max(len(n) for n in NAMED_FACS)
+    for name, (code, desc) in NAMED_FACS.items():
+        kind = "modifier" if name in MODIFIERS else "expression"
+        weights = parse_facs(code)
+        shapes = ", ".join(f"{b} {w:g}" for b, w in weights.items()) or "every blendshape 0"
+        print(f"  {name.ljust(width)}  {(code or '-').ljust(22)}  {kind:10s}  {desc}")
+        print(f"  {''.ljust(width)}  -> {shapes}")
+    print("emotions set every blendshape except the gaze (eyeLook*), at 0 where not listed; modifiers only "
+          "their own")
+    if names is None:
+        print("blendshapes: install the ICT model (`faceclip models install ict`) to list them")
+    else:
+        print(f"ICT blendshapes ({len(names)}; use as --expression NAME:WEIGHT):")
+        for i in range(0, len(names), 6):
+            print("  " + "  ".join(names[i:i + 6]))
     return 0
 
 
@@ -623,6 +712,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
+    # edit
+    p = sub.add_parser(
+        "edit",
+        help="change the expression of a reconstructed face: named expressions, text prompts, transfer",
+        epilog="examples:\n"
+        "  faceclip edit results/astronaut --out edited/ --expression happy\n"
+        "  faceclip edit results/astronaut --out edited/ --expression sad:0.6 --expression wink_left\n"
+        "  faceclip edit results/astronaut --out edited/ --expression jawOpen:0.4   # one ICT blendshape\n"
+        "  faceclip edit results/astronaut --out edited/ --text \"a very surprised face\"\n"
+        "  faceclip edit results/astronaut --out edited/ --from results/other_face --animate 24\n\n"
+        "Writes mesh.obj/.mtl/_texture.png, mesh.ply, mesh.glb, params.json (with an 'edit' record),\n"
+        "overlay.png, before_after.png and, with --animate, animation.gif and animation.glb (the ICT\n"
+        "blendshapes as morph targets with the change as an animation). Identity, pose, light and texture\n"
+        "stay those of the reconstruction. `faceclip expressions` lists the names.\n"
+        "--text uses the paper's CLIP-guided mapper when CLIP ViT-B/32 weights are installed\n"
+        "(`faceclip models install clip-vitb32 --from ViT-B-32.pt`); without them, an offline parser\n"
+        "maps the prompt's words onto the named expressions and says so.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("result", metavar="RESULT_DIR", help="a folder written by `faceclip reconstruct`")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the edited result")
+    p.add_argument("--expression", action="append", default=[], metavar="NAME[:STRENGTH]",
+                   help="a named expression or ICT blendshape, strength 0-2 (default 1); repeatable, applied in order")
+    p.add_argument("--text", default=None, metavar="PROMPT", help="describe the expression in words")
+    p.add_argument("--from", dest="source", default=None, metavar="RESULT_DIR",
+                   help="take the expression of another result (transfer)")
+    p.add_argument("--strength", type=float, default=1.0, help="scale the whole edit, 0-2 (default 1)")
+    p.add_argument("--animate", type=int, default=0, metavar="N",
+                   help="also write animation.gif / animation.glb with N frames (12 per second)")
+    p.add_argument("--formats", default="obj,ply,glb", metavar="LIST", help="mesh formats (default obj,ply,glb)")
+    p.add_argument("--offline", action="store_true", help="--text: use the offline parser even if CLIP is installed")
+    p.add_argument("--clip-weights", default=None, metavar="FILE", help="--text: CLIP ViT-B/32 weight file")
+    p.add_argument("--text-steps", type=int, default=40, metavar="N", help="--text: mapper optimisation steps (40)")
+    p.add_argument("--text-lr", type=float, default=1e-2, metavar="LR", help="--text: mapper learning rate (1e-2)")
+    p.add_argument("--face-model-path", default=None, metavar="FILE", help="model file of a user-provided model (BFM)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no 'wrote' lines")
+    p.set_defaults(func=_cmd_edit)
+
+    p = sub.add_parser("expressions", help="list the named expressions and the ICT blendshapes for `faceclip edit`")
+    p.set_defaults(func=_cmd_expressions)
+
     # ---- further subcommands (landmarks, reconstruct, evaluate, train...) go above this line
     _point_to_docs(parser, sub)
     return parser
@@ -633,6 +764,7 @@ DOCS_PAGES = {
     "reconstruct": "reconstruct.md", "demo": "reconstruct.md", "landmarks": "front-end.md",
     "models": "face-models.md", "export-mean": "face-models.md", "evaluate": "evaluation.md",
     "benchmark": "evaluation.md", "prepare-data": "training.md", "train": "training.md",
+    "edit": "editing.md", "expressions": "editing.md",
 }
 
 

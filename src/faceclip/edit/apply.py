@@ -170,7 +170,7 @@ def plan_edit(face: ResultFace, request: EditRequest, clip="auto",
                                           (lo, hi), start=w)
             result = optimise_mapper(objective, progress=progress)
             w = result.expression
-            first, last = result.clip_loss_first_last if result.losses else (float("nan"),) * 2
+            first, last = result.clip_loss_first_last
             record["steps"].append({"text": request.text, "method": "clip_mapper",
                                     "clip_weights": getattr(encoder, "source", ""),
                                     "config": {k: getattr(request.text_config, k) for k in

@@ -1,9 +1,9 @@
 """Rendering a reconstructed face with a new expression: photo overlays, crops, CLIP inputs.
 
 The face is drawn textured with the texture the reconstruction unwrapped from the photo,
-unlit (that texture already holds the photo's light), on the overlay triangles (narrow face
-area and eyes, see :func:`faceclip.fit.texture.overlay_triangle_mask`). Only those vertices are
-evaluated, so a render costs a fraction of the whole head.
+unlit (that texture already holds the photo's light), on the narrow face area without the
+eyeballs (:func:`face_triangle_mask`). Only those vertices are evaluated, so a render costs a
+fraction of the whole head.
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ def crop_photo(photo: np.ndarray | None, win: Window, fill=CANVAS_RGB) -> np.nda
                           borderValue=tuple(int(c) for c in fill))
 
 
+def face_triangle_mask(model) -> Tensor:
+    """(F,) bool: the narrow face area without the eyeballs, so the photo's own eyes show
+    through the eye openings (where the texture of an eyeball seen from the side is poor);
+    closing lids still cover them. Models without that region: the overlay triangles."""
+    region = model.regions.get("face_narrow")
+    if region is None or len(region) == 0:
+        return overlay_triangle_mask(model)
+    keep = torch.zeros(model.n_vertices, dtype=torch.bool)
+    keep[region.cpu()] = True
+    return keep[model.triangles.cpu()].all(1)
+
+
 class FaceRenderer:
     """Textured renders of one :class:`ResultFace` for any expression coefficients.
 
@@ -56,7 +68,7 @@ class FaceRenderer:
 
     def __init__(self, face: ResultFace) -> None:
         model = face.model
-        keep = overlay_triangle_mask(model)
+        keep = face_triangle_mask(model)
         tri = model.triangles.cpu()[keep]
         used, inverse = torch.unique(tri, return_inverse=True)
         self.face = face
