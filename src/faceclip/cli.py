@@ -320,9 +320,9 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
 def _text_config(cls, args: argparse.Namespace):
     try:
-        return cls(steps=args.text_steps, lr=args.text_lr)
+        return cls(steps=args.text_steps, lr=args.text_lr, w_keep=args.text_keep, w_l2=args.text_l2)
     except ValueError as exc:
-        raise FaceClipError(f"--text-steps / --text-lr: {exc}") from None
+        raise FaceClipError(f"--text-steps / --text-lr / --text-keep / --text-l2: {exc}") from None
 
 
 def _cmd_expressions(args: argparse.Namespace) -> int:
@@ -746,6 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-weights", default=None, metavar="FILE", help="--text: CLIP ViT-B/32 weight file")
     p.add_argument("--text-steps", type=int, default=40, metavar="N", help="--text: mapper optimisation steps (40)")
     p.add_argument("--text-lr", type=float, default=1e-2, metavar="LR", help="--text: mapper learning rate (1e-2)")
+    p.add_argument("--text-keep", type=float, default=0.1, metavar="W",
+                   help="--text: weight of keeping the face's CLIP image embedding (0.1)")
+    p.add_argument("--text-l2", type=float, default=0.02, metavar="W",
+                   help="--text: weight of the squared change of the coefficients (0.02)")
     p.add_argument("--face-model-path", default=None, metavar="FILE", help="model file of a user-provided model (BFM)")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no 'wrote' lines")
