@@ -345,7 +345,43 @@ def _as_mask(mask: Tensor | None, images: Tensor) -> Tensor | None:
     return mask.to(images.dtype)
 
 
-class ClipEncoders(nn.Module):
+class _FrozenClip(nn.Module):
+    """What the CLIP wrappers share: frozen, always in evaluation mode, CLIP's normalisation
+    and resizing of [0, 1] images (differentiable), and the tokenizer (made on first use)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self._tokenizer = None
+
+    def _freeze(self) -> None:
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        """Always evaluation mode: the encoders are frozen feature extractors."""
+        return super().train(False)
+
+    def preprocess(self, images: Tensor, mask: Tensor | None, size_px: int) -> Tensor:
+        """(B, 3, H, W) in [0, 1] (+ mask (B, 1, H, W) / (B, H, W)) -> (B, 3, S, S) normalised."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        m = _as_mask(mask, images)
+        if m is not None:
+            x = x * m
+        if x.shape[-2:] != (size_px, size_px):
+            x = F.interpolate(x, size=(size_px, size_px), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def _tokens(self, texts: Sequence[str], arch_name: str) -> Tensor:
+        if self._tokenizer is None:
+            self._tokenizer = _open_clip().get_tokenizer(arch_name)
+        return self._tokenizer(list(texts)).to(self.mean.device)
+
+
+class ClipEncoders(_FrozenClip):
     """Frozen RN50x4 and ViT-B/32 CLIP image encoders (plus, optionally, ViT-B/32's text tower).
 
     Images are (B, 3, H, W) RGB in [0, 1], any size (face crops are square; other aspect
@@ -373,11 +409,7 @@ class ClipEncoders(nn.Module):
         self.vitb32 = vitb32
         self.text = text
         self.source = source
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.train(False)
-        self._tokenizer = None
+        self._freeze()
 
     # ---- construction
 
@@ -401,25 +433,7 @@ class ClipEncoders(nn.Module):
         enc = cls(rn, vit, text, source=f"random(seed={seed})")
         return enc.to(device) if device is not None else enc
 
-    # ---- modes
-
-    def train(self, mode: bool = True) -> ClipEncoders:
-        """Always evaluation mode: the encoders are frozen feature extractors."""
-        return super().train(False)
-
-    # ---- preprocessing and features
-
-    def preprocess(self, images: Tensor, mask: Tensor | None, size_px: int) -> Tensor:
-        """(B, 3, H, W) in [0, 1] (+ mask (B, 1, H, W) / (B, H, W)) -> (B, 3, S, S) normalised."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        m = _as_mask(mask, images)
-        if m is not None:
-            x = x * m
-        if x.shape[-2:] != (size_px, size_px):
-            x = F.interpolate(x, size=(size_px, size_px), mode="bilinear", align_corners=False, antialias=True)
-        return x
+    # ---- features
 
     def geometric_features(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """RN50x4 ``layer2`` (B, 640, 36, 36) and ``layer3`` (B, 1280, 18, 18) outputs."""
@@ -452,10 +466,7 @@ class ClipEncoders(nn.Module):
         """
         if self.text is None:
             raise FaceClipError("the CLIP text encoder is not loaded", hint="load the encoders with with_text=True")
-        if self._tokenizer is None:
-            self._tokenizer = _open_clip().get_tokenizer(VITB32.open_clip_name)
-        tokens = self._tokenizer(list(texts)).to(self.mean.device)
-        return self.text.encode_text(tokens)
+        return self.text.encode_text(self._tokens(texts, VITB32.open_clip_name))
 
     def extra_repr(self) -> str:
         return f"source={self.source!r}, text={self.has_text}"
@@ -499,7 +510,7 @@ def load_clip_encoders(weights: ClipWeights | None = None, device: str | torch.d
     return enc.to(device) if device is not None else enc
 
 
-class ClipImageText(nn.Module):
+class ClipImageText(_FrozenClip):
     """Frozen ViT-B/32 CLIP, image and text towers: the encoders of text-guided editing.
 
     ``encode_image`` takes (B, 3, H, W) RGB in [0, 1] (normalised with CLIP's mean / std and
@@ -516,11 +527,7 @@ class ClipImageText(nn.Module):
         self.image_size_px = image_size_px
         self.source = source
         self.tokenizer_name = tokenizer_name
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.train(False)
-        self._tokenizer = None
+        self._freeze()
 
     @classmethod
     def small_random(cls, seed: int = 0, width: int = 64, layers: int = 2) -> ClipImageText:
@@ -536,25 +543,13 @@ class ClipImageText(nn.Module):
             clip = oc.CLIP(embed_dim=width, vision_cfg=vision, text_cfg=text, quick_gelu=True)
         return cls(clip.float().eval(), 224, source=f"small_random(seed={seed})")
 
-    def train(self, mode: bool = True) -> ClipImageText:
-        """Always evaluation mode (frozen)."""
-        return super().train(False)
-
     def encode_image(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, D) image embeddings."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        size = (self.image_size_px, self.image_size_px)
-        if x.shape[-2:] != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return self.clip.encode_image(x)
+        return self.clip.encode_image(self.preprocess(images, None, self.image_size_px))
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """N prompts -> (N, D) text embeddings."""
-        if self._tokenizer is None:
-            self._tokenizer = _open_clip().get_tokenizer(self.tokenizer_name)
-        return self.clip.encode_text(self._tokenizer(list(texts)).to(self.mean.device))
+        return self.clip.encode_text(self._tokens(texts, self.tokenizer_name))
 
     def extra_repr(self) -> str:
         return f"source={self.source!r}"
