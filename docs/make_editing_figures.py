@@ -39,9 +39,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from faceclip.cli import main as cli
-    from faceclip.edit.apply import _label
     from faceclip.edit.expressions import ExpressionEdit, apply_expression
-    from faceclip.edit.render import FaceRenderer, crop_photo
+    from faceclip.edit.render import FaceRenderer, crop_photo, label
     from faceclip.edit.result import load_result
 
     photos = [Path(p) for p in args.photos] if args.photos else [REPO / "examples" / "astronaut.png"] + [
@@ -56,8 +55,8 @@ def main() -> None:
         edits = [torch.tensor([apply_expression(face.expression[0].tolist(), names, ExpressionEdit(c))])
                  for c in COLUMNS]
         win = renderer.square_window(args.size, torch.cat([face.expression, *edits]))
-        panels = [_label(crop_photo(face.photo, win), "photo"), _label(renderer.crop(face.expression, win), "fit")]
-        panels += [_label(renderer.crop(e, win), c) for c, e in zip(COLUMNS, edits)]
+        panels = [label(crop_photo(face.photo, win), "photo"), label(renderer.crop(face.expression, win), "fit")]
+        panels += [label(renderer.crop(e, win), c) for c, e in zip(COLUMNS, edits)]
         rows.append(np.concatenate(panels, axis=1))
     out = Path(args.out) / "editing_contact_sheet.png"
     Image.fromarray(np.concatenate(rows, axis=0)).save(out, optimize=True)

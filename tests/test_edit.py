@@ -114,6 +114,8 @@ def test_bad_expression_argument_is_refused(text):
     ("smirking to the left", [("contempt_left", 0.75)]),
     ("not angry but extremely happy", [("happy", 1.0)]),
     ("a scared person with an open mouth", [("fear", 0.75), ("jaw_open", 0.75)]),
+    ("a man without glasses, smiling", [("happy", 0.75)]),
+    ("very calm, then a big laugh", [("neutral", 1.0), ("happy", 1.0)]),
 ])
 def test_offline_parser(prompt, expected):
     assert [(e.name, e.strength) for e in parse_prompt(prompt)] == expected
@@ -218,7 +220,7 @@ def test_text_without_clip_says_so_and_uses_the_parser(results, ict_head, tmp_pa
 
 
 def test_bad_edits_fail_clearly(results, tmp_path, capsys):
-    src, _ = results
+    src, other = results
     cases = [
         ([str(src), "--out", str(tmp_path / "a")], "nothing to edit"),
         ([str(src), "--out", str(tmp_path / "b"), "--expression", "grumpy"], "unknown expression"),
@@ -226,6 +228,10 @@ def test_bad_edits_fail_clearly(results, tmp_path, capsys):
         ([str(tmp_path / "none"), "--out", str(tmp_path / "c"), "--expression", "happy"], "no such result"),
         ([str(src), "--out", str(tmp_path / "d"), "--expression", "happy", "--animate", "1"], "--animate"),
         ([str(src), "--out", str(tmp_path / "e"), "--text", "a cat", "--offline"], "names no expression"),
+        ([str(src), "--out", str(tmp_path / "h"), "--expression", "happy", "--formats", "stl"], "--formats"),
+        ([str(src), "--out", str(tmp_path / "i"), "--expression", "happy", "--offline"], "--text only"),
+        ([str(src), "--out", str(other), "--from", str(other)], "which this edit reads"),
+        ([str(src), "--out", str(other.parent), "--from", str(other)], "which this edit reads"),
     ]
     for args, message in cases:
         assert main(["edit", *args]) == 2, args
@@ -354,8 +360,29 @@ def test_morph_glb_round_trip_and_structure(tmp_path):
     assert gltf["animations"][0]["channels"][0]["target"] == {"node": 0, "path": "weights"}
     m = read_morph_glb(path)
     assert np.allclose(m.at([1.0, 1.0]), [[-1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 5]])
+    assert np.allclose(m.uv, [[0, 1], [1, 1], [0, 0], [1, 0]])  # glTF's v points down: 1 - v
     assert m.frame_weights.tolist() == [[0, 0], [0.5, 0], [1, 1]]
-    with pytest.raises(ValueError):
-        write_morph_glb(tmp_path / "x.glb", v, f, uv, tex, targets, ["up", "left"], times_s=[0, 0],
-                        frame_weights=[[0, 0], [1, 1]])
+    bad_targets = targets.copy()
+    bad_targets[0, 0, 0] = np.nan
+    for kwargs in ({"times_s": [0, 0], "frame_weights": [[0, 0], [1, 1]]},   # times not increasing
+                   {"times_s": [-1, 0], "frame_weights": [[0, 0], [1, 1]]},  # negative time
+                   {"weights": [1.0]},                                       # one weight for two targets
+                   {"targets_mm": bad_targets},                              # NaN
+                   {"targets_mm": targets[:0], "target_names": []}):        # no target
+        args = {"targets_mm": targets, "target_names": ["up", "left"], **kwargs}
+        with pytest.raises(ValueError):
+            write_morph_glb(tmp_path / "x.glb", v, f, uv, tex, **args)
     assert not (tmp_path / "x.glb").exists()
+
+
+def test_a_result_whose_photo_moved_is_edited_on_a_grey_canvas(results, tmp_path, capsys):
+    src, _ = results
+    moved = tmp_path / "moved"
+    shutil.copytree(src, moved)
+    p = _params(moved)
+    p["image"] = str(tmp_path / "gone.png")
+    (moved / "params.json").write_text(json.dumps(p))
+    assert main(["edit", str(moved), "--out", str(tmp_path / "e"), "--expression", "happy", "--quiet"]) == 0
+    assert "grey canvas" in capsys.readouterr().err
+    photo_panel = np.asarray(Image.open(tmp_path / "e" / "before_after.png"))[40:, :384]
+    assert (photo_panel == 128).all()

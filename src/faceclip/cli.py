@@ -285,6 +285,10 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         animate=args.animate, formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
         text_config=_text_config(TextEditConfig, args),
     )
+    if args.offline and args.clip_weights:
+        raise FaceClipError("--offline and --clip-weights contradict each other", hint="drop one")
+    if (args.offline or args.clip_weights) and not args.text:
+        raise FaceClipError("--offline / --clip-weights apply to --text only")
     clip = "auto"
     if args.offline:
         clip = None
@@ -293,14 +297,16 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
         clip = load_clip_image_text(args.clip_weights)
     bar = None
-    if args.text and clip is not None and not args.quiet:
-        bar = tqdm(total=request.text_config.steps, unit="step", desc="CLIP-guided edit", file=sys.stderr,
-                   disable=None)
 
-    def progress(step: int, losses: dict) -> None:
-        if bar is not None:
-            bar.set_postfix(clip=f"{losses['clip']:.4f}")
-            bar.update(1)
+    def progress(step: int, losses: dict) -> None:  # the bar appears with the mapper's first step
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=request.text_config.steps, unit="step", desc="CLIP-guided edit", file=sys.stderr,
+                       disable=None, initial=step - 1)
+        bar.set_postfix(clip=f"{losses['clip']:.4f}")
+        bar.update(1)
 
     report = edit_result(args.result, args.out, request, clip=clip, overwrite=args.overwrite,
                          face_model_path=args.face_model_path, progress=progress)

@@ -38,7 +38,7 @@ from faceclip.edit.prompt import describe, parse_prompt
 from faceclip.edit.render import FaceRenderer
 from faceclip.edit.result import ResultFace, load_result
 from faceclip.errors import FaceClipError, ModelNotInstalledError
-from faceclip.io.mesh import MESH_FORMATS
+from faceclip.io.mesh import MESH_FORMATS, check_formats
 
 #: Frames per second of ``animation.gif`` and ``animation.glb``.
 ANIMATION_FPS = 12.0
@@ -77,6 +77,7 @@ class EditRequest:
             raise FaceClipError(f"--animate {self.animate}: give between 2 and 600 frames")
         if self.text is not None and not self.text.strip():
             raise FaceClipError("--text is empty")
+        check_formats(self.formats)
 
 
 @dataclass
@@ -145,6 +146,13 @@ def plan_edit(face: ResultFace, request: EditRequest, clip="auto",
     names = face.expression_names
     lo, hi = value_range(face)
     base = face.expression.clone()
+    # the model's range, widened to the fitted values where those lie outside it (PCA models):
+    # a step never moves a coefficient it does not change
+    lo_k, hi_k = base.clamp(max=lo), base.clamp(min=hi)
+
+    def clamp(t: Tensor) -> Tensor:
+        return torch.maximum(torch.minimum(t, hi_k), lo_k)
+
     w = base.clone()
     record: dict = {"from_result": str(face.folder), "steps": []}
     notes: list[str] = []
@@ -158,10 +166,8 @@ def plan_edit(face: ResultFace, request: EditRequest, clip="auto",
             edits = parse_prompt(request.text)
             notes.append(f"CLIP-guided editing unavailable ({why.split(';')[0]}): used the offline prompt parser "
                          f"instead: {request.text!r} -> {describe(edits)} (docs/editing.md)")
-            values = w[0].tolist()
             for e in edits:
-                values = apply_expression(values, names, e)
-            w = torch.tensor([values])
+                w = clamp(torch.tensor([apply_expression(w[0].tolist(), names, e)]))
             record["steps"].append({"text": request.text, "method": "offline_parser",
                                     "parsed": [{"name": e.name, "strength": e.strength} for e in edits]})
         else:
@@ -169,7 +175,7 @@ def plan_edit(face: ResultFace, request: EditRequest, clip="auto",
             objective = TextEditObjective(FaceRenderer(face), encoder, request.text, request.text_config,
                                           (lo, hi), start=w)
             result = optimise_mapper(objective, progress=progress)
-            w = result.expression
+            w = clamp(result.expression)
             first, last = result.clip_loss_first_last
             record["steps"].append({"text": request.text, "method": "clip_mapper",
                                     "clip_weights": getattr(encoder, "source", ""),
@@ -178,40 +184,26 @@ def plan_edit(face: ResultFace, request: EditRequest, clip="auto",
                                     "clip_loss_first": round(first, 6), "clip_loss_last": round(last, 6),
                                     "seconds": round(time.perf_counter() - t0, 2)})
     if request.expressions:
-        values = w[0].tolist()
         for e in request.expressions:
-            values = apply_expression(values, names, e)
-        w = torch.tensor([values])
+            w = clamp(torch.tensor([apply_expression(w[0].tolist(), names, e)]))
         record["steps"].append({"expressions": [{"name": e.name, "strength": e.strength}
                                                 for e in request.expressions]})
-    final = (base + request.strength * (w - base)).clamp(lo, hi)
+    final = clamp(base + request.strength * (w - base))
     record["strength"] = request.strength
     record["changed"] = {n: [round(float(a), 6), round(float(b), 6)]
                          for n, a, b in zip(names, base[0], final[0]) if abs(float(a) - float(b)) > 1e-6}
     return EditOutcome(base, final, record, notes)
 
 
-def _label(image: np.ndarray, text: str) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    im = Image.fromarray(image)
-    draw = ImageDraw.Draw(im)
-    x, y = 8, 6
-    box = draw.textbbox((x, y), text)
-    draw.rectangle((box[0] - 4, box[1] - 3, box[2] + 4, box[3] + 3), fill=(0, 0, 0))
-    draw.text((x, y), text, fill=(255, 255, 255))
-    return np.asarray(im)
-
-
 def before_after(renderer: FaceRenderer, base: Tensor, edited: Tensor, caption: str, size_px: int = PANEL_PX,
                  ) -> np.ndarray:
     """uint8 (S, 3 S, 3): the photo, the reconstruction and the edit, side by side."""
-    from faceclip.edit.render import crop_photo
+    from faceclip.edit.render import crop_photo, label
 
     win = renderer.square_window(size_px, torch.cat([base, edited]))
-    panels = [_label(crop_photo(renderer.face.photo, win), "photo"),
-              _label(renderer.crop(base, win), "before"),
-              _label(renderer.crop(edited, win), f"after: {caption}"[:60])]
+    panels = [label(crop_photo(renderer.face.photo, win), "photo"),
+              label(renderer.crop(base, win), "before"),
+              label(renderer.crop(edited, win), f"after: {caption}"[:60])]
     return np.concatenate(panels, axis=1)
 
 
@@ -301,10 +293,11 @@ def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: E
 
 
 def check_out_dir(src: Path, out: Path) -> None:
-    """Refuse writing the edit over its own source folder (or a folder containing it)."""
+    """Refuse writing the edit over a folder it reads (the edited result, ``--from``'s) or one
+    containing it."""
     s, o = Path(src).resolve(), Path(out).resolve()
     if o == s or o in s.parents:
-        raise FaceClipError(f"--out {out}: would replace the result being edited ({src})",
+        raise FaceClipError(f"--out {out}: would replace {src}, which this edit reads",
                             hint="write the edit to a new folder, e.g. --out edited/")
 
 
@@ -325,7 +318,12 @@ def edit_result(folder: str | Path, out_dir: str | Path, request: EditRequest, c
     Raises:
         FaceClipError: unusable folder, unknown expression, model missing, output refused.
     """
+    from faceclip.io.outputs import check_replaceable
+
     check_out_dir(Path(folder), Path(out_dir))
+    if request.source is not None:
+        check_out_dir(Path(request.source), Path(out_dir))
+    check_replaceable(Path(out_dir), overwrite)  # before any work (again when writing)
     seconds = {}
     t0 = time.perf_counter()
     face = load_result(folder, face_model_path=face_model_path)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceclip.edit.render import FaceRenderer, crop_photo
+from faceclip.errors import FaceClipError
 
 
 class ImageTextEncoder(Protocol):
@@ -113,11 +114,11 @@ class TextEditConfig:
     heads: int = 4
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or not self.lr > 0 or self.crop_px < 32:
+        if self.steps < 0 or not 0 < self.lr < float("inf") or self.crop_px < 32:
             raise ValueError(f"bad text-edit settings: steps {self.steps}, lr {self.lr}, crop {self.crop_px}")
         for name in ("w_keep", "w_l2", "w_range"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a number >= 0")
 
 
 @dataclass
@@ -214,7 +215,8 @@ def optimise_mapper(objective: TextEditObjective, config: TextEditConfig | None 
         opt.step()
         rec = {"total": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
         if not np.isfinite(rec["total"]):
-            raise FloatingPointError(f"text edit diverged at step {step} (loss {rec['total']})")
+            raise FaceClipError(f"the text edit diverged at step {step} (loss {rec['total']})",
+                                hint="lower --text-lr")
         losses.append(rec)
         if progress is not None:
             progress(step + 1, rec)

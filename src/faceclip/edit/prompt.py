@@ -11,7 +11,9 @@ It reads the prompt word by word (lower case, punctuation dropped):
 - ``left`` / ``right`` anywhere in the prompt choose the side of one-sided expressions (wink,
   contempt), the subject's own side; without one (or with both) a wink is the subject's left
   eye and contempt the subject's right mouth corner (as EMFACS codes it);
-- ``not``, ``no``, ``never``, ``without`` drop the next emotion word (``"not angry"``).
+- ``not``, ``no``, ``never``, ``without`` drop the next emotion word of the same clause
+  (``"not very angry"``; ``"without glasses, smiling"`` keeps the smile: punctuation and
+  ``but``, ``and``, ``then``, ``with`` end a clause); an adverb applies likewise.
 
 Several emotion words give several edits, applied in order. A prompt with none raises an
 error that lists the words known.
@@ -57,6 +59,9 @@ WORDS = {
     **dict.fromkeys(["neutral", "expressionless", "calm", "relaxed", "blank", "serious"], "neutral"),
 }
 
+#: Words that end the reach of a negation or an adverb (punctuation does too).
+CLAUSE_BREAKS = {"but", "and", "then", "with", "while", "yet"}
+
 NEGATIONS = {"not", "no", "never", "without", "isn't", "isnt", "aren't", "arent"}
 
 #: One-sided expressions: side word (or None) -> named expression.
@@ -65,7 +70,8 @@ _ONE_SIDED = {"wink": {"left": "wink_left", "right": "wink_right", None: "wink_l
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z][a-z'\-]*", text.lower())
+    """Lower-case words and punctuation marks (clause ends) in order."""
+    return re.findall(r"[a-z][a-z'\-]*|[,.;:!?]", text.lower())
 
 
 def parse_prompt(text: str) -> list[ExpressionEdit]:
@@ -82,6 +88,9 @@ def parse_prompt(text: str) -> list[ExpressionEdit]:
     edits: list[ExpressionEdit] = []
     strength, negate = None, False
     for i, w in enumerate(words):
+        if w in CLAUSE_BREAKS or not w[0].isalpha():
+            strength, negate = None, False
+            continue
         if w in NEGATIONS:
             negate = True
             continue

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from faceclip.edit.result import ResultFace
-from faceclip.fit.texture import Window, face_window, overlay_triangle_mask, window_camera
+from faceclip.fit.texture import Window, face_window, overlay_triangle_mask, paste_window, window_camera
 from faceclip.render.camera import PerspectiveCamera
 from faceclip.render.renderer import MeshRenderer
 
@@ -26,6 +26,18 @@ def to_uint8(image: Tensor) -> np.ndarray:
     return (image.detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    """uint8 (H, W, 3) with ``text`` in white on a black box at the top left (a new array)."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(image)
+    draw = ImageDraw.Draw(im)
+    box = draw.textbbox((8, 6), text)
+    draw.rectangle((box[0] - 4, box[1] - 3, box[2] + 4, box[3] + 3), fill=(0, 0, 0))
+    draw.text((8, 6), text, fill=(255, 255, 255))
+    return np.asarray(im)
+
+
 def crop_photo(photo: np.ndarray | None, win: Window, fill=CANVAS_RGB) -> np.ndarray:
     """The part of ``photo`` under ``win``, resampled to ``win.out_size`` (outside: ``fill``)."""
     import cv2
@@ -34,15 +46,15 @@ def crop_photo(photo: np.ndarray | None, win: Window, fill=CANVAS_RGB) -> np.nda
     if photo is None:
         return np.full((h, w, 3), fill, np.uint8)
     s = win.scale
-    # pixel centres: x_out + 0.5 = (x_in + 0.5 - x0) * s
-    M = np.array([[s, 0.0, 0.5 * s - 0.5 - win.x0 * s], [0.0, s, 0.5 * s - 0.5 - win.y0 * s]])
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    if s < 1:  # warpAffine has no area filter: shrink first, then place
+    sx = sy = 1.0
+    if s < 1:  # warpAffine has no area filter: shrink (by about s) first, then place exactly
         small = cv2.resize(photo, (max(1, round(photo.shape[1] * s)), max(1, round(photo.shape[0] * s))),
-                           interpolation=interp)
+                           interpolation=cv2.INTER_AREA)
         sx, sy = small.shape[1] / photo.shape[1], small.shape[0] / photo.shape[0]
-        M = np.array([[1.0, 0.0, -win.x0 * sx], [0.0, 1.0, -win.y0 * sy]])
         photo = small
+    # pixel centres: x_out + 0.5 = (x_in + 0.5 - x0) * s, with x_in + 0.5 = (x_small + 0.5) / sx
+    M = np.array([[s / sx, 0.0, 0.5 * s / sx - 0.5 - win.x0 * s],
+                  [0.0, s / sy, 0.5 * s / sy - 0.5 - win.y0 * s]])
     return cv2.warpAffine(photo, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=tuple(int(c) for c in fill))
 
@@ -117,8 +129,6 @@ class FaceRenderer:
 
     def overlay(self, expression: Tensor, max_side_px: int = 1024) -> np.ndarray:
         """uint8 (H, W, 3): the whole photo (or a grey canvas) with the face drawn over it."""
-        import cv2
-
         face = self.face
         h, w = face.image_size
         photo = face.photo if face.photo is not None else np.full((h, w, 3), CANVAS_RGB, np.uint8)
@@ -127,12 +137,4 @@ class FaceRenderer:
         win = face_window(face.camera, verts, (h, w), max_side_px=max_side_px)
         with torch.no_grad():
             image, alpha = self.render(expression, window_camera(face.camera, win))
-        rgb, a = image[0].numpy(), alpha[0].numpy()
-        if win.scale != 1.0:
-            rgb = cv2.resize(rgb, (win.width, win.height), interpolation=cv2.INTER_LINEAR)
-            a = cv2.resize(a, (win.width, win.height), interpolation=cv2.INTER_LINEAR)
-        out = photo.astype(np.float32) / 255.0
-        region = out[win.y0:win.y0 + win.height, win.x0:win.x0 + win.width]
-        rgb, a = rgb[:region.shape[0], :region.shape[1]], a[:region.shape[0], :region.shape[1], None]
-        region[:] = rgb + (1 - a) * region
-        return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return paste_window(photo, image[0].clamp(0, 1).numpy(), alpha[0].clamp(0, 1).numpy(), win)

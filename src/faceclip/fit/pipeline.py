@@ -32,7 +32,7 @@ from faceclip.errors import FaceClipError, InputError
 from faceclip.facemodel import FaceModel, load_face_model
 from faceclip.fit.fitter import FitConfig, Fitter, FitResult
 from faceclip.fit.texture import image_camera, render_overlay, unwrap_texture
-from faceclip.io.mesh import MESH_FORMATS
+from faceclip.io.mesh import MESH_FORMATS, check_formats
 from faceclip.io.outputs import check_replaceable, remove_stale_results, safe_name, write_result_folder
 
 log = logging.getLogger(__name__)
@@ -516,9 +516,7 @@ def check_options(o: ReconstructOptions) -> None:
     if o.no_regressor and o.method == "regress":
         raise FaceClipError("--method regress needs the regressor; --no-regressor turns it off",
                             hint="drop --no-regressor, or use --method fit")
-    bad = [f for f in o.formats if f not in MESH_FORMATS]
-    if bad or not o.formats:
-        raise FaceClipError(f"--formats {','.join(o.formats)}: choose from obj, ply, glb (comma-separated)")
+    check_formats(o.formats)
     if o.landmarks not in ("mediapipe", "dlib68", "net"):
         raise FaceClipError(f"--landmarks {o.landmarks}: use mediapipe, dlib68 or net")
     if o.dense and o.landmarks != "mediapipe":

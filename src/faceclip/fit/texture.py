@@ -275,8 +275,6 @@ def render_overlay(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
     Returns:
         (H, W, 3) uint8, same size as ``photo``.
     """
-    import cv2
-
     dev = vertices_mm.device
     verts = vertices_mm.unsqueeze(0)
     tri = overlay_triangles(model).to(dev)
@@ -286,13 +284,30 @@ def render_overlay(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
                                to_view=cam_win.to_view)
     frag, _, _ = rasterize_mesh(verts, tri, cam_win, cull_backfaces=True)
     col = interpolate_vertex_attributes(colors, frag, tri)
-    rgb = frag.to_image(col.clamp(0, 1), 0.0)[0].cpu().numpy()
-    alpha = frag.mask[0].float().cpu().numpy()
+    rgb = frag.to_image(col.clamp(0, 1), 0.0)[0].cpu().numpy()  # black where uncovered
+    return paste_window(photo, rgb, frag.mask[0].float().cpu().numpy(), win)
+
+
+def paste_window(photo: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, win: Window) -> np.ndarray:
+    """Composite a render of ``win`` over the photo.
+
+    Args:
+        photo: (H, W, 3) uint8.
+        rgb: (h, w, 3) float in [0, 1] at ``win.out_size``, premultiplied by ``alpha`` (black
+            where nothing is drawn).
+        alpha: (h, w) coverage in [0, 1].
+        win: the window of the photo the render shows.
+
+    Returns:
+        (H, W, 3) uint8, a new array.
+    """
+    import cv2
+
     if win.scale != 1.0:
         rgb = cv2.resize(rgb, (win.width, win.height), interpolation=cv2.INTER_LINEAR)
         alpha = cv2.resize(alpha, (win.width, win.height), interpolation=cv2.INTER_LINEAR)
     out = photo.astype(np.float32) / 255.0
     region = out[win.y0:win.y0 + win.height, win.x0:win.x0 + win.width]
-    a = alpha[..., None]
-    region[:] = a * rgb + (1 - a) * region
+    h, w = region.shape[:2]
+    region[:] = rgb[:h, :w] + (1 - alpha[:h, :w, None]) * region
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faceclip.io.mesh import _to_uint8_image, atomic_path, split_by_uv, vertex_normals
+from faceclip.io.mesh import _check_mesh, _to_uint8_image, atomic_path, split_by_uv, vertex_normals
 
 _GLB_MAGIC = 0x46546C67
 _JSON_CHUNK = 0x4E4F534A
@@ -91,9 +91,16 @@ def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, t
     v = np.asarray(base_vertices_mm, dtype=np.float64)
     f = np.asarray(triangles, dtype=np.int64)
     t = np.asarray(targets_mm, dtype=np.float64)
+    _check_mesh(v, f)
     k = t.shape[0]
-    if t.shape[1:] != v.shape or len(target_names) != k:
-        raise ValueError(f"targets must be (K, V, 3) with K names; got {t.shape}, {len(target_names)} names, V={len(v)}")
+    if k < 1 or t.shape[1:] != v.shape or len(target_names) != k:
+        raise ValueError(f"targets must be (K >= 1, V, 3) with K names; got {t.shape}, {len(target_names)} names, "
+                         f"V={len(v)}")
+    w = np.zeros(k) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (k,):
+        raise ValueError(f"weights must be ({k},), got {w.shape}")
+    if not (np.isfinite(v).all() and np.isfinite(t).all() and np.isfinite(w).all()):
+        raise ValueError("vertices, targets and weights must be finite")
     v2, f2, uv2, src = split_by_uv(v, f, np.asarray(uv_corners))
     normals = vertex_normals(v, f)[src]
     b = _Builder()
@@ -107,7 +114,6 @@ def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, t
     jpeg = texture_format.lower() in ("jpeg", "jpg")
     image.save(buf, format="JPEG" if jpeg else "PNG", **({"quality": 95} if jpeg else {"compress_level": 1}))
     image_view = b.view(buf.getvalue())
-    w = np.zeros(k) if weights is None else np.asarray(weights, dtype=np.float64)
     gltf: dict = {
         "asset": {"version": "2.0", "generator": "faceclip"},
         "scene": 0, "scenes": [{"nodes": [0]}],
@@ -124,8 +130,10 @@ def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, t
     if times_s is not None:
         times = np.asarray(times_s, dtype=np.float64)
         fw = np.asarray(frame_weights, dtype=np.float64)
-        if times.ndim != 1 or fw.shape != (len(times), k) or np.any(np.diff(times) <= 0):
-            raise ValueError(f"times_s must be (N,) increasing and frame_weights (N, {k}); got {times.shape}, {fw.shape}")
+        if (times.ndim != 1 or fw.shape != (len(times), k) or np.any(np.diff(times) <= 0) or np.any(times < 0)
+                or not np.isfinite(fw).all()):
+            raise ValueError(f"times_s must be (N,) increasing from >= 0 and frame_weights (N, {k}) finite; "
+                             f"got {times.shape}, {fw.shape}")
         inp = b.accessor(times, "SCALAR", bounds=True)
         out = b.accessor(fw.reshape(-1), "SCALAR")
         gltf["animations"] = [{"name": animation_name,
@@ -151,6 +159,7 @@ class GlbMorphMesh:
 
     vertices: np.ndarray  # (V, 3)
     triangles: np.ndarray  # (F, 3)
+    uv: np.ndarray | None  # (V, 2) TEXCOORD_0 as stored (glTF: v down)
     targets: np.ndarray  # (K, V, 3)
     target_names: list[str]
     weights: np.ndarray  # (K,)
@@ -217,5 +226,7 @@ def read_morph_glb(path: str | Path) -> GlbMorphMesh:
         view = gltf["bufferViews"][gltf["images"][0]["bufferView"]]
         start = view.get("byteOffset", 0)
         texture = Image.open(io.BytesIO(binary[start:start + view["byteLength"]]))
-    return GlbMorphMesh(verts, tris, targets, list(mesh.get("extras", {}).get("targetNames", [])),
+    uv = (_accessor(gltf, binary, prim["attributes"]["TEXCOORD_0"]).astype(np.float64)
+          if "TEXCOORD_0" in prim["attributes"] else None)
+    return GlbMorphMesh(verts, tris, uv, targets, list(mesh.get("extras", {}).get("targetNames", [])),
                         np.asarray(mesh.get("weights", []), dtype=np.float64), times, frames, texture, gltf)

@@ -373,6 +373,18 @@ DEFAULT_SKIN_RGB = (0.80, 0.64, 0.54)
 MESH_FORMATS = ("obj", "ply", "glb")
 
 
+def check_formats(formats: tuple[str, ...]) -> None:
+    """Refuse an empty or unknown ``--formats`` list with a clear message.
+
+    Raises:
+        FaceClipError: naming the allowed formats.
+    """
+    from faceclip.errors import FaceClipError
+
+    if not formats or any(f not in MESH_FORMATS for f in formats):
+        raise FaceClipError(f"--formats {','.join(formats)}: choose from obj, ply, glb (comma-separated)")
+
+
 def export_mesh(model: "FaceModel", vertices_mm, out_dir: Path, stem: str = "mesh",
                 vertex_colors=None, texture=None, glb_texture_format: str = "png",
                 formats: tuple[str, ...] = MESH_FORMATS) -> list[Path]:

@@ -87,18 +87,34 @@ class Backbone(nn.Module):
         stride: spatial reduction (32).
     """
 
-    def __init__(self, name: str, trunk: nn.Module, channels: int) -> None:
+    def __init__(self, name: str, trunk: nn.Sequential, channels: int, taps: tuple[int, ...] = (),
+                 tap_channels: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.name = name
         self.trunk = trunk
         self.channels = channels
         self.stride = 32
+        #: Indices of the trunk's modules whose outputs are the stride-8, -16 and -32 features.
+        self.taps = tuple(taps)
+        #: Channels of those outputs.
+        self.tap_channels = tuple(tap_channels)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> (B, C, H/32, W/32) features."""
         return self.trunk((images - self.mean) / self.std)
+
+    def multiscale(self, images: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) in [0, 1] -> features at strides 8, 16 and 32: (B, C_i, H/s_i, W/s_i),
+        with C_i = :attr:`tap_channels` (one pass through the trunk)."""
+        x = (images - self.mean) / self.std
+        out = []
+        for i, module in enumerate(self.trunk):
+            x = module(x)
+            if i in self.taps:
+                out.append(x)
+        return out
 
 
 def make_backbone(name: str = "mobilenet_v2", *, pretrained: bool = True,
@@ -118,7 +134,8 @@ def make_backbone(name: str = "mobilenet_v2", *, pretrained: bool = True,
         if path is not None:
             _load_into(net, _read_state_dict(path), path, ignore_prefix="classifier.")
             log.info("MobileNetV2 initialised from %s", path)
-        return Backbone(name, net.features, 1280)
+        # features[6]: last 32-channel block (stride 8); [13]: last 96-channel (stride 16); [18]: 1280 (32)
+        return Backbone(name, net.features, 1280, taps=(6, 13, 18), tap_channels=(32, 96, 1280))
     if name == "resnet50":
         net = tv.models.resnet50(weights=None)
         if weights:
@@ -127,5 +144,5 @@ def make_backbone(name: str = "mobilenet_v2", *, pretrained: bool = True,
             log.info("ResNet-50 initialised from %s", path)
         trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                               net.layer1, net.layer2, net.layer3, net.layer4)
-        return Backbone(name, trunk, 2048)
+        return Backbone(name, trunk, 2048, taps=(5, 6, 7), tap_channels=(512, 1024, 2048))  # layer2..4
     raise InputError(f"unknown backbone {name!r}", hint=f"choose one of {', '.join(BACKBONES)}")

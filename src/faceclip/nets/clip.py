@@ -567,9 +567,7 @@ def load_clip_image_text(path: str | Path | None = None, quick_gelu: bool = True
     if found is None:
         raise ModelNotInstalledError(
             f"CLIP {VITB32.open_clip_name} weights not found; looked in: " + ", ".join(searched_locations(VITB32)),
-            hint=f"`faceclip models install {VITB32.model_name} --from {VITB32.openai_filename}` (the file cannot be "
-                 "downloaded here: copy it from a machine with network, where open_clip or OpenAI's clip package "
-                 "caches it)")
+            hint=_install_hint(VITB32))
     clip = load_clip_tower(VITB32, found, with_text=True, quick_gelu=quick_gelu)
     model = ClipImageText(clip, VITB32.image_size_px, source=str(found))
     return model.to(device) if device is not None else model

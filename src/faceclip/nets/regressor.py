@@ -1,6 +1,10 @@
 """The FaceCLIP regressor: aligned 224 crop -> :class:`~faceclip.fit.params.FaceParams`.
 
-``backbone -> PRM (or pooled features) -> heads``. One linear head per parameter group:
+``backbone -> refinement -> heads``, the refinement chosen by ``RegressorConfig.refine``:
+``"prm"`` (FaceCLIP's PRM, :mod:`faceclip.nets.prm`), ``"msma"`` (MSMA's multi-scale fusion
+with large-kernel attention and one branch per attribute, :mod:`faceclip.nets.msma`; each head
+then reads its attribute's features) or ``"none"`` (pooled backbone features). One linear head
+per parameter group:
 
 ============  =====================  ==============================================
 group         outputs                decoded as
@@ -38,6 +42,7 @@ from torch import Tensor, nn
 from faceclip.errors import InputError, ModelNotInstalledError
 from faceclip.fit.params import FaceParams
 from faceclip.nets.backbones import make_backbone
+from faceclip.nets.msma import MSMARefinement
 from faceclip.nets.prm import ParameterRefinementModule, PooledHead
 from faceclip.render.shading import sh_ambient
 
@@ -51,6 +56,15 @@ DEFAULT_FOCAL_224 = 1015.0
 OUTPUT_SCALES = {"identity": 1.0, "expression": 0.5, "albedo": 0.5, "pose": 0.5, "camera_xy": 10.0,
                  "camera_z": 100.0, "light": 0.3}
 
+
+#: The refinement modules between backbone and heads.
+REFINEMENTS = ("prm", "msma", "none")
+
+
+def check_refine(name: str | None, where: str = "refinement") -> None:
+    """Refuse an unknown refinement name (empty / None: the default)."""
+    if name not in (None, "") and name not in REFINEMENTS:
+        raise InputError(f"unknown {where} {name!r}", hint=f"choose one of {', '.join(REFINEMENTS)}")
 
 @dataclass
 class RegressorConfig:
@@ -74,6 +88,22 @@ class RegressorConfig:
     prm_heads: int = 4
     crop_px: int = 224
     extra: dict = field(default_factory=dict)
+    #: ``"prm"``, ``"msma"`` or ``"none"``; empty: ``"prm"`` if :attr:`prm` else ``"none"``
+    #: (how checkpoints made before the choice existed say it).
+    refine: str = ""
+    msma_dim: int = 128
+    msma_attribute_dim: int = 128
+    msma_blocks: int = 1
+    msma_kernel: int = 21
+    msma_dilation: int = 3
+
+    def __post_init__(self) -> None:
+        check_refine(self.refine)
+
+    @property
+    def refine_kind(self) -> str:
+        """The refinement actually used: ``"prm"``, ``"msma"`` or ``"none"``."""
+        return self.refine or ("prm" if self.prm else "none")
 
     @property
     def focal_px(self) -> float:
@@ -139,16 +169,19 @@ def config_for_model(model, n_albedo: int | None = None, **overrides) -> Regress
 class ParameterHeads(nn.Module):
     """One zero-initialised linear layer per parameter group: (B, F) -> dict of (B, n_g)."""
 
-    def __init__(self, in_features: int, sizes: dict[str, int]) -> None:
+    def __init__(self, in_features: int, sizes: dict[str, int], slices: dict[str, slice] | None = None) -> None:
+        """``slices``: group -> the part of the features its head reads (default: all)."""
         super().__init__()
         self.sizes = dict(sizes)
-        self.heads = nn.ModuleDict({k: nn.Linear(in_features, n) for k, n in sizes.items()})
+        self.slices = {k: (slices or {}).get(k, slice(None)) for k in sizes}
+        width = {k: len(range(in_features)[sl]) for k, sl in self.slices.items()}
+        self.heads = nn.ModuleDict({k: nn.Linear(width[k], n) for k, n in sizes.items()})
         for lin in self.heads.values():
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
-        return {k: head(features) for k, head in self.heads.items()}
+        return {k: head(features[:, self.slices[k]]) for k, head in self.heads.items()}
 
 
 class FaceRegressor(nn.Module):
@@ -165,19 +198,28 @@ class FaceRegressor(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = make_backbone(config.backbone, pretrained=pretrained, weights=backbone_weights)
-        if config.prm:
-            self.refine: nn.Module = ParameterRefinementModule(
+        kind = config.refine_kind
+        slices = None
+        if kind == "msma":
+            self.refine: nn.Module = MSMARefinement(
+                self.backbone.tap_channels, dim=config.msma_dim, attribute_dim=config.msma_attribute_dim,
+                blocks=config.msma_blocks, kernel=config.msma_kernel, dilation=config.msma_dilation)
+            slices = self.refine.group_slices()
+        elif kind == "prm":
+            self.refine = ParameterRefinementModule(
                 self.backbone.channels, dim=config.prm_dim, local_blocks=config.prm_local_blocks,
                 transformer_layers=config.prm_transformer_layers, heads=config.prm_heads)
         else:
             self.refine = PooledHead(self.backbone.channels)
-        self.heads = ParameterHeads(self.refine.out_features, config.group_sizes())
+        self.heads = ParameterHeads(self.refine.out_features, config.group_sizes(), slices)
         self.register_buffer("rest_t", torch.tensor(config.rest_translation_mm, dtype=torch.float32),
                              persistent=False)
         self.register_buffer("ambient", sh_ambient(0.8, 1)[0], persistent=False)
 
     def features(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) in [0, 1] -> (B, F) refined features."""
+        if isinstance(self.refine, MSMARefinement):
+            return self.refine(self.backbone.multiscale(images))
         return self.refine(self.backbone(images))
 
     def raw(self, images: Tensor) -> dict[str, Tensor]:
@@ -218,8 +260,20 @@ class FaceRegressor(nn.Module):
 
 def regressor_record(model: FaceRegressor) -> dict:
     """The self-describing dict stored for a regressor (also embedded in training checkpoints)."""
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": asdict(model.config),
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": config_record(model.config),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def config_record(config: RegressorConfig) -> dict:
+    """The stored configuration. PRM and pooled networks are stored as before the refinement
+    choice existed (``prm`` true / false, no ``refine`` or ``msma_*`` keys), so files that
+    earlier versions could read stay readable by them."""
+    rec = asdict(config)
+    kind = config.refine_kind
+    if kind != "msma":
+        rec = {k: v for k, v in rec.items() if k != "refine" and not k.startswith("msma_")}
+    rec["prm"] = kind == "prm"
+    return rec
 
 
 def save_regressor(model: FaceRegressor, path: str | Path, half: bool = False, meta: dict | None = None) -> Path:

@@ -58,6 +58,11 @@ class ModelConfig:
     prm_local_blocks: int = 2
     prm_transformer_layers: int = 2
     prm_heads: int = 4
+    #: ``"prm"``, ``"msma"`` or ``"none"`` (None: ``"prm"`` if ``prm`` else ``"none"``).
+    refine: str | None = None
+    msma_dim: int = 128
+    msma_attribute_dim: int = 128
+    msma_blocks: int = 1
     #: Start from this checkpoint's weights (fine-tuning), or None.
     init_checkpoint: str | None = None
     #: ``task: landmarks`` only: N dense surface points predicted after the 68 landmarks.
@@ -159,6 +164,9 @@ def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
         raise InputError(f"{where}.task must be 'regressor' or 'landmarks', got {cfg.task!r}")
     if cfg.model.landmark_head not in ("integral", "fc"):
         raise InputError(f"{where}.model.landmark_head must be 'integral' or 'fc', got {cfg.model.landmark_head!r}")
+    from faceclip.nets.regressor import check_refine
+
+    check_refine(cfg.model.refine, f"{where}.model.refine")
     if cfg.model.dense_points < 1:
         raise InputError(f"{where}.model.dense_points must be at least 1, got {cfg.model.dense_points}")
     if cfg.data.realism is not None:

@@ -191,7 +191,8 @@ def build_model(cfg: TrainConfig, face_model):
         return net.train()
     rcfg = config_for_model(face_model, backbone=m.backbone, prm=m.prm, prm_dim=m.prm_dim,
                             prm_local_blocks=m.prm_local_blocks, prm_transformer_layers=m.prm_transformer_layers,
-                            prm_heads=m.prm_heads, crop_px=cfg.data.image_px)
+                            prm_heads=m.prm_heads, crop_px=cfg.data.image_px, refine=m.refine or "",
+                            msma_dim=m.msma_dim, msma_attribute_dim=m.msma_attribute_dim, msma_blocks=m.msma_blocks)
     return FaceRegressor(rcfg, pretrained=m.pretrained, backbone_weights=m.backbone_weights)
 
 
