@@ -23,7 +23,9 @@ Unconstrained Images* (arXiv 2509.11763, 2025), as an alternative to FaceCLIP's 
    (albedo), pose (rotation and camera translation) and light each get their own large-kernel
    attention gate on the shared fused map, global average pooling and a linear layer, so each
    attribute attends to its own regions; the regressor's head of a parameter group reads only
-   its attribute's features. The five gates run as one grouped attention on the fused map
+   its attribute's features. Each branch's pooled features are layer-normalised before its
+   linear layer: the product of the features and a freshly initialised gate is about 20 times
+   smaller than the PRM's output, and the zero-initialised heads would learn slowly. The five gates run as one grouped attention on the fused map
    average-pooled to the stride-32 grid (7 x 7 for a 224 crop, which their 23 x 23 window
    covers whole): four times cheaper than at stride 16 (``benchmarks/refine_compare.py``).
 
@@ -141,7 +143,9 @@ class MSMARefinement(nn.Module):
         n = len(ATTRIBUTE_GROUPS)
         # every attribute's own gate, run as one grouped attention (channel group i: attribute i)
         self.gates = LargeKernelAttention(n * dim, kernel, dilation, groups=n)
-        self.embed = nn.ModuleDict({a: nn.Sequential(nn.Linear(dim, attribute_dim), nn.GELU())
+        # LayerNorm first: gated features start ~20x smaller than the PRM's (the gate is a product
+        # of two small random maps), which would starve the zero-initialised heads of gradient
+        self.embed = nn.ModuleDict({a: nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, attribute_dim), nn.GELU())
                                     for a in ATTRIBUTE_GROUPS})
         self.out_features = attribute_dim * len(ATTRIBUTE_GROUPS)
         self.slices = {a: slice(i * attribute_dim, (i + 1) * attribute_dim) for i, a in enumerate(ATTRIBUTE_GROUPS)}
