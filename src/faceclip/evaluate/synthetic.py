@@ -252,7 +252,7 @@ class SyntheticFaceGenerator:
         head_r = _rotation(*np.radians(params.angles_deg))
         flip = np.diag([1.0, -1.0, -1.0])
         R = flip @ head_r
-        albedo = self._albedo(params, rng)
+        albedo = self.albedo(params, rng)
         sh = torch.tensor(params.sh, dtype=torch.float32)[None]
         v_t = torch.from_numpy(verts)[None]
         out = SyntheticSample(params, verts.astype(np.float32), {}, {}, {}, {}, {}, head_r)
@@ -268,7 +268,7 @@ class SyntheticFaceGenerator:
                             sh_coeffs=sh, background=0.0, cull_backfaces=True, antialiased=True)
             rgb = r.image[0].clamp(0, 1).numpy()
             alpha = r.alpha[0].clamp(0, 1).numpy()
-            bg = _background_image(params.background, size)
+            bg = background_image(params.background, size)
             img = rgb + (1.0 - alpha[..., None]) * bg
             img += np.random.default_rng([noise_seed, size]).normal(0.0, self.config.noise_level, img.shape)
             out.images[size] = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -335,9 +335,9 @@ class SyntheticFaceGenerator:
 
         face = regions["face"]
         # lips: inside the outer lip contour (2D, frontal), minus the inner mouth
-        from faceclip.facemodel.regions import _inside
+        from faceclip.facemodel.regions import inside_polygon
 
-        lips = face[_inside(v[face, :2], lm[48:60, :2]) & (v[face, 2] > lm[48:60, 2].min() - 8)]
+        lips = face[inside_polygon(v[face, :2], lm[48:60, :2]) & (v[face, 2] > lm[48:60, 2].min() - 8)]
         parts["lips"] = soft(lips, 1.5)
         brow_pts = np.concatenate([np.linspace(lm[i], lm[i + 1], 8) for i in list(range(17, 21)) + list(range(22, 26))])
         d_brow = np.min(np.linalg.norm(v[:, None, :2] - brow_pts[None, :, :2], axis=-1), axis=1)
@@ -373,7 +373,8 @@ class SyntheticFaceGenerator:
         parts["xyz"] = v
         return parts
 
-    def _albedo(self, params: SyntheticParams, rng: np.random.Generator) -> np.ndarray:
+    def albedo(self, params: SyntheticParams, rng: np.random.Generator) -> np.ndarray:
+        """(V, 3) the face's per-vertex albedo in [0, 1] (skin tone, blotches, lips, brows; draws from ``rng``)."""
         p = self._albedo_parts
         v = p["xyz"]
         skin = np.array(params.skin_rgb)
@@ -411,7 +412,7 @@ class SyntheticFaceGenerator:
         return bg
 
 
-def _background_image(bg: dict, size: int) -> np.ndarray:
+def background_image(bg: dict, size: int) -> np.ndarray:
     """(S, S, 3) float background from its description (same picture at every size)."""
     c = np.array(bg["colours"], dtype=np.float64)
     if bg["kind"] == "uniform":

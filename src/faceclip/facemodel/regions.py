@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _inside(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarray:
+def inside_polygon(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarray:
     """(N, 2) points, (P, 2) closed polygon -> (N,) bool, even-odd rule."""
     x, y = points_xy[:, 0:1], points_xy[:, 1:2]
     px, py = polygon_xy[:, 0][None], polygon_xy[:, 1][None]
@@ -47,7 +47,7 @@ def _dist_to_polygon(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarra
 
 
 def _in_dilated(points_xy: np.ndarray, polygon_xy: np.ndarray, radius_mm: float) -> np.ndarray:
-    return _inside(points_xy, polygon_xy) | (_dist_to_polygon(points_xy, polygon_xy) <= radius_mm)
+    return inside_polygon(points_xy, polygon_xy) | (_dist_to_polygon(points_xy, polygon_xy) <= radius_mm)
 
 
 def derive_regions(
@@ -83,7 +83,7 @@ def derive_regions(
     eye_r = _in_dilated(pts, lm2[36:42], 3.0)
     eye_l = _in_dilated(pts, lm2[42:48], 3.0)
     mouth = _in_dilated(pts, lm2[48:60], 3.0)
-    inner_mouth = _inside(pts, lm2[60:68])
+    inner_mouth = inside_polygon(pts, lm2[60:68])
     nose_center_x = lm2[30, 0]
     wings = lm2[[35, 33, 31]].copy()
     wings[0, 0] += 4.0 * np.sign(wings[0, 0] - nose_center_x)
@@ -99,7 +99,7 @@ def derive_regions(
 
     eye_low = min(lm2[[40, 41, 46, 47], 1])
     mouth_corner_y = lm2[[48, 54], 1].mean()
-    jaw = _inside(pts, np.vstack([lm2[0:17], lm2[[26, 17]]]))
+    jaw = inside_polygon(pts, np.vstack([lm2[0:17], lm2[[26, 17]]]))
     band = (pts[:, 1] < eye_low - 4.0) & (pts[:, 1] > mouth_corner_y - 5.0) & jaw
     lateral = ~nose & ~mouth & ~eye_r & ~eye_l
     # Subject's left is +X (landmarks 42-47 are the subject's left eye).

@@ -412,6 +412,15 @@ class Fitter:
         skin = frag.to_image(tri_is_skin[frag.face].float().unsqueeze(-1), 0.0)[..., 0] > 0.5
         return rendered, cover, skin
 
+    def subset_vertices(self, params: FaceParams) -> Tensor:
+        """(B, V', 3) the rendered vertex subset (the one :meth:`forward_subset` uses), posed by
+        ``params``' identity and expression (model frame, mm)."""
+        return self._ph.vertices(params)
+
+    def render_subset(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, size_px: int | None = None):
+        """:meth:`render` for the subset's (B, V', 3) vertices and albedo."""
+        return self._render(params, vertices_mm, albedo, self._ph_tris, self.render_tri_is_skin, size_px)
+
     def forward_subset(self, params: FaceParams, size_px: int | None = None) -> "SubsetForward":
         """Differentiable forward model on the rendered vertex subset (training uses it).
 

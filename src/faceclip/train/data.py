@@ -972,7 +972,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
 
     def render(self, index: int) -> FaceSample:
         """Draw and render sample ``index`` (no augmentation, no cache)."""
-        from faceclip.evaluate.synthetic import _background_image
+        from faceclip.evaluate.synthetic import background_image
         from faceclip.fit.contour import landmark_vertex_ids
         from faceclip.fit.params import euler_to_matrix, matrix_to_euler
         from faceclip.render import render_mesh
@@ -1002,7 +1002,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
         )
         cam = params.camera()
         rng = np.random.default_rng([self.seed, int(index), 1])  # the generator's albedo / noise stream
-        albedo = gen._albedo(sp, rng)
+        albedo = gen.albedo(sp, rng)
         noise_seed = int(rng.integers(2 ** 31))
         v_t = torch.from_numpy(verts)[None]
         if rr is None:
@@ -1016,14 +1016,14 @@ class SyntheticFaceDataset(_AugmentedDataset):
         rgb = out.image[0].clamp(0, 1).numpy().astype(np.float64)
         alpha = out.alpha[0].clamp(0, 1).numpy()[..., None].astype(np.float64)
         if rr is None:
-            img = rgb + (1.0 - alpha) * _background_image(sp.background, S)
+            img = rgb + (1.0 - alpha) * background_image(sp.background, S)
             img += np.random.default_rng([noise_seed, S]).normal(0.0, gen.config.noise_level, img.shape)
             img_u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
         else:
             from faceclip.train.realism import camera_effects
 
             assert self.realism is not None
-            img = rgb + (1.0 - alpha) * self.realism.background(rr, S, _background_image(sp.background, S))
+            img = rgb + (1.0 - alpha) * self.realism.background(rr, S, background_image(sp.background, S))
             img = self.realism.occlude(rr, img, np.array(sp.skin_rgb))
             img_u8 = camera_effects(img, rr, self.realism.config)
         ids = landmark_vertex_ids(m, self._bands, v_t, cam)[0]

@@ -172,7 +172,7 @@ class TrainingObjective(nn.Module):
         to the camera, which the nearly orthographic crop camera barely constrains.
         """
         with torch.no_grad():
-            verts_gt = self.fitter._ph.vertices(target)
+            verts_gt = self.fitter.subset_vertices(target)
             proj_gt = target.camera().project(verts_gt)
         shape_cm = (verts - verts_gt).norm(dim=-1).mean() / 10.0
         scale = 224.0 / params.image_size[0]

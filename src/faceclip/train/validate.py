@@ -63,7 +63,6 @@ def render_grid(objective, images: Tensor, params, vis: dict, max_rows: int = 4)
     from dataclasses import replace
 
     from faceclip.render.shading import sh_directional
-    from faceclip.train.objective import _with_crop
 
     n = min(max_rows, images.shape[0])
     fit = objective.fitter
@@ -72,12 +71,12 @@ def render_grid(objective, images: Tensor, params, vis: dict, max_rows: int = 4)
     cover = vis["coverage"][:n].unsqueeze(-1).float()
     overlay = vis["rendered"][:n].clamp(0, 1) * cover + inp * (1 - cover)
     p = replace(params, **{k: v[:n].detach() for k, v in params.tensors().items()})
-    p = _with_crop(p, fit.config.crop_px)  # the fitter's crop camera (as in the objective)
-    grey = torch.full_like(fit._ph.mean.expand(n, -1, -1), 0.7)
-    light = sh_directional((0.3, 0.4, 1.0), ambient=0.5, diffuse=0.6, batch_size=n, device=grey.device)
+    p = p.at_crop_size(fit.config.crop_px)  # the fitter's crop camera (as in the objective)
+    light = sh_directional((0.3, 0.4, 1.0), ambient=0.5, diffuse=0.6, batch_size=n, device=p.sh.device)
     p = replace(p, sh=light)
-    verts = fit._ph.vertices(p)
-    shaded, cov2, _ = fit._render(p, verts, grey, fit._ph_tris, fit.render_tri_is_skin)
+    verts = fit.subset_vertices(p)
+    grey = torch.full_like(verts, 0.7)
+    shaded, cov2, _ = fit.render_subset(p, verts, grey)
     shaded = shaded.clamp(0, 1) * cov2.unsqueeze(-1) + (1 - cov2.unsqueeze(-1).float()) * 0.15
     rows = torch.cat([inp, overlay, shaded], dim=2)  # (n, S, 3S, 3)
     grid = rows.reshape(n * S, 3 * S, 3)

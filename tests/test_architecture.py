@@ -1,0 +1,99 @@
+"""The package's layering rules, checked on the source: no import cycle between files, and no
+private (``_name``) import from another subpackage."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+SRC = REPO / "src" / "faceclip"
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for p in SRC.rglob("*.py"):
+        name = ".".join(("faceclip",) + p.relative_to(SRC).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = p
+    return mods
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports(path: Path):
+    """(module, imported names, line) of every ``faceclip`` import, TYPE_CHECKING blocks excluded."""
+    out = []
+    stack = [ast.parse(path.read_text())]
+    while stack:
+        node = stack.pop()
+        for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child):
+                continue
+            if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("faceclip"):
+                out.append((child.module, [a.name for a in child.names], child.lineno))
+            elif isinstance(child, ast.Import):
+                out += [(a.name, [], child.lineno) for a in child.names if a.name.startswith("faceclip")]
+            stack.append(child)
+    return out
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_no_import_cycle_between_files():
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for module, names, _ in _imports(path):
+            for n in names or [None]:
+                target = f"{module}.{n}" if n and f"{module}.{n}" in mods else module
+                if target in mods and target != name:
+                    deps.add(target)
+        graph[name] = deps
+    # Tarjan's strongly connected components: any component of 2+ modules is a cycle
+    index, low, on_stack, stack, cycles = {}, {}, set(), [], []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_private_import_from_another_subpackage():
+    bad = []
+    for name, path in _modules().items():
+        for module, names, line in _imports(path):
+            if _package(module) == _package(name):
+                continue
+            bad += [f"{path.relative_to(REPO)}:{line} imports {module}.{n}" for n in names if n.startswith("_")
+                    and not n.startswith("__")]
+    assert not bad, "\n".join(bad)
