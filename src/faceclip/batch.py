@@ -38,7 +38,6 @@ import logging
 import multiprocessing
 import os
 import re
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterable
@@ -46,6 +45,7 @@ from pathlib import Path
 
 from faceclip.fit.pipeline import (FaceOutput, ImageReport, ReconstructOptions, Reconstructor, check_options,
                                    reconstruct_one)
+from faceclip.io.files import atomic_path
 from faceclip.io.outputs import (MARKER_NAME, NameAllocator, OutputError, check_output_root,
                                  clean_stale_temporaries)
 
@@ -236,14 +236,13 @@ class _Manifest:
     def _open(self) -> None:
         from faceclip import __version__
 
-        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=self.path.parent)  # never a link
-        with os.fdopen(fd, "w") as fh:  # a header, the lines kept from earlier runs, then this run's
+        with atomic_path(self.path) as tmp, open(tmp, "w") as fh:  # never through a link
+            # a header, the lines kept from earlier runs, then this run's
             fh.write(json.dumps({"faceclip_manifest": 1, "version": __version__, "options_sha": self.sha,
                                  "options": options_signature(self.options)}) + "\n")
             for lines in self.keep.values():
                 for rec in lines:
                     fh.write(json.dumps(rec) + "\n")
-        os.replace(tmp, self.path)
         self.fh = open(self.path, "a")
 
     def add(self, report: ImageReport) -> None:

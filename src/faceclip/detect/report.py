@@ -160,7 +160,7 @@ def plan_landmark_outputs(
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

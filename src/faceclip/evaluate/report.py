@@ -49,7 +49,7 @@ def _clean(obj):
 
 def write_json(path: str | Path, obj) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -59,7 +59,7 @@ def write_json(path: str | Path, obj) -> Path:
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:
     """Write dict rows as CSV (header = union of keys), atomically."""
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     columns: list[str] = []
     for r in rows:

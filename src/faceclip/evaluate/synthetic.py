@@ -439,7 +439,8 @@ def write_sample(sample: SyntheticSample, folder: str | Path, stem: str | None =
     """
     from PIL import Image
 
-    from faceclip.io.mesh import atomic_path, write_obj, write_ply
+    from faceclip.io.files import atomic_path
+    from faceclip.io.mesh import write_obj, write_ply
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

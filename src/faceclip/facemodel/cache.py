@@ -28,8 +28,6 @@ happen at load time. Keys:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ import torch
 
 from faceclip.errors import ModelNotInstalledError
 from faceclip.facemodel.base import FaceModel
+from faceclip.io.files import atomic_path
 
 FORMAT_VERSION = 1
 
@@ -102,15 +101,8 @@ def save_cache(arrays: ModelArrays, path: Path) -> Path:
         payload["albedo_mean"] = arrays.albedo_mean.astype(np.float32)
     if arrays.albedo_basis is not None:
         payload["albedo_basis"] = arrays.albedo_basis.astype(np.float32)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # tmp ends in .npz, so np.savez adds no suffix
         np.savez(tmp, **payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -15,8 +15,6 @@ The converted cache is ``$FACECLIP_HOME/models/<name>.npz``.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 from faceclip.errors import FaceClipError, ModelNotInstalledError
 from faceclip.facemodel.base import FaceModel
 from faceclip.facemodel.cache import build_face_model, load_cache, save_cache
+from faceclip.io.files import atomic_path
 from faceclip.paths import faceclip_home, models_dir, repo_root
 
 log = logging.getLogger(__name__)
@@ -110,25 +109,20 @@ def download_ict(dest_dir: Path, url: str | None = None, progress: bool = True) 
     url = url or ICT_ARCHIVE_URL
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / "ICT-FaceKit-master.zip"
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+        with atomic_path(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = _bar(total, "download ICT-FaceKit", progress, unit="B")
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
                 bar.update(len(chunk))
             bar.close()
-        os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise ModelNotInstalledError(
             f"could not download ICT-FaceKit from {url}: {exc}",
             hint="download it by hand (or clone https://github.com/ICT-VGL/ICT-FaceKit) and run "
             "`faceclip models install ict --from PATH`",
         ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 

@@ -186,7 +186,7 @@ def _load_or_compute(path, compute) -> tuple[np.ndarray, np.ndarray]:
     # Same precision as a later read from the cache, so a fresh and a cached run agree exactly.
     basis, weights = basis.astype(np.float32), weights.astype(np.float32)
     try:
-        from faceclip.io.mesh import atomic_path
+        from faceclip.io.files import atomic_path
 
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faceclip.io.mesh import _check_mesh, _to_uint8_image, atomic_path, split_by_uv, vertex_normals
+from faceclip.io.files import atomic_path
+from faceclip.io.mesh import _check_mesh, _to_uint8_image, split_by_uv, vertex_normals
 
 _GLB_MAGIC = 0x46546C67
 _JSON_CHUNK = 0x4E4F534A

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from faceclip.facemodel.base import FaceModel
-from faceclip.io.mesh import atomic_path
+from faceclip.io.files import atomic_path
 
 DEFAULT_EXPRESSIONS = ("jawOpen", "mouthSmile_L+mouthSmile_R", "eyeBlink_L+eyeBlink_R", "browInnerUp_L+browInnerUp_R")
 

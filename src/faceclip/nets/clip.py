@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceclip.errors import FaceClipError, ModelNotInstalledError
+from faceclip.io.files import atomic_path
 from faceclip.paths import models_dir
 
 log = logging.getLogger(__name__)
@@ -608,15 +608,8 @@ def install_clip_weights(name: str, source: str | Path | None = None, force: boo
     target = models_dir() / f"{arch.model_name}{suffix}"
     if target.is_file() and target.resolve() == src.resolve():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     for other in [arch.model_name + s for s in _INSTALL_SUFFIXES]:
         if other != target.name and (target.parent / other).is_file():
             (target.parent / other).unlink()  # one installed file per tower (ours, not hand-placed ones)

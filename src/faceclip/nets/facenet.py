@@ -570,7 +570,7 @@ def convert_facenet(pb_path: str | Path, out_path: str | Path) -> Path:
         ModelNotInstalledError: the graph is missing, unreadable or not FaceNet's
             Inception-ResNet-v1 as expected.
     """
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     pb_path, out_path = Path(pb_path), Path(out_path)
     t0 = time.perf_counter()

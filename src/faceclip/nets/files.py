@@ -11,7 +11,7 @@ __all__ = ["save_record"]
 
 def save_record(record: dict, path: str | Path, half: bool = False, meta: dict | None = None) -> Path:
     """Write a network record atomically (``half``: float weights as float16, half the size)."""
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     rec = dict(record)
     if half:

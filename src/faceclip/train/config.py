@@ -207,7 +207,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     import yaml
 
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -647,7 +647,7 @@ def _process_image(path: Path, rel: str, cache: Path, opts: _Options) -> list[st
     from faceclip.detect import FacePolicy, NoFaceError, align_face, select_faces, skin_mask
     from faceclip.detect.frontend import detect_and_landmark
     from faceclip.io.images import load_image
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     try:
         rgb = load_image(path)
@@ -731,7 +731,7 @@ def read_manifest(cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _write_manifest(cache: Path, manifest: dict[str, Any]) -> None:
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     with atomic_path(cache / MANIFEST_NAME) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -743,7 +743,7 @@ def _failures_of(entries: dict[str, dict[str, Any]]) -> list[PreprocessFailure]:
 
 
 def _write_failures(cache: Path, entries: dict[str, dict[str, Any]]) -> None:
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     lines = ["path\treason\tmessage"]
     for f in _failures_of(entries):
@@ -1152,7 +1152,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
                 **({"realism": self.realism.describe()} if self.realism is not None else {})}
 
     def _check_cache_meta(self) -> None:
-        from faceclip.io.mesh import atomic_path
+        from faceclip.io.files import atomic_path
 
         assert self.cache_dir is not None
         path = self.cache_dir / SYNTH_META_NAME
@@ -1172,7 +1172,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
             tmp.write_text(json.dumps(meta, indent=1))
 
     def _write_cached(self, path: Path, s: FaceSample) -> None:
-        from faceclip.io.mesh import atomic_path
+        from faceclip.io.files import atomic_path
 
         p = s.params
         assert p is not None

@@ -228,7 +228,7 @@ def save_checkpoint(path: Path, net: nn.Module, opt, sched, scaler, step: int, c
     ``world_size`` (processes of the run) is recorded: the sample plan depends on the global
     batch, so a resume with another number of processes continues with another data order.
     """
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     state = {"model": _model_record(net), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "step": step, "rng": _rng_state(),
@@ -523,7 +523,7 @@ def _float_params(params):
 def _save_png(path: Path, rgb: np.ndarray) -> None:
     from PIL import Image
 
-    from faceclip.io.mesh import atomic_path
+    from faceclip.io.files import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
