@@ -121,6 +121,7 @@ def mean_face_method(image: np.ndarray, model: FaceModel) -> MethodOutput:
 
     from faceclip.detect import detect_faces
     from faceclip.fit.contour import build_contour_bands, landmark_vertex_ids
+    from faceclip.fit.params import DEFAULT_FOCAL_224, MODEL_TO_OPENCV
     from faceclip.render import PerspectiveCamera
 
     mean = model.mean_mm.detach().cpu().double().numpy()
@@ -136,13 +137,13 @@ def mean_face_method(image: np.ndarray, model: FaceModel) -> MethodOutput:
         return out
     face = max(faces, key=lambda f: f.width * f.height)
     h, w = image.shape[:2]
-    f = 1015.0 * w / 224.0
+    f = DEFAULT_FOCAL_224 * w / 224.0
     K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
     obj = mean[lm_idx]
     img = np.asarray(face.landmarks, np.float64)
     # Start frontal (OpenCV camera looks down +z: flip y and z of the model frame) at a
     # distance matching the landmarks' spread; use the non-contour landmarks 17-67.
-    flip = np.diag([1.0, -1.0, -1.0])
+    flip = MODEL_TO_OPENCV
     rvec0, _ = cv2.Rodrigues(flip)
     spread = np.linalg.norm(img[36] - img[45]) + 1e-6
     dist0 = f * np.linalg.norm(obj[36] - obj[45]) / spread

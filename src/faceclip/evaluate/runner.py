@@ -369,7 +369,9 @@ def _iter_facescape(pred: Path, gt: Path, pk, gk, opts) -> Iterator[tuple[str, C
     if (gt / "data" / "lab_gt_mesh").is_dir():
         centres = np.load(predef / "lab_head_centers.npy")
         rots = np.load(predef / "lab_rotations.npy")
-        flip = np.diag([1.0, -1.0, -1.0])  # OpenCV camera -> our y-up, z-toward-camera frame
+        from faceclip.fit.params import MODEL_TO_OPENCV
+
+        flip = MODEL_TO_OPENCV  # OpenCV camera -> our y-up, z-toward-camera frame
         for f in sorted(pred.glob("*.obj")):
             m = re.fullmatch(r"(\d+)_(\d)_(\d+)", f.stem)
             if not m:

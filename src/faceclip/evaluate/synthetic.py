@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from faceclip.facemodel import FaceModel
+from faceclip.fit.params import MODEL_TO_OPENCV, euler_matrix_np
 
 __all__ = ["SyntheticConfig", "SyntheticParams", "SyntheticSample", "SyntheticFaceGenerator", "write_sample",
            "SKIN_PALETTE", "pose_bin"]
@@ -146,15 +147,6 @@ def pose_bin(yaw_deg: float) -> str:
     return "0-20" if a < 20 else ("20-40" if a < 40 else "40-60")
 
 
-def _rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
-    """R = Rz(roll) Ry(yaw) Rx(pitch), angles in radians (model frame: +Y up, +Z to the viewer)."""
-    cx, sx, cy, sy, cz, sz = math.cos(pitch), math.sin(pitch), math.cos(yaw), math.sin(yaw), math.cos(roll), math.sin(roll)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 class SyntheticFaceGenerator:
     """Deterministic synthetic faces: ``sample(i)`` depends only on ``(seed, i)``.
 
@@ -249,9 +241,8 @@ class SyntheticFaceGenerator:
         m = self.model
         rng = np.random.default_rng([self.seed, params.index, 1])  # albedo / noise stream
         verts = self.vertices(params)
-        head_r = _rotation(*np.radians(params.angles_deg))
-        flip = np.diag([1.0, -1.0, -1.0])
-        R = flip @ head_r
+        head_r = euler_matrix_np(*np.radians(params.angles_deg))
+        R = MODEL_TO_OPENCV @ head_r
         albedo = self.albedo(params, rng)
         sh = torch.tensor(params.sh, dtype=torch.float32)[None]
         v_t = torch.from_numpy(verts)[None]

@@ -29,7 +29,7 @@ from torch import Tensor
 from faceclip.facemodel.base import FaceModel
 from faceclip.fit.albedo import AlbedoModel, make_albedo_model
 from faceclip.fit.contour import ContourBands, build_contour_bands, landmark_vertex_ids
-from faceclip.fit.params import FaceParams, euler_to_matrix, matrix_to_euler
+from faceclip.fit.params import DEFAULT_FOCAL_224, MODEL_TO_OPENCV, FaceParams, euler_to_matrix, matrix_to_euler
 from faceclip.losses import (
     albedo_skin_prior,
     albedo_smoothness,
@@ -40,11 +40,11 @@ from faceclip.losses import (
     light_chroma,
     photometric_loss,
 )
+from faceclip.render.camera import OPENCV_TO_VIEW
 from faceclip.render.interpolate import interpolate_vertex_attributes
 from faceclip.render.rasterize import rasterize_mesh
 from faceclip.render.shading import sh_ambient, sh_shade_vertices
 
-DEFAULT_FOCAL_224 = 1015.0
 
 
 @dataclass
@@ -354,7 +354,7 @@ class Fitter:
         p.sh = sh_ambient(0.8, B, device=self.device)
         obj = self.model.mean_mm[self.model.landmarks68].detach().cpu().numpy().astype(np.float64)
         K = np.array([[c.focal_px, 0, c.crop_px / 2], [0, c.focal_px, c.crop_px / 2], [0, 0, 1]])
-        flip = np.diag([1.0, -1.0, -1.0])
+        flip = MODEL_TO_OPENCV
         angles, trans = [], []
         for b in range(B):
             img = landmarks_px[b].detach().cpu().numpy().astype(np.float64)
@@ -466,7 +466,7 @@ class Fitter:
                              torch.full((sizes[2],), c.w_identity if c.w_identity_landmarks is None
                                         else c.w_identity_landmarks, device=self.device),
                              torch.full((sizes[3],), c.w_expression, device=self.device)])
-        flip = torch.tensor([1.0, -1.0, -1.0], device=self.device).view(3, 1)
+        flip = torch.tensor(OPENCV_TO_VIEW, device=self.device).view(3, 1)
         sub = self._lm
 
         dense = self.dense if dense_target is not None else None

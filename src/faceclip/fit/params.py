@@ -17,9 +17,28 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from faceclip.render.camera import PerspectiveCamera
+import math
 
-_FLIP = (1.0, -1.0, -1.0)
+import numpy as np
+
+from faceclip.render.camera import OPENCV_TO_VIEW, PerspectiveCamera
+
+#: ``F = diag(1, -1, -1)``: the model frame's axes (y up, z toward the viewer) to the OpenCV
+#: camera's (y down, z forward) and back (its own inverse).
+MODEL_TO_OPENCV = np.diag(OPENCV_TO_VIEW)
+
+#: Focal length of the crop camera shared by the fitter and the regressor, in pixels of a
+#: 224-pixel crop (``focal * crop / 224`` for other crop sizes; Deep3DFaceRecon's choice).
+DEFAULT_FOCAL_224 = 1015.0
+
+
+def euler_matrix_np(pitch: float, yaw: float, roll: float) -> np.ndarray:
+    """:func:`euler_to_matrix` for one face in float64 NumPy: ``Rz(roll) @ Ry(yaw) @ Rx(pitch)``."""
+    cx, sx, cy, sy, cz, sz = math.cos(pitch), math.sin(pitch), math.cos(yaw), math.sin(yaw), math.cos(roll), math.sin(roll)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
 
 
 def euler_to_matrix(angles_rad: Tensor) -> Tensor:
@@ -75,7 +94,7 @@ class FaceParams:
 
     def camera(self) -> PerspectiveCamera:
         """The OpenCV camera that images the posed head (principal point at the image centre)."""
-        flip = torch.tensor(_FLIP, dtype=self.angles_rad.dtype, device=self.angles_rad.device)
+        flip = torch.tensor(OPENCV_TO_VIEW, dtype=self.angles_rad.dtype, device=self.angles_rad.device)
         R = flip[None, :, None] * self.rotation()
         h, w = self.image_size
         return PerspectiveCamera.create(R, self.translation_mm, self.focal_px, (h, w),

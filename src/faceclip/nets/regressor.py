@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from faceclip.errors import InputError, ModelNotInstalledError
-from faceclip.fit.params import FaceParams
+from faceclip.fit.params import DEFAULT_FOCAL_224, FaceParams
 from faceclip.nets.backbones import make_backbone
 from faceclip.nets.msma import MSMARefinement
 from faceclip.nets.prm import ParameterRefinementModule, PooledHead
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "faceclip-regressor"
 CHECKPOINT_VERSION = 1
-DEFAULT_FOCAL_224 = 1015.0
 
 #: Output scale per group: decoded value = scale * raw network output (+ offset).
 OUTPUT_SCALES = {"identity": 1.0, "expression": 0.5, "albedo": 0.5, "pose": 0.5, "camera_xy": 10.0,

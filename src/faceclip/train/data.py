@@ -72,7 +72,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from faceclip.errors import InputError
-from faceclip.fit.params import FaceParams
+from faceclip.fit.params import MODEL_TO_OPENCV, FaceParams
 
 if TYPE_CHECKING:
     from faceclip.facemodel import FaceModel
@@ -815,7 +815,7 @@ class FolderFaceDataset(_AugmentedDataset):
 
 # =========================================================================== synthetic faces
 
-_F = np.diag([1.0, -1.0, -1.0])  # model frame -> OpenCV camera axes
+_F = MODEL_TO_OPENCV  # model frame -> OpenCV camera axes
 
 
 @dataclass(frozen=True)
@@ -893,7 +893,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
     ) -> None:
         from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator
         from faceclip.fit.contour import build_contour_bands
-        from faceclip.fit.fitter import DEFAULT_FOCAL_224
+        from faceclip.fit.params import DEFAULT_FOCAL_224
         from faceclip.render import edge_topology
 
         if n < 0:
