@@ -207,6 +207,24 @@ def before_after(renderer: FaceRenderer, base: Tensor, edited: Tensor, caption: 
     return np.concatenate(panels, axis=1)
 
 
+def write_gif(path: Path, frames: list[np.ndarray], fps: float = ANIMATION_FPS, hold: int = 6) -> Path:
+    """Frames (uint8 (H, W, 3)) as a looping GIF; the last frame is shown ``hold`` times longer.
+
+    All frames share one adaptive 256-colour palette (made from the first and last frames, which
+    hold every colour the change passes through) with Floyd-Steinberg dithering: no banding on
+    skin, no palette flicker from frame to frame.
+    """
+    from PIL import Image
+
+    both = Image.fromarray(np.concatenate([frames[0], frames[-1]], axis=0))
+    palette = both.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG) for f in frames]
+    ms = round(1000 / fps)
+    images[0].save(path, save_all=True, append_images=images[1:], loop=0,
+                   duration=[ms] * (len(images) - 1) + [ms * hold], optimize=False)
+    return path
+
+
 def animation_weights(base: Tensor, edited: Tensor, frames: int) -> Tensor:
     """(N, K): ``frames`` steps from ``base`` to ``edited`` (both (1, K)), ends included."""
     t = torch.linspace(0, 1, frames).unsqueeze(1)
@@ -277,10 +295,7 @@ def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: E
         if request.animate:
             frames = animation_weights(outcome.base, outcome.expression, request.animate)
             win = renderer.square_window(PANEL_PX, torch.cat([outcome.base, outcome.expression]))
-            images = [Image.fromarray(renderer.crop(frames[i:i + 1], win)) for i in range(len(frames))]
-            ms = round(1000 / ANIMATION_FPS)
-            images[0].save(tmp / "animation.gif", save_all=True, append_images=images[1:], loop=0,
-                           duration=[ms] * (len(images) - 1) + [ms * 6], optimize=False)
+            write_gif(tmp / "animation.gif", [renderer.crop(frames[i:i + 1], win) for i in range(len(frames))])
             model = face.model
             neutral = model.vertices(face.identity)[0].detach().numpy()
             times = np.arange(len(frames)) / ANIMATION_FPS
