@@ -349,3 +349,23 @@ def test_turned_faces_are_recovered_from_detected_landmarks(ict_cache) -> None:
     # measured: 1.664 vs 1.670 mm (8 faces at 40-50 deg: the front-end's weakest poses; at
     # dlib's time such faces were often not found at all). No worse than the mean face:
     assert np.mean(fit_err) < 1.03 * np.mean(mean_err), (fit_err, mean_err)
+
+
+def test_the_hog_thread_is_remade_in_a_forked_child():
+    """A forked child inherits the executor but not its thread: work sent there would hang."""
+    import os
+
+    from faceclip.detect import frontend
+
+    parent = frontend._hog_thread()
+    assert parent.submit(lambda: 1).result(timeout=10) == 1  # the parent's thread exists
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 only if a fresh executor runs work
+        try:
+            ok = frontend._hog_thread() is not parent and frontend._hog_thread().submit(lambda: 2).result(timeout=10) == 2
+        except BaseException:  # noqa: BLE001
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert frontend._hog_thread() is parent

@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 from typing import Literal
 
 import numpy as np
@@ -90,8 +91,19 @@ def find_faces(image: np.ndarray, detector: DetectorChoice = "auto", *, upsample
 _HOG_THREAD = None
 
 
+def _forget_hog_thread() -> None:
+    global _HOG_THREAD
+    _HOG_THREAD = None
+
+
+# A forked child inherits the executor object but not its thread: work submitted there would
+# wait forever. The child makes its own on first use.
+os.register_at_fork(after_in_child=_forget_hog_thread)
+
+
 def _hog_thread():
-    """The one worker thread that runs dlib's HOG detector beside MediaPipe (made on first use)."""
+    """The one worker thread that runs dlib's HOG detector beside MediaPipe (made on first use,
+    per process)."""
     global _HOG_THREAD
     if _HOG_THREAD is None:
         from concurrent.futures import ThreadPoolExecutor
