@@ -45,7 +45,7 @@ from pathlib import Path
 
 from faceclip.fit.pipeline import (FaceOutput, ImageReport, ReconstructOptions, Reconstructor, check_options,
                                    reconstruct_one)
-from faceclip.io.files import atomic_path
+from faceclip.io.files import atomic_open
 from faceclip.io.outputs import (MARKER_NAME, NameAllocator, OutputError, check_output_root,
                                  clean_stale_temporaries)
 
@@ -236,7 +236,7 @@ class _Manifest:
     def _open(self) -> None:
         from faceclip import __version__
 
-        with atomic_path(self.path) as tmp, open(tmp, "w") as fh:  # never through a link
+        with atomic_open(self.path, "w") as fh:  # never through a link
             # a header, the lines kept from earlier runs, then this run's
             fh.write(json.dumps({"faceclip_manifest": 1, "version": __version__, "options_sha": self.sha,
                                  "options": options_signature(self.options)}) + "\n")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Literal
 
 import numpy as np
@@ -81,7 +82,7 @@ def find_faces(image: np.ndarray, detector: DetectorChoice = "auto", *, upsample
         return detect_boxes_mediapipe(rgb, min_score=MEDIAPIPE_MIN_SCORE)
     # "auto": dlib's HOG runs in a worker thread while MediaPipe's detectors run here (both
     # release the GIL), so detection costs the slower of the two rather than their sum
-    # (benchmarks/detect.py: 36.5 -> 28 ms on 640x480); the results are the same.
+    # (detection 38.7 -> 28.8 ms on 640x480, docs/front-end.md); the results are the same.
     hog_job = _hog_thread().submit(detect_boxes, rgb, detector="hog", upsample=upsample, threshold=threshold,
                                    max_side_px=max_side_px)
     mp_faces = detect_boxes_mediapipe(rgb, min_score=MEDIAPIPE_MIN_SCORE)
@@ -89,11 +90,13 @@ def find_faces(image: np.ndarray, detector: DetectorChoice = "auto", *, upsample
 
 
 _HOG_THREAD = None
+_HOG_LOCK = threading.Lock()
 
 
 def _forget_hog_thread() -> None:
-    global _HOG_THREAD
+    global _HOG_THREAD, _HOG_LOCK
     _HOG_THREAD = None
+    _HOG_LOCK = threading.Lock()
 
 
 # A forked child inherits the executor object but not its thread: work submitted there would
@@ -105,11 +108,12 @@ def _hog_thread():
     """The one worker thread that runs dlib's HOG detector beside MediaPipe (made on first use,
     per process)."""
     global _HOG_THREAD
-    if _HOG_THREAD is None:
-        from concurrent.futures import ThreadPoolExecutor
+    with _HOG_LOCK:
+        if _HOG_THREAD is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        _HOG_THREAD = ThreadPoolExecutor(1, thread_name_prefix="faceclip-hog")
-    return _HOG_THREAD
+            _HOG_THREAD = ThreadPoolExecutor(1, thread_name_prefix="faceclip-hog")
+        return _HOG_THREAD
 
 
 def _same_face(a: np.ndarray, b: np.ndarray) -> bool:

@@ -37,7 +37,7 @@ import torch
 
 from faceclip.errors import ModelNotInstalledError
 from faceclip.facemodel.base import FaceModel
-from faceclip.io.files import atomic_path
+from faceclip.io.files import atomic_open
 
 FORMAT_VERSION = 1
 
@@ -101,8 +101,8 @@ def save_cache(arrays: ModelArrays, path: Path) -> Path:
         payload["albedo_mean"] = arrays.albedo_mean.astype(np.float32)
     if arrays.albedo_basis is not None:
         payload["albedo_basis"] = arrays.albedo_basis.astype(np.float32)
-    with atomic_path(path) as tmp:  # tmp ends in .npz, so np.savez adds no suffix
-        np.savez(tmp, **payload)
+    with atomic_open(path, "wb") as fh:  # a file object: np.savez adds no suffix
+        np.savez(fh, **payload)
     return path
 
 

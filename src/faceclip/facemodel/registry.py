@@ -23,7 +23,7 @@ from pathlib import Path
 from faceclip.errors import FaceClipError, ModelNotInstalledError
 from faceclip.facemodel.base import FaceModel
 from faceclip.facemodel.cache import build_face_model, load_cache, save_cache
-from faceclip.io.files import atomic_path
+from faceclip.io.files import atomic_open
 from faceclip.paths import faceclip_home, models_dir, repo_root
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def download_ict(dest_dir: Path, url: str | None = None, progress: bool = True) 
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / "ICT-FaceKit-master.zip"
     try:
-        with atomic_path(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+        with atomic_open(dest, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = _bar(total, "download ICT-FaceKit", progress, unit="B")
             while chunk := resp.read(1 << 20):

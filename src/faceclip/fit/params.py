@@ -26,6 +26,7 @@ from faceclip.render.camera import OPENCV_TO_VIEW, PerspectiveCamera
 #: ``F = diag(1, -1, -1)``: the model frame's axes (y up, z toward the viewer) to the OpenCV
 #: camera's (y down, z forward) and back (its own inverse).
 MODEL_TO_OPENCV = np.diag(OPENCV_TO_VIEW)
+MODEL_TO_OPENCV.setflags(write=False)
 
 #: Focal length of the crop camera shared by the fitter and the regressor, in pixels of a
 #: 224-pixel crop (``focal * crop / 224`` for other crop sizes; Deep3DFaceRecon's choice).

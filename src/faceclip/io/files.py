@@ -13,7 +13,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 @contextmanager
@@ -27,6 +27,28 @@ def atomic_path(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[Pat
     try:
         yield Path(tmp)
         os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", perms: int = 0o644, **kwargs) -> Iterator[IO]:
+    """Like :func:`atomic_path`, but yield the temporary file open (``mode``: ``"w"`` / ``"wb"``).
+
+    The file object wraps the descriptor ``mkstemp`` created, so nothing is reopened by name
+    (a link planted at the temporary name meanwhile is never followed); permissions are set on
+    the descriptor.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fchmod(fh.fileno(), perms)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

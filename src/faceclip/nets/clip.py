@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceclip.errors import FaceClipError, ModelNotInstalledError
-from faceclip.io.files import atomic_path
+from faceclip.io.files import atomic_open
 from faceclip.paths import models_dir
 
 log = logging.getLogger(__name__)
@@ -608,8 +608,8 @@ def install_clip_weights(name: str, source: str | Path | None = None, force: boo
     target = models_dir() / f"{arch.model_name}{suffix}"
     if target.is_file() and target.resolve() == src.resolve():
         return target
-    with atomic_path(target) as tmp:
-        shutil.copyfile(src, tmp)
+    with atomic_open(target, "wb") as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
     for other in [arch.model_name + s for s in _INSTALL_SUFFIXES]:
         if other != target.name and (target.parent / other).is_file():
             (target.parent / other).unlink()  # one installed file per tower (ours, not hand-placed ones)

@@ -14,20 +14,20 @@ Unconstrained Images* (arXiv 2509.11763, 2025), as an alternative to FaceCLIP's 
    decomposed, as in the Visual Attention Network (Guo et al., 2022), into a
    ``(2d-1) x (2d-1)`` depthwise conv, a ``ceil(K/d) x ceil(K/d)`` depthwise conv with dilation
    ``d`` and a 1x1 conv; its output multiplies (gates) the features. With ``K = 21``,
-   ``d = 3`` each output sees a 23 x 23 window centred on it (11 positions each way); the
-   shared block and an attribute's gate in sequence reach 22 positions, more than the
-   14 x 14 grid of a 224 px crop.
+   ``d = 3`` each output sees a 23 x 23 window centred on it (11 positions each way).
    :class:`LKABlock` wraps it as VAN does (BN, 1x1, GELU, attention, 1x1, residual; then a
    1x1 feed-forward, residual).
 3. **Multi-attribute branches** (:class:`MSMARefinement`): identity, expression, texture
    (albedo), pose (rotation and camera translation) and light each get their own large-kernel
    attention gate on the shared fused map, global average pooling and a linear layer, so each
    attribute attends to its own regions; the regressor's head of a parameter group reads only
-   its attribute's features. Each branch's pooled features are layer-normalised before its
-   linear layer: the product of the features and a freshly initialised gate is about 20 times
-   smaller than the PRM's output, and the zero-initialised heads would learn slowly. The five gates run as one grouped attention on the fused map
-   average-pooled to the stride-32 grid (7 x 7 for a 224 crop, which their 23 x 23 window
-   covers whole): four times cheaper than at stride 16 (``benchmarks/refine_compare.py``).
+   its attribute's features.
+
+   Each branch's pooled features are layer-normalised before its linear layer: the product of
+   the features and a freshly initialised gate is about 20 times smaller than the PRM's
+   output, and the zero-initialised heads would learn slowly. The five gates run as one
+   grouped attention on the fused map average-pooled to the stride-32 grid (7 x 7 for a 224
+   crop, which their 23 x 23 window covers whole): four times cheaper than at stride 16.
 
 What the paper does not state, chosen here: the widths (``D = 128``, 128 per attribute), one
 shared :class:`LKABlock`, the stride-16 fusion grid, the stride-32 grid of the attribute gates,
