@@ -86,6 +86,14 @@ def test_named_expressions_move_their_blendshapes_and_only_those(ict_head):
     assert out[names.index("jawOpen")] == 0.3 and sum(a != b for a, b in zip(out, start)) == 1
     assert apply_expression(start, names, ExpressionEdit("Smile")) == apply_expression(start, names,
                                                                                       ExpressionEdit("happy"))
+    # Apple's ARKit names: one side, both of ICT's sides, or a clear refusal
+    out = apply_expression(start, names, ExpressionEdit("eyeBlinkLeft", 0.7))
+    assert out[names.index("eyeBlink_L")] == 0.7 and sum(a != b for a, b in zip(out, start)) == 1
+    out = apply_expression(start, names, ExpressionEdit("browInnerUp"))
+    assert out[names.index("browInnerUp_L")] == out[names.index("browInnerUp_R")] == 1.0
+    assert sum(a != b for a, b in zip(out, start)) == 2
+    with pytest.raises(FaceClipError, match="no counterpart"):
+        apply_expression(start, names, ExpressionEdit("tongueOut"))
     with pytest.raises(FaceClipError, match="did you mean happy"):
         apply_expression(start, names, ExpressionEdit("hapy"))
 
@@ -140,6 +148,11 @@ def test_edit_named_expression_keeps_identity_pose_light_and_texture(results, ic
     expected = apply_expression(_expr(src, names).tolist(), names, ExpressionEdit("sad"))
     assert np.allclose(_expr(out, names), expected, atol=1e-6)
     assert b["edit"]["steps"] == [{"expressions": [{"name": "sad", "strength": 1.0}]}]
+    arkit = b["arkit_blendshapes"]  # Apple's 52 names: one side each, or the mean of ICT's two
+    assert len(arkit) == 52 and arkit["tongueOut"] == 0.0
+    assert arkit["mouthFrownLeft"] == b["expression"]["mouthFrown_L"]
+    assert arkit["browInnerUp"] == pytest.approx((b["expression"]["browInnerUp_L"] + b["expression"]["browInnerUp_R"]) / 2,
+                                                 abs=2e-6)
     assert "mouthFrown_L" in b["edit"]["changed"]
     # texture unchanged; the mesh is the model with the edited coefficients
     assert np.array_equal(np.asarray(Image.open(src / "mesh_texture.png")), np.asarray(Image.open(out / "mesh_texture.png")))

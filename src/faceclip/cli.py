@@ -356,7 +356,8 @@ def _cmd_expressions(args: argparse.Namespace) -> int:
     if names is None:
         print("blendshapes: install the ICT model (`faceclip models install ict`) to list them")
     else:
-        print(f"ICT blendshapes ({len(names)}; use as --expression NAME:WEIGHT):")
+        print(f"ICT blendshapes ({len(names)}; use as --expression NAME:WEIGHT; Apple's ARKit names such as "
+              "eyeBlinkLeft, browInnerUp or cheekPuff work too):")
         for i in range(0, len(names), 6):
             print("  " + "  ".join(names[i:i + 6]))
     return 0

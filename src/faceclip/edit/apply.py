@@ -13,8 +13,8 @@ texture are those of the reconstruction. The steps of one edit, in this order:
 
 :func:`edit_result` writes, atomically (a crash leaves no half-written folder): the edited mesh
 (``mesh.obj/.mtl/_texture.png``, ``mesh.ply``, ``mesh.glb``), ``params.json`` (the
-reconstruction's, with the new expression, the projected 68 landmarks of the edited face and an
-``edit`` record), ``overlay.png`` (the edited face over the photo), ``before_after.png`` and,
+reconstruction's, with the new expression, the same weights under Apple's 52 ARKit names
+(``arkit_blendshapes``), the projected 68 landmarks of the edited face and an ``edit`` record), ``overlay.png`` (the edited face over the photo), ``before_after.png`` and,
 with ``animate`` frames, ``animation.gif`` and ``animation.glb`` (the ICT blendshapes as morph
 targets with the change as an animation).
 """
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from faceclip.edit.expressions import ExpressionEdit, apply_expression
+from faceclip.edit.expressions import ExpressionEdit, apply_expression, arkit_weights
 from faceclip.edit.mapper import TextEditConfig, TextEditObjective, optimise_mapper
 from faceclip.edit.prompt import describe, parse_prompt
 from faceclip.edit.render import FaceRenderer
@@ -246,6 +246,9 @@ def edited_params(face: ResultFace, outcome: EditOutcome) -> dict:
     for stale in ("loss_terms", "landmark_nme_interocular", "network_points"):
         params.pop(stale, None)  # they describe the fit, not the edited face
     params["expression"] = {n: round(float(x), 6) for n, x in zip(face.expression_names, outcome.expression[0])}
+    if face.model.expression_range == "blendshape":  # Apple's 52 names, for ARKit / Live Link rigs
+        params["arkit_blendshapes"] = {k: round(v, 6) for k, v in
+                                       arkit_weights(outcome.expression[0].tolist(), face.expression_names).items()}
     params["landmarks68_2d"] = np.round(landmarks_2d(face, outcome.expression), 3).tolist()
     params["edit"] = {**outcome.record,
                       "note": "only the expression changed; landmarks68_2d are the 68 model landmark vertices "

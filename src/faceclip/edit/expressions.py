@@ -42,7 +42,8 @@ wink_left``).
 Edits (see :func:`apply_expression`): a named expression at strength ``s`` moves each blendshape
 *its table lists* from the current weight ``w`` toward the table weight ``t``:
 ``w + s (t - w)`` (``s = 1`` gives exactly the table, ``s = 0.5`` half way). Other blendshapes
-are left alone. A single blendshape name at strength ``s`` sets that weight to ``s``.
+are left alone. A blendshape name (ICT's, or Apple's ARKit name, see :func:`arkit_to_ict`) at
+strength ``s`` sets its weight (both sides' for ``browInnerUp`` / ``cheekPuff``) to ``s``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,45 @@ NAMED_FACS: dict[str, tuple[str, str]] = {
 #: Other names accepted for the named expressions.
 ALIASES = {"smile": "happy", "happiness": "happy", "sadness": "sad", "surprised": "surprise",
            "angry": "anger", "disgusted": "disgust", "afraid": "fear", "open_mouth": "jaw_open"}
+
+
+#: Apple ARKit's 52 face blendshape names (ARFaceAnchor.BlendShapeLocation), in Apple's order.
+ARKIT_NAMES = (
+    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeSquintLeft",
+    "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
+    "eyeSquintRight", "eyeWideRight", "jawForward", "jawLeft", "jawRight", "jawOpen", "mouthClose",
+    "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight", "mouthSmileLeft", "mouthSmileRight",
+    "mouthFrownLeft", "mouthFrownRight", "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft",
+    "mouthStretchRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
+    "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft",
+    "mouthUpperUpRight", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "noseSneerLeft", "noseSneerRight", "tongueOut",
+)
+
+
+def arkit_to_ict(name: str, blendshape_names: Sequence[str]) -> tuple[str, ...]:
+    """The ICT blendshapes behind one ARKit name: ``eyeBlinkLeft`` -> (``eyeBlink_L``,);
+    ``browInnerUp`` and ``cheekPuff``, which ICT splits by side, -> both sides; () when the model
+    has none (``tongueOut``: ICT has no tongue)."""
+    if name in blendshape_names:  # jawLeft, mouthRight...: the same name in both
+        return (name,)
+    for side, suffix in (("Left", "_L"), ("Right", "_R")):
+        if name.endswith(side):
+            ict = name[: -len(side)] + suffix
+            return (ict,) if ict in blendshape_names else ()
+    both = tuple(n for n in (name + "_L", name + "_R") if n in blendshape_names)
+    return both if len(both) == 2 else ()
+
+
+def arkit_weights(weights: Sequence[float], blendshape_names: Sequence[str]) -> dict[str, float]:
+    """ICT blendshape weights -> Apple's 52 ARKit names (for ARKit / Live Link rigs): sides that
+    ICT splits are averaged, names ICT lacks (``tongueOut``) are 0."""
+    value = dict(zip(blendshape_names, (float(w) for w in weights)))
+    out = {}
+    for name in ARKIT_NAMES:
+        ict = arkit_to_ict(name, blendshape_names)
+        out[name] = sum(value[n] for n in ict) / len(ict) if ict else 0.0
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,14 +220,22 @@ class ExpressionEdit:
         return ExpressionEdit(name, strength)
 
 
-def resolve(name: str, blendshape_names: Sequence[str]) -> NamedExpression | str:
-    """A named expression (aliases and case allowed) or an exact blendshape name.
+def resolve(name: str, blendshape_names: Sequence[str]) -> NamedExpression | tuple[str, ...]:
+    """A named expression (aliases and case allowed), or the blendshapes behind a blendshape name
+    or an Apple ARKit name (``eyeBlinkLeft`` -> ``eyeBlink_L``; ``browInnerUp`` and ``cheekPuff``
+    -> both of ICT's sides).
 
     Raises:
-        FaceClipError: neither, naming the closest known names.
+        FaceClipError: none of these, naming the closest known names.
     """
     if name in blendshape_names:
-        return name
+        return (name,)
+    if name in ARKIT_NAMES:
+        ict = arkit_to_ict(name, blendshape_names)
+        if not ict:
+            raise FaceClipError(f"ARKit blendshape {name!r} has no counterpart in this face model",
+                                hint="ICT-FaceKit has no tongue shape")
+        return ict
     key = ALIASES.get(name.lower().replace("-", "_"), name.lower().replace("-", "_"))
     table = named_expressions(blendshape_names)
     if key in table:
@@ -198,7 +246,7 @@ def resolve(name: str, blendshape_names: Sequence[str]) -> NamedExpression | str
         return table[key]
     by_lower = {n.lower(): n for n in blendshape_names}
     if name.lower() in by_lower:
-        return by_lower[name.lower()]
+        return (by_lower[name.lower()],)
     import difflib
 
     close = difflib.get_close_matches(name, list(table) + list(blendshape_names), n=3, cutoff=0.5)
@@ -217,8 +265,9 @@ def apply_expression(weights: Sequence[float], blendshape_names: Sequence[str], 
     """
     out = [float(w) for w in weights]
     target = resolve(edit.name, blendshape_names)
-    if isinstance(target, str):
-        out[list(blendshape_names).index(target)] = edit.strength
+    if isinstance(target, tuple):  # blendshapes: set to the strength
+        for shape in target:
+            out[list(blendshape_names).index(shape)] = edit.strength
         return out
     index = {n: i for i, n in enumerate(blendshape_names)}
     for shape, t in target.weights.items():
