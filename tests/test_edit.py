@@ -399,3 +399,20 @@ def test_a_result_whose_photo_moved_is_edited_on_a_grey_canvas(results, tmp_path
     assert "grey canvas" in capsys.readouterr().err
     photo_panel = np.asarray(Image.open(tmp_path / "e" / "before_after.png"))[40:, :384]
     assert (photo_panel == 128).all()
+
+
+def test_several_results_each_get_a_folder_and_one_failure_spares_the_others(results, ict_head, tmp_path, capsys):
+    a, b = results
+    out = tmp_path / "many"
+    code = main(["edit", str(a), str(tmp_path / "missing"), str(b), "--out", str(out), "--expression", "happy",
+                 "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "missing: no such result folder" in err and "2/3 results edited; 1 failed" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == sorted([a.name, b.name])
+    names = ict_head.expression_names
+    for src in (a, b):
+        expected = apply_expression(_expr(src, names).tolist(), names, ExpressionEdit("happy"))
+        assert np.allclose(_expr(out / src.name, names), expected, atol=1e-6)
+        assert _params(out / src.name)["identity"] == _params(src)["identity"]

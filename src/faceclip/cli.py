@@ -272,7 +272,8 @@ def _cmd_benchmark_synthetic(args: argparse.Namespace) -> int:
 
 
 def _cmd_edit(args: argparse.Namespace) -> int:
-    """Edit a result's expression; writes the edited result folder."""
+    """Edit results' expressions; one edited folder each (several results: one failing is
+    reported and the others are still written, exit status 2)."""
     from tqdm import tqdm
 
     from faceclip.edit.apply import EditRequest, edit_result
@@ -308,20 +309,40 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         bar.set_postfix(clip=f"{losses['clip']:.4f}")
         bar.update(1)
 
-    report = edit_result(args.result, args.out, request, clip=clip, overwrite=args.overwrite,
-                         face_model_path=args.face_model_path, progress=progress)
-    if bar is not None:
-        bar.close()
-    for note in report.outcome.notes:
-        print(f"note: {note}", file=sys.stderr)
-    changed = report.outcome.record["changed"]
-    shown = ", ".join(f"{n} {a:.2f}->{b:.2f}" for n, (a, b) in list(changed.items())[:8])
-    more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
-    print(f"edited {args.result}: {len(changed)} blendshapes changed: {shown}{more}")
-    if not args.quiet:
-        for f in report.files:
-            print(f"wrote {f}")
-    return 0
+    if len(args.result) == 1:
+        targets = [(args.result[0], Path(args.out))]
+    else:  # --out is a parent folder: one edited folder per result, named after it
+        from faceclip.io.outputs import NameAllocator
+
+        names = NameAllocator()
+        targets = [(r, Path(args.out) / names.claim(Path(r).name)) for r in args.result]
+    failed = 0
+    for result, out in targets:
+        try:
+            report = edit_result(result, out, request, clip=clip, overwrite=args.overwrite,
+                                 face_model_path=args.face_model_path, progress=progress)
+        except FaceClipError as exc:
+            if len(targets) == 1:
+                raise
+            failed += 1
+            print(_one_line_error(Path(result), exc), file=sys.stderr)
+            continue
+        finally:
+            if bar is not None:
+                bar.close()
+                bar = None
+        for note in report.outcome.notes:
+            print(f"note: {note}", file=sys.stderr)
+        changed = report.outcome.record["changed"]
+        shown = ", ".join(f"{n} {a:.2f}->{b:.2f}" for n, (a, b) in list(changed.items())[:8])
+        more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+        print(f"edited {result}: {len(changed)} blendshapes changed: {shown}{more}")
+        if not args.quiet:
+            for f in report.files:
+                print(f"wrote {f}")
+    if failed:
+        print(f"{len(targets) - failed}/{len(targets)} results edited; {failed} failed (see above)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _text_config(cls, args: argparse.Namespace):
@@ -728,7 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  faceclip edit results/astronaut --out edited/ --expression sad:0.6 --expression wink_left\n"
         "  faceclip edit results/astronaut --out edited/ --expression jawOpen:0.4   # one ICT blendshape\n"
         "  faceclip edit results/astronaut --out edited/ --text \"a very surprised face\"\n"
-        "  faceclip edit results/astronaut --out edited/ --from results/other_face --animate 24\n\n"
+        "  faceclip edit results/astronaut --out edited/ --from results/other_face --animate 24\n"
+        "  faceclip edit results/*/ --out edited/ --expression happy   # edited/<name>/ for each\n\n"
         "Writes mesh.obj/.mtl/_texture.png, mesh.ply, mesh.glb, params.json (with an 'edit' record),\n"
         "overlay.png, before_after.png and, with --animate, animation.gif and animation.glb (the ICT\n"
         "blendshapes as morph targets with the change as an animation). Identity, pose, light and texture\n"
@@ -738,8 +760,10 @@ def build_parser() -> argparse.ArgumentParser:
         "maps the prompt's words onto the named expressions and says so.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("result", metavar="RESULT_DIR", help="a folder written by `faceclip reconstruct`")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the edited result")
+    p.add_argument("result", nargs="+", metavar="RESULT_DIR",
+                   help="a folder written by `faceclip reconstruct` (several: --out gets one folder each)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the edited result (several results: the parent of one folder each)")
     p.add_argument("--expression", action="append", default=[], metavar="NAME[:STRENGTH]",
                    help="a named expression or ICT blendshape, strength 0-2 (default 1); repeatable, applied in order")
     p.add_argument("--text", default=None, metavar="PROMPT", help="describe the expression in words")
