@@ -117,22 +117,32 @@ def transfer_expression(face: ResultFace, other: ResultFace) -> Tensor:
     return other.expression.clone()
 
 
+_AUTO_CLIP: list = []  # the encoder "auto" loaded, kept for the next edits of this process
+
+
 def _load_clip(clip):
-    """``clip``: "auto" (load if installed), None (never) or an encoder -> (encoder or None, note)."""
+    """``clip``: "auto" (load if installed), None (never) or an encoder -> (encoder or None, note).
+
+    What "auto" loads is kept, so editing many results loads ViT-B/32 once; a miss is not kept
+    (looking again is cheap, and weights installed meanwhile are found)."""
     if clip is None:
         return None, "CLIP not used (offline parser asked for)"
     if clip != "auto":
         return clip, ""
+    if _AUTO_CLIP:
+        return _AUTO_CLIP[0], ""
     from faceclip.nets.clip import load_clip_image_text
 
     try:
-        return load_clip_image_text(), ""
+        _AUTO_CLIP.append(load_clip_image_text())
     except ModelNotInstalledError as exc:
         return None, exc.message
+    return _AUTO_CLIP[0], ""
 
 
 def plan_edit(face: ResultFace, request: EditRequest, clip="auto",
-              progress: Callable[[int, dict[str, float]], None] | None = None) -> EditOutcome:
+              progress: Callable[[int, dict[str, float]], None] | None = None,
+              renderer: FaceRenderer | None = None) -> EditOutcome:
     """Work out the edited expression (nothing is written).
 
     Args:
@@ -142,6 +152,7 @@ def plan_edit(face: ResultFace, request: EditRequest, clip="auto",
             offline parser), None (always the parser) or a loaded
             :class:`faceclip.nets.clip.ClipImageText`.
         progress: per mapper step (step, losses).
+        renderer: the face's :class:`FaceRenderer`, if one was made already.
     """
     names = face.expression_names
     lo, hi = value_range(face)
@@ -172,7 +183,7 @@ def plan_edit(face: ResultFace, request: EditRequest, clip="auto",
                                     "parsed": [{"name": e.name, "strength": e.strength} for e in edits]})
         else:
             t0 = time.perf_counter()
-            objective = TextEditObjective(FaceRenderer(face), encoder, request.text, request.text_config,
+            objective = TextEditObjective(renderer or FaceRenderer(face), encoder, request.text, request.text_config,
                                           (lo, hi), start=w)
             result = optimise_mapper(objective, progress=progress)
             w = clamp(result.expression)
@@ -267,15 +278,16 @@ class EditReport:
 
 
 def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: EditRequest,
-               overwrite: bool = False) -> list[Path]:
-    """Write the edited result folder (see the module docstring); returns its files."""
+               overwrite: bool = False, renderer: FaceRenderer | None = None) -> list[Path]:
+    """Write the edited result folder (see the module docstring); returns its files.
+    ``renderer``: the face's, if one was made already (one per face is enough)."""
     from PIL import Image
 
     from faceclip.io.gltf import write_morph_glb
     from faceclip.io.mesh import export_mesh
     from faceclip.io.outputs import write_result_folder
 
-    renderer = FaceRenderer(face)
+    renderer = renderer or FaceRenderer(face)
     verts = face.vertices(outcome.expression)[0].detach()
     params = edited_params(face, outcome)
     caption = ", ".join(n for n in outcome.record["changed"])[:40] or "unchanged"
@@ -347,11 +359,12 @@ def edit_result(folder: str | Path, out_dir: str | Path, request: EditRequest, c
     face = load_result(folder, face_model_path=face_model_path)
     seconds["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    outcome = plan_edit(face, request, clip=clip, progress=progress)
+    renderer = FaceRenderer(face)
+    outcome = plan_edit(face, request, clip=clip, progress=progress, renderer=renderer)
     if face.photo is None:
         outcome.notes.append(f"overlays drawn on a grey canvas: {face.photo_note}")
     seconds["edit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    files = write_edit(face, outcome, Path(out_dir), request, overwrite=overwrite)
+    files = write_edit(face, outcome, Path(out_dir), request, overwrite=overwrite, renderer=renderer)
     seconds["write"] = time.perf_counter() - t0
     return EditReport(Path(out_dir), files, outcome, seconds)
