@@ -35,6 +35,7 @@ EPILOG = """examples:
   faceclip demo --out results/                      # the main job on the bundled example
   faceclip export-mean --out mean_face/ --geometry head_eyes
   faceclip edit results/astronaut --out edited/ --expression happy   # change the expression
+  faceclip video clip.mp4 --out results/            # track a face through a video
 """
 
 
@@ -350,6 +351,56 @@ def _text_config(cls, args: argparse.Namespace):
         return cls(steps=args.text_steps, lr=args.text_lr, w_keep=args.text_keep, w_l2=args.text_l2)
     except ValueError as exc:
         raise FaceClipError(f"--text-steps / --text-lr / --text-keep / --text-l2: {exc}") from None
+
+
+def _cmd_video(args: argparse.Namespace) -> int:
+    """Reconstruct clips; one result folder each (a clip that fails is reported, the others are
+    still done, exit status 2)."""
+    from tqdm import tqdm
+
+    from faceclip.video import VideoOptions, VideoReconstructor, reconstruct_video
+
+    if args.fps is not None and args.fps <= 0:
+        raise FaceClipError(f"--fps must be positive, got {args.fps}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise FaceClipError(f"--max-frames must be at least 1, got {args.max_frames}")
+    options = VideoOptions(all_faces=args.all_faces, detector=args.detector, frames_fps=args.fps or 30.0,
+                           smooth=not args.no_smooth, n_keyframes=args.keyframes, focal_px=args.focal_px,
+                           max_frames=args.max_frames, overlay=not args.no_overlay, glb=not args.no_glb,
+                           meshes=args.meshes, overwrite=args.overwrite, face_model_path=args.face_model_path)
+    rec = VideoReconstructor(options)
+    failed = 0
+    for clip in args.inputs:
+        bars: dict[str, tqdm] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if args.quiet:
+                return
+            unit = "track" if stage == "fit" else "frame"
+            bar = bars.get(stage)
+            if bar is None:
+                bar = bars[stage] = tqdm(total=total, unit=unit, desc=f"{Path(clip).name}: {stage}", file=sys.stderr,
+                                         leave=False)
+            bar.total = max(bar.total or 0, total)
+            bar.update(done - bar.n)
+
+        try:
+            report = reconstruct_video(clip, Path(args.out), options, progress=progress, reconstructor=rec)
+        except FaceClipError as exc:
+            failed += 1
+            print(f"FAILED {exc}".replace("\n", " "), file=sys.stderr)
+            continue
+        finally:
+            for bar in bars.values():
+                bar.close()
+        total_s = sum(report.seconds.values())
+        n_tracks = len({t.track for t in report.tracks})
+        gaps = f", {len(report.interpolated_frames)} frames interpolated" if report.interpolated_frames else ""
+        print(f"ok     {clip} -> {report.folder}  ({report.n_frames} frames, {n_tracks} face"
+              f"{'s' if n_tracks != 1 else ''}{gaps}; {total_s:.1f} s, {report.n_frames / max(total_s, 1e-9):.1f} frames/s)")
+    if len(args.inputs) > 1:
+        print(f"{len(args.inputs) - failed}/{len(args.inputs)} clips reconstructed, results in {args.out}")
+    return 2 if failed else 0
 
 
 def _cmd_expressions(args: argparse.Namespace) -> int:
@@ -785,6 +836,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no 'wrote' lines")
     p.set_defaults(func=_cmd_edit)
+
+    # video
+    p = sub.add_parser(
+        "video",
+        help="track faces through a video: one identity, smooth pose and expression, overlay.mp4, animation.glb",
+        epilog="examples:\n"
+        "  faceclip video clip.mp4 --out results/\n"
+        "  faceclip video clip.mov --out results/ --all-faces --meshes\n"
+        "  faceclip video frames/ --fps 25 --out results/       # a folder of frames is a clip\n\n"
+        "Writes results/<clip name>/: tracks.jsonl (the camera, each face's identity once, then per frame\n"
+        "and face: time stamp, pose, expression coefficients, 68 landmarks), overlay.mp4 (the shaded faces\n"
+        "over the clip, with its audio), animation.glb (the face with its blendshapes as morph targets and\n"
+        "the clip's expressions and head motion as an animation, seen by the clip's camera; with several\n"
+        "faces animation_face<k>.glb) and with --meshes frame_<i>.obj per frame. Frames where a face is\n"
+        "lost are interpolated (up to 1 s) and marked in tracks.jsonl. See docs/video.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="CLIP",
+                   help="video files (.mp4, .mov, .webm, .avi, ...) or folders of frames")
+    p.add_argument("--out", required=True, metavar="DIR", help="parent folder of the results (<DIR>/<clip name>/)")
+    p.add_argument("--all-faces", action="store_true", help="follow every face (default: the largest)")
+    p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "hog", "cnn"],
+                   help="detector for the first frame and lost faces (default: auto, MediaPipe + dlib HOG)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a folder of frames (default 30)")
+    p.add_argument("--meshes", action="store_true", help="also write a posed OBJ per frame")
+    p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
+    p.add_argument("--no-glb", action="store_true", help="skip animation.glb")
+    p.add_argument("--no-smooth", action="store_true", help="no temporal smoothing (raw per-frame fits)")
+    p.add_argument("--keyframes", type=int, default=8, metavar="N", help="frames the identity is solved on (8)")
+    p.add_argument("--focal-px", type=float, default=None, metavar="F",
+                   help="the camera's focal length in pixels (default: the photo pipeline's long lens)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="only the first N frames")
+    p.add_argument("--face-model-path", default=None, metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--overwrite", action="store_true", help="replace a result folder even if it holds other files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_video)
 
     p = sub.add_parser("expressions", help="list the named expressions and the ICT blendshapes for `faceclip edit`")
     p.set_defaults(func=_cmd_expressions)

@@ -29,7 +29,8 @@ from torch import Tensor
 from faceclip.facemodel.base import FaceModel
 from faceclip.fit.albedo import AlbedoModel, make_albedo_model
 from faceclip.fit.contour import ContourBands, build_contour_bands, landmark_vertex_ids
-from faceclip.fit.params import DEFAULT_FOCAL_224, MODEL_TO_OPENCV, FaceParams, euler_to_matrix, matrix_to_euler
+from faceclip.fit.params import (DEFAULT_FOCAL_224, MODEL_TO_OPENCV, FaceParams, euler_jacobian_np, euler_to_matrix,
+                                 matrix_to_euler)
 from faceclip.losses import (
     albedo_skin_prior,
     albedo_smoothness,
@@ -195,15 +196,7 @@ class SubsetForward:
 
 def _euler_jacobian(angles: Tensor) -> Tensor:
     """(3,) pitch, yaw, roll -> (3, 3, 3) derivatives of :func:`euler_to_matrix` (last axis: angle)."""
-    p, y, r = angles.tolist()
-    cp, sp, cy, sy, cr, sr = np.cos(p), np.sin(p), np.cos(y), np.sin(y), np.cos(r), np.sin(r)
-    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
-    drx = np.array([[0, 0, 0], [0, -sp, -cp], [0, cp, -sp]])
-    dry = np.array([[-sy, 0, cy], [0, 0, 0], [-cy, 0, -sy]])
-    drz = np.array([[-sr, -cr, 0], [cr, -sr, 0], [0, 0, 0]])
-    d = np.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], axis=-1)
+    d = euler_jacobian_np(*angles.tolist())
     return torch.as_tensor(d, dtype=angles.dtype, device=angles.device)
 
 

@@ -42,6 +42,19 @@ def euler_matrix_np(pitch: float, yaw: float, roll: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def euler_jacobian_np(pitch: float, yaw: float, roll: float) -> np.ndarray:
+    """(3, 3, 3) derivatives of :func:`euler_matrix_np` (last axis: pitch, yaw, roll), float64."""
+    p, y, r = pitch, yaw, roll
+    cp, sp, cy, sy, cr, sr = np.cos(p), np.sin(p), np.cos(y), np.sin(y), np.cos(r), np.sin(r)
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    drx = np.array([[0, 0, 0], [0, -sp, -cp], [0, cp, -sp]])
+    dry = np.array([[-sy, 0, cy], [0, 0, 0], [-cy, 0, -sy]])
+    drz = np.array([[-sr, -cr, 0], [cr, -sr, 0], [0, 0, 0]])
+    return np.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], axis=-1)
+
+
 def euler_to_matrix(angles_rad: Tensor) -> Tensor:
     """(B, 3) (pitch, yaw, roll) in radians -> (B, 3, 3) ``Rz(roll) @ Ry(yaw) @ Rx(pitch)``."""
     p, y, r = angles_rad.unbind(-1)

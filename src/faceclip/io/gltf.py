@@ -75,7 +75,8 @@ class _Builder:
 
 def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, texture, targets_mm,
                     target_names: list[str], weights=None, times_s=None, frame_weights=None,
-                    texture_format: str = "jpeg", animation_name: str = "expression") -> Path:
+                    texture_format: str = "jpeg", animation_name: str = "expression", frame_rotations_xyzw=None,
+                    frame_translations=None, camera: dict | None = None) -> Path:
     """Write a textured mesh with morph targets (and optionally their animation) as GLB.
 
     Args:
@@ -88,6 +89,11 @@ def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, t
         weights: (K,) the mesh's default weights (what a viewer shows without the animation).
         times_s: (N,) key times in seconds (increasing), with ``frame_weights`` (N, K).
         texture_format: ``"jpeg"`` (quality 95) or ``"png"``.
+        frame_rotations_xyzw: (N, 4) unit quaternions (x, y, z, w) of the mesh node at the key
+            times (a head turning), or None.
+        frame_translations: (N, 3) the mesh node's translation at the key times, or None.
+        camera: a perspective camera added at the origin looking down -Z (glTF's convention):
+            ``{"yfov_rad", "aspect", "znear", "zfar"}``; None: no camera.
     """
     v = np.asarray(base_vertices_mm, dtype=np.float64)
     f = np.asarray(triangles, dtype=np.int64)
@@ -137,9 +143,29 @@ def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, t
                              f"got {times.shape}, {fw.shape}")
         inp = b.accessor(times, "SCALAR", bounds=True)
         out = b.accessor(fw.reshape(-1), "SCALAR")
-        gltf["animations"] = [{"name": animation_name,
-                               "samplers": [{"input": inp, "output": out, "interpolation": "LINEAR"}],
-                               "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]
+        samplers = [{"input": inp, "output": out, "interpolation": "LINEAR"}]
+        channels = [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]
+        for channel, arr, kind, width in (("rotation", frame_rotations_xyzw, "VEC4", 4),
+                                          ("translation", frame_translations, "VEC3", 3)):
+            if arr is None:
+                continue
+            a = np.asarray(arr, dtype=np.float64)
+            if a.shape != (len(times), width) or not np.isfinite(a).all():
+                raise ValueError(f"frame {channel}s must be finite ({len(times)}, {width}); got {a.shape}")
+            if channel == "rotation":
+                a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+                gltf["nodes"][0]["rotation"] = [float(x) for x in a[0]]
+            else:
+                gltf["nodes"][0]["translation"] = [float(x) for x in a[0]]
+            samplers.append({"input": inp, "output": b.accessor(a, kind), "interpolation": "LINEAR"})
+            channels.append({"sampler": len(samplers) - 1, "target": {"node": 0, "path": channel}})
+        gltf["animations"] = [{"name": animation_name, "samplers": samplers, "channels": channels}]
+    if camera is not None:
+        gltf["cameras"] = [{"type": "perspective", "name": "camera", "perspective": {
+            "yfov": float(camera["yfov_rad"]), "aspectRatio": float(camera["aspect"]),
+            "znear": float(camera["znear"]), "zfar": float(camera["zfar"])}}]
+        gltf["nodes"].append({"camera": 0, "name": "camera"})
+        gltf["scenes"][0]["nodes"].append(len(gltf["nodes"]) - 1)
     gltf["bufferViews"], gltf["accessors"] = b.views, b.accessors
     binary = b.blob()
     gltf["buffers"] = [{"byteLength": len(binary)}]
@@ -168,6 +194,9 @@ class GlbMorphMesh:
     frame_weights: np.ndarray | None  # (N, K)
     texture: Image.Image | None
     gltf: dict
+    #: (N, 4) node rotations (x, y, z, w) and (N, 3) translations of the animation, if any.
+    frame_rotations_xyzw: np.ndarray | None = None
+    frame_translations: np.ndarray | None = None
 
     def at(self, weights) -> np.ndarray:
         """(V, 3) vertices at blendshape ``weights`` (K,)."""
@@ -218,10 +247,16 @@ def read_morph_glb(path: str | Path) -> GlbMorphMesh:
     targets = np.stack([_accessor(gltf, binary, tg["POSITION"]) for tg in prim.get("targets", [])]
                        ).astype(np.float64) if prim.get("targets") else np.zeros((0,) + verts.shape)
     times = frames = None
+    pose: dict[str, np.ndarray] = {}
     if gltf.get("animations"):
         s = gltf["animations"][0]["samplers"][0]
         times = _accessor(gltf, binary, s["input"]).astype(np.float64)
         frames = _accessor(gltf, binary, s["output"]).astype(np.float64).reshape(len(times), -1)
+        anim = gltf["animations"][0]
+        for ch in anim["channels"]:
+            path = ch["target"]["path"]
+            if path in ("rotation", "translation") and ch["target"].get("node") == 0:
+                pose[path] = _accessor(gltf, binary, anim["samplers"][ch["sampler"]]["output"]).astype(np.float64)
     texture = None
     if gltf.get("images"):
         view = gltf["bufferViews"][gltf["images"][0]["bufferView"]]
@@ -230,4 +265,5 @@ def read_morph_glb(path: str | Path) -> GlbMorphMesh:
     uv = (_accessor(gltf, binary, prim["attributes"]["TEXCOORD_0"]).astype(np.float64)
           if "TEXCOORD_0" in prim["attributes"] else None)
     return GlbMorphMesh(verts, tris, uv, targets, list(mesh.get("extras", {}).get("targetNames", [])),
-                        np.asarray(mesh.get("weights", []), dtype=np.float64), times, frames, texture, gltf)
+                        np.asarray(mesh.get("weights", []), dtype=np.float64), times, frames, texture, gltf,
+                        pose.get("rotation"), pose.get("translation"))
