@@ -24,6 +24,7 @@ frame (files beside the others: a result folder holds files only, see :mod:`face
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -35,8 +36,21 @@ from faceclip.fit.sequence import FrameCamera
 
 __all__ = ["OverlayRenderer", "gl_pose", "write_glb", "write_meshes", "write_overlay", "write_tracks"]
 
+TRACKS_FORMAT = "faceclip-tracks/1"
+
 #: OpenCV camera axes -> glTF / OpenGL camera axes (x right, y up, z toward the viewer).
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0])
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(type(x))
+
+
+def dumps(obj) -> str:
+    """Compact JSON (NumPy scalars allowed)."""
+    return json.dumps(obj, default=_json_default, separators=(",", ":"))
 
 
 def _r(x, nd: int = 5):
@@ -47,7 +61,6 @@ def write_tracks(path: Path, report, model, options) -> Path:
     """Write ``tracks.jsonl`` (see the module docstring)."""
     from faceclip import __version__
     from faceclip.io.files import atomic_open
-    from faceclip.video.pipeline import TRACKS_FORMAT, dumps
 
     cam = report.camera
     by_frame: dict[int, list] = {}
@@ -101,6 +114,9 @@ def gl_pose(pose) -> tuple[np.ndarray, np.ndarray]:
     return R_gl, _CV_TO_GL @ pose.translation_mm
 
 
+_TEXTURES: dict[int, np.ndarray] = {}
+
+
 def write_glb(path: Path, parts: list, model, cam: FrameCamera) -> Path:
     """The animated face of one track (its stretches joined; see the module docstring)."""
     from faceclip.io.gltf import write_morph_glb
@@ -122,8 +138,10 @@ def write_glb(path: Path, parts: list, model, cam: FrameCamera) -> Path:
             q = -q  # the same rotation; keeps linear interpolation on the short arc
         quats.append(q)
         trans.append(t)
-    albedo = _skin_colours(model)
-    texture = bake_vertex_colors(model.uv, model.triangles, albedo, size_px=256)
+    key = id(model)
+    if key not in _TEXTURES:  # the same for every face and clip: baked once (0.6 s)
+        _TEXTURES[key] = bake_vertex_colors(model.uv, model.triangles, _skin_colours(model), size_px=256)
+    texture = _TEXTURES[key]
     yfov = 2.0 * math.atan(cam.height / 2.0 / cam.focal_px)
     return write_morph_glb(path, neutral, model.triangles.numpy(), model.uv.numpy(), texture,
                            model.expression_basis_mm.numpy(), list(model.expression_names),
