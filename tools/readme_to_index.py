@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README_DOCS_LINE = ("The full documentation is in [`docs/`](docs/index.md) (build the site with\n"
-                    "`.venv/bin/mkdocs serve`): ")
-SITE_DOCS_LINE = "The documentation (this site; `.venv/bin/mkdocs serve` serves it locally): "
+README_DOCS_LINE = "[`docs/`](docs/index.md) (site: `.venv/bin/mkdocs serve`): "
+SITE_DOCS_LINE = "This site (`.venv/bin/mkdocs serve` serves it locally): "
 
 
 def index_from_readme(readme: str) -> str:

@@ -850,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
         "over the clip, with its audio), animation.glb (the face with its blendshapes as morph targets and\n"
         "the clip's expressions and head motion as an animation, seen by the clip's camera; with several\n"
         "faces animation_face<k>.glb) and with --meshes frame_<i>.obj per frame. Frames where a face is\n"
-        "lost are interpolated (up to 1 s) and marked in tracks.jsonl. See docs/video.md.",
+        "lost are interpolated (up to 1 s) and marked in tracks.jsonl.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="CLIP",
@@ -886,7 +886,7 @@ DOCS_PAGES = {
     "reconstruct": "reconstruct.md", "demo": "reconstruct.md", "landmarks": "front-end.md",
     "models": "face-models.md", "export-mean": "face-models.md", "evaluate": "evaluation.md",
     "benchmark": "evaluation.md", "prepare-data": "training.md", "train": "training.md",
-    "edit": "editing.md", "expressions": "editing.md",
+    "edit": "editing.md", "expressions": "editing.md", "video": "video.md",
 }
 
 
