@@ -413,3 +413,29 @@ def test_cli_video_errors_and_batch(tmp_path, short_clip, ict_cache, capsys):
     assert main(["video", str(good), "--out", str(tmp_path / "res2"), "--quiet"]) == 2
     assert (tmp_path / "res2" / "good" / "mine.txt").read_text() == "keep"
     assert "not created by faceclip" in capsys.readouterr().err
+
+
+def test_unreadable_frame_in_a_folder_is_reported_and_interpolated(tmp_path, video_rec, capsys):
+    from PIL import Image
+
+    from faceclip.cli import main
+
+    photo = np.asarray(Image.open(FACES_DIR / "astronaut.png").convert("RGB"))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(_pan_zoom_clip(photo, 8)):
+        Image.fromarray(f).save(folder / f"frame{i}.png")
+    (folder / "frame3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(500))  # a corrupt frame
+    code = main(["video", str(folder), "--out", str(tmp_path / "res"), "--fps", "8", "--quiet", "--no-glb"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "warning:" in err and "frame 3" in err and "Traceback" not in err
+    assert "1 frames interpolated: 3" in out
+    lines = [json.loads(x) for x in (tmp_path / "res" / "frames" / "tracks.jsonl").read_text().splitlines()]
+    frames = [x for x in lines if x["type"] == "frame"]
+    assert len(frames) == 8 and frames[3].get("unreadable") is True and "unreadable" not in frames[2]
+    assert frames[3]["faces"][0]["observed"] is False and frames[4]["faces"][0]["observed"] is True
+    assert abs(frames[3]["time_s"] - 3 / 8) < 1e-6
+    from faceclip.io.video import iter_frames, probe_video
+
+    assert len(list(iter_frames(probe_video(tmp_path / "res" / "frames" / "overlay.mp4")))) == 8

@@ -393,9 +393,17 @@ def _cmd_video(args: argparse.Namespace) -> int:
         finally:
             for bar in bars.values():
                 bar.close()
+        for i, msg in report.bad_frames[:5]:
+            print(f"warning: {clip}: frame {i}: {msg}", file=sys.stderr)
+        if len(report.bad_frames) > 5:
+            print(f"warning: {clip}: {len(report.bad_frames) - 5} more unreadable frames", file=sys.stderr)
         total_s = sum(report.seconds.values())
         n_tracks = len({t.track for t in report.tracks})
-        gaps = f", {len(report.interpolated_frames)} frames interpolated" if report.interpolated_frames else ""
+        gaps = ""
+        if report.interpolated_frames:
+            shown = ", ".join(str(i) for i in report.interpolated_frames[:8])
+            more = ", ..." if len(report.interpolated_frames) > 8 else ""
+            gaps = f", {len(report.interpolated_frames)} frames interpolated: {shown}{more}"
         print(f"ok     {clip} -> {report.folder}  ({report.n_frames} frames, {n_tracks} face"
               f"{'s' if n_tracks != 1 else ''}{gaps}; {total_s:.1f} s, {report.n_frames / max(total_s, 1e-9):.1f} frames/s)")
     if len(args.inputs) > 1:

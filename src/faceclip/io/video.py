@@ -123,24 +123,34 @@ def probe_video(path: str | os.PathLike[str], fps: float = 30.0) -> VideoInfo:
         return VideoInfo(p, "video", w, h, rate_f, n, bool(container.streams.audio))
 
 
-def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
+def iter_frames(info: VideoInfo, bad: list | None = None) -> Iterator[tuple[int, float, np.ndarray | None]]:
     """Yield ``(index, time_s, rgb)`` for each frame, ``rgb`` (H, W, 3) uint8.
 
     A file's frames keep their size; a folder's frames must all have the first one's size.
 
+    Args:
+        bad: None (strict): any unreadable frame raises. A list: unreadable frames are recorded
+            in it as ``(index, message)`` and the clip goes on; a folder's unreadable or
+            wrongly sized image is yielded as ``rgb=None`` at its index (its time is kept), a
+            video packet that cannot be decoded is skipped (the decoder's next frame follows).
+
     Raises:
-        InputError: the file cannot be decoded (a corrupt stream stops the clip with this
-        error; frames already yielded stand), or a folder frame is unreadable or of another
-        size.
+        InputError: an unreadable frame in strict mode, or a file none of whose frames decodes.
     """
     if info.kind == "frames":
         from faceclip.io.images import load_image
 
         for i, f in enumerate(info.frame_files):
-            rgb = load_image(f)
-            if rgb.shape[:2] != (info.height, info.width):
-                raise InputError(f"{f}: frame of {rgb.shape[1]} x {rgb.shape[0]}, the clip's first frame is "
-                                 f"{info.width} x {info.height}", hint="all frames of a folder must have one size")
+            try:
+                rgb = load_image(f)
+                if rgb.shape[:2] != (info.height, info.width):
+                    raise InputError(f"{f}: frame of {rgb.shape[1]} x {rgb.shape[0]}, the clip's first frame is "
+                                     f"{info.width} x {info.height}", hint="all frames of a folder must have one size")
+            except InputError as exc:
+                if bad is None:
+                    raise
+                bad.append((i, exc.message))
+                rgb = None
             yield i, i / info.fps, rgb
         return
     import av
@@ -149,14 +159,18 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
         vs = container.streams.video[0]
         vs.thread_type = "AUTO"
         i = 0
-        try:
-            for frame in container.decode(vs):
+        for packet in container.demux(vs):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                if bad is None:
+                    raise InputError(f"{info.path}: decoding stopped at frame {i} ({exc})") from exc
+                bad.append((i, f"undecodable data before frame {i} skipped ({exc})"))
+                continue
+            for frame in frames:
                 t = float(frame.pts * vs.time_base) if frame.pts is not None and vs.time_base else i / info.fps
-                rgb = frame.to_ndarray(format="rgb24")
-                yield i, t, rgb
+                yield i, t, frame.to_ndarray(format="rgb24")
                 i += 1
-        except av.error.FFmpegError as exc:
-            raise InputError(f"{info.path}: decoding stopped at frame {i} ({exc})") from exc
         if i == 0:
             raise InputError(f"{info.path}: no frame could be decoded")
 

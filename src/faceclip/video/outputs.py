@@ -10,7 +10,8 @@
    face with its ``track``, ``angles_deg`` (pitch, yaw, roll), ``rotation`` (3 x 3, model ->
    OpenCV camera), ``translation_mm``, ``expression`` (in the order of ``expression_names``),
    ``landmarks68`` (pixels), ``observed`` (false: interpolated over a gap), ``detected`` and
-   ``reprojection_px``. A frame without a face has ``"faces": []``.
+   ``reprojection_px``. A frame without a face has ``"faces": []``; a frame that could not be
+   read has ``"unreadable": true`` (its faces are interpolated).
 
 ``animation.glb`` (``animation_face<k>.glb`` with several faces): the identity's neutral mesh
 (mm, +Y up) with the model's expression blendshapes as morph targets, and one animation that
@@ -96,9 +97,13 @@ def write_tracks(path: Path, report, model, options) -> Path:
             kf = sorted({k for t2 in report.tracks if t2.track == tr.track for k in t2.keyframes})
             fh.write(dumps({"type": "identity", "track": tr.track, "identity": _r(tr.identity, 6), "keyframes": kf})
                      + "\n")
+        unreadable = {i for i, _ in report.bad_frames}
         for i in range(report.n_frames):
-            fh.write(dumps({"type": "frame", "frame": i, "time_s": round(times.get(i, i / report.fps), 6),
-                            "faces": by_frame.get(i, [])}) + "\n")
+            line = {"type": "frame", "frame": i, "time_s": round(times.get(i, i / report.fps), 6),
+                    "faces": by_frame.get(i, [])}
+            if i in unreadable:
+                line["unreadable"] = True
+            fh.write(dumps(line) + "\n")
     return path
 
 
@@ -242,10 +247,14 @@ def write_overlay(path: Path, info, tracks: list, model, cam: FrameCamera, n_fra
         for j, f in enumerate(tr.frames):
             at.setdefault(int(f), []).append((tr.track, tr.identity, tr.poses[j]))
     audio = info.path if info.kind == "video" and info.has_audio else None
+    last = None
     with VideoWriter(path, info.fps, audio_from=audio) as w:
-        for i, _, rgb in iter_frames(info):
+        for i, _, rgb in iter_frames(info, bad=[]):
             if i >= n_frames:
                 break
+            if rgb is None:  # an unreadable frame: the last one again keeps the timing
+                rgb = last if last is not None else np.zeros((info.height, info.width, 3), np.uint8)
+            last = rgb
             w.write(renderer.draw(rgb, at.get(i, [])))
             if progress is not None:
                 progress(i + 1, n_frames)

@@ -120,8 +120,10 @@ class VideoReport:
     height: int
     camera: FrameCamera | None
     tracks: list[TrackResult]
-    #: Frames where some track had to be interpolated, and frames where no face was found.
+    #: Frames where some face had to be interpolated (lost, or the frame unreadable).
     interpolated_frames: list[int] = field(default_factory=list)
+    #: Frames that could not be read or decoded: ``(index, message)``.
+    bad_frames: list[tuple[int, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -143,11 +145,14 @@ class VideoReconstructor:
         geometry = RECONSTRUCTION_GEOMETRY if o.face_model == "ict" else None
         self.model = load_face_model(o.face_model, path=o.face_model_path, geometry=geometry)
         self.fitter = SequenceFitter(self.model, o.sequence)
+        self.bad_frames: list[tuple[int, str]] = []
 
     # ------------------------------------------------------------------ passes 1-3
 
     def track_landmarks(self, info, progress: Callable[[int, int], None] | None = None):
-        """Pass 1: ``(times (N,), {track: {frame: FaceObservation}}, tracker)`` over the clip."""
+        """Pass 1: ``(times (N,), {track: {frame: FaceObservation}}, tracker)`` over the clip.
+
+        Unreadable frames are recorded in ``self.bad_frames`` as ``(index, message)``."""
         from faceclip.io.video import iter_frames
         from faceclip.video.track import LandmarkTracker
 
@@ -156,12 +161,15 @@ class VideoReconstructor:
         times: list[float] = []
         obs: dict[int, dict] = {}
         total = min(info.n_frames, o.max_frames) if o.max_frames else info.n_frames
-        for i, t, rgb in iter_frames(info):
+        for i, t, rgb in iter_frames(info, bad=self.bad_frames):
             if o.max_frames is not None and i >= o.max_frames:
                 break
             times.append(t)
-            for ob in tracker.step(rgb):
-                obs.setdefault(ob.track, {})[i] = ob
+            if rgb is None:  # unreadable: recorded in bad_frames, its faces interpolated
+                tracker.skip()
+            else:
+                for ob in tracker.step(rgb):
+                    obs.setdefault(ob.track, {})[i] = ob
             if progress is not None:
                 progress(i + 1, max(total, i + 1))
         return np.asarray(times), obs, tracker
@@ -327,9 +335,12 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
             raise FaceClipError("the reconstructor holds another face model than the options ask for")
         rec = copy.copy(rec)
         rec.options = options
+    else:
+        rec = copy.copy(rec)  # per-job state (bad_frames) stays with this job
         if options.sequence != rec.fitter.config:
             rec.fitter = SequenceFitter(rec.model, options.sequence)
     o = rec.options
+    rec.bad_frames = []
     info = probe_video(path, fps=o.frames_fps)
     out_root = check_output_root(Path(out_dir))
     name = safe_name(info.path.stem if info.kind == "video" else info.path.name, default="video")
@@ -347,7 +358,7 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
     t0 = time.perf_counter()
     first_track = min(obs, key=lambda k: min(obs[k]))
     first_frame = min(obs[first_track])
-    rgb0 = next(rgb for i, _, rgb in iter_frames(info) if i == first_frame)
+    rgb0 = next(rgb for i, _, rgb in iter_frames(info, bad=[]) if i == first_frame)
     cam = rec.camera_for(rgb0, obs[first_track][first_frame].landmarks68)
     tracks: list[TrackResult] = []
     for k, track in enumerate(sorted(obs)):
@@ -357,7 +368,7 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
     seconds["fit"] = time.perf_counter() - t0
     interpolated = sorted({int(f) for tr in tracks for f, ob in zip(tr.frames, tr.observed) if not ob})
     report = VideoReport(info.path, folder, [], n, _rate(times) if n > 1 else info.fps, info.width, info.height,
-                         cam, tracks, interpolated, seconds)
+                         cam, tracks, interpolated, list(rec.bad_frames), seconds)
 
     def write(tmp: Path) -> None:
         from faceclip.video.outputs import write_glb, write_meshes, write_overlay, write_tracks

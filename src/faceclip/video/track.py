@@ -91,6 +91,11 @@ class LandmarkTracker:
     frame_index: int = -1
     n_detections: int = 0
 
+    def skip(self) -> None:
+        """A frame that could not be read: nothing is observed in it; faces keep being followed
+        from their last mesh."""
+        self.frame_index += 1
+
     def step(self, rgb: np.ndarray) -> list[FaceObservation]:
         """Landmarks of the tracked faces in the next frame ``rgb`` (H, W, 3) uint8."""
         from faceclip.detect.calibration import load_calibration
