@@ -60,6 +60,24 @@ def test_writer_is_atomic_and_pads_odd_sizes(tmp_path):
     assert (info.width, info.height) == (64, 48) and len(list(iter_frames(info))) == 3
 
 
+def test_writer_keeps_time_stamps_and_never_replaces_a_file_by_a_failed_one(tmp_path):
+    from faceclip.errors import FaceClipError
+    from faceclip.io.video import VideoWriter, iter_frames, probe_video, write_frames
+
+    times = [0.5, 0.533, 0.6, 0.7, 0.733, 1.0]  # a variable frame rate, starting at 0.5 s
+    with VideoWriter(tmp_path / "vfr.mp4", 30) as w:
+        for f, t in zip(_gradient_frames(6), times):
+            w.write(f, time_s=t)
+    got = [t for _, t, _ in iter_frames(probe_video(tmp_path / "vfr.mp4"))]
+    assert np.allclose(got, np.array(times) - 0.5, atol=2e-3)
+    keep = tmp_path / "keep.mp4"
+    keep.write_bytes(b"the user's file")
+    with pytest.raises(FaceClipError, match="no frames"):
+        write_frames(keep, [], 30)
+    assert keep.read_bytes() == b"the user's file" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "keep.mp4", "vfr.mp4"]
+
+
 def _clip_with_audio(path: Path, n_frames: int = 10, fps: int = 10) -> Path:
     out = av.open(str(path), "w")
     vs = out.add_stream("libx264", rate=fps)
@@ -83,7 +101,7 @@ def _clip_with_audio(path: Path, n_frames: int = 10, fps: int = 10) -> Path:
 
 
 def test_audio_is_copied(tmp_path):
-    from faceclip.io.video import probe_video, write_frames
+    from faceclip.io.video import VideoWriter, probe_video, write_frames
 
     src = _clip_with_audio(tmp_path / "talk.mp4")
     assert probe_video(src).has_audio
@@ -92,6 +110,15 @@ def test_audio_is_copied(tmp_path):
         assert len(c.streams.audio) == 1
         n_audio = sum(1 for _ in c.demux(c.streams.audio[0]))
     assert n_audio > 5
+    # Video cut short and starting later: the audio is shifted and cut alike.
+    with VideoWriter(tmp_path / "cut.mp4", 10, audio_from=src) as w:
+        for k, f in enumerate(_gradient_frames(4)):
+            w.write(f, time_s=0.3 + k / 10)
+        w.max_time_s = 0.7
+    with av.open(str(tmp_path / "cut.mp4")) as c:
+        a = c.streams.audio[0]
+        ts = [float(p.pts * a.time_base) for p in c.demux(a) if p.pts is not None]
+    assert min(ts) >= -1e-6 and max(ts) <= 0.45
 
 
 def test_probe_errors(tmp_path):
@@ -331,6 +358,18 @@ def _pan_zoom_clip(photo: np.ndarray, n: int, size=(320, 240), zoom=(1.0, 1.25),
     return frames
 
 
+def test_reconstruct_video_defaults_and_reuse(tmp_path, short_clip, video_rec):
+    from faceclip.evaluate.synthetic_video import write_clip_video
+    from faceclip.video import reconstruct_video
+
+    clip = write_clip_video(short_clip, tmp_path / "c.mp4")
+    a = reconstruct_video(clip, tmp_path / "a", reconstructor=video_rec)  # the reconstructor's options
+    b = reconstruct_video(clip, tmp_path / "b", None, reconstructor=video_rec, name="renamed")
+    assert a.folder.name == "c" and b.folder.name == "renamed"
+    assert np.allclose(a.tracks[0].identity, b.tracks[0].identity)
+    assert video_rec.bad_frames == []  # per-job state is not left on the shared reconstructor
+
+
 def test_real_photo_clip_with_a_failed_frame(tmp_path, video_rec):
     from PIL import Image
 
@@ -407,6 +446,13 @@ def test_cli_video_errors_and_batch(tmp_path, short_clip, ict_cache, capsys):
     assert "1/4 clips reconstructed" in out and (tmp_path / "res" / "good" / "overlay.mp4").is_file()
     assert not (tmp_path / "res" / "good" / "animation.glb").exists()
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["good"]  # nothing half-written
+    # Two clips of one name in a run get two folders.
+    (tmp_path / "b").mkdir()
+    twin = write_clip_video(short_clip, tmp_path / "b" / "good.mp4")
+    assert main(["video", str(good), str(twin), "--out", str(tmp_path / "twins"), "--quiet", "--no-glb",
+                 "--no-overlay"]) == 0
+    assert sorted(p.name for p in (tmp_path / "twins").iterdir() if not p.name.startswith(".")) == ["good", "good-2"]
+    capsys.readouterr()
     # A folder faceclip did not write is never replaced.
     (tmp_path / "res2" / "good").mkdir(parents=True)
     (tmp_path / "res2" / "good" / "mine.txt").write_text("keep")

@@ -356,9 +356,9 @@ def _text_config(cls, args: argparse.Namespace):
 def _cmd_video(args: argparse.Namespace) -> int:
     """Reconstruct clips; one result folder each (a clip that fails is reported, the others are
     still done, exit status 2)."""
-    from tqdm import tqdm
-
-    from faceclip.video import VideoOptions, VideoReconstructor, reconstruct_video
+    from faceclip.batch import RunLock
+    from faceclip.io.outputs import check_output_root, clean_stale_temporaries
+    from faceclip.video import VideoOptions, VideoReconstructor
 
     if args.fps is not None and args.fps <= 0:
         raise FaceClipError(f"--fps must be positive, got {args.fps}")
@@ -369,8 +369,25 @@ def _cmd_video(args: argparse.Namespace) -> int:
                            max_frames=args.max_frames, overlay=not args.no_overlay, glb=not args.no_glb,
                            meshes=args.meshes, overwrite=args.overwrite, face_model_path=args.face_model_path)
     rec = VideoReconstructor(options)
+    out = check_output_root(Path(args.out))
+    with RunLock(out) as lock:  # one run at a time writes to --out
+        if lock.held:
+            clean_stale_temporaries(out, any_pid=True)  # left by a killed run
+        return _video_clips(args, rec, options, out)
+
+
+def _video_clips(args: argparse.Namespace, rec, options, out: Path) -> int:
+    """The clips of ``faceclip video``, one by one, with the output folder locked."""
+    from tqdm import tqdm
+
+    from faceclip.io.outputs import NameAllocator
+    from faceclip.video import reconstruct_video
+
+    names = NameAllocator()
     failed = 0
     for clip in args.inputs:
+        p = Path(clip)
+        name = names.claim(p.name if p.is_dir() else p.stem)
         bars: dict[str, tqdm] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -385,10 +402,15 @@ def _cmd_video(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         try:
-            report = reconstruct_video(clip, Path(args.out), options, progress=progress, reconstructor=rec)
-        except FaceClipError as exc:
+            report = reconstruct_video(clip, out, options, progress=progress, reconstructor=rec, name=name)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one clip's failure never stops the others
+            if args.debug and not isinstance(exc, FaceClipError):
+                raise
             failed += 1
-            print(f"FAILED {exc}".replace("\n", " "), file=sys.stderr)
+            msg = str(exc).replace("\n", " ") if isinstance(exc, FaceClipError) else f"{type(exc).__name__}: {exc}"
+            print(f"FAILED {msg if str(clip) in msg else f'{clip}: {msg}'}", file=sys.stderr)
             continue
         finally:
             for bar in bars.values():

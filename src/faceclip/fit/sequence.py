@@ -428,6 +428,10 @@ class SequenceFitter:
                            torch.as_tensor(expression, dtype=torch.float32)[None])[0]
         return v.numpy().astype(np.float64)
 
+    def landmark_points(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
+        """(68, 3) the model's fixed 68 landmark vertices (model frame, mm)."""
+        return self._points(self.identity_points(identity), np.asarray(expression, np.float64))[self.lm_rows]
+
     def project(self, points_mm: np.ndarray, pose: FramePose, cam: FrameCamera) -> np.ndarray:
         """(N, 2) frame pixels of model-frame points posed by ``pose``."""
         Xc = np.asarray(points_mm, np.float64) @ pose.rotation_cv().T + pose.translation_mm

@@ -7,7 +7,9 @@
   clip never sits in memory).
 - :class:`VideoWriter`: H.264 (``.mp4``, ``.mov``, ``.mkv``), VP9 (``.webm``) or MPEG-4 Part 2
   (``.avi``) from RGB frames, written to a temporary file renamed into place when complete, and
-  optionally the audio of another clip copied in without re-encoding (``audio_from``).
+  optionally the audio of another clip copied in without re-encoding (``audio_from``). Frames
+  may carry their source time stamps (kept to the millisecond, so a variable frame rate and
+  the audio's sync survive; AVI is written at a constant rate).
 - :func:`write_frames`: a whole list of frames at once.
 
 Frame times come from the stream's presentation time stamps (variable frame rates are kept);
@@ -76,6 +78,17 @@ def _open(path: Path):
                          hint="give an .mp4, .mov, .webm or .avi file, or a folder of frames") from exc
 
 
+def _video_stream(container):
+    """The clip's main video stream (not an attached cover picture), or InputError."""
+    streams = [v for v in container.streams.video if not (v.disposition & _ATTACHED_PIC)]
+    if not streams:
+        raise InputError(f"{container.name}: has no video stream")
+    return max(streams, key=lambda v: (v.codec_context.width or 0) * (v.codec_context.height or 0))
+
+
+_ATTACHED_PIC = 0x0400  # AV_DISPOSITION_ATTACHED_PIC
+
+
 def probe_video(path: str | os.PathLike[str], fps: float = 30.0) -> VideoInfo:
     """Describe a clip without decoding it.
 
@@ -105,9 +118,7 @@ def probe_video(path: str | os.PathLike[str], fps: float = 30.0) -> VideoInfo:
     if not p.is_file():
         raise InputError(f"{p}: not a regular file or folder")
     with _open(p) as container:
-        if not container.streams.video:
-            raise InputError(f"{p}: has no video stream")
-        vs = container.streams.video[0]
+        vs = _video_stream(container)
         w, h = int(vs.codec_context.width or 0), int(vs.codec_context.height or 0)
         if w < 1 or h < 1:
             raise InputError(f"{p}: the video stream has no frame size")
@@ -156,16 +167,26 @@ def iter_frames(info: VideoInfo, bad: list | None = None) -> Iterator[tuple[int,
     import av
 
     with _open(info.path) as container:
-        vs = container.streams.video[0]
+        vs = _video_stream(container)
         vs.thread_type = "AUTO"
         i = 0
-        for packet in container.demux(vs):
+        packets = container.demux(vs)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:  # a truncated or damaged container: the clip ends here
+                if bad is None or i == 0:
+                    raise InputError(f"{info.path}: reading stopped at frame {i} ({exc})") from exc
+                bad.append((i, f"the file cannot be read past frame {i - 1} ({exc}); the clip ends there"))
+                break
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as exc:
                 if bad is None:
                     raise InputError(f"{info.path}: decoding stopped at frame {i} ({exc})") from exc
-                bad.append((i, f"undecodable data before frame {i} skipped ({exc})"))
+                bad.append((i, f"undecodable data after frame {i - 1} skipped ({exc})"))
                 continue
             for frame in frames:
                 t = float(frame.pts * vs.time_base) if frame.pts is not None and vs.time_base else i / info.fps
@@ -206,6 +227,13 @@ class VideoWriter:
         self._audio_out = None
         self._size: tuple[int, int] | None = None
         self.n_frames = 0
+        #: Audio past this time (source seconds) is not copied (the video was cut short); None: all.
+        self.max_time_s: float | None = None
+        #: Source time of the first frame (set by the first timed :meth:`write`): subtracted from
+        #: the copied audio's time stamps too.
+        self.time_offset_s: float | None = None
+        self._timed = self.codec != "mpeg4"  # AVI (MPEG-4 Part 2) stays at a constant rate
+        self._last_pts = -1
 
     def __enter__(self) -> "VideoWriter":
         from faceclip.io.files import atomic_path
@@ -235,17 +263,21 @@ class VideoWriter:
         s = self._out.add_stream(self.codec, rate=rate)
         s.width, s.height = w + (w % 2), h + (h % 2)
         s.pix_fmt = "yuv420p"
+        if self._timed:  # millisecond time stamps: a variable frame rate is kept
+            s.codec_context.time_base = Fraction(1, 1000)
         if self.codec in ("libx264", "libvpx-vp9"):
             s.options = {"crf": str(self.crf), **({"preset": "veryfast"} if self.codec == "libx264" else
                                                   {"b:v": "0", "deadline": "realtime", "cpu-used": "8"})}
-        else:
-            s.options = {"qscale": "3"}
+        else:  # MPEG-4 Part 2: constant quality (qscale 3)
+            s.options = {"flags": "+qscale", "global_quality": str(3 * 118)}
         self._stream = s
         self._size = (w, h)
 
-    def write(self, rgb: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 frame."""
+    def write(self, rgb: np.ndarray, time_s: float | None = None) -> None:
+        """Append one (H, W, 3) uint8 frame, shown at ``time_s`` (seconds; the first frame's time
+        becomes 0, and the copied audio is shifted alike) or, without times, at the frame rate."""
         import av
+        from fractions import Fraction
 
         rgb = np.asarray(rgb)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -258,11 +290,24 @@ class VideoWriter:
         if w % 2 or h % 2:
             rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        if self._timed:
+            if time_s is None:
+                pts = int(round(self.n_frames * 1000.0 / self.fps))
+            else:
+                if self.time_offset_s is None:
+                    self.time_offset_s = float(time_s)
+                pts = int(round((float(time_s) - self.time_offset_s) * 1000.0))
+            pts = max(pts, self._last_pts + 1)  # strictly increasing
+            self._last_pts = pts
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
         for packet in self._stream.encode(frame):
             self._out.mux(packet)
         self.n_frames += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        import av
+
+        error = (exc_type, exc, tb)
         try:
             if exc_type is None:
                 if self._stream is None:
@@ -270,16 +315,35 @@ class VideoWriter:
                 for packet in self._stream.encode(None):
                     self._out.mux(packet)
                 if self._audio_in is not None:
+                    shift = self.time_offset_s or 0.0
                     for packet in self._audio_in.demux(self._audio_in.streams.audio[0]):
-                        if packet.dts is None:
+                        if packet.dts is None or packet.pts is None:
                             continue
+                        t = float(packet.pts * packet.time_base)
+                        if t < shift or (self.max_time_s is not None and t > self.max_time_s):
+                            continue
+                        if shift:
+                            delta = int(round(shift / packet.time_base))
+                            packet.pts, packet.dts = packet.pts - delta, packet.dts - delta
                         packet.stream = self._audio_out
                         self._out.mux(packet)
+        except av.error.FFmpegError as e:
+            error = (OutputError, OutputError(f"{self.path}: cannot finish writing ({e})"), e.__traceback__)
+        except BaseException as e:  # noqa: BLE001 - passed on below, after cleaning up
+            error = (type(e), e, e.__traceback__)
+        try:
+            try:
+                if self._audio_in is not None:
+                    self._audio_in.close()
+            finally:
+                self._out.close()
+        except Exception as e:  # noqa: BLE001
+            if error[0] is None:
+                error = (OutputError, OutputError(f"{self.path}: cannot finish writing ({e})"), e.__traceback__)
         finally:
-            if self._audio_in is not None:
-                self._audio_in.close()
-            self._out.close()
-            self._ctx.__exit__(exc_type, exc, tb)
+            self._ctx.__exit__(*error)  # renames the file into place only when nothing failed
+        if error[0] is not None and error[1] is not exc:
+            raise error[1]
 
 
 def _format_for(suffix: str) -> str | None:

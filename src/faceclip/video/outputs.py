@@ -73,7 +73,7 @@ def write_tracks(path: Path, report, model, options) -> Path:
                 "translation_mm": _r(p.translation_mm, 3), "expression": _r(p.expression, 4),
                 "landmarks68": _r(tr.landmarks68[j], 2), "observed": bool(tr.observed[j]),
                 "detected": bool(tr.detected[j]), "reprojection_px": round(float(tr.reprojection_px[j]), 3)})
-    times = {int(f): float(t) for tr in report.tracks for f, t in zip(tr.frames, tr.times_s)}
+    times = report.times_s
     with atomic_open(path, "w") as fh:
         fh.write(dumps({
             "type": "clip", "format": TRACKS_FORMAT, "faceclip_version": __version__, "video": str(report.video),
@@ -97,9 +97,9 @@ def write_tracks(path: Path, report, model, options) -> Path:
             kf = sorted({k for t2 in report.tracks if t2.track == tr.track for k in t2.keyframes})
             fh.write(dumps({"type": "identity", "track": tr.track, "identity": _r(tr.identity, 6), "keyframes": kf})
                      + "\n")
-        unreadable = {i for i, _ in report.bad_frames}
+        unreadable = set(report.unreadable_frames)
         for i in range(report.n_frames):
-            line = {"type": "frame", "frame": i, "time_s": round(times.get(i, i / report.fps), 6),
+            line = {"type": "frame", "frame": i, "time_s": round(float(times[i]), 6),
                     "faces": by_frame.get(i, [])}
             if i in unreadable:
                 line["unreadable"] = True
@@ -119,21 +119,31 @@ def gl_pose(pose) -> tuple[np.ndarray, np.ndarray]:
     return R_gl, _CV_TO_GL @ pose.translation_mm
 
 
-_TEXTURES: dict[int, np.ndarray] = {}
+_TEXTURES: dict[int, tuple] = {}  # id(model) -> (model, texture): the model kept, so its id is not reused
 
 
-def write_glb(path: Path, parts: list, model, cam: FrameCamera) -> Path:
-    """The animated face of one track (its stretches joined; see the module docstring)."""
+def write_glb(path: Path, parts: list, model, cam: FrameCamera, clip_start_s: float = 0.0) -> Path:
+    """The animated face of one track (its stretches joined; see the module docstring); key
+    times count from ``clip_start_s``, the clip's first frame."""
     from faceclip.io.gltf import write_morph_glb
     from faceclip.io.mesh import bake_vertex_colors
 
     tr0 = parts[0]
     with torch.no_grad():
         neutral = model.vertices(torch.as_tensor(tr0.identity, dtype=torch.float32)[None])[0].numpy()
-    times = np.concatenate([tr.times_s for tr in parts])
-    poses = [p for tr in parts for p in tr.poses]
+    # Keys at the frames' times from the clip's start; across a gap between stretches the last
+    # pose is held until just before the next stretch (no sweep through frames without output).
+    times_l: list[float] = []
+    poses = []
+    for k, tr in enumerate(parts):
+        if k and tr.times_s[0] - parts[k - 1].times_s[-1] > 1e-3:
+            times_l.append(float(tr.times_s[0]) - 1e-3)
+            poses.append(parts[k - 1].poses[-1])
+        times_l += [float(t) for t in tr.times_s]
+        poses += list(tr.poses)
+    times = np.asarray(times_l)
     keep = np.concatenate([[True], np.diff(times) > 0])  # strictly increasing key times
-    t0 = times[0]
+    t0 = clip_start_s
     weights = np.stack([p.expression for p in poses])[keep]
     quats, trans = [], []
     for p in poses:
@@ -144,9 +154,9 @@ def write_glb(path: Path, parts: list, model, cam: FrameCamera) -> Path:
         quats.append(q)
         trans.append(t)
     key = id(model)
-    if key not in _TEXTURES:  # the same for every face and clip: baked once (0.6 s)
-        _TEXTURES[key] = bake_vertex_colors(model.uv, model.triangles, _skin_colours(model), size_px=256)
-    texture = _TEXTURES[key]
+    if key not in _TEXTURES or _TEXTURES[key][0] is not model:  # the same for every face: baked once (0.6 s)
+        _TEXTURES[key] = (model, bake_vertex_colors(model.uv, model.triangles, _skin_colours(model), size_px=256))
+    texture = _TEXTURES[key][1]
     yfov = 2.0 * math.atan(cam.height / 2.0 / cam.focal_px)
     return write_morph_glb(path, neutral, model.triangles.numpy(), model.uv.numpy(), texture,
                            model.expression_basis_mm.numpy(), list(model.expression_names),
@@ -247,15 +257,20 @@ def write_overlay(path: Path, info, tracks: list, model, cam: FrameCamera, n_fra
         for j, f in enumerate(tr.frames):
             at.setdefault(int(f), []).append((tr.track, tr.identity, tr.poses[j]))
     audio = info.path if info.kind == "video" and info.has_audio else None
+    import cv2
+
     last = None
     with VideoWriter(path, info.fps, audio_from=audio) as w:
-        for i, _, rgb in iter_frames(info, bad=[]):
+        for i, t, rgb in iter_frames(info, bad=[]):
             if i >= n_frames:
                 break
             if rgb is None:  # an unreadable frame: the last one again keeps the timing
                 rgb = last if last is not None else np.zeros((info.height, info.width, 3), np.uint8)
+            elif rgb.shape[:2] != (info.height, info.width):  # the stream changed size mid-clip
+                rgb = cv2.resize(rgb, (info.width, info.height), interpolation=cv2.INTER_AREA)
             last = rgb
-            w.write(renderer.draw(rgb, at.get(i, [])))
+            w.write(renderer.draw(rgb, at.get(i, [])), time_s=t)
+            w.max_time_s = t + 1.0 / max(info.fps, 1e-3)
             if progress is not None:
                 progress(i + 1, n_frames)
     return path

@@ -125,34 +125,52 @@ class VideoReport:
     #: Frames that could not be read or decoded: ``(index, message)``.
     bad_frames: list[tuple[int, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: (N,) time stamp of every frame (seconds).
+    times_s: np.ndarray | None = None
+    #: Frames that could not be read at all (their faces interpolated).
+    unreadable_frames: list[int] = field(default_factory=list)
+
+
+def check_options(o: VideoOptions) -> None:
+    """Raise :class:`FaceClipError` for options that cannot work."""
+    from faceclip.detect.frontend import DETECTORS
+
+    if o.detector not in DETECTORS:
+        raise FaceClipError(f"unknown face detector {o.detector!r}", hint="use one of: " + ", ".join(DETECTORS))
+    if o.n_keyframes < 1:
+        raise FaceClipError("n_keyframes must be at least 1")
+    if o.focal_px is not None and not (math.isfinite(o.focal_px) and o.focal_px > 0):
+        raise FaceClipError(f"focal length must be positive, got {o.focal_px}")
+    if not (math.isfinite(o.frames_fps) and o.frames_fps > 0):
+        raise FaceClipError(f"frame rate must be positive, got {o.frames_fps}")
+    if o.max_frames is not None and o.max_frames < 1:
+        raise FaceClipError(f"max_frames must be at least 1, got {o.max_frames}")
+    if not (o.min_cutoff > 0 and o.param_min_cutoff > 0 and o.beta >= 0 and o.param_beta >= 0 and o.max_gap_s >= 0):
+        raise FaceClipError("the smoothing parameters must be positive (cut-offs) and non-negative (beta, gap)")
 
 
 class VideoReconstructor:
     """Holds the face model and the sequence fitter; reuse it across clips."""
 
     def __init__(self, options: VideoOptions | None = None) -> None:
-        from faceclip.detect.frontend import DETECTORS
         from faceclip.facemodel import load_face_model
         from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
 
         self.options = o = options or VideoOptions()
-        if o.detector not in DETECTORS:
-            raise FaceClipError(f"unknown face detector {o.detector!r}", hint="use one of: " + ", ".join(DETECTORS))
-        if o.n_keyframes < 1:
-            raise FaceClipError("n_keyframes must be at least 1")
-        if o.focal_px is not None and not (math.isfinite(o.focal_px) and o.focal_px > 0):
-            raise FaceClipError(f"focal length must be positive, got {o.focal_px}")
+        check_options(o)
         geometry = RECONSTRUCTION_GEOMETRY if o.face_model == "ict" else None
         self.model = load_face_model(o.face_model, path=o.face_model_path, geometry=geometry)
         self.fitter = SequenceFitter(self.model, o.sequence)
         self.bad_frames: list[tuple[int, str]] = []
+        self.unreadable: list[int] = []
 
     # ------------------------------------------------------------------ passes 1-3
 
     def track_landmarks(self, info, progress: Callable[[int, int], None] | None = None):
         """Pass 1: ``(times (N,), {track: {frame: FaceObservation}}, tracker)`` over the clip.
 
-        Unreadable frames are recorded in ``self.bad_frames`` as ``(index, message)``."""
+        Problems are recorded in ``self.bad_frames`` as ``(index, message)``, and the indices of
+        frames that could not be read at all (a folder's broken image) in ``self.unreadable``."""
         from faceclip.io.video import iter_frames
         from faceclip.video.track import LandmarkTracker
 
@@ -166,9 +184,11 @@ class VideoReconstructor:
                 break
             times.append(t)
             if rgb is None:  # unreadable: recorded in bad_frames, its faces interpolated
+                self.unreadable.append(i)
                 tracker.skip()
             else:
                 for ob in tracker.step(rgb):
+                    ob.mesh478 = None  # only the tracker needs the mesh (memory on long clips)
                     obs.setdefault(ob.track, {})[i] = ob
             if progress is not None:
                 progress(i + 1, max(total, i + 1))
@@ -196,8 +216,11 @@ class VideoReconstructor:
         breaks = np.where(np.diff(idx) > max_gap + 1)[0]
         stretches = np.split(idx, breaks + 1)
         identity = None
-        out = []
-        for k, seg in enumerate(stretches):
+        # The identity comes from the longest stretch (most frames to choose keyframes from).
+        order = sorted(range(len(stretches)), key=lambda k: -(stretches[k][-1] - stretches[k][0]))
+        parts: dict[int, TrackResult] = {}
+        for k in order:
+            seg = stretches[k]
             frames = np.arange(seg[0], seg[-1] + 1)
             lm = np.full((len(frames), 68, 2), np.nan)
             observed = np.zeros(len(frames), bool)
@@ -210,17 +233,18 @@ class VideoReconstructor:
             lm = _interpolate_gaps(lm, observed)
             t = times[frames]
             if o.smooth and len(frames) >= 3:
-                scale = np.array([face_size_px(x) / 100.0 for x in lm])
-                lm = _smooth(lm, t, scale, o.min_cutoff, o.beta)
-            if identity is None:  # one identity per track (its first stretch long enough)
+                lm = _smooth(lm, t, _running_median(np.array([face_size_px(x) / 100.0 for x in lm]), 9),
+                             o.min_cutoff, o.beta)
+            keyframes: list[int] = []
+            if identity is None:  # one identity per track
                 identity, keys = self.solve_identity(lm, observed, sharp, cam)
                 keyframes = [int(frames[i]) for i in keys]
-            poses, err = self.fit_frames(lm, identity, cam)
+            poses = self.fit_frames(lm, identity, cam)
             if o.smooth and len(frames) >= 3:
                 poses = smooth_poses(poses, t, o.param_min_cutoff, o.param_beta, self.fitter.blendshapes)
-            out.append(TrackResult(track, frames, t, identity, poses, lm, observed, detected,
-                                   keyframes if k == 0 else [], err))
-        return out
+            err = self.reprojection(lm, identity, poses, cam)
+            parts[k] = TrackResult(track, frames, t, identity, poses, lm, observed, detected, keyframes, err)
+        return [parts[k] for k in range(len(stretches))]
 
     def solve_identity(self, lm: np.ndarray, observed: np.ndarray, sharp: np.ndarray, cam: FrameCamera):
         """The identity from keyframes of one stretch: ``(identity (I,), keyframe rows)``."""
@@ -247,21 +271,26 @@ class VideoReconstructor:
         identity, _ = sf.fit_identity([lm[i] for i in keys], cam, [quick[i] for i in keys])
         return identity, keys
 
-    def fit_frames(self, lm: np.ndarray, identity: np.ndarray, cam: FrameCamera):
-        """Every frame with the identity fixed: ``(poses, reprojection error (T,) px)``."""
-        sf = self.fitter
+    def fit_frames(self, lm: np.ndarray, identity: np.ndarray, cam: FrameCamera) -> list[FramePose]:
+        """Every frame with the identity fixed, each warm-started from the previous one."""
         poses: list[FramePose] = []
-        err = np.zeros(len(lm))
         prev = None
-        lm_pts = None
         for j in range(len(lm)):
-            pose = sf.fit_frame(lm[j], cam, identity, init=prev, prior=prev)
-            poses.append(pose)
-            prev = pose
-            if lm_pts is None or j % 10 == 0:
-                lm_pts = sf.vertices(identity, pose.expression)[self.model.landmarks68.numpy()]
-            err[j] = float(np.linalg.norm(sf.project(lm_pts, pose, cam)[17:] - lm[j][17:], axis=1).mean())
-        return poses, err
+            prev = self.fitter.fit_frame(lm[j], cam, identity, init=prev, prior=prev)
+            poses.append(prev)
+        return poses
+
+    def reprojection(self, lm: np.ndarray, identity: np.ndarray, poses: list[FramePose], cam: FrameCamera) -> np.ndarray:
+        """(T,) mean distance (px) of the inner 51 model landmarks, posed as written, to ``lm``."""
+        sf = self.fitter
+        return np.array([float(np.linalg.norm(sf.project(sf.landmark_points(identity, p.expression)[17:], p, cam)
+                                              - lm[j][17:], axis=1).mean()) for j, p in enumerate(poses)])
+
+
+def _running_median(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred running median (the face size's scale: robust to a few noisy frames)."""
+    h = width // 2
+    return np.array([np.median(x[max(0, i - h):i + h + 1]) for i in range(len(x))])
 
 
 def _rate(times: np.ndarray) -> float:
@@ -312,7 +341,7 @@ def _smooth(lm, t, scale, min_cutoff, beta):
 
 def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptions | None = None,
                       progress: Callable[[str, int, int], None] | None = None,
-                      reconstructor: VideoReconstructor | None = None) -> VideoReport:
+                      reconstructor: VideoReconstructor | None = None, name: str | None = None) -> VideoReport:
     """Reconstruct the faces of a clip into ``<out_dir>/<clip name>/`` (see the module docstring).
 
     Args:
@@ -321,6 +350,8 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
         progress: optional ``progress(stage, done, total)``; stages ``"landmarks"``, ``"fit"``,
             ``"overlay"``.
         reconstructor: a :class:`VideoReconstructor` to reuse across clips (its face model).
+        name: the result folder's name (default: the clip's, made safe; a batch hands out unique
+            names with :class:`faceclip.io.outputs.NameAllocator`).
 
     Raises:
         InputError: unreadable clip, or no face in any frame.
@@ -329,21 +360,19 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
     from faceclip.io.outputs import check_output_root, check_replaceable, safe_name, write_result_folder
     from faceclip.io.video import iter_frames, probe_video
 
-    rec = reconstructor or VideoReconstructor(options)
+    rec = copy.copy(reconstructor or VideoReconstructor(options))  # per-job state stays with this job
     if options is not None and options is not rec.options:  # this job's options, the held model
         if (options.face_model, options.face_model_path) != (rec.options.face_model, rec.options.face_model_path):
             raise FaceClipError("the reconstructor holds another face model than the options ask for")
-        rec = copy.copy(rec)
+        check_options(options)
         rec.options = options
-    else:
-        rec = copy.copy(rec)  # per-job state (bad_frames) stays with this job
-        if options.sequence != rec.fitter.config:
-            rec.fitter = SequenceFitter(rec.model, options.sequence)
+    if rec.options.sequence != rec.fitter.config:
+        rec.fitter = SequenceFitter(rec.model, rec.options.sequence)
     o = rec.options
-    rec.bad_frames = []
+    rec.bad_frames, rec.unreadable = [], []
     info = probe_video(path, fps=o.frames_fps)
     out_root = check_output_root(Path(out_dir))
-    name = safe_name(info.path.stem if info.kind == "video" else info.path.name, default="video")
+    name = safe_name(name or (info.path.stem if info.kind == "video" else info.path.name), default="video")
     folder = out_root / name
     check_replaceable(folder, o.overwrite)
     seconds: dict[str, float] = {}
@@ -358,7 +387,9 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
     t0 = time.perf_counter()
     first_track = min(obs, key=lambda k: min(obs[k]))
     first_frame = min(obs[first_track])
-    rgb0 = next(rgb for i, _, rgb in iter_frames(info, bad=[]) if i == first_frame)
+    rgb0 = next((rgb for i, _, rgb in iter_frames(info, bad=[]) if i == first_frame), None)
+    if rgb0 is None:
+        raise InputError(f"{info.path}: frame {first_frame} could not be read again")
     cam = rec.camera_for(rgb0, obs[first_track][first_frame].landmarks68)
     tracks: list[TrackResult] = []
     for k, track in enumerate(sorted(obs)):
@@ -368,7 +399,7 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
     seconds["fit"] = time.perf_counter() - t0
     interpolated = sorted({int(f) for tr in tracks for f, ob in zip(tr.frames, tr.observed) if not ob})
     report = VideoReport(info.path, folder, [], n, _rate(times) if n > 1 else info.fps, info.width, info.height,
-                         cam, tracks, interpolated, list(rec.bad_frames), seconds)
+                         cam, tracks, interpolated, list(rec.bad_frames), seconds, times, list(rec.unreadable))
 
     def write(tmp: Path) -> None:
         from faceclip.video.outputs import write_glb, write_meshes, write_overlay, write_tracks
@@ -379,7 +410,8 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
         if o.glb:
             for tr_id in sorted({tr.track for tr in tracks}):
                 parts = [tr for tr in tracks if tr.track == tr_id]
-                write_glb(tmp / ("animation.glb" if single else f"animation_face{tr_id}.glb"), parts, rec.model, cam)
+                write_glb(tmp / ("animation.glb" if single else f"animation_face{tr_id}.glb"), parts, rec.model, cam,
+                          clip_start_s=float(times[0]))
         if o.meshes:
             write_meshes(tmp, tracks, rec.fitter, single)
         seconds["write"] = time.perf_counter() - t1

@@ -44,9 +44,11 @@ class OneEuroFilter:
     def __call__(self, x: np.ndarray, dt: float) -> np.ndarray:
         """Filter the next sample ``x`` taken ``dt`` seconds after the previous one."""
         x = np.asarray(x, np.float64)
-        if self._x is None or dt <= 0:
+        if self._x is None:
             self._x, self._dx = x.copy(), np.zeros_like(x)
             return x.copy()
+        if dt <= 0:  # a repeated time stamp: nothing new to filter
+            return self._x.copy()
         dx = (x - self._x) / dt
         a_d = self._alpha(self.d_cutoff, dt)
         self._dx = a_d * dx + (1 - a_d) * self._dx

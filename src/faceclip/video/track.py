@@ -4,10 +4,12 @@ Per frame, each live track re-crops around its previous 478-point mesh, levelled
 previous eyes (as MediaPipe's own video mode does) and runs the mesh there (~7 ms on a 2-core
 CPU instead of ~30 ms of detection). A track is lost when the mesh finds no face in the crop or
 a mesh that does not match the crop; the front-end's detectors (:mod:`faceclip.detect.frontend`)
-then run on that frame, and again on following frames until a face is found. With
+then run on that frame, and again on following frames until a face is found (a face found
+far from where the lost one was, after a cut for example, starts a new track). With
 ``all_faces`` the detectors also run every ``redetect_every`` frames to pick up faces that enter
-the picture; a detected face that overlaps a live track is that track, one near where a lost
-track was last seen resumes it, any other starts a new track.
+the picture, and every third frame while a track is lost; a detected face that overlaps a live
+track is that track, one near where a lost track was last seen resumes it, any other starts a
+new track. Two tracks that drift onto one face are merged (the younger one stops).
 
 Coordinates are frame pixels (x right, y down, pixel centres at +0.5).
 """
@@ -115,9 +117,19 @@ class LandmarkTracker:
                 continue
             tr.mesh, tr.last_box = mesh, _mesh_box(mesh)
             seen.append(FaceObservation(tr.id, cal.landmarks68(mesh), mesh, False, sharpness(rgb, tr.last_box)))
+        # Two tracks that drifted onto one face: the younger one stops (its frame is dropped).
         live = [t for t in self.tracks if t.mesh is not None]
-        if self.all_faces:  # a recently lost track, or time to look for new faces
-            want_detect = (not live or any(t.mesh is None and t.lost_for <= self.max_lost_frames for t in self.tracks)
+        for a in live:
+            for b in live:
+                if a.id < b.id and a.mesh is not None and b.mesh is not None \
+                        and box_iou(_mesh_box(a.mesh), _mesh_box(b.mesh)) > 0.5:
+                    b.mesh, b.lost_for = None, 1
+                    seen = [o for o in seen if o.track != b.id]
+        live = [t for t in self.tracks if t.mesh is not None]
+        if self.all_faces:  # a recently lost track (every 3rd frame), or time to look for new faces
+            lost = any(t.mesh is None and t.lost_for <= self.max_lost_frames and t.lost_for % 3 == 1
+                       for t in self.tracks)
+            want_detect = (not live or lost
                            or (self.redetect_every > 0 and self.frame_index % self.redetect_every == 0))
         else:
             want_detect = not live
@@ -140,8 +152,10 @@ class LandmarkTracker:
             box = _mesh_box(mesh)
             if any(box_iou(box, _mesh_box(t.mesh)) > 0.3 for t in live if t.mesh is not None):
                 continue  # a face already followed
-            if not self.all_faces:  # one face: the main track, whenever it was lost
-                tr = self.tracks[0] if self.tracks else None
+            if not self.all_faces:  # one face: the last track, unless this face is elsewhere (a cut)
+                tr = self.tracks[-1] if self.tracks else None
+                if tr is not None and _centre_distance(tr.last_box, box) >= max(_side(box), _side(tr.last_box)):
+                    tr = None  # another person, or the same one elsewhere: a new track
             else:
                 lost = [t for t in self.tracks if t.mesh is None and t.lost_for <= self.max_lost_frames]
                 tr = min(lost, key=lambda t: _centre_distance(t.last_box, box), default=None)
