@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -130,9 +131,10 @@ def main() -> None:
         walls.append(time.perf_counter() - t0)
     wall = statistics.median(walls)
     fps = args.frames / wall
-    tr = report.tracks[0]
-    if len(report.tracks) != 1 or len(tr.frames) != args.frames:
+    if len(report.tracks) != 1 or len(report.tracks[0].frames) != args.frames:
         raise SystemExit(f"expected one track over all {args.frames} frames, got {[len(t.frames) for t in report.tracks]}")
+    tr = report.tracks[0]
+    shutil.rmtree(work, ignore_errors=True)  # the clip and the runs' results (the figures need only memory)
 
     model = rec.model
     ids = model.regions["face"].numpy()[::4]

@@ -62,7 +62,7 @@ class VideoOptions:
     #: 0.03 rad, translation in cm, blendshape weights x 10). Chosen on two clips of the tuning
     #: seed 1 (the same motion over 90 and over 30 frames; posed-vertex error in px, no
     #: smoothing 4.30 on both): these defaults 4.04 / 4.04 with the slow clip's acceleration
-    #: 2.37 -> 0.76 px/frame^2 (ground truth 0.38); a stronger filter (2, 0.01, 4, 0.002) gave
+    #: 2.37 -> 0.71 px/frame^2 (ground truth 0.38); a stronger filter (2, 0.01, 4, 0.002) gave
     #: 3.80 on the slow clip but 8.52 on the fast one (fast head turns damped).
     param_min_cutoff: float = 8.0
     param_beta: float = 0.01
