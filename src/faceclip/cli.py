@@ -36,6 +36,7 @@ EPILOG = """examples:
   faceclip export-mean --out mean_face/ --geometry head_eyes
   faceclip edit results/astronaut --out edited/ --expression happy   # change the expression
   faceclip video clip.mp4 --out results/            # track a face through a video
+  faceclip serve                                    # the web demo on http://127.0.0.1:7860
 """
 
 
@@ -431,6 +432,22 @@ def _video_clips(args: argparse.Namespace, rec, options, out: Path) -> int:
     if len(args.inputs) > 1:
         print(f"{len(args.inputs) - failed}/{len(args.inputs)} clips reconstructed, results in {args.out}")
     return 2 if failed else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Start the web demo (blocks until Ctrl-C)."""
+    from faceclip.web import ServeOptions, serve
+
+    if not 0 < args.port < 65536:
+        raise FaceClipError(f"--port must be 1-65535, got {args.port}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this address can use the demo", args.host)
+    options = ServeOptions(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+                           max_megapixels=args.max_megapixels, session_ttl_s=args.session_ttl_min * 60.0,
+                           concurrency=args.concurrency, queue_size=args.queue_size)
+    print(f"FaceCLIP demo on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    serve(options)
+    return 0
 
 
 def _cmd_expressions(args: argparse.Namespace) -> int:
@@ -903,6 +920,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_video)
 
+    # serve
+    p = sub.add_parser(
+        "serve",
+        help="the web demo: upload a photo, get the 3D face in the browser",
+        epilog="examples:\n  faceclip serve                       # http://127.0.0.1:7860\n"
+        "  faceclip serve --port 8080\n"
+        "  faceclip serve --host 0.0.0.0        # reachable from other computers (think first)\n\n"
+        "Binds 127.0.0.1 unless --host says otherwise. Uploads are capped (--max-upload-mb,\n"
+        "--max-megapixels); each visitor's files live in a temporary folder removed after\n"
+        "--session-ttl-min minutes; reconstructions are queued (--concurrency at a time).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this computer only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
+    p.add_argument("--max-megapixels", type=float, default=40.0, help="largest photo in megapixels (default 40)")
+    p.add_argument("--session-ttl-min", type=float, default=60.0, help="minutes a visitor's files are kept (60)")
+    p.add_argument("--concurrency", type=int, default=1, help="reconstructions at a time (default 1)")
+    p.add_argument("--queue-size", type=int, default=64, help="requests waiting at most (default 64)")
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("expressions", help="list the named expressions and the ICT blendshapes for `faceclip edit`")
     p.set_defaults(func=_cmd_expressions)
 
@@ -916,7 +954,7 @@ DOCS_PAGES = {
     "reconstruct": "reconstruct.md", "demo": "reconstruct.md", "landmarks": "front-end.md",
     "models": "face-models.md", "export-mean": "face-models.md", "evaluate": "evaluation.md",
     "benchmark": "evaluation.md", "prepare-data": "training.md", "train": "training.md",
-    "edit": "editing.md", "expressions": "editing.md", "video": "video.md",
+    "edit": "editing.md", "expressions": "editing.md", "video": "video.md", "serve": "web-demo.md",
 }
 
 

@@ -346,11 +346,14 @@ class Reconstructor:
         return FitResult(params=p, vertices_mm=verts[0], albedo=albedo[0], landmarks_crop_px=lm[0],
                          losses={}, active_terms=["regressor"], seconds={})
 
-    def reconstruct_image(self, path: Path, out_dir: Path, base: str | None = None) -> list[FaceOutput]:
+    def reconstruct_image(self, path: Path, out_dir: Path, base: str | None = None,
+                          faces: list[int] | None = None) -> list[FaceOutput]:
         """Reconstruct every selected face of one photo into ``out_dir/<base>[_faceK]/``.
 
         ``base``: the photo's folder name (default: its file stem made safe); a batch plans
         safe, unique names for all photos up front (:func:`faceclip.batch.plan_output_names`).
+        ``faces``: only these of the selected faces (indices, largest first; the web demo's
+        face picker); folders are named as if all were done.
         Every target folder is checked before any fitting, so a folder that may not be replaced
         fails the photo at once.
         """
@@ -362,17 +365,21 @@ class Reconstructor:
         work, scale = working_copy(full)
         t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
-        faces = self.detect(work, str(path))
+        found = self.detect(work, str(path))
         t_detect = time.perf_counter() - t0
-        folders = [out_dir / (base if len(faces) == 1 else f"{base}_face{k}") for k in range(len(faces))]
-        for folder in folders:
+        chosen = range(len(found)) if faces is None else [k for k in faces if 0 <= k < len(found)]
+        if faces is not None and len(chosen) != len(faces):
+            raise InputError(f"{path}: face {sorted(set(faces) - set(chosen))} not found ({len(found)} faces)")
+        folders = {k: out_dir / (base if len(found) == 1 else f"{base}_face{k}") for k in chosen}
+        for folder in folders.values():
             check_replaceable(folder, self.options.overwrite)
         outputs = []
-        for k, (face, folder) in enumerate(zip(faces, folders)):
-            seconds = {"load": t_load, "detect": t_detect / len(faces)}
+        for k, folder in folders.items():
+            face = found[k]
+            seconds = {"load": t_load, "detect": t_detect / len(found)}
             outputs.append(self._reconstruct_face(full, work, scale, path, k, face, folder, seconds))
-        if outputs:  # folders of this photo's faces from an earlier run that found other faces
-            for stale in remove_stale_results(out_dir, base, folders, str(path)):
+        if outputs and faces is None:  # folders of this photo's faces from an earlier run that found other faces
+            for stale in remove_stale_results(out_dir, base, list(folders.values()), str(path)):
                 log.info("removed %s: an earlier result of %s for a face this run did not find", stale, path)
         return outputs
 

@@ -1,0 +1,353 @@
+"""The web demo behind ``faceclip serve``: photo in, 3D face out, in the browser.
+
+:class:`DemoBackend` does the work without any web framework (and is what the tests call):
+it checks an upload, finds its faces, reconstructs the chosen one into the session's own
+temporary folder, edits its expression, and zips the result. :func:`build_app` puts a Gradio
+page in front of it, and :func:`serve` runs that page.
+
+Safety, by default:
+
+- the server binds ``127.0.0.1`` (another address only when asked: ``--host``);
+- uploads are capped in bytes (``max_upload_mb``, refused by the server before any decoding)
+  and in pixels (``max_megapixels``, checked before the image is decoded in full), and only
+  images are accepted (decoded by :func:`faceclip.io.images.load_image`, which refuses anything
+  else with a one-line reason);
+- every session's files live in their own temporary folder under one root, removed
+  ``session_ttl_s`` after their last use (checked at every request) and when the server stops;
+- reconstructions go through a queue, one at a time (``concurrency``) with at most
+  ``queue_size`` waiting, so twenty visitors at once wait their turn instead of exhausting memory;
+- errors reach the page as one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from faceclip.errors import FaceClipError, InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DemoBackend", "DemoResult", "ServeOptions", "build_app", "serve"]
+
+#: Expressions offered on the page (named expressions of :mod:`faceclip.edit.expressions`).
+PAGE_EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "fear", "anger", "disgust", "contempt", "wink_left",
+                    "wink_right", "jaw_open", "pout")
+#: Blendshape sliders on the page (ICT names).
+PAGE_BLENDSHAPES = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "browInnerUp_L", "browInnerUp_R", "eyeBlink_L",
+                    "eyeBlink_R", "mouthPucker")
+
+
+@dataclass
+class ServeOptions:
+    """Settings of :func:`serve` (the ``faceclip serve`` flags)."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_upload_mb: float = 20.0
+    max_megapixels: float = 40.0
+    session_ttl_s: float = 3600.0
+    concurrency: int = 1
+    queue_size: int = 64
+    #: Parent of the session folders (default: a new temporary folder, removed at exit).
+    root: str | None = None
+
+
+@dataclass
+class DemoResult:
+    """One reconstructed face, as the page shows it."""
+
+    folder: Path
+    glb: Path
+    overlay: Path
+    landmarks: Path
+    zip: Path
+    faces: list[str]
+    face_index: int
+    seconds: float
+    summary: str = ""
+    expression: dict[str, float] = field(default_factory=dict)
+
+
+class DemoBackend:
+    """The demo's work, framework-free (see the module docstring)."""
+
+    def __init__(self, options: ServeOptions | None = None) -> None:
+        self.options = options or ServeOptions()
+        o = self.options
+        if o.max_upload_mb <= 0 or o.max_megapixels <= 0 or o.session_ttl_s <= 0 or o.concurrency < 1:
+            raise FaceClipError("upload limits, session lifetime and concurrency must be positive")
+        self._own_root = o.root is None
+        self.root = Path(o.root) if o.root else Path(tempfile.mkdtemp(prefix="faceclip-web-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._recs: dict[bool, object] = {}
+        self._lock = threading.Lock()  # one reconstruction at a time per process (the fitter keeps state)
+
+    # ------------------------------------------------------------------ sessions
+
+    def new_session(self) -> Path:
+        """A fresh session folder (old ones are cleaned first)."""
+        self.cleanup()
+        return Path(tempfile.mkdtemp(prefix="session-", dir=self.root))
+
+    def touch(self, session: Path) -> None:
+        (Path(session) / ".last-use").write_text(str(time.time()))
+
+    def cleanup(self, now: float | None = None) -> list[Path]:
+        """Remove session folders unused for ``session_ttl_s``; returns them."""
+        now = time.time() if now is None else now
+        gone = []
+        for d in self.root.glob("session-*"):
+            try:
+                stamp = d / ".last-use"
+                last = float(stamp.read_text()) if stamp.is_file() else d.stat().st_mtime
+            except (OSError, ValueError):
+                continue
+            if now - last > self.options.session_ttl_s:
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d)
+        return gone
+
+    def close(self) -> None:
+        """Remove the root folder if the backend made it."""
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ work
+
+    def reconstructor(self, fast: bool):
+        """The (cached) photo pipeline, default or ``--fast``."""
+        from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+
+        if fast not in self._recs:
+            self._recs[fast] = Reconstructor(ReconstructOptions(fast=fast, all_faces=True, overwrite=True))
+        return self._recs[fast]
+
+    def check_upload(self, path: str | Path) -> Path:
+        """Refuse anything but an image within the limits (one-line :class:`InputError`)."""
+        from faceclip.io.images import load_image
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputError("no image was uploaded")
+        if p.stat().st_size > self.options.max_upload_mb * 1e6:
+            raise InputError(f"the file is larger than {self.options.max_upload_mb:g} MB")
+        load_image(p, max_pixels=int(self.options.max_megapixels * 1e6))  # images only, pixel cap
+        return p
+
+    def reconstruct(self, path: str | Path, session: Path, fast: bool = True, face_index: int = 0) -> DemoResult:
+        """Reconstruct face ``face_index`` (largest first) of an uploaded photo into ``session``."""
+        src = self.check_upload(path)
+        session = Path(session)
+        self.touch(session)
+        photo = session / ("photo" + src.suffix.lower() if src.suffix else "photo.png")
+        if src.resolve() != photo.resolve():
+            shutil.copyfile(src, photo)
+        t0 = time.perf_counter()
+        with self._lock:
+            rec = self.reconstructor(fast)
+            from faceclip.fit.pipeline import working_copy
+            from faceclip.io.images import load_image
+
+            found = rec.detect(working_copy(load_image(photo))[0], photo.name)
+            if not 0 <= face_index < len(found):
+                raise InputError(f"the photo has {len(found)} faces; face {face_index + 1} does not exist")
+            out = rec.reconstruct_image(photo, session / "results", base="face", faces=[face_index])[0]
+        seconds = time.perf_counter() - t0
+        labels = [f"face {k + 1}" + (" (largest)" if k == 0 else "") for k in range(len(found))]
+        return self._package(out.folder, labels, face_index, seconds, photo)
+
+    def _package(self, folder: Path, labels: list[str], face_index: int, seconds: float, photo: Path,
+                 expression: dict[str, float] | None = None) -> DemoResult:
+        params = json.loads((folder / "params.json").read_text())
+        lm_png = self._landmarks_png(photo, params, folder.parent / f"{folder.name}_landmarks.png")
+        zip_path = folder.parent / f"{folder.name}.zip"
+        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(folder.iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    z.write(f, f"{folder.name}/{f.name}")
+        nme = params.get("landmark_nme_interocular")
+        summary = (f"**{labels[face_index]}** of {len(labels)} · {seconds:.1f} s"
+                   + (f" · landmark NME {nme:.3f}" if isinstance(nme, (int, float)) else ""))
+        return DemoResult(folder, folder / "mesh.glb", folder / "overlay.png", lm_png, zip_path, labels, face_index,
+                          seconds, summary, expression or {})
+
+    @staticmethod
+    def _landmarks_png(photo: Path, params: dict, out: Path) -> Path:
+        import cv2
+        from PIL import Image
+
+        from faceclip.io.images import load_image
+
+        rgb = load_image(photo)
+        scale = min(1.0, 1024.0 / max(rgb.shape[:2]))
+        img = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb.copy()
+        r = max(1, int(round(max(img.shape[:2]) / 300)))
+        for pts, colour in ((params.get("detected_landmarks68_2d"), (255, 200, 0)), (params.get("landmarks68_2d"),
+                                                                                   (0, 220, 255))):
+            for x, y in np.asarray(pts or [], np.float64) * scale:
+                cv2.circle(img, (int(round(x)), int(round(y))), r, colour, -1, lineType=cv2.LINE_AA)
+        Image.fromarray(img).save(out)
+        return out
+
+    def edit(self, result: DemoResult, expression: str, strength: float, blendshapes: dict[str, float],
+             session: Path) -> Path:
+        """The result with another expression (named expression + blendshape values): a GLB path."""
+        from faceclip.edit import EditRequest, ExpressionEdit, edit_result
+
+        session = Path(session)
+        self.touch(session)
+        edits = []
+        if expression and expression != "neutral" or not blendshapes:
+            edits.append(ExpressionEdit.parse(f"{expression or 'neutral'}:{float(np.clip(strength, 0, 2)):.3f}"))
+        edits += [ExpressionEdit.parse(f"{k}:{float(np.clip(v, 0, 1)):.3f}") for k, v in blendshapes.items() if v > 0]
+        if expression == "neutral" and blendshapes:
+            edits.insert(0, ExpressionEdit.parse("neutral"))
+        out = session / "edited" / f"{result.folder.name}-{int(time.time() * 1000)}"
+        edit_result(result.folder, out, EditRequest(expressions=tuple(edits), formats=("glb",)), clip=None,
+                    overwrite=True)
+        return out / "mesh.glb"
+
+    def provenance_markdown(self, fast: bool = True) -> str:
+        """Which model files the page uses, with their hashes."""
+        rec = self.reconstructor(fast)
+        lines = ["| model | file | sha256 |", "|---|---|---|"]
+        for k, v in rec.weights_used().items():
+            lines.append(f"| {k} | `{Path(str(v['file'])).name}` | `{str(v['sha256'])[:12]}` |")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- the page
+
+HOW_IT_WORKS = """**How it works.** MediaPipe's and dlib's detectors find the faces; MediaPipe's 478-point
+mesh, calibrated to the ICT-FaceKit face model, gives the landmarks; the model's identity,
+expression and pose are fitted to them (Levenberg-Marquardt), then the light and skin colour;
+the texture comes from the photo. Everything runs on this computer's CPU; the photo is not
+sent anywhere. Expressions are edited with FACS action units or ICT's blendshapes. Code, figures
+and the method: the `faceclip` repository (README, docs/web-demo.md)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, FaceClipError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def build_app(backend: DemoBackend):
+    """The Gradio page in front of ``backend`` (a ``gr.Blocks``, not yet launched)."""
+    import gradio as gr
+
+    o = backend.options
+    examples = [str(p) for p in _example_photos()]
+
+    def fail(exc: BaseException):
+        log.info("web demo: %s", _one_line(exc))
+        return gr.Error(_one_line(exc), print_exception=False)
+
+    def run(photo, fast, face_label, session, state_faces):
+        if photo is None:
+            raise gr.Error("Upload a photo first.", print_exception=False)
+        try:
+            session = session or str(backend.new_session())
+            labels = state_faces or []
+            index = labels.index(face_label) if face_label in labels else 0
+            r = backend.reconstruct(photo, Path(session), fast=bool(fast), face_index=index)
+        except Exception as exc:  # noqa: BLE001 - every failure is one line on the page
+            raise fail(exc) from None
+        return (str(r.glb), str(r.overlay), str(r.landmarks), str(r.zip), r.summary,
+                gr.update(choices=r.faces, value=r.faces[r.face_index], interactive=len(r.faces) > 1),
+                session, r.faces, r)
+
+    def on_upload(photo, fast, session):
+        return run(photo, fast, None, None, None)  # a new photo: a new session, the largest face
+
+    def on_face(photo, fast, face_label, session, state_faces):
+        return run(photo, fast, face_label, session, state_faces)
+
+    def on_expression(result, expression, strength, session, *values):
+        if result is None:
+            raise gr.Error("Reconstruct a photo first.", print_exception=False)
+        try:
+            glb = backend.edit(result, expression, strength, dict(zip(PAGE_BLENDSHAPES, values)), Path(session))
+        except Exception as exc:  # noqa: BLE001
+            raise fail(exc) from None
+        return str(glb)
+
+    with gr.Blocks(title="FaceCLIP: 3D face from one photo", delete_cache=(600, int(o.session_ttl_s))) as demo:
+        gr.Markdown("# FaceCLIP: a 3D face from one photo\nUpload a photo (or use the webcam); the face "
+                    "appears in 3D. Drag to turn it; pick another face; change its expression; download the "
+                    "files (OBJ, PLY, GLB, texture, params.json).")
+        session = gr.State(None)
+        faces_state = gr.State(None)
+        result_state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                photo = gr.Image(type="filepath", sources=["upload", "webcam"], label="Photo", format="png",
+                                 elem_id="photo")
+                fast = gr.Checkbox(value=True, label="fast (about 2x faster; landmarks and light only)")
+                gr.Checkbox(value=False, label="detail (displacement map): not available yet", interactive=False)
+                face = gr.Dropdown(choices=[], label="Face", interactive=False, elem_id="face-picker")
+                go = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
+                gr.Examples(examples=examples, inputs=photo)
+            with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="summary")
+                model3d = gr.Model3D(label="3D face (drag to turn)", clear_color=(0.95, 0.95, 0.95, 1.0),
+                                     height=420, elem_id="model3d")
+                with gr.Row():
+                    overlay = gr.Image(label="Fit over the photo", type="filepath", interactive=False)
+                    landmarks = gr.Image(label="Landmarks (yellow: detected, blue: model)", type="filepath",
+                                         interactive=False)
+                download = gr.File(label="All result files (zip)", elem_id="download")
+        with gr.Accordion("Expression", open=True):
+            with gr.Row():
+                expression = gr.Dropdown(choices=list(PAGE_EXPRESSIONS), value="neutral", label="Named expression")
+                strength = gr.Slider(0, 2, value=1, step=0.05, label="Strength")
+            sliders = [gr.Slider(0, 1, value=0, step=0.05, label=name) for name in PAGE_BLENDSHAPES]
+        with gr.Accordion("How it works, and the model files", open=False):
+            gr.Markdown(HOW_IT_WORKS)
+            gr.Markdown(backend.provenance_markdown())
+        outputs = [model3d, overlay, landmarks, download, summary, face, session, faces_state, result_state]
+        go.click(on_upload, [photo, fast, session], outputs, concurrency_limit=o.concurrency,
+                 concurrency_id="reconstruct", api_name="reconstruct")
+        photo.upload(on_upload, [photo, fast, session], outputs, concurrency_limit=o.concurrency,
+                     concurrency_id="reconstruct", api_visibility="private")
+        face.input(on_face, [photo, fast, face, session, faces_state], outputs, concurrency_limit=o.concurrency,
+                   concurrency_id="reconstruct", api_name="pick_face")
+        for control in [expression, strength, *sliders]:
+            control.change(on_expression, [result_state, expression, strength, session, *sliders], model3d,
+                           concurrency_limit=o.concurrency, concurrency_id="edit", trigger_mode="always_last",
+                           api_visibility="private")
+    demo.queue(max_size=o.queue_size, default_concurrency_limit=o.concurrency)
+    return demo
+
+
+def _example_photos() -> list[Path]:
+    from faceclip.api import example_image
+
+    try:
+        return [example_image()]
+    except FaceClipError:
+        return []
+
+
+def serve(options: ServeOptions | None = None, *, block: bool = True):
+    """Start the demo (``faceclip serve``); returns ``(demo, url)`` when ``block`` is False."""
+    backend = DemoBackend(options)
+    o = backend.options
+    demo = build_app(backend)
+    demo._faceclip_backend = backend  # noqa: SLF001 - lets callers (tests) clean up
+    _, url, _ = demo.launch(server_name=o.host, server_port=o.port, max_file_size=f"{o.max_upload_mb:g}mb",
+                            show_error=True, prevent_thread_lock=not block, quiet=True,
+                            allowed_paths=[str(backend.root)], footer_links=[])
+    if block:
+        backend.close()
+    return demo, url
