@@ -242,9 +242,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
+def _gradio():
+    """Gradio, imported with its usage analytics off (the demo talks to nobody)."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    return gr
+
+
 def build_app(backend: DemoBackend):
     """The Gradio page in front of ``backend`` (a ``gr.Blocks``, not yet launched)."""
-    import gradio as gr
+    gr = _gradio()
 
     o = backend.options
     examples = [str(p) for p in _example_photos()]
@@ -282,7 +292,8 @@ def build_app(backend: DemoBackend):
             raise fail(exc) from None
         return str(glb)
 
-    with gr.Blocks(title="FaceCLIP: 3D face from one photo", delete_cache=(600, int(o.session_ttl_s))) as demo:
+    with gr.Blocks(title="FaceCLIP: 3D face from one photo", delete_cache=(600, int(o.session_ttl_s)),
+                   analytics_enabled=False) as demo:
         gr.Markdown("# FaceCLIP: a 3D face from one photo\nUpload a photo (or use the webcam); the face "
                     "appears in 3D. Drag to turn it; pick another face; change its expression; download the "
                     "files (OBJ, PLY, GLB, texture, params.json).")
@@ -345,8 +356,11 @@ def serve(options: ServeOptions | None = None, *, block: bool = True):
     o = backend.options
     demo = build_app(backend)
     demo._faceclip_backend = backend  # noqa: SLF001 - lets callers (tests) clean up
+    gr = _gradio()
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts fetched
+                              font_mono=["ui-monospace", "monospace"])
     _, url, _ = demo.launch(server_name=o.host, server_port=o.port, max_file_size=f"{o.max_upload_mb:g}mb",
-                            show_error=True, prevent_thread_lock=not block, quiet=True,
+                            show_error=True, prevent_thread_lock=not block, quiet=True, theme=theme,
                             allowed_paths=[str(backend.root)], footer_links=[])
     if block:
         backend.close()
