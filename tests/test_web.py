@@ -41,6 +41,7 @@ def test_backend_reconstructs_packages_and_edits(backend):
                                                   "overlay.png", "params.json"))
     params = json.loads((r.folder / "params.json").read_text())
     assert params["landmark_nme_interocular"] < 0.05
+    assert backend.edit(r, "as photographed", 1.0, {"jawOpen": 0.0}, s) == r.glb  # nothing to change
     edited = backend.edit(r, "surprise", 1.0, {"jawOpen": 0.5}, s)
     assert edited.is_file() and s in edited.parents and edited.read_bytes() != r.glb.read_bytes()
     gltf, _ = read_glb_json(edited)
@@ -54,7 +55,7 @@ def test_face_picker(backend):
     s = backend.new_session()
     r0 = backend.reconstruct(FACES_DIR / "bald_guys.jpg", s, fast=True, face_index=0)
     assert len(r0.faces) >= 8
-    r2 = backend.reconstruct(FACES_DIR / "bald_guys.jpg", s, fast=True, face_index=2)
+    r2 = backend.reconstruct(s / "photo.png", s, fast=True, face_index=2)  # the same photo: another face
     assert r2.folder != r0.folder and r2.face_index == 2
     p0 = json.loads((r0.folder / "params.json").read_text())["detection"]["box"]
     p2 = json.loads((r2.folder / "params.json").read_text())["detection"]["box"]
@@ -63,6 +64,9 @@ def test_face_picker(backend):
 
     with pytest.raises(InputError, match="faces; face 99 does not exist"):
         backend.reconstruct(FACES_DIR / "bald_guys.jpg", s, fast=True, face_index=98)
+    rec = backend.reconstructor(True)  # the pipeline's own check
+    with pytest.raises(InputError, match="not found"):
+        rec.reconstruct_image(FACES_DIR / "bald_guys.jpg", s / "direct", base="g", faces=[0, 99])
 
 
 def test_uploads_are_checked(backend, tmp_path):
@@ -74,7 +78,15 @@ def test_uploads_are_checked(backend, tmp_path):
     fake.write_text("#!/bin/sh\nrm -rf /\n")
     with pytest.raises(InputError) as e:
         backend.reconstruct(fake, s)
-    assert "\n" not in e.value.message
+    assert str(tmp_path) not in e.value.message and "the upload" in e.value.message  # no server path shown
+    # An image under another name is decoded and re-saved as PNG: its name and type go nowhere.
+    from PIL import Image
+
+    disguised = tmp_path / "page.html"
+    Image.open(ASTRONAUT).convert("RGBA").save(disguised, format="PNG")  # RGBA: composited by our loader
+    r = backend.reconstruct(disguised, s, fast=True)
+    assert sorted(p.name for p in s.iterdir() if p.is_file() and not p.name.startswith(".")) == ["photo.png"]
+    assert not list(s.rglob("*.html")) and r.glb.is_file()
     with pytest.raises(InputError, match="no image"):
         backend.reconstruct(tmp_path / "missing.png", s)
     small = DemoBackend(ServeOptions(root=str(tmp_path / "r"), max_megapixels=0.05, max_upload_mb=50))
@@ -83,8 +95,9 @@ def test_uploads_are_checked(backend, tmp_path):
     tiny = DemoBackend(ServeOptions(root=str(tmp_path / "r2"), max_upload_mb=0.01))
     with pytest.raises(InputError, match="larger than 0.01 MB"):
         tiny.reconstruct(ASTRONAUT, tiny.new_session())
-    with pytest.raises(InputError, match="no face"):
+    with pytest.raises(InputError, match="no face") as e:
         backend.reconstruct(FACES_DIR / "dogs.jpg", s)
+    assert str(s) not in e.value.message
 
 
 def test_sessions_expire(tmp_path):
@@ -120,27 +133,64 @@ def server(ict_cache, tmp_path_factory):
     demo._faceclip_backend.close()
 
 
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def test_server_binds_localhost_and_answers_twenty_at_once(server):
-    import resource
+    import threading
 
     from gradio_client import Client, handle_file
 
     demo, url = server
     assert url.startswith("http://127.0.0.1:")
-    client = Client(url, verbose=False)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    jobs = [client.submit(handle_file(str(ASTRONAUT)), True, None, api_name="/reconstruct") for _ in range(20)]
-    results = [j.result(timeout=600) for j in jobs]
-    wall = time.perf_counter() - t0
-    assert len(results) == 20
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    with socket.socket() as probe:  # bound to the loopback interface only
+        assert probe.connect_ex(("127.0.0.1", port)) == 0
+    backend = demo._faceclip_backend
+    inner, lock = backend.reconstruct, threading.Lock()
+    flight = {"now": 0, "max": 0}
+
+    def counted(*a, **k):  # how many reconstructions run at once
+        with lock:
+            flight["now"] += 1
+            flight["max"] = max(flight["max"], flight["now"])
+        try:
+            return inner(*a, **k)
+        finally:
+            with lock:
+                flight["now"] -= 1
+
+    backend.reconstruct = counted
+    try:
+        clients = [Client(url, verbose=False) for _ in range(4)]  # four visitors, five requests each
+        sessions_before = len(list(backend.root.glob("session-*")))
+        rss0 = _rss_mb()
+        t0 = time.perf_counter()
+        jobs = [clients[k % 4].submit(handle_file(str(ASTRONAUT)), True, api_name="/reconstruct") for k in range(20)]
+        results = [j.result(timeout=600) for j in jobs]
+        wall = time.perf_counter() - t0
+        growth = _rss_mb() - rss0
+    finally:
+        backend.reconstruct = inner
+    glbs = set()
     for res in results:
         glb, overlay, landmarks, zip_path, summary = res[:5]
         assert Path(glb).is_file() and str(glb).endswith(".glb") and "face 1" in summary
         assert zipfile.is_zipfile(zip_path)
-    growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    print(f"20 concurrent requests answered in {wall:.1f} s; peak RSS growth {growth_mb:.0f} MB")
-    assert growth_mb < 1500  # one reconstruction at a time: memory stays bounded
+        glbs.add(Path(glb).read_bytes()[:64])
+    assert flight["max"] == 1  # queued: one at a time
+    assert len(list(backend.root.glob("session-*"))) - sessions_before == 4  # one folder per visitor
+    print(f"20 requests from 4 visitors answered in {wall:.1f} s; RSS growth {growth:.0f} MB")
+    assert growth < 600  # one job at a time: memory stays bounded
+    # The face picker through the server (the client keeps its session's state).
+    c = clients[0]
+    first = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, api_name="/reconstruct")
+    picked = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, "face 3", api_name="/pick_face")
+    assert "face 1" in first[4] and "face 3" in picked[4] and Path(picked[0]).read_bytes() != Path(first[0]).read_bytes()
 
 
 def _chromium() -> tuple[str, str] | None:
@@ -168,11 +218,13 @@ def test_page_in_headless_chromium(server, tmp_path):
     d = webdriver.Chrome(service=Service(driver), options=opts)
     try:
         d.get(url)
+        inputs = []
         for _ in range(60):
             inputs = d.find_elements(By.CSS_SELECTOR, "#photo input[type=file]")
             if inputs:
                 break
             time.sleep(0.5)
+        assert inputs, "the page has no file input for the photo"
         t0 = time.perf_counter()
         inputs[0].send_keys(str(ASTRONAUT))
         summary = ""
@@ -185,14 +237,17 @@ def test_page_in_headless_chromium(server, tmp_path):
         seconds = time.perf_counter() - t0
         assert "face 1" in summary, "no result on the page"
         print(f"first result on the page {seconds:.1f} s after the upload")
-        assert seconds < 30
-        time.sleep(2.0)  # let the viewer draw
-        canvas = d.find_element(By.CSS_SELECTOR, "#model3d canvas")
+        assert seconds < 10  # the goal: the first result within 10 s of the upload
         shot = tmp_path / "canvas.png"
-        canvas.screenshot(str(shot))
-        pix = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+        skin = 0.0
+        for _ in range(40):  # until the viewer has drawn the face
+            d.find_element(By.CSS_SELECTOR, "#model3d canvas").screenshot(str(shot))
+            pix = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+            skin = ((pix[..., 0] > pix[..., 2] + 20) & (pix[..., 0] > 90)).mean()
+            if pix.std() > 10.0 and skin > 0.02:
+                break
+            time.sleep(0.25)
         assert pix.std() > 10.0, "the 3D viewer's canvas is blank"
-        skin = ((pix[..., 0] > pix[..., 2] + 20) & (pix[..., 0] > 90)).mean()
         assert skin > 0.02, "no face in the 3D viewer"
         links = [e.get_attribute("href") for e in d.find_elements(By.CSS_SELECTOR, "#download a")]
         assert any(h and h.endswith(".zip") for h in links)

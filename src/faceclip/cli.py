@@ -442,10 +442,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise FaceClipError(f"--port must be 1-65535, got {args.port}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the demo", args.host)
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.session_ttl_min <= 0 or args.queue_size < 1:
+        raise FaceClipError("--max-upload-mb, --max-megapixels, --session-ttl-min and --queue-size must be positive")
     options = ServeOptions(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
                            max_megapixels=args.max_megapixels, session_ttl_s=args.session_ttl_min * 60.0,
-                           concurrency=args.concurrency, queue_size=args.queue_size)
-    print(f"FaceCLIP demo on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+                           queue_size=args.queue_size)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"FaceCLIP demo on http://{host}:{args.port} (Ctrl-C stops it)", flush=True)
     serve(options)
     return 0
 
@@ -929,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  faceclip serve --host 0.0.0.0        # reachable from other computers (think first)\n\n"
         "Binds 127.0.0.1 unless --host says otherwise. Uploads are capped (--max-upload-mb,\n"
         "--max-megapixels); each visitor's files live in a temporary folder removed after\n"
-        "--session-ttl-min minutes; reconstructions are queued (--concurrency at a time).",
+        "--session-ttl-min minutes; all work is queued and done one job at a time.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this computer only)")
@@ -937,7 +940,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest photo in megapixels (default 40)")
     p.add_argument("--session-ttl-min", type=float, default=60.0, help="minutes a visitor's files are kept (60)")
-    p.add_argument("--concurrency", type=int, default=1, help="reconstructions at a time (default 1)")
     p.add_argument("--queue-size", type=int, default=64, help="requests waiting at most (default 64)")
     p.set_defaults(func=_cmd_serve)
 

@@ -9,14 +9,18 @@ Safety, by default:
 
 - the server binds ``127.0.0.1`` (another address only when asked: ``--host``);
 - uploads are capped in bytes (``max_upload_mb``, refused by the server before any decoding)
-  and in pixels (``max_megapixels``, checked before the image is decoded in full), and only
-  images are accepted (decoded by :func:`faceclip.io.images.load_image`, which refuses anything
-  else with a one-line reason);
-- every session's files live in their own temporary folder under one root, removed
-  ``session_ttl_s`` after their last use (checked at every request) and when the server stops;
-- reconstructions go through a queue, one at a time (``concurrency``) with at most
-  ``queue_size`` waiting, so twenty visitors at once wait their turn instead of exhausting memory;
-- errors reach the page as one line, never a traceback.
+  and in pixels (``max_megapixels``, checked before the image is decoded in full); the page
+  passes the uploaded file through untouched, and only images are accepted (decoded by
+  :func:`faceclip.io.images.load_image`, which refuses anything else with a one-line reason),
+  then re-saved as PNG (the upload's own name and type are never used or served);
+- every visitor (browser session) has one temporary folder under one root, emptied when a new
+  photo comes, and removed ``session_ttl_s`` after its last use (checked whenever a session
+  starts) and when the server stops; no folder is served beyond the page's own outputs;
+- all work (reconstructions and expression edits) goes through one queue, one job at a time,
+  with at most ``queue_size`` waiting, so twenty visitors at once wait their turn instead of
+  exhausting memory;
+- no public share link, no server-side rendering, no MCP endpoint, no analytics, no web fonts;
+- errors reach the page as one line, never a traceback (real bugs are logged with theirs).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ log = logging.getLogger(__name__)
 __all__ = ["DemoBackend", "DemoResult", "ServeOptions", "build_app", "serve"]
 
 #: Expressions offered on the page (named expressions of :mod:`faceclip.edit.expressions`).
-PAGE_EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "fear", "anger", "disgust", "contempt", "wink_left",
+AS_PHOTOGRAPHED = "as photographed"
+PAGE_EXPRESSIONS = (AS_PHOTOGRAPHED, "neutral", "happy", "sad", "surprise", "fear", "anger", "disgust", "contempt", "wink_left",
                     "wink_right", "jaw_open", "pout")
 #: Blendshape sliders on the page (ICT names).
 PAGE_BLENDSHAPES = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "browInnerUp_L", "browInnerUp_R", "eyeBlink_L",
@@ -56,7 +61,6 @@ class ServeOptions:
     max_upload_mb: float = 20.0
     max_megapixels: float = 40.0
     session_ttl_s: float = 3600.0
-    concurrency: int = 1
     queue_size: int = 64
     #: Parent of the session folders (default: a new temporary folder, removed at exit).
     root: str | None = None
@@ -84,8 +88,8 @@ class DemoBackend:
     def __init__(self, options: ServeOptions | None = None) -> None:
         self.options = options or ServeOptions()
         o = self.options
-        if o.max_upload_mb <= 0 or o.max_megapixels <= 0 or o.session_ttl_s <= 0 or o.concurrency < 1:
-            raise FaceClipError("upload limits, session lifetime and concurrency must be positive")
+        if o.max_upload_mb <= 0 or o.max_megapixels <= 0 or o.session_ttl_s <= 0 or o.queue_size < 1:
+            raise FaceClipError("upload limits, session lifetime and queue size must be positive")
         self._own_root = o.root is None
         self.root = Path(o.root) if o.root else Path(tempfile.mkdtemp(prefix="faceclip-web-"))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -99,8 +103,21 @@ class DemoBackend:
         self.cleanup()
         return Path(tempfile.mkdtemp(prefix="session-", dir=self.root))
 
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.options.max_upload_mb * 1e6)
+
     def touch(self, session: Path) -> None:
-        (Path(session) / ".last-use").write_text(str(time.time()))
+        """Mark a session used now (recreated if it expired meanwhile)."""
+        session = Path(session)
+        session.mkdir(parents=True, exist_ok=True)
+        (session / ".last-use").write_text(str(time.time()))
+
+    def session_for(self, session: str | Path | None) -> Path:
+        """The visitor's folder: theirs if it still exists, else a new one."""
+        if session and Path(session).is_dir() and Path(session).parent == self.root:
+            return Path(session)
+        return self.new_session()
 
     def cleanup(self, now: float | None = None) -> list[Path]:
         """Remove session folders unused for ``session_ttl_s``; returns them."""
@@ -139,29 +156,46 @@ class DemoBackend:
         p = Path(path)
         if not p.is_file():
             raise InputError("no image was uploaded")
-        if p.stat().st_size > self.options.max_upload_mb * 1e6:
+        if p.stat().st_size > self.max_upload_bytes:
             raise InputError(f"the file is larger than {self.options.max_upload_mb:g} MB")
-        load_image(p, max_pixels=int(self.options.max_megapixels * 1e6))  # images only, pixel cap
         return p
+
+    def _load_upload(self, path: str | Path) -> np.ndarray:
+        """(H, W, 3) uint8 of an upload (images only, pixel cap); messages name no server path."""
+        from faceclip.io.images import load_image
+
+        p = self.check_upload(path)
+        try:
+            return load_image(p, max_pixels=int(self.options.max_megapixels * 1e6), max_bytes=self.max_upload_bytes)
+        except InputError as exc:
+            raise InputError(exc.message.replace(str(p), "the upload").replace(p.name, "the upload"),
+                             hint=exc.hint) from None
 
     def reconstruct(self, path: str | Path, session: Path, fast: bool = True, face_index: int = 0) -> DemoResult:
         """Reconstruct face ``face_index`` (largest first) of an uploaded photo into ``session``."""
-        src = self.check_upload(path)
+        from PIL import Image
+
         session = Path(session)
         self.touch(session)
-        photo = session / ("photo" + src.suffix.lower() if src.suffix else "photo.png")
-        if src.resolve() != photo.resolve():
-            shutil.copyfile(src, photo)
+        photo = session / "photo.png"
+        if Path(path).resolve() != photo.resolve():  # a new photo: decoded by our loader, saved as PNG
+            rgb = self._load_upload(path)
+            for old in ("results", "edited"):
+                shutil.rmtree(session / old, ignore_errors=True)
+            Image.fromarray(rgb).save(photo, compress_level=1)
         t0 = time.perf_counter()
         with self._lock:
             rec = self.reconstructor(fast)
             from faceclip.fit.pipeline import working_copy
             from faceclip.io.images import load_image
 
-            found = rec.detect(working_copy(load_image(photo))[0], photo.name)
+            found = rec.detect(working_copy(load_image(photo))[0], "the photo")
             if not 0 <= face_index < len(found):
                 raise InputError(f"the photo has {len(found)} faces; face {face_index + 1} does not exist")
-            out = rec.reconstruct_image(photo, session / "results", base="face", faces=[face_index])[0]
+            try:
+                out = rec.reconstruct_image(photo, session / "results", base="face", faces=[face_index])[0]
+            except InputError as exc:
+                raise InputError(exc.message.replace(str(photo), "the photo"), hint=exc.hint) from None
         seconds = time.perf_counter() - t0
         labels = [f"face {k + 1}" + (" (largest)" if k == 0 else "") for k in range(len(found))]
         return self._package(out.folder, labels, face_index, seconds, photo)
@@ -201,18 +235,28 @@ class DemoBackend:
 
     def edit(self, result: DemoResult, expression: str, strength: float, blendshapes: dict[str, float],
              session: Path) -> Path:
-        """The result with another expression (named expression + blendshape values): a GLB path."""
+        """The result with another expression: a GLB path.
+
+        ``expression``: ``"as photographed"`` (the fitted expression; the sliders then add to it)
+        or a named expression applied with ``strength`` (0-2); then each blendshape with a value
+        above 0 is set to that value. Nothing to change: the reconstruction's own GLB.
+        """
         from faceclip.edit import EditRequest, ExpressionEdit, edit_result
 
         session = Path(session)
+        if not result.folder.is_dir():
+            raise InputError("this session has expired; upload the photo again")
         self.touch(session)
         edits = []
-        if expression and expression != "neutral" or not blendshapes:
-            edits.append(ExpressionEdit.parse(f"{expression or 'neutral'}:{float(np.clip(strength, 0, 2)):.3f}"))
-        edits += [ExpressionEdit.parse(f"{k}:{float(np.clip(v, 0, 1)):.3f}") for k, v in blendshapes.items() if v > 0]
-        if expression == "neutral" and blendshapes:
-            edits.insert(0, ExpressionEdit.parse("neutral"))
-        out = session / "edited" / f"{result.folder.name}-{int(time.time() * 1000)}"
+        if expression and expression != AS_PHOTOGRAPHED:
+            edits.append(ExpressionEdit.parse(f"{expression}:{float(np.clip(strength, 0, 2)):.3f}"))
+        edits += [ExpressionEdit.parse(f"{k}:{float(np.clip(v, 0, 1)):.3f}")
+                  for k, v in blendshapes.items() if v and v > 0]
+        if not edits:
+            return result.glb
+        edited = session / "edited"
+        shutil.rmtree(edited, ignore_errors=True)  # one edited face per visitor at a time
+        out = edited / f"{result.folder.name}-{int(time.time() * 1000)}"
         edit_result(result.folder, out, EditRequest(expressions=tuple(edits), formats=("glb",)), clip=None,
                     overwrite=True)
         return out / "mesh.glb"
@@ -260,32 +304,40 @@ def build_app(backend: DemoBackend):
     examples = [str(p) for p in _example_photos()]
 
     def fail(exc: BaseException):
-        log.info("web demo: %s", _one_line(exc))
+        if isinstance(exc, FaceClipError):
+            log.info("web demo: %s", exc.message)
+        else:  # a bug: its traceback goes to the server's log, one line to the page
+            log.exception("web demo: unexpected error")
         return gr.Error(_one_line(exc), print_exception=False)
 
-    def run(photo, fast, face_label, session, state_faces):
+    resets = [gr.update(value=AS_PHOTOGRAPHED), gr.update(value=1.0)] + [gr.update(value=0.0)] * len(PAGE_BLENDSHAPES)
+
+    def run(photo, fast, face_label, session, state_faces, new_photo: bool):
         if photo is None:
             raise gr.Error("Upload a photo first.", print_exception=False)
         try:
-            session = session or str(backend.new_session())
-            labels = state_faces or []
+            folder = backend.session_for(session)
+            labels = [] if new_photo else (state_faces or [])
             index = labels.index(face_label) if face_label in labels else 0
-            r = backend.reconstruct(photo, Path(session), fast=bool(fast), face_index=index)
+            r = backend.reconstruct(folder / "photo.png" if not new_photo and (folder / "photo.png").is_file()
+                                    else photo, folder, fast=bool(fast), face_index=index)
         except Exception as exc:  # noqa: BLE001 - every failure is one line on the page
             raise fail(exc) from None
         return (str(r.glb), str(r.overlay), str(r.landmarks), str(r.zip), r.summary,
                 gr.update(choices=r.faces, value=r.faces[r.face_index], interactive=len(r.faces) > 1),
-                session, r.faces, r)
+                str(folder), r.faces, r, *resets)
 
     def on_upload(photo, fast, session):
-        return run(photo, fast, None, None, None)  # a new photo: a new session, the largest face
+        """A new photo: the largest face."""
+        return run(photo, fast, None, session, None, True)
 
-    def on_face(photo, fast, face_label, session, state_faces):
-        return run(photo, fast, face_label, session, state_faces)
+    def on_reconstruct(photo, fast, face_label, session, state_faces):
+        """The same photo again (another face, or fast switched): the chosen face."""
+        return run(photo, fast, face_label, session, state_faces, state_faces is None)
 
     def on_expression(result, expression, strength, session, *values):
         if result is None:
-            raise gr.Error("Reconstruct a photo first.", print_exception=False)
+            return gr.update()
         try:
             glb = backend.edit(result, expression, strength, dict(zip(PAGE_BLENDSHAPES, values)), Path(session))
         except Exception as exc:  # noqa: BLE001
@@ -302,7 +354,9 @@ def build_app(backend: DemoBackend):
         result_state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                photo = gr.Image(type="filepath", sources=["upload", "webcam"], label="Photo", format="png",
+                # image_mode=None: the uploaded file reaches the backend untouched (Gradio does not
+                # decode and convert it; our loader does, with the pixel cap).
+                photo = gr.Image(type="filepath", sources=["upload", "webcam"], label="Photo", image_mode=None,
                                  elem_id="photo")
                 fast = gr.Checkbox(value=True, label="fast (about 2x faster; landmarks and light only)")
                 gr.Checkbox(value=False, label="detail (displacement map): not available yet", interactive=False)
@@ -320,24 +374,24 @@ def build_app(backend: DemoBackend):
                 download = gr.File(label="All result files (zip)", elem_id="download")
         with gr.Accordion("Expression", open=True):
             with gr.Row():
-                expression = gr.Dropdown(choices=list(PAGE_EXPRESSIONS), value="neutral", label="Named expression")
+                expression = gr.Dropdown(choices=list(PAGE_EXPRESSIONS), value=AS_PHOTOGRAPHED,
+                                         label="Named expression")
                 strength = gr.Slider(0, 2, value=1, step=0.05, label="Strength")
             sliders = [gr.Slider(0, 1, value=0, step=0.05, label=name) for name in PAGE_BLENDSHAPES]
         with gr.Accordion("How it works, and the model files", open=False):
             gr.Markdown(HOW_IT_WORKS)
-            gr.Markdown(backend.provenance_markdown())
-        outputs = [model3d, overlay, landmarks, download, summary, face, session, faces_state, result_state]
-        go.click(on_upload, [photo, fast, session], outputs, concurrency_limit=o.concurrency,
-                 concurrency_id="reconstruct", api_name="reconstruct")
-        photo.upload(on_upload, [photo, fast, session], outputs, concurrency_limit=o.concurrency,
-                     concurrency_id="reconstruct", api_visibility="private")
-        face.input(on_face, [photo, fast, face, session, faces_state], outputs, concurrency_limit=o.concurrency,
-                   concurrency_id="reconstruct", api_name="pick_face")
+            gr.Markdown("Model files of the fast path:\n\n" + backend.provenance_markdown())
+        outputs = [model3d, overlay, landmarks, download, summary, face, session, faces_state, result_state,
+                   expression, strength, *sliders]
+        work = {"concurrency_limit": 1, "concurrency_id": "work"}  # one job at a time, edits included
+        photo.upload(on_upload, [photo, fast, session], outputs, api_name="reconstruct", **work)
+        go.click(on_reconstruct, [photo, fast, face, session, faces_state], outputs, api_name="reconstruct_again",
+                 **work)
+        face.input(on_reconstruct, [photo, fast, face, session, faces_state], outputs, api_name="pick_face", **work)
         for control in [expression, strength, *sliders]:
-            control.change(on_expression, [result_state, expression, strength, session, *sliders], model3d,
-                           concurrency_limit=o.concurrency, concurrency_id="edit", trigger_mode="always_last",
-                           api_visibility="private")
-    demo.queue(max_size=o.queue_size, default_concurrency_limit=o.concurrency)
+            control.input(on_expression, [result_state, expression, strength, session, *sliders], model3d,
+                          trigger_mode="always_last", api_visibility="private", **work)
+    demo.queue(max_size=o.queue_size, default_concurrency_limit=1)
     return demo
 
 
@@ -351,17 +405,29 @@ def _example_photos() -> list[Path]:
 
 
 def serve(options: ServeOptions | None = None, *, block: bool = True):
-    """Start the demo (``faceclip serve``); returns ``(demo, url)`` when ``block`` is False."""
+    """Start the demo (``faceclip serve``); returns ``(demo, url)`` when ``block`` is False.
+
+    Raises:
+        FaceClipError: the port cannot be used.
+    """
     backend = DemoBackend(options)
     o = backend.options
-    demo = build_app(backend)
-    demo._faceclip_backend = backend  # noqa: SLF001 - lets callers (tests) clean up
-    gr = _gradio()
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts fetched
-                              font_mono=["ui-monospace", "monospace"])
-    _, url, _ = demo.launch(server_name=o.host, server_port=o.port, max_file_size=f"{o.max_upload_mb:g}mb",
-                            show_error=True, prevent_thread_lock=not block, quiet=True, theme=theme,
-                            allowed_paths=[str(backend.root)], footer_links=[])
+    try:
+        demo = build_app(backend)
+        demo._faceclip_backend = backend  # noqa: SLF001 - lets callers (tests) clean up
+        gr = _gradio()
+        theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts fetched
+                                  font_mono=["ui-monospace", "monospace"])
+        try:
+            _, url, _ = demo.launch(server_name=o.host, server_port=o.port, max_file_size=backend.max_upload_bytes,
+                                    show_error=True, prevent_thread_lock=not block, quiet=True, theme=theme,
+                                    footer_links=[], share=False, ssr_mode=False, mcp_server=False)
+        except OSError as exc:
+            raise FaceClipError(f"cannot serve on {o.host}:{o.port} ({exc})",
+                                hint="another program uses the port: pass --port") from exc
+    except BaseException:
+        backend.close()
+        raise
     if block:
         backend.close()
     return demo, url
