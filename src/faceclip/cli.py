@@ -447,6 +447,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     options = ServeOptions(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
                            max_megapixels=args.max_megapixels, session_ttl_s=args.session_ttl_min * 60.0,
                            queue_size=args.queue_size)
+    import signal
+
+    def stop(signum, frame):  # SIGTERM stops the server like Ctrl-C: session folders are removed
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the server's own health checks
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"FaceCLIP demo on http://{host}:{args.port} (Ctrl-C stops it)", flush=True)
     serve(options)

@@ -428,6 +428,6 @@ def serve(options: ServeOptions | None = None, *, block: bool = True):
     except BaseException:
         backend.close()
         raise
-    if block:
+    if block:  # launch() returned: the server stopped (Ctrl-C, SIGTERM via the CLI)
         backend.close()
     return demo, url
