@@ -47,7 +47,8 @@ def timed(fn: Callable[[], torch.Tensor], runs: int) -> float:
 
 def identity_encoder():
     from faceclip.errors import ModelNotInstalledError
-    from faceclip.nets.facenet import InceptionResnetV1, load_facenet
+    from faceclip.nets.facenet import InceptionResnetV1
+    from faceclip.nets.facenet_weights import load_facenet
 
     try:
         return load_facenet(), "FaceNet (ported weights)"

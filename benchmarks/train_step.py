@@ -49,7 +49,7 @@ def optional_terms(use_identity: bool, use_clip: bool, device) -> tuple[dict, di
     if use_identity:
         try:
             from faceclip.losses.identity import IdentityLoss
-            from faceclip.nets.facenet import load_facenet
+            from faceclip.nets.facenet_weights import load_facenet
 
             kwargs["identity_loss"] = IdentityLoss(load_facenet(device=device))
             weights["identity"] = 2.0

@@ -13,7 +13,7 @@ from faceclip.detect.align import align_face
 from faceclip.detect.detector import detect_faces
 from faceclip.io.images import load_image
 from faceclip.losses.identity import IdentityLoss, identity_loss
-from faceclip.nets.facenet import facenet_graph_path, load_facenet
+from faceclip.nets.facenet_weights import facenet_graph_path, load_facenet
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 

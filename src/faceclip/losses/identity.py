@@ -2,7 +2,7 @@
 
 FaceCLIP (after Deep3DFaceRecon) compares a frozen face-recognition network's embeddings of
 the input image and of the rendered face. ArcFace weights cannot be obtained here, so the
-default encoder is FaceNet (:func:`faceclip.nets.facenet.load_facenet`); an ArcFace iresnet
+default encoder is FaceNet (:func:`faceclip.nets.facenet_weights.load_facenet`); an ArcFace iresnet
 you bring (:func:`faceclip.nets.arcface.load_arcface`) plugs in the same way.
 """
 
@@ -39,7 +39,7 @@ class IdentityLoss(nn.Module):
     Args:
         encoder: a module with ``embed(images)`` mapping ``(B, 3, h, w)`` RGB face crops in
             [0, 1] to ``(B, D)`` embeddings, and ``aligned_box`` (its sub-crop of an aligned
-            FaceCLIP crop): :func:`~faceclip.nets.facenet.load_facenet` or
+            FaceCLIP crop): :func:`~faceclip.nets.facenet_weights.load_facenet` or
             :func:`~faceclip.nets.arcface.load_arcface`. It is kept frozen and in eval mode.
         box: ``(x0, y0, x1, y1)`` sub-crop, in units of the image side, taken from both images
             before embedding; default the encoder's ``aligned_box`` (for FaceCLIP's aligned

@@ -164,7 +164,7 @@ def _identity_loss(cfg: TrainConfig, weights, device):
         return None  # (a zero-weight term does not load its encoder)
     try:
         from faceclip.losses.identity import IdentityLoss
-        from faceclip.nets.facenet import load_facenet
+        from faceclip.nets.facenet_weights import load_facenet
 
         return IdentityLoss(load_facenet(device=device))
     except ModelNotInstalledError as exc:
