@@ -213,7 +213,8 @@ def test_animation_gif_and_glb_with_blendshape_morph_targets(results, ict_head, 
 
 
 def test_text_without_clip_says_so_and_uses_the_parser(results, ict_head, tmp_path, monkeypatch, capsys):
-    from faceclip.nets.clip import VITB32, installed_path
+    from faceclip.nets.clip import VITB32
+    from faceclip.nets.clip_weights import installed_path
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -332,7 +333,8 @@ def test_plan_edit_with_a_clip_encoder_records_the_mapper(results, small_clip):
 
 def test_clip_missing_error_names_the_install_command(tmp_path, monkeypatch):
     from faceclip.errors import ModelNotInstalledError
-    from faceclip.nets.clip import VITB32, load_clip_image_text
+    from faceclip.nets.clip import VITB32
+    from faceclip.nets.clip_weights import load_clip_image_text
 
     monkeypatch.setenv("FACECLIP_HOME", str(tmp_path / "fc"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -15,19 +15,8 @@ import torch
 from torch import nn
 
 from faceclip.errors import FaceClipError, ModelNotInstalledError
-from faceclip.nets.clip import (
-    CLIP_MEAN,
-    CLIP_STD,
-    RN50X4,
-    VITB32,
-    ClipEncoders,
-    ClipWeights,
-    find_clip_weights,
-    install_clip_weights,
-    load_clip_encoders,
-    load_clip_tower,
-    read_clip_state_dict,
-)
+from faceclip.nets.clip import CLIP_MEAN, CLIP_STD, RN50X4, VITB32, ClipEncoders, load_clip_tower, read_clip_state_dict
+from faceclip.nets.clip_weights import ClipWeights, find_clip_weights, install_clip_weights, load_clip_encoders
 
 SIZE = 64  # test images; the encoders resize to 288 / 224
 

@@ -296,7 +296,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     if args.offline:
         clip = None
     elif args.clip_weights:
-        from faceclip.nets.clip import load_clip_image_text
+        from faceclip.nets.clip_weights import load_clip_image_text
 
         clip = load_clip_image_text(args.clip_weights)
     bar = None

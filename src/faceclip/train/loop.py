@@ -176,7 +176,7 @@ def _clip_loss(cfg: TrainConfig, weights, device):
     if weights.clip <= 0:
         return None
     from faceclip.losses.clip import make_clip_loss
-    from faceclip.nets.clip import find_clip_weights
+    from faceclip.nets.clip_weights import find_clip_weights
 
     weights = find_clip_weights(rn50x4=cfg.clip_rn50x4, vitb32=cfg.clip_vitb32)
     return make_clip_loss(weights, device=device)
