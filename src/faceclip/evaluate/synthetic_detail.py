@@ -47,15 +47,15 @@ class DetailSpec:
 def vertex_uv(model) -> np.ndarray:
     """(V, 2) one UV per vertex (the first corner that uses it)."""
     uv = np.zeros((model.n_vertices, 2))
-    tri = model.triangles.cpu().numpy()
+    tri = model.triangles.cpu().numpy().reshape(-1)
     corners = model.uv.cpu().numpy().reshape(-1, 2)
-    order = np.arange(tri.size)[::-1]  # later writes win: reversed, so the first corner wins
-    uv[tri.reshape(-1)[order]] = corners[order]
+    vids, first = np.unique(tri, return_index=True)
+    uv[vids] = corners[first]
     return uv
 
 
 def uv_mm_per_unit(model) -> float:
-    """Median length (mm, on the mean face) of one unit of u on the face's triangles."""
+    """Median length (mm, on the mean face) of one unit of u or v on the face's triangles."""
     from faceclip.render.bump import triangle_tangents
 
     face = model.region_mask("face")[model.triangles].all(1)
@@ -66,6 +66,9 @@ def uv_mm_per_unit(model) -> float:
 def _weight(names: list[str], expression: dict[str, float] | None, prefix: tuple[str, ...]) -> float:
     if not expression:
         return 0.0
+    unknown = sorted(set(expression) - set(names))
+    if unknown:
+        raise ValueError(f"unknown blendshapes: {', '.join(unknown)}")
     vals = [w for n, w in expression.items() if n.startswith(prefix)]
     return float(np.clip(max(vals, default=0.0), 0.0, 1.0))
 
@@ -77,7 +80,7 @@ def procedural_detail(model, rng: np.random.Generator, size_px: int = 512, spec:
     Args:
         rng: draws the amplitudes (x 0.6-1.4 each), phases and small placement jitter.
         expression: blendshape weights by name for the dynamic part (None: at rest).
-        scale: multiply every amplitude (e.g. 0 for a face without detail).
+        scale: multiply the whole map, dynamic part included (0: a face without detail).
     """
     S = size_px
     vuv = vertex_uv(model)
@@ -87,7 +90,7 @@ def procedural_detail(model, rng: np.random.Generator, size_px: int = 512, spec:
     uu, vv = np.meshgrid(u, 1.0 - u)  # row 0 = v 1
     D = np.zeros((S, S))
     lam = spec.wavelength_mm / mm  # wavelength in UV units
-    amp = rng.uniform(0.6, 1.4, 4) * (1.0 if scale is None else scale)
+    amp = rng.uniform(0.6, 1.4, 3)
     names = list(model.expression_names)
     brows = _weight(names, expression, ("browInnerUp", "browOuterUp"))
     smile = _weight(names, expression, ("mouthSmile", "cheekSquint"))
@@ -95,7 +98,7 @@ def procedural_detail(model, rng: np.random.Generator, size_px: int = 512, spec:
     def gauss(cu, cv, su, sv):
         return np.exp(-0.5 * (((uu - cu) / su) ** 2 + ((vv - cv) / sv) ** 2))
 
-    # Forehead: above the brows by about 1.2 brow-to-eye distances.
+    # Forehead: above the brows by about 0.9 brow-to-eye distances.
     brow = lm[[19, 24]].mean(0)
     eye = lm[[37, 44]].mean(0)
     up = brow - eye
@@ -105,7 +108,8 @@ def procedural_detail(model, rng: np.random.Generator, size_px: int = 512, spec:
     D += a * np.sin(2 * np.pi * (vv - centre[1]) / lam + rng.uniform(0, 2 * np.pi)) * gauss(
         centre[0], centre[1], width, 1.3 * lam)
     # Crow's feet: furrows fanning from the outer eye corners (36: subject's right, 45: left).
-    for k, (corner, sign) in enumerate(((lm[36], -1.0), (lm[45], 1.0))):
+    for k, (corner, inner) in enumerate(((lm[36], lm[39]), (lm[45], lm[42]))):
+        sign = 1.0 if corner[0] > inner[0] else -1.0  # outward, away from the nose
         c = corner + np.array([sign * 0.6 * lam, 0.0])
         ang = np.arctan2(vv - c[1], (uu - c[0]) * sign)
         a = spec.crows_feet_mm * amp[1]
@@ -119,8 +123,23 @@ def procedural_detail(model, rng: np.random.Generator, size_px: int = 512, spec:
         dist = np.hypot(uu - (p0[0] + t * d[0]), vv - (p0[1] + t * d[1]))
         a = spec.nasolabial_mm * amp[2] + spec.nasolabial_dynamic_mm * smile
         D -= a * np.exp(-0.5 * (dist / (0.35 * lam)) ** 2) * np.sin(np.pi * t) ** 0.5
-    D *= (uu < 0.5) & (vv > 0.5)  # the face's chart only (other UV islands stay smooth)
+    D *= _face_texels(model, S)  # the face's own UV island only (others stay smooth)
+    D *= 1.0 if scale is None else float(scale)
     return torch.from_numpy(D).float()[None, None]
+
+
+def _face_texels(model, size_px: int) -> np.ndarray:
+    """(S, S) float mask of the texels of the face region's triangles, softened by 2 texels."""
+    from scipy.ndimage import binary_dilation, gaussian_filter
+
+    from faceclip.fit.texture import uv_raster
+
+    raster = uv_raster(model.to("cpu"), size_px)
+    mask = np.zeros(size_px * size_px, bool)
+    face = raster.face_texel if isinstance(raster.face_texel, np.ndarray) else raster.face_texel.cpu().numpy()
+    mask[raster.frag.pix.cpu().numpy()[face]] = True
+    mask = binary_dilation(mask.reshape(size_px, size_px), iterations=2)
+    return np.clip(gaussian_filter(mask.astype(np.float64), 1.0), 0.0, 1.0)
 
 
 def render_with_detail(model, vertices_mm: Tensor, albedo: Tensor, sh: Tensor, camera, disp: Tensor | None,
@@ -135,7 +154,7 @@ def render_with_detail(model, vertices_mm: Tensor, albedo: Tensor, sh: Tensor, c
     Returns:
         ``(image (H, W, 3) float in [0, 1], coverage (H, W) bool)``.
     """
-    from faceclip.render.bump import bumped_normals, sh_irradiance
+    from faceclip.render.bump import bumped_normals, irradiance_at_normals
     from faceclip.render.interpolate import interpolate_vertex_attributes
     from faceclip.render.rasterize import rasterize_mesh
 
@@ -143,13 +162,13 @@ def render_with_detail(model, vertices_mm: Tensor, albedo: Tensor, sh: Tensor, c
     with torch.no_grad():
         frag, _, _ = rasterize_mesh(vertices_mm[None], tri, camera, cull_backfaces=True)
         n = bumped_normals(frag, vertices_mm, tri, model.uv, disp)
-        irr = sh_irradiance(camera.to_view(n[None])[0], sh)
+        irr = irradiance_at_normals(camera.to_view(n[None])[0], sh)
         col = (interpolate_vertex_attributes(albedo, frag, tri) * irr).clamp(0, 1)
         H, W = camera.image_size
         out = np.zeros((H * W, 3)) if background is None else background.reshape(-1, 3).astype(np.float64).copy()
-        out[frag.pix.numpy()] = col.numpy()
+        out[frag.pix.cpu().numpy()] = col.cpu().numpy()
         cover = np.zeros(H * W, bool)
-        cover[frag.pix.numpy()] = True
+        cover[frag.pix.cpu().numpy()] = True
     return out.reshape(H, W, 3), cover.reshape(H, W)
 
 
@@ -167,9 +186,9 @@ def detail_normals_image(model, vertices_mm: Tensor, camera, disp: Tensor | None
         H, W = camera.image_size
         out = np.zeros((H * W, 3))
         cover = np.zeros(H * W, bool)
-        keep = np.ones(len(frag.pix), bool) if triangle_mask is None else triangle_mask[frag.face].numpy()
-        out[frag.pix.numpy()[keep]] = n.numpy()[keep]
-        cover[frag.pix.numpy()[keep]] = True
+        keep = np.ones(len(frag.pix), bool) if triangle_mask is None else triangle_mask[frag.face].cpu().numpy()
+        out[frag.pix.cpu().numpy()[keep]] = n.cpu().numpy()[keep]
+        cover[frag.pix.cpu().numpy()[keep]] = True
     return out.reshape(H, W, 3), cover.reshape(H, W)
 
 

@@ -70,7 +70,6 @@ VITB32 = ClipArch("vitb32", "clip-vitb32", "ViT-B-32", 224, "ViT-B-32.pt", "timm
 CLIP_ARCHS = {RN50X4.key: RN50X4, VITB32.key: VITB32}
 #: ``faceclip models install`` names -> architecture.
 CLIP_MODEL_NAMES = {a.model_name: a for a in CLIP_ARCHS.values()}
-#: File names open_clip stores in a Hugging Face repo, preferred first.
 
 
 def _install_hint(arch: ClipArch) -> str:
@@ -269,7 +268,7 @@ class ClipEncoders(_FrozenClip):
     rather than at black, which is far from the training distribution's mean and creates a
     strong artificial edge along the mask; soft masks blend towards the mean colour.
 
-    Build with :func:`load_clip_encoders` (real weights) or :meth:`random` (tests).
+    Build with :func:`~faceclip.nets.clip_weights.load_clip_encoders` (real weights) or :meth:`random` (tests).
     """
 
     def __init__(self, rn50x4: nn.Module, vitb32: nn.Module, text: nn.Module | None = None,
@@ -363,7 +362,8 @@ class ClipImageText(_FrozenClip):
     resized, bilinear and antialiased, to the tower's input size: differentiable) and
     ``encode_text`` a list of prompts; both return unnormalised embeddings (B, D).
 
-    Build with :func:`load_clip_image_text` (real weights) or :meth:`small_random` (tests).
+    Build with :func:`~faceclip.nets.clip_weights.load_clip_image_text` (real weights) or :meth:`small_random`
+    (tests).
     """
 
     def __init__(self, clip: nn.Module, image_size_px: int = VITB32.image_size_px, source: str = "",

@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 
+#: File names open_clip stores in a Hugging Face repo, preferred first.
 HF_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 

@@ -171,7 +171,7 @@ class InceptionResnetV1(nn.Module):
 
     Module names follow the TensorFlow scopes of the original graph in lower case
     (``repeat.0.branch_1.conv2d_0b_3x3`` is ``InceptionResnetV1/Repeat/block35_1/Branch_1/
-    Conv2d_0b_3x3``), which is how :func:`convert_facenet` maps the weights.
+    Conv2d_0b_3x3``), which is how :func:`~faceclip.nets.facenet_weights.convert_facenet` maps the weights.
 
     Shapes for a 160 x 160 input: stem ``(B, 256, 17, 17)``; 5 x block35; Mixed_6a
     ``(B, 896, 8, 8)``; 10 x block17; Mixed_7a ``(B, 1792, 3, 3)``; 5 x block8 and a final
@@ -277,7 +277,7 @@ def embed(images: Tensor, encoder: InceptionResnetV1) -> Tensor:
     Args:
         images: ``(B, 3, H, W)`` RGB in [0, 1], already cropped the way FaceNet expects (see
             :data:`FACENET_ALIGNED_BOX` and :func:`crop_aligned`).
-        encoder: from :func:`load_facenet`.
+        encoder: from :func:`~faceclip.nets.facenet_weights.load_facenet`.
 
     Returns:
         ``(B, 512)`` L2-normalised embeddings. Images are resized to 160 x 160 (bilinear,

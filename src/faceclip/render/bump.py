@@ -15,7 +15,7 @@ Example::
 
     frag, _, _ = rasterize_mesh(verts, tris, cam)
     n = bumped_normals(frag, verts[0], tris, uv_corners, disp_map)      # (N, 3) model frame
-    irradiance = sh_irradiance(cam.to_view(n[None])[0], sh[0])         # (N, 3)
+    irradiance = irradiance_at_normals(cam.to_view(n[None])[0], sh[0])  # (N, 3)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bumped_normals", "fragment_uv", "map_gradients", "sample_map", "sh_irradiance", "triangle_tangents"]
+__all__ = ["bumped_normals", "fragment_uv", "irradiance_at_normals", "map_gradients", "sample_map", "triangle_tangents"]
 
 
 def triangle_tangents(vertices: Tensor, triangles: Tensor, uv_corners: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,7 +38,8 @@ def triangle_tangents(vertices: Tensor, triangles: Tensor, uv_corners: Tensor) -
     e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
     d1, d2 = uv_corners[:, 1] - uv_corners[:, 0], uv_corners[:, 2] - uv_corners[:, 0]
     det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
-    inv = torch.where(det.abs() > 1e-12, 1.0 / det, torch.zeros_like(det)).unsqueeze(-1)
+    ok = det.abs() > 1e-12
+    inv = torch.where(ok, 1.0 / torch.where(ok, det, torch.ones_like(det)), torch.zeros_like(det)).unsqueeze(-1)
     pu = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) * inv
     pv = (e2 * d1[:, 0:1] - e1 * d2[:, 0:1]) * inv
     return pu, pv
@@ -51,9 +52,12 @@ def fragment_uv(frag, uv_corners: Tensor) -> Tensor:
 
 def map_gradients(disp: Tensor) -> Tensor:
     """(1, 2, S, S): ``dD/du`` and ``dD/dv`` of a (1, 1, S, S) map (mm per unit u, v), central
-    differences with the edges replicated; rows run from v = 1 down to v = 0."""
+    differences (one-sided at the borders); rows run from v = 1 down to v = 0."""
     S_h, S_w = disp.shape[-2:]
-    padded = F.pad(disp, (1, 1, 1, 1), mode="replicate")
+    # Pad by linear extrapolation, so the central difference at a border is the one-sided one.
+    padded = torch.cat([2 * disp[..., :, :1] - disp[..., :, 1:2], disp, 2 * disp[..., :, -1:] - disp[..., :, -2:-1]], -1)
+    padded = torch.cat([2 * padded[..., :1, :] - padded[..., 1:2, :], padded,
+                        2 * padded[..., -1:, :] - padded[..., -2:-1, :]], -2)
     du = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) * (S_w / 2.0)
     dv = (padded[..., :-2, 1:-1] - padded[..., 2:, 1:-1]) * (S_h / 2.0)  # row up = v up
     return torch.cat([du, dv], 1)
@@ -100,7 +104,7 @@ def bumped_normals(frag, vertices: Tensor, triangles: Tensor, uv_corners: Tensor
     return torch.where(ok, F.normalize(m, dim=-1), n)
 
 
-def sh_irradiance(normals_view: Tensor, sh: Tensor) -> Tensor:
+def irradiance_at_normals(normals_view: Tensor, sh: Tensor) -> Tensor:
     """(N, C) SH irradiance of (N, 3) view-frame unit normals under (9, C) coefficients."""
     from faceclip.render.shading import sh_basis
 
