@@ -361,11 +361,8 @@ def _cmd_video(args: argparse.Namespace) -> int:
     from faceclip.io.outputs import check_output_root, clean_stale_temporaries
     from faceclip.video import VideoOptions, VideoReconstructor
 
-    if args.fps is not None and args.fps <= 0:
-        raise FaceClipError(f"--fps must be positive, got {args.fps}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise FaceClipError(f"--max-frames must be at least 1, got {args.max_frames}")
-    options = VideoOptions(all_faces=args.all_faces, detector=args.detector, frames_fps=args.fps or 30.0,
+    options = VideoOptions(all_faces=args.all_faces, detector=args.detector,
+                           frames_fps=30.0 if args.fps is None else args.fps,  # checked by VideoReconstructor
                            smooth=not args.no_smooth, n_keyframes=args.keyframes, focal_px=args.focal_px,
                            max_frames=args.max_frames, overlay=not args.no_overlay, glb=not args.no_glb,
                            meshes=args.meshes, overwrite=args.overwrite, face_model_path=args.face_model_path)

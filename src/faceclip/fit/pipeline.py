@@ -103,6 +103,16 @@ class FaceOutput:
     files: list[Path]
     landmark_nme: float
     seconds: dict[str, float] = field(default_factory=dict)
+    #: How many faces the photo had (selected by the options' policy).
+    faces_found: int = 1
+
+
+class FaceIndexError(InputError):
+    """A face asked for by index (``reconstruct_image(faces=...)``) is not in the photo."""
+
+    def __init__(self, message: str, n_faces: int) -> None:
+        super().__init__(message)
+        self.n_faces = n_faces
 
 
 @dataclass
@@ -369,7 +379,8 @@ class Reconstructor:
         t_detect = time.perf_counter() - t0
         chosen = range(len(found)) if faces is None else [k for k in faces if 0 <= k < len(found)]
         if faces is not None and len(chosen) != len(faces):
-            raise InputError(f"{path}: face {sorted(set(faces) - set(chosen))} not found ({len(found)} faces)")
+            raise FaceIndexError(f"{path}: face {sorted(set(faces) - set(chosen))} not found ({len(found)} faces)",
+                                 len(found))
         folders = {k: out_dir / (base if len(found) == 1 else f"{base}_face{k}") for k in chosen}
         for folder in folders.values():
             check_replaceable(folder, self.options.overwrite)
@@ -378,6 +389,7 @@ class Reconstructor:
             face = found[k]
             seconds = {"load": t_load, "detect": t_detect / len(found)}
             outputs.append(self._reconstruct_face(full, work, scale, path, k, face, folder, seconds))
+            outputs[-1].faces_found = len(found)
         if outputs and faces is None:  # folders of this photo's faces from an earlier run that found other faces
             for stale in remove_stale_results(out_dir, base, list(folders.values()), str(path)):
                 log.info("removed %s: an earlier result of %s for a face this run did not find", stale, path)

@@ -223,11 +223,13 @@ class SequenceFitter:
         w = self.base_w / (1.0 + (d / c.robust) ** 2) if c.robust > 0 else self.base_w
         return np.sqrt(w * c.w_landmark).reshape(68, 1) / unit
 
-    def _project_theta(self, theta: np.ndarray, exp_slice: slice) -> np.ndarray:
+    def _project_theta(self, theta: np.ndarray, yaw, expression) -> np.ndarray:
+        """Yaw within +-80 degrees and blendshape weights in [0, 1]; ``yaw``, ``expression``
+        index ``theta`` (one frame's or all keyframes')."""
         theta = theta.copy()
-        theta[1] = np.clip(theta[1], -1.4, 1.4)
+        theta[yaw] = np.clip(theta[yaw], -1.4, 1.4)
         if self.blendshapes:
-            theta[exp_slice] = np.clip(theta[exp_slice], 0.0, 1.0)
+            theta[expression] = np.clip(theta[expression], 0.0, 1.0)
         return theta
 
     # ------------------------------------------------------------------ initialisation
@@ -301,7 +303,7 @@ class SequenceFitter:
             return evaluate
 
         theta = self._solve(theta, system, prior_w, mu, iterations or c.frame_iterations,
-                            lambda th: self._project_theta(th, slice(6, None)))
+                            lambda th: self._project_theta(th, 1, slice(6, None)))
         return FramePose(theta[:3].copy(), theta[3:6] * _T_UNIT, theta[6:].copy())
 
     @staticmethod
@@ -406,14 +408,8 @@ class SequenceFitter:
         for k in range(K):
             exp_mask[I + k * P + 6:I + (k + 1) * P] = True
 
-        def project(th: np.ndarray) -> np.ndarray:
-            th = th.copy()
-            th[yaw_idx] = np.clip(th[yaw_idx], -1.4, 1.4)
-            if self.blendshapes:
-                th[exp_mask] = np.clip(th[exp_mask], 0.0, 1.0)
-            return th
-
-        theta = self._solve(theta, system, prior_w, mu, c.joint_iterations, project)
+        theta = self._solve(theta, system, prior_w, mu, c.joint_iterations,
+                            lambda th: self._project_theta(th, yaw_idx, exp_mask))
         poses = [FramePose(frame(theta, k)[:3].copy(), frame(theta, k)[3:6] * _T_UNIT, frame(theta, k)[6:].copy())
                  for k in range(K)]
         return theta[:I].copy(), poses

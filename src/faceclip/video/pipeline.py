@@ -31,7 +31,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -167,7 +167,8 @@ class VideoReconstructor:
     # ------------------------------------------------------------------ passes 1-3
 
     def track_landmarks(self, info, progress: Callable[[int, int], None] | None = None):
-        """Pass 1: ``(times (N,), {track: {frame: FaceObservation}}, tracker)`` over the clip.
+        """Pass 1: ``(times (N,), {track: {frame: FaceObservation}}, tracker, first)`` over the clip,
+        ``first`` = ``(frame index, rgb)`` of the first frame where a face was found (or None).
 
         Problems are recorded in ``self.bad_frames`` as ``(index, message)``, and the indices of
         frames that could not be read at all (a folder's broken image) in ``self.unreadable``."""
@@ -178,6 +179,7 @@ class VideoReconstructor:
         tracker = LandmarkTracker(detector=o.detector, all_faces=o.all_faces)
         times: list[float] = []
         obs: dict[int, dict] = {}
+        first = None
         total = min(info.n_frames, o.max_frames) if o.max_frames else info.n_frames
         for i, t, rgb in iter_frames(info, bad=self.bad_frames):
             if o.max_frames is not None and i >= o.max_frames:
@@ -190,9 +192,11 @@ class VideoReconstructor:
                 for ob in tracker.step(rgb):
                     ob.mesh478 = None  # only the tracker needs the mesh (memory on long clips)
                     obs.setdefault(ob.track, {})[i] = ob
+                    if first is None:
+                        first = (i, rgb)
             if progress is not None:
                 progress(i + 1, max(total, i + 1))
-        return np.asarray(times), obs, tracker
+        return np.asarray(times), obs, tracker, first
 
     def camera_for(self, rgb_or_size, landmarks68: np.ndarray) -> FrameCamera:
         """The clip's camera from the first face's 68 landmarks (see the module docstring)."""
@@ -358,7 +362,7 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
         OutputError: the result folder exists and is not faceclip's (see ``overwrite``).
     """
     from faceclip.io.outputs import check_output_root, check_replaceable, safe_name, write_result_folder
-    from faceclip.io.video import iter_frames, probe_video
+    from faceclip.io.video import probe_video
 
     rec = copy.copy(reconstructor or VideoReconstructor(options))  # per-job state stays with this job
     if options is not None and options is not rec.options:  # this job's options, the held model
@@ -377,19 +381,16 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
     check_replaceable(folder, o.overwrite)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    times, obs, tracker = rec.track_landmarks(info, None if progress is None else
-                                              (lambda d, n: progress("landmarks", d, n)))
+    times, obs, tracker, first = rec.track_landmarks(info, None if progress is None else
+                                                     (lambda d, n: progress("landmarks", d, n)))
     seconds["landmarks"] = time.perf_counter() - t0
     n = len(times)
     if not obs:
         raise InputError(f"{info.path}: no face found in any of its {n} frames",
                          hint="is the face large enough (at least ~40 px) and lit?")
     t0 = time.perf_counter()
-    first_track = min(obs, key=lambda k: min(obs[k]))
-    first_frame = min(obs[first_track])
-    rgb0 = next((rgb for i, _, rgb in iter_frames(info, bad=[]) if i == first_frame), None)
-    if rgb0 is None:
-        raise InputError(f"{info.path}: frame {first_frame} could not be read again")
+    first_frame, rgb0 = first  # kept by pass 1: the clip is not decoded again for it
+    first_track = min(k for k in obs if first_frame in obs[k])
     cam = rec.camera_for(rgb0, obs[first_track][first_frame].landmarks68)
     tracks: list[TrackResult] = []
     for k, track in enumerate(sorted(obs)):
@@ -425,11 +426,3 @@ def reconstruct_video(path: str | Path, out_dir: str | Path, options: VideoOptio
     report.files = write_result_folder(folder, write, meta=meta, overwrite=o.overwrite)
     report.seconds = seconds
     return report
-
-
-def report_summary(report: VideoReport) -> dict:
-    """A JSON-ready summary of a run (what the CLI prints with ``--json``)."""
-    return {"video": str(report.video), "folder": str(report.folder), "frames": report.n_frames, "fps": report.fps,
-            "tracks": sorted({tr.track for tr in report.tracks}), "interpolated_frames": report.interpolated_frames,
-            "camera": None if report.camera is None else asdict(report.camera),
-            "seconds": {k: round(v, 3) for k, v in report.seconds.items()}}

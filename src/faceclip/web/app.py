@@ -184,20 +184,18 @@ class DemoBackend:
                 shutil.rmtree(session / old, ignore_errors=True)
             Image.fromarray(rgb).save(photo, compress_level=1)
         t0 = time.perf_counter()
+        from faceclip.fit.pipeline import FaceIndexError
+
         with self._lock:
             rec = self.reconstructor(fast)
-            from faceclip.fit.pipeline import working_copy
-            from faceclip.io.images import load_image
-
-            found = rec.detect(working_copy(load_image(photo))[0], "the photo")
-            if not 0 <= face_index < len(found):
-                raise InputError(f"the photo has {len(found)} faces; face {face_index + 1} does not exist")
             try:
                 out = rec.reconstruct_image(photo, session / "results", base="face", faces=[face_index])[0]
+            except FaceIndexError as exc:
+                raise InputError(f"the photo has {exc.n_faces} faces; face {face_index + 1} does not exist") from None
             except InputError as exc:
                 raise InputError(exc.message.replace(str(photo), "the photo"), hint=exc.hint) from None
         seconds = time.perf_counter() - t0
-        labels = [f"face {k + 1}" + (" (largest)" if k == 0 else "") for k in range(len(found))]
+        labels = [f"face {k + 1}" + (" (largest)" if k == 0 else "") for k in range(out.faces_found)]
         return self._package(out.folder, labels, face_index, seconds, photo)
 
     def _package(self, folder: Path, labels: list[str], face_index: int, seconds: float, photo: Path,
