@@ -233,10 +233,22 @@ class SyntheticFaceGenerator:
             expr[0, m.expression_index(name)] = w
         return m(identity=ident, expression=expr).vertices_mm[0].numpy()
 
+    def camera(self, params: SyntheticParams, size: int):
+        """The :class:`~faceclip.render.PerspectiveCamera` of a ``size`` x ``size`` image of ``params``."""
+        from faceclip.render import PerspectiveCamera
+
+        R = MODEL_TO_OPENCV @ euler_matrix_np(*np.radians(params.angles_deg))
+        focal = size * 0.5 / math.tan(math.radians(params.fov_deg) / 2)
+        cxy = np.array([size / 2.0, size / 2.0]) + np.array(params.offset_fraction) * size
+        # The head centre lands on pixel cxy at the given distance: t = (0, 0, d) - R c.
+        t = np.array([0.0, 0.0, params.distance_mm]) - R @ self._centre
+        return PerspectiveCamera.create(torch.tensor(R, dtype=torch.float32), torch.tensor(t, dtype=torch.float32),
+                                        focal, (size, size), principal_point_px=tuple(cxy))
+
     def render(self, params: SyntheticParams) -> SyntheticSample:
         """Render a parameter set at every configured size."""
         from faceclip.fit.contour import landmark_vertex_ids
-        from faceclip.render import PerspectiveCamera, render_mesh
+        from faceclip.render import render_mesh
 
         m = self.model
         rng = np.random.default_rng([self.seed, params.index, 1])  # albedo / noise stream
@@ -249,12 +261,10 @@ class SyntheticFaceGenerator:
         out = SyntheticSample(params, verts.astype(np.float32), {}, {}, {}, {}, {}, head_r)
         noise_seed = int(rng.integers(2 ** 31))
         for size in self.config.sizes_px:
+            cam = self.camera(params, size)
             focal = size * 0.5 / math.tan(math.radians(params.fov_deg) / 2)
             cxy = np.array([size / 2.0, size / 2.0]) + np.array(params.offset_fraction) * size
-            # The head centre lands on pixel cxy at the given distance: t = (0, 0, d) - R c.
             t = np.array([0.0, 0.0, params.distance_mm]) - R @ self._centre
-            cam = PerspectiveCamera.create(torch.tensor(R, dtype=torch.float32), torch.tensor(t, dtype=torch.float32),
-                                           focal, (size, size), principal_point_px=tuple(cxy))
             r = render_mesh(v_t, m.triangles, cam, vertex_colors=torch.from_numpy(albedo)[None].float(),
                             sh_coeffs=sh, background=0.0, cull_backfaces=True, antialiased=True)
             rgb = r.image[0].clamp(0, 1).numpy()
