@@ -69,6 +69,18 @@ class ModelConfig:
     dense_points: int = 250
     #: ``task: landmarks`` only: ``"integral"`` (soft-argmax heatmaps) or ``"fc"`` (regression).
     landmark_head: str = "integral"
+    #: Also train the detail network (:mod:`faceclip.nets.detail`: a UV displacement map from
+    #: the regressor's features and expression); written to ``detail.pt`` at the end.
+    detail: bool = False
+    #: Side of the detail map over the face's UV window (a power of two, 8 to 1024).
+    detail_map_px: int = 64
+    detail_code_dim: int = 128
+    detail_channels: int = 128
+    #: The map is bounded to +-this many millimetres.
+    detail_max_mm: float = 2.0
+    #: Freeze the regressor and train the detail network alone (start from a trained regressor
+    #: with ``init_checkpoint``); the coarse loss terms are then not computed.
+    detail_only: bool = False
 
 
 @dataclass
@@ -167,6 +179,16 @@ def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
     from faceclip.nets.regressor import check_refine
 
     check_refine(cfg.model.refine, f"{where}.model.refine")
+    if cfg.model.detail_only and not cfg.model.detail:
+        raise InputError(f"{where}.model.detail_only needs model.detail: true")
+    if cfg.model.detail:
+        from faceclip.nets.detail import check_map_px
+
+        if cfg.task != "regressor":
+            raise InputError(f"{where}.model.detail applies to task: regressor only")
+        check_map_px(cfg.model.detail_map_px, f"{where}.model.detail_map_px")
+        if not cfg.model.detail_max_mm > 0:
+            raise InputError(f"{where}.model.detail_max_mm must be positive, got {cfg.model.detail_max_mm}")
     if cfg.model.dense_points < 1:
         raise InputError(f"{where}.model.dense_points must be at least 1, got {cfg.model.dense_points}")
     if cfg.data.realism is not None:

@@ -48,6 +48,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     validation: dict = field(default_factory=dict)
     seconds: float = 0.0
+    detail_path: Path | None = None  # detail.pt when model.detail is on
 
 
 # ---------------------------------------------------------------------- distributed
@@ -196,6 +197,19 @@ def build_model(cfg: TrainConfig, face_model):
     return FaceRegressor(rcfg, pretrained=m.pretrained, backbone_weights=m.backbone_weights)
 
 
+def build_detail_net(cfg: TrainConfig, regressor, face_model):
+    """The detail network for ``regressor``'s features and ``face_model``'s UV window."""
+    from faceclip.fit.detail import face_uv_window
+    from faceclip.nets.detail import DetailNet, DetailNetConfig
+
+    m = cfg.model
+    window, mirror_u = face_uv_window(face_model)
+    return DetailNet(DetailNetConfig(
+        in_features=regressor.refine.out_features, n_expression=face_model.n_expression, map_px=m.detail_map_px,
+        code_dim=m.detail_code_dim, base_channels=m.detail_channels, max_mm=m.detail_max_mm,
+        face_model=face_model.name, window=(window.u0, window.v0, window.side), mirror_u=mirror_u))
+
+
 # ---------------------------------------------------------------------- checkpoints
 
 
@@ -222,8 +236,9 @@ def _model_record(net: nn.Module) -> dict:
 
 
 def save_checkpoint(path: Path, net: nn.Module, opt, sched, scaler, step: int, cfg: TrainConfig,
-                    world_size: int = 1) -> Path:
-    """Atomic write of everything needed to resume (``step`` = steps completed).
+                    world_size: int = 1, detail_net: nn.Module | None = None) -> Path:
+    """Atomic write of everything needed to resume (``step`` = steps completed); the detail
+    network, when trained, under ``"detail"``.
 
     ``world_size`` (processes of the run) is recorded: the sample plan depends on the global
     batch, so a resume with another number of processes continues with another data order.
@@ -233,6 +248,10 @@ def save_checkpoint(path: Path, net: nn.Module, opt, sched, scaler, step: int, c
     state = {"model": _model_record(net), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "step": step, "rng": _rng_state(),
              "config": cfg.to_dict(), "world_size": int(world_size)}
+    if detail_net is not None:
+        from faceclip.nets.detail import detail_net_record
+
+        state["detail"] = detail_net_record(detail_net)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path
@@ -371,6 +390,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     face_model = load_face_model(cfg.face_model, geometry=geometry)
     train_set, val_set, augment = build_datasets(cfg, face_model)
     landmarks_task = cfg.task == "landmarks"
+    detail_net = None
     if landmarks_task:
         from faceclip.train.landmark_task import LandmarkObjective, build_landmark_net
 
@@ -380,10 +400,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     else:
         net = build_model(cfg, face_model).to(device)
         weights = LossWeights.from_dict(cfg.loss)
-        objective = TrainingObjective(face_model, weights, identity_loss=_identity_loss(cfg, weights, device),
-                                      clip_loss=_clip_loss(cfg, weights, device), render_px=cfg.render_px,
-                                      device=device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        coarse = not cfg.model.detail_only
+        objective = TrainingObjective(face_model, weights,
+                                      identity_loss=_identity_loss(cfg, weights, device) if coarse else None,
+                                      clip_loss=_clip_loss(cfg, weights, device) if coarse else None,
+                                      render_px=cfg.render_px, device=device, detail=cfg.model.detail, coarse=coarse)
+        if cfg.model.detail:
+            from faceclip.nets.detail import RegressorWithDetail
+
+            detail_net = build_detail_net(cfg, net, face_model).to(device)
+    # What the optimiser trains: the network, or the network and the detail network together.
+    trainable = net if detail_net is None else RegressorWithDetail(net, detail_net, cfg.model.detail_only)
+    opt = torch.optim.Adam([p for p in trainable.parameters() if p.requires_grad], lr=cfg.optim.lr,
+                           weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
@@ -392,6 +421,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     if resume:
         state = load_checkpoint(ckpt_path)
         net.load_state_dict(state["model"]["state_dict"])
+        if detail_net is not None:
+            if not isinstance(state.get("detail"), dict):
+                raise InputError(f"{ckpt_path} holds no detail network (the run was made without model.detail)",
+                                 hint="resume with the run's own config, or start a new run")
+            detail_net.load_state_dict(state["detail"]["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -408,9 +442,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
         _remove_stale_temporaries(ckpt_path)
-    model = net
+    model = trainable
     if dist_info.world > 1:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(trainable,
+                                                    device_ids=[device.index] if device.type == "cuda" else None)
 
     planned = _PlannedSamples(train_set, augment, cfg.data.image_px)
     logs = _Logs(out_dir, dist_info.is_main, start)
@@ -424,7 +459,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                disable=not (progress and dist_info.is_main) or None)
     step = start
     t_log, n_img = time.perf_counter(), 0
-    net.train()
+    trainable.train()
     try:
         for batch in loader:
             batch = batch.to(device)
@@ -437,13 +472,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                 total, terms, vis = objective(params, images.float(), batch.landmarks_px, batch.skin_mask,
                                               batch.params, batch.params_valid)
             else:
+                output, detail_map = output if detail_net is not None else (output, None)
                 params = _float_params(output)
                 target = batch.params if (batch.params is not None and bool(batch.params_valid.all())) else None
-                total, terms, vis = objective(params, images.float(), batch.landmarks_px, batch.skin_mask, target)
+                total, terms, vis = objective(params, images.float(), batch.landmarks_px, batch.skin_mask, target,
+                                              detail_map=None if detail_map is None else detail_map.float())
             if not torch.isfinite(total):
                 raise FaceClipError(f"training diverged at step {step + 1} (loss {total.item()})",
                                     hint="lower optim.lr, or resume from the last checkpoint")
-            backward_and_step(total, net, opt, scaler, cfg.optim.grad_clip)
+            backward_and_step(total, trainable, opt, scaler, cfg.optim.grad_clip)
             sched.step()
             step += 1
             n_img += images.shape[0] * dist_info.world
@@ -471,15 +508,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
                     validation = validate_landmarks(net, objective, val_set, device, batch_size=cfg.batch_size)
                 else:
-                    validation = validate(net, objective, val_set, device, batch_size=cfg.batch_size)
+                    validation = validate(trainable, objective, val_set, device, batch_size=cfg.batch_size)
                 logs.row({"step": step, **{f"val_{k}": v for k, v in validation.items()}})
-                net.train()
+                trainable.train()
             if dist_info.is_main and (step % cfg.ckpt_every == 0 or step == end):
-                save_checkpoint(ckpt_path, net, opt, sched, scaler, step, cfg, dist_info.world)
+                save_checkpoint(ckpt_path, net, opt, sched, scaler, step, cfg, dist_info.world, detail_net)
     finally:
         bar.close()
         logs.close()
-    reg_path = None
+    reg_path = detail_path = None
     if dist_info.is_main and step == cfg.steps:
         meta = {"steps": step, "config": cfg.to_dict(), "validation": validation}
         if landmarks_task:
@@ -491,16 +528,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             from faceclip.nets.regressor import save_regressor
 
             reg_path = save_regressor(net, out_dir / "regressor.pt", meta=meta)
+            if detail_net is not None:
+                from faceclip.nets.detail import save_detail_net
+
+                detail_path = save_detail_net(detail_net, out_dir / "detail.pt", meta=meta)
     if dist_info.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     return TrainResult(out_dir, step, ckpt_path if ckpt_path.is_file() else None, reg_path, history, validation,
-                       time.perf_counter() - t_start)
+                       time.perf_counter() - t_start, detail_path)
 
 
 def backward_and_step(loss: Tensor, net: nn.Module, opt, scaler, grad_clip: float) -> None:
-    """Backward pass, gradient-norm clipping and the optimiser step (grad scaler under AMP)."""
+    """Backward pass, gradient-norm clipping (over ``net``'s parameters) and the optimiser step
+    (grad scaler under AMP)."""
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

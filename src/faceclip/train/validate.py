@@ -20,6 +20,9 @@ def _similarity_error_mm(pred: np.ndarray, gt: np.ndarray) -> float:
 def validate(net, objective, dataset, device, batch_size: int = 8, n_realy: int = 4) -> dict[str, float]:
     """Metrics of ``net`` on a synthetic dataset with ground truth.
 
+    ``net`` is a regressor, or a :class:`~faceclip.nets.detail.RegressorWithDetail` whose maps
+    then enter the loss (the objective's detail terms).
+
     Returns:
         ``loss`` (the training objective), ``vertex_mm`` (mean distance over the face region
         after similarity alignment, all faces), ``nme`` (68-landmark NME by inter-ocular
@@ -41,8 +44,10 @@ def validate(net, objective, dataset, device, batch_size: int = 8, n_realy: int 
     losses, vert_err, nmes, realy = [], [], [], []
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))]).to(device)
-        params = net(batch.image, clamp=True)
-        total, _, vis = objective(params, batch.image, batch.landmarks_px, batch.skin_mask, batch.params)
+        out = net(batch.image, clamp=True)
+        params, detail_map = out if isinstance(out, tuple) else (out, None)
+        total, _, vis = objective(params, batch.image, batch.landmarks_px, batch.skin_mask, batch.params,
+                                  detail_map=detail_map)
         losses.append(total.item() * batch.image.shape[0])
         pred_v = model.vertices(params.identity, params.expression).cpu().numpy().astype(np.float64)
         gt_v = model.vertices(batch.params.identity, batch.params.expression).cpu().numpy().astype(np.float64)
