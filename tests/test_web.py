@@ -51,6 +51,21 @@ def test_backend_reconstructs_packages_and_edits(backend):
     assert eparams["expression"]["jawOpen"] == pytest.approx(0.5, abs=1e-3)
 
 
+def test_detail_switch(backend):
+    """With detail on, the 3D view gets the normal-mapped GLB and the zip the detail files."""
+    from faceclip.io.gltf import read_glb_json
+
+    s = backend.new_session()
+    r = backend.reconstruct(ASTRONAUT, s, fast=True, detail=True)
+    assert r.glb.name == "mesh_detail.glb" and r.glb.is_file()
+    gltf, _ = read_glb_json(r.glb)
+    assert "normalTexture" in gltf["materials"][0]
+    names = {n.split("/")[-1] for n in zipfile.ZipFile(r.zip).namelist()}
+    assert {"displacement.png", "normal_map.png", "mesh_detail.obj", "mesh.glb"} <= names
+    plain = backend.reconstruct(s / "photo.png", s, fast=True, detail=False)
+    assert plain.glb.name == "mesh.glb"
+
+
 def test_face_picker(backend):
     s = backend.new_session()
     r0 = backend.reconstruct(FACES_DIR / "bald_guys.jpg", s, fast=True, face_index=0)
@@ -170,7 +185,7 @@ def test_server_binds_localhost_and_answers_twenty_at_once(server):
         sessions_before = len(list(backend.root.glob("session-*")))
         rss0 = _rss_mb()
         t0 = time.perf_counter()
-        jobs = [clients[k % 4].submit(handle_file(str(ASTRONAUT)), True, api_name="/reconstruct") for k in range(20)]
+        jobs = [clients[k % 4].submit(handle_file(str(ASTRONAUT)), True, False, api_name="/reconstruct") for k in range(20)]
         results = [j.result(timeout=600) for j in jobs]
         wall = time.perf_counter() - t0
         growth = _rss_mb() - rss0
@@ -188,8 +203,8 @@ def test_server_binds_localhost_and_answers_twenty_at_once(server):
     assert growth < 600  # one job at a time: memory stays bounded
     # The face picker through the server (the client keeps its session's state).
     c = clients[0]
-    first = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, api_name="/reconstruct")
-    picked = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, "face 3", api_name="/pick_face")
+    first = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, api_name="/reconstruct")
+    picked = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, "face 3", api_name="/pick_face")
     assert "face 1" in first[4] and "face 3" in picked[4] and Path(picked[0]).read_bytes() != Path(first[0]).read_bytes()
 
 

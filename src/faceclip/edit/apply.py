@@ -277,6 +277,47 @@ class EditReport:
     seconds: dict[str, float]
 
 
+def edited_detail_map(face: ResultFace, outcome: EditOutcome) -> np.ndarray | None:
+    """(S, S) the result's displacement map (``reconstruct --detail``) at the edited expression,
+    its wrinkles deepened or faded (:mod:`faceclip.fit.dynamic_detail`); None without one."""
+    from faceclip.fit.dynamic_detail import split_detail
+    from faceclip.io.detail import read_displacement_png
+
+    d = face.params.get("detail")
+    path = face.folder / str((d or {}).get("file", "displacement.png"))
+    if not d or not path.is_file():
+        return None
+    atlas = read_displacement_png(path, float(d["scale_mm"]), float(d["offset_mm"]))
+    names = face.expression_names
+    fitted = dict(zip(names, face.expression[0].tolist()))
+    edited = dict(zip(names, outcome.expression[0].tolist()))
+    return split_detail(face.model, atlas, fitted).at(edited)
+
+
+def _write_detail(face: ResultFace, verts: Tensor, atlas: np.ndarray, tmp: Path, formats: tuple[str, ...]) -> None:
+    """displacement.png, normal_map.png and mesh_detail.* of the edited face into ``tmp``."""
+    from faceclip.fit.detail import skin_triangle_mask
+    from faceclip.io.detail import (
+        DETAIL_FORMATS,
+        NORMAL_MAP_FILE,
+        export_detail_mesh,
+        tangent_normal_map,
+        write_displacement_png,
+        write_normal_map_png,
+    )
+
+    m = face.model
+    v, f, uv = verts.cpu().numpy(), m.triangles.cpu().numpy(), m.uv.cpu().numpy()
+    detail_formats = tuple(x for x in formats if x in DETAIL_FORMATS)
+    if detail_formats:
+        has_texture = (tmp / "mesh_texture.png").is_file()
+        export_detail_mesh(tmp, v, f, uv, atlas, texture=face.texture, triangle_mask=skin_triangle_mask(m).cpu().numpy(),
+                           formats=detail_formats, texture_file="mesh_texture.png" if has_texture else None, levels=1)
+    else:
+        write_displacement_png(tmp / "displacement.png", atlas)
+        write_normal_map_png(tmp / NORMAL_MAP_FILE, tangent_normal_map(v, f, uv, atlas))
+
+
 def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: EditRequest,
                overwrite: bool = False, renderer: FaceRenderer | None = None) -> list[Path]:
     """Write the edited result folder (see the module docstring); returns its files.
@@ -300,9 +341,18 @@ def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: E
         elif "transfer_from" in s:
             caption = f"from {Path(s['transfer_from']).name}"
 
+    edited_detail = edited_detail_map(face, outcome)
+    if edited_detail is not None:
+        from faceclip.io.detail import displacement_params
+
+        params["detail"] = {**params["detail"], **displacement_params(edited_detail),
+                            "dynamic": "wrinkles re-scaled for the edited expression (faceclip.fit.dynamic_detail)"}
+
     def write(tmp: Path) -> None:
         export_mesh(face.model, verts, tmp, texture=face.texture, vertex_colors=face.albedo.numpy(),
                     glb_texture_format="jpeg", formats=request.formats)
+        if edited_detail is not None:
+            _write_detail(face, verts, edited_detail, tmp, request.formats)
         (tmp / "params.json").write_text(json.dumps(params, indent=1))
         Image.fromarray(renderer.overlay(outcome.expression)).save(tmp / "overlay.png", compress_level=1)
         Image.fromarray(before_after(renderer, outcome.base, outcome.expression, caption)).save(

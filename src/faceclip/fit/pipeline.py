@@ -91,6 +91,11 @@ class ReconstructOptions:
     overwrite: bool = False
     #: Mesh files to write: any of "obj", "ply", "glb" (params.json and overlay.png always).
     formats: tuple[str, ...] = MESH_FORMATS
+    #: Also recover mid-frequency detail (a displacement map by shape from shading, see
+    #: :mod:`faceclip.fit.detail`) and write displacement.png, normal_map.png, mesh_detail.*.
+    detail: bool = False
+    #: Settings of the detail fit (None: :class:`faceclip.fit.detail.DetailConfig` defaults).
+    detail_config: object | None = None
 
 
 @dataclass
@@ -416,14 +421,27 @@ class Reconstructor:
         cam_work = image_camera(result.params, crop_to_work, work.shape[:2])
         overlay = render_overlay(self.model, result.vertices_mm, result.albedo, result.params, cam_work, work)
         seconds["texture_overlay"] = time.perf_counter() - t0
+        detail = None
+        if self.options.detail:
+            from faceclip.fit.detail import fit_detail
+
+            t0 = time.perf_counter()
+            detail = fit_detail(self.model, result.vertices_mm, result.albedo, result.params.sh[0], cam, full,
+                                self.options.detail_config)
+            seconds["detail"] = time.perf_counter() - t0
         lm_img = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64)) / scale
         detected = landmarks68 / scale
         nme = landmark_nme(lm_img, detected)
         t0 = time.perf_counter()
         params = self._params_json(path, k, face, result, cam, lm_img, detected, nme, photo_fraction, aligned,
                                    scale, net_points)
+        detail_atlas = None
+        if detail is not None:
+            detail_atlas = detail.atlas(self.options.texture_px)
+            params["detail"] = detail_record(detail, detail_atlas)
         files = write_face_outputs(folder, self.model, result, texture, overlay, params,
-                                   overwrite=self.options.overwrite, formats=self.options.formats)
+                                   overwrite=self.options.overwrite, formats=self.options.formats,
+                                   detail_atlas_mm=detail_atlas)
         seconds["write"] = time.perf_counter() - t0
         params_seconds = {k2: round(v, 4) for k2, v in seconds.items()}
         log.debug("%s face %d: NME %.4f, %.2f s", path, k, nme, sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
@@ -547,10 +565,28 @@ def check_options(o: ReconstructOptions) -> None:
         raise FaceClipError(f"--texture-size {o.texture_px}: must be between 16 and 8192")
 
 
+def detail_record(detail, atlas_mm: np.ndarray) -> dict:
+    """The ``detail`` entry of params.json: how to read displacement.png back, and the fit."""
+    from faceclip.io.detail import MAP_LAYOUT, displacement_params
+
+    return {**displacement_params(atlas_mm), "layout": MAP_LAYOUT, "normal_map": "normal_map.png",
+            "normal_map_convention": "tangent space, OpenGL / glTF (+X along +u, +Y along +v, +Z out)",
+            "meshes": "mesh_detail.obj: skin subdivided once (1 to 4 triangles) and displaced; mesh_detail.glb: coarse mesh "
+                      "with the normal map in its material",
+            "fit": {"uv_window": {"u0": round(detail.window.u0, 6), "v0": round(detail.window.v0, 6),
+                                  "side": round(detail.window.side, 6)},
+                    "map_px": int(detail.map_mm.shape[0]),
+                    **{k: round(float(v), 6) for k, v in detail.stats.items()},
+                    "max_abs_mm": round(float(np.abs(atlas_mm).max()), 4),
+                    "seconds": round(detail.seconds, 4)}}
+
+
 def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, texture: np.ndarray,
                        overlay: np.ndarray, params: dict, overwrite: bool = False,
-                       formats: tuple[str, ...] = MESH_FORMATS) -> list[Path]:
-    """Write mesh.obj/.mtl/_texture.png, mesh.ply, mesh.glb, params.json, overlay.png atomically.
+                       formats: tuple[str, ...] = MESH_FORMATS, detail_atlas_mm: np.ndarray | None = None) -> list[Path]:
+    """Write mesh.obj/.mtl/_texture.png, mesh.ply, mesh.glb, params.json, overlay.png atomically;
+    with ``detail_atlas_mm`` ((S, S) mm over the UV atlas) also displacement.png, normal_map.png
+    and mesh_detail.obj/.glb (in the chosen formats among obj and glb).
 
     Everything goes to a temporary sibling folder first, which replaces ``folder`` at the end
     (see :func:`faceclip.io.outputs.write_result_folder`: a folder the tool did not write, or
@@ -563,6 +599,28 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
     def write(tmp: Path) -> None:
         export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy(),
                     glb_texture_format="jpeg", formats=formats)
+        if detail_atlas_mm is not None:
+            from faceclip.fit.detail import skin_triangle_mask
+            from faceclip.io.detail import (
+                DETAIL_FORMATS,
+                DISPLACEMENT_FILE,
+                NORMAL_MAP_FILE,
+                export_detail_mesh,
+                tangent_normal_map,
+                write_displacement_png,
+                write_normal_map_png,
+            )
+
+            verts, tris, uvs = result.vertices_mm.cpu().numpy(), model.triangles.cpu().numpy(), model.uv.cpu().numpy()
+            detail_formats = tuple(f for f in formats if f in DETAIL_FORMATS)
+            if detail_formats:
+                has_texture = (tmp / "mesh_texture.png").is_file()
+                export_detail_mesh(tmp, verts, tris, uvs, detail_atlas_mm, texture=texture,
+                                   triangle_mask=skin_triangle_mask(model).cpu().numpy(), formats=detail_formats,
+                                   texture_file="mesh_texture.png" if has_texture else None, levels=1)
+            else:  # --formats ply: the maps alone
+                write_displacement_png(tmp / DISPLACEMENT_FILE, detail_atlas_mm)
+                write_normal_map_png(tmp / NORMAL_MAP_FILE, tangent_normal_map(verts, tris, uvs, detail_atlas_mm))
         (tmp / "params.json").write_text(json.dumps(params, indent=1))
         Image.fromarray(overlay).save(tmp / "overlay.png", compress_level=1)
 

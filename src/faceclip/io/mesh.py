@@ -142,7 +142,15 @@ def _unique_uv(uv_corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     def compute():
         flat = uv_corners.reshape(-1, 2).astype(np.float64)
-        uniq, inverse = np.unique(np.round(flat, 7), axis=0, return_inverse=True)
+        q = np.rint(flat * 1e7)  # np.round(flat, 7) * 1e7
+        if len(q) and np.isfinite(q).all() and np.abs(q).max() < 2.0 ** 31:
+            # One int64 key per UV, ordered as the rows (u major): a 1-D unique is ~10x faster.
+            keys, inverse = np.unique(q[:, 0].astype(np.int64) * 2 ** 32 + q[:, 1].astype(np.int64),
+                                      return_inverse=True)
+            u_key = (keys + 2 ** 31) // 2 ** 32
+            uniq = np.stack([u_key, keys - u_key * 2 ** 32], axis=1) / 1e7
+        else:
+            uniq, inverse = np.unique(np.round(flat, 7), axis=0, return_inverse=True)
         return uniq, inverse.reshape(-1, 3)
 
     return _memo("uv", uv_corners, compute=compute)
@@ -156,6 +164,7 @@ def write_obj(
     texture=None,
     material_name: str = "face",
     normals=True,
+    texture_file: str | None = None,
 ) -> list[Path]:
     """Write a Wavefront OBJ (+ MTL and texture PNG when ``uv`` and ``texture`` are given).
 
@@ -168,6 +177,9 @@ def write_obj(
         texture: (H, W, 3) uint8 or float [0, 1] RGB, row 0 = top (v = 1), or None.
         normals: True (default): write :func:`vertex_normals` as ``vn`` lines (one per vertex,
             faces ``f v/vt/vn``); a (V, 3) array: write those (normalised); False: none.
+        texture_file: the texture's file name beside the OBJ, for the MTL (default
+            ``<stem>_texture.png``). With ``texture`` None and ``uv`` given, the MTL refers to
+            this file, which is not written (an image another export already wrote).
 
     Returns:
         The written files, OBJ first.
@@ -180,11 +192,12 @@ def write_obj(
     written: list[Path] = []
     lines = ["# FaceCLIP mesh: millimetres, right-handed, +X subject's left, +Y up, +Z toward viewer"]
     mtl_name = tex_name = None
-    if uv is not None and texture is not None:
-        mtl_name, tex_name = f"{path.stem}.mtl", f"{path.stem}_texture.png"
-        with atomic_path(path.parent / tex_name) as tmp:
-            _to_uint8_image(texture).save(tmp, format="PNG", compress_level=1)  # fast; ~10% larger than level 6
-        written.append(path.parent / tex_name)
+    if uv is not None and (texture is not None or texture_file is not None):
+        mtl_name, tex_name = f"{path.stem}.mtl", texture_file or f"{path.stem}_texture.png"
+        if texture is not None:
+            with atomic_path(path.parent / tex_name) as tmp:
+                _to_uint8_image(texture).save(tmp, format="PNG", compress_level=1)  # fast; ~10% larger than level 6
+            written.append(path.parent / tex_name)
         with atomic_path(path.parent / mtl_name) as tmp:
             tmp.write_text(
                 f"newmtl {material_name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {tex_name}\n"
@@ -266,7 +279,7 @@ def split_by_uv(vertices: np.ndarray, triangles: np.ndarray, uv_corners: np.ndar
 
 
 def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, vertex_colors=None,
-              texture_format: str = "png", normals=True) -> Path:
+              texture_format: str = "png", normals=True, normal_texture=None) -> Path:
     """Write binary glTF 2.0: textured when ``uv`` and ``texture`` are given, else vertex colours.
 
     Positions are written in mm as they are (glTF nominally uses metres; importers that honour
@@ -275,6 +288,10 @@ def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, v
     smaller than PNG, at a small loss); ``"png"`` is lossless. ``normals`` as in
     :func:`write_obj` (a ``NORMAL`` attribute, float32 unit vectors; computed on the mesh as
     given, so the copies of a vertex split along UV seams share one normal).
+    ``normal_texture``: an (H, W, 3) uint8 tangent-space normal map (OpenGL convention, +Y =
+    +v; see :func:`faceclip.io.detail.tangent_normal_map`) for the material's ``normalTexture``,
+    always embedded as PNG; it needs ``uv`` (with it, ``texture`` may be None: no base colour
+    texture). No ``TANGENT`` attribute is written: viewers derive MikkTSpace tangents.
     """
     import trimesh
 
@@ -282,18 +299,26 @@ def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, v
     f = _np(triangles).astype(np.int64)
     _check_mesh(v, f)
     n = _normals_arg(normals, v, f)
-    if uv is not None and texture is not None:
+    if normal_texture is not None and uv is None:
+        raise ValueError("normal_texture needs uv")
+    if uv is not None and (texture is not None or normal_texture is not None):
         v2, f2, uv2, src = split_by_uv(v, f, _np(uv))
-        image = _to_uint8_image(texture)
-        if texture_format.lower() in ("jpeg", "jpg"):
+        image = None if texture is None else _to_uint8_image(texture)
+        if image is not None and texture_format.lower() in ("jpeg", "jpg"):
             # trimesh embeds JPEG-format images as JPEG (encoding once more at high quality).
             buf = io.BytesIO()
             image.save(buf, format="JPEG", quality=95)
             buf.seek(0)
             image = Image.open(buf)
+        normal_image = None
+        if normal_texture is not None:
+            nt = _np(normal_texture)
+            if nt.dtype != np.uint8 or nt.ndim != 3 or nt.shape[2] != 3:
+                raise ValueError(f"normal_texture must be (H, W, 3) uint8, got {nt.shape} {nt.dtype}")
+            normal_image = Image.fromarray(np.ascontiguousarray(nt), "RGB")
         visual = trimesh.visual.TextureVisuals(
             uv=uv2, material=trimesh.visual.material.PBRMaterial(
-                baseColorTexture=image, metallicFactor=0.0, roughnessFactor=0.9)
+                baseColorTexture=image, normalTexture=normal_image, metallicFactor=0.0, roughnessFactor=0.9)
         )
         mesh = trimesh.Trimesh(vertices=v2, faces=f2, visual=visual, process=False)
         if n is not None:

@@ -93,7 +93,7 @@ class DemoBackend:
         self._own_root = o.root is None
         self.root = Path(o.root) if o.root else Path(tempfile.mkdtemp(prefix="faceclip-web-"))
         self.root.mkdir(parents=True, exist_ok=True)
-        self._recs: dict[bool, object] = {}
+        self._recs: dict[tuple[bool, bool], object] = {}
         self._lock = threading.Lock()  # one reconstruction at a time per process (the fitter keeps state)
 
     # ------------------------------------------------------------------ sessions
@@ -141,13 +141,15 @@ class DemoBackend:
 
     # ------------------------------------------------------------------ work
 
-    def reconstructor(self, fast: bool):
-        """The (cached) photo pipeline, default or ``--fast``."""
+    def reconstructor(self, fast: bool, detail: bool = False):
+        """The (cached) photo pipeline, default or ``--fast``, with or without ``--detail``."""
         from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
 
-        if fast not in self._recs:
-            self._recs[fast] = Reconstructor(ReconstructOptions(fast=fast, all_faces=True, overwrite=True))
-        return self._recs[fast]
+        key = (bool(fast), bool(detail))
+        if key not in self._recs:
+            self._recs[key] = Reconstructor(ReconstructOptions(fast=key[0], detail=key[1], all_faces=True,
+                                                               overwrite=True))
+        return self._recs[key]
 
     def check_upload(self, path: str | Path) -> Path:
         """Refuse anything but an image within the limits (one-line :class:`InputError`)."""
@@ -171,8 +173,10 @@ class DemoBackend:
             raise InputError(exc.message.replace(str(p), "the upload").replace(p.name, "the upload"),
                              hint=exc.hint) from None
 
-    def reconstruct(self, path: str | Path, session: Path, fast: bool = True, face_index: int = 0) -> DemoResult:
-        """Reconstruct face ``face_index`` (largest first) of an uploaded photo into ``session``."""
+    def reconstruct(self, path: str | Path, session: Path, fast: bool = True, face_index: int = 0,
+                    detail: bool = False) -> DemoResult:
+        """Reconstruct face ``face_index`` (largest first) of an uploaded photo into ``session``;
+        ``detail``: also the displacement map (the 3D view then shows the normal-mapped mesh)."""
         from PIL import Image
 
         session = Path(session)
@@ -187,7 +191,7 @@ class DemoBackend:
         from faceclip.fit.pipeline import FaceIndexError
 
         with self._lock:
-            rec = self.reconstructor(fast)
+            rec = self.reconstructor(fast, detail)
             try:
                 out = rec.reconstruct_image(photo, session / "results", base="face", faces=[face_index])[0]
             except FaceIndexError as exc:
@@ -210,7 +214,8 @@ class DemoBackend:
         nme = params.get("landmark_nme_interocular")
         summary = (f"**{labels[face_index]}** of {len(labels)} · {seconds:.1f} s"
                    + (f" · landmark NME {nme:.3f}" if isinstance(nme, (int, float)) else ""))
-        return DemoResult(folder, folder / "mesh.glb", folder / "overlay.png", lm_png, zip_path, labels, face_index,
+        glb = folder / "mesh_detail.glb" if (folder / "mesh_detail.glb").is_file() else folder / "mesh.glb"
+        return DemoResult(folder, glb, folder / "overlay.png", lm_png, zip_path, labels, face_index,
                           seconds, summary, expression or {})
 
     @staticmethod
@@ -310,7 +315,7 @@ def build_app(backend: DemoBackend):
 
     resets = [gr.update(value=AS_PHOTOGRAPHED), gr.update(value=1.0)] + [gr.update(value=0.0)] * len(PAGE_BLENDSHAPES)
 
-    def run(photo, fast, face_label, session, state_faces, new_photo: bool):
+    def run(photo, fast, detail, face_label, session, state_faces, new_photo: bool):
         if photo is None:
             raise gr.Error("Upload a photo first.", print_exception=False)
         try:
@@ -318,20 +323,20 @@ def build_app(backend: DemoBackend):
             labels = [] if new_photo else (state_faces or [])
             index = labels.index(face_label) if face_label in labels else 0
             r = backend.reconstruct(folder / "photo.png" if not new_photo and (folder / "photo.png").is_file()
-                                    else photo, folder, fast=bool(fast), face_index=index)
+                                    else photo, folder, fast=bool(fast), face_index=index, detail=bool(detail))
         except Exception as exc:  # noqa: BLE001 - every failure is one line on the page
             raise fail(exc) from None
         return (str(r.glb), str(r.overlay), str(r.landmarks), str(r.zip), r.summary,
                 gr.update(choices=r.faces, value=r.faces[r.face_index], interactive=len(r.faces) > 1),
                 str(folder), r.faces, r, *resets)
 
-    def on_upload(photo, fast, session):
+    def on_upload(photo, fast, detail, session):
         """A new photo: the largest face."""
-        return run(photo, fast, None, session, None, True)
+        return run(photo, fast, detail, None, session, None, True)
 
-    def on_reconstruct(photo, fast, face_label, session, state_faces):
-        """The same photo again (another face, or fast switched): the chosen face."""
-        return run(photo, fast, face_label, session, state_faces, state_faces is None)
+    def on_reconstruct(photo, fast, detail, face_label, session, state_faces):
+        """The same photo again (another face, fast or detail switched): the chosen face."""
+        return run(photo, fast, detail, face_label, session, state_faces, state_faces is None)
 
     def on_expression(result, expression, strength, session, *values):
         if result is None:
@@ -357,7 +362,8 @@ def build_app(backend: DemoBackend):
                 photo = gr.Image(type="filepath", sources=["upload", "webcam"], label="Photo", image_mode=None,
                                  elem_id="photo")
                 fast = gr.Checkbox(value=True, label="fast (about 2x faster; landmarks and light only)")
-                gr.Checkbox(value=False, label="detail (displacement map): not available yet", interactive=False)
+                detail = gr.Checkbox(value=False, label="detail (wrinkles from the photo's shading; about 1 s more)",
+                                     elem_id="detail")
                 face = gr.Dropdown(choices=[], label="Face", interactive=False, elem_id="face-picker")
                 go = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
                 gr.Examples(examples=examples, inputs=photo)
@@ -382,10 +388,11 @@ def build_app(backend: DemoBackend):
         outputs = [model3d, overlay, landmarks, download, summary, face, session, faces_state, result_state,
                    expression, strength, *sliders]
         work = {"concurrency_limit": 1, "concurrency_id": "work"}  # one job at a time, edits included
-        photo.upload(on_upload, [photo, fast, session], outputs, api_name="reconstruct", **work)
-        go.click(on_reconstruct, [photo, fast, face, session, faces_state], outputs, api_name="reconstruct_again",
-                 **work)
-        face.input(on_reconstruct, [photo, fast, face, session, faces_state], outputs, api_name="pick_face", **work)
+        photo.upload(on_upload, [photo, fast, detail, session], outputs, api_name="reconstruct", **work)
+        go.click(on_reconstruct, [photo, fast, detail, face, session, faces_state], outputs,
+                 api_name="reconstruct_again", **work)
+        face.input(on_reconstruct, [photo, fast, detail, face, session, faces_state], outputs, api_name="pick_face",
+                   **work)
         for control in [expression, strength, *sliders]:
             control.input(on_expression, [result_state, expression, strength, session, *sliders], model3d,
                           trigger_mode="always_last", api_visibility="private", **work)
