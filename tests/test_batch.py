@@ -244,3 +244,132 @@ def test_resume_redoes_photos_made_with_other_options(tmp_path):
               "options_sha": options_sha(a), "face_index": 0}]
     assert _done_faces(lines, tmp_path, options_sha(a)) == lines
     assert _done_faces(lines, tmp_path, options_sha(b)) is None  # made with other options: redo
+
+
+# --------------------------------------------------------------------------- URLs (fsspec), backends
+
+OPTIONS_ARGS = ["--method", "regress", "--texture-size", "64", "--quiet"]  # FAST, in-process
+
+
+def _params(params: Path | str) -> dict:
+    """A result's params.json (a file, or its text) without timings and without the photo's name."""
+    d = json.loads(params.read_text() if isinstance(params, Path) else params)
+    return {k: v for k, v in d.items() if k not in ("seconds", "image")}
+
+
+def _close(a, b, tol: float = 1e-4) -> bool:
+    """Same structure, same strings, numbers within ``tol`` (relative and absolute)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return isinstance(b, (int, float)) and abs(a - b) <= tol * (1 + abs(a))
+    return a == b
+
+
+@pytest.fixture
+def memfs():
+    """fsspec's in-memory filesystem, emptied before and after."""
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    fs.store.clear()
+    fs.pseudo_dirs[:] = [""]
+    yield fs
+    fs.store.clear()
+    fs.pseudo_dirs[:] = [""]
+
+
+def test_memory_urls_round_trip(reference, memfs, capsys):
+    """Photos read from and results written to memory:// (fsspec) in one process: the same
+    results as from local paths, params.json and the marker naming the URL, and --resume."""
+    from faceclip.cli import main
+
+    names = ["2008_001009.jpg", "astronaut.png"]
+    for name in names:
+        memfs.pipe_file(f"/in/{name}", (FACES_DIR / name if name != "astronaut.png" else EXAMPLE).read_bytes())
+    memfs.pipe_file("/in/broken.jpg", b"\xff\xd8 not really a JPEG")
+    assert main(["reconstruct", "memory://in/", "--out", "memory://res", *OPTIONS_ARGS]) == 2
+    captured = capsys.readouterr()
+    assert "FAILED memory:///in/broken.jpg" in captured.err and "Traceback" not in captured.err
+    entries = read_manifest("memory://res")
+    assert sorted(entries) == [f"memory:///in/{n}" for n in ["2008_001009.jpg", "astronaut.png", "broken.jpg"]]
+    assert entries["memory:///in/broken.jpg"][0]["status"] == "failed"
+    for name in names:
+        stem = Path(name).stem
+        got = json.loads(memfs.cat_file(f"/res/{stem}/params.json"))
+        assert got["image"] == f"memory:///in/{name}"
+        marker = json.loads(memfs.cat_file(f"/res/{stem}/.faceclip-result.json"))
+        assert marker["image"] == got["image"] and not marker.get("in_progress")
+        assert sorted(marker["files"]) == sorted(p.name for p in (reference / stem).iterdir() if p.is_file()
+                                                 and not p.name.startswith("."))
+        assert _close(_params(json.dumps(got)), _params(reference / stem / "params.json"))
+    # Resumed: done photos are skipped; a folder whose upload was cut short (its marker still
+    # "in progress") is done again.
+    claim = {**json.loads(memfs.cat_file("/res/astronaut/.faceclip-result.json")), "in_progress": True}
+    memfs.pipe_file("/res/astronaut/.faceclip-result.json", json.dumps(claim).encode())
+    assert main(["reconstruct", "memory://in/", "--out", "memory://res", *OPTIONS_ARGS, "--resume"]) == 2
+    out = capsys.readouterr().out
+    assert "resumed: 1 images already done" in out and "ok     memory:///in/astronaut.png" in out
+    assert not json.loads(memfs.cat_file("/res/astronaut/.faceclip-result.json")).get("in_progress")
+    lines = [json.loads(x) for x in memfs.cat_file("/res/results.jsonl").decode().splitlines()[1:]]
+    assert sorted(rec["image"] for rec in lines) == sorted(entries)  # one line each, none twice
+
+
+def test_publish_folder_keeps_the_output_policy(memfs, tmp_path):
+    from faceclip.io.outputs import OutputError
+    from faceclip.io.remote import publish_folder
+
+    local = tmp_path / "face"
+    write_result_folder(local, lambda t: [(t / n).write_text(n) for n in ("mesh.obj", "params.json")],
+                        meta={"image": "a.jpg"})
+    assert publish_folder(local, "memory://r/face") == ["memory://r/face/mesh.obj", "memory://r/face/params.json"]
+    assert json.loads(memfs.cat_file("/r/face/.faceclip-result.json"))["image"] == "a.jpg"
+    # A new result replaces the old one, files it no longer has included.
+    (local / "mesh.obj").unlink()
+    publish_folder(local, "memory://r/face")
+    assert sorted(memfs.ls("/r/face", detail=False)) == ["/r/face/.faceclip-result.json", "/r/face/params.json"]
+    # Files faceclip did not write, or a folder it did not make, are refused unless overwrite.
+    memfs.pipe_file("/r/face/notes.txt", b"mine")
+    with pytest.raises(OutputError, match="did not write"):
+        publish_folder(local, "memory://r/face")
+    memfs.pipe_file("/r/other/photo.jpg", b"mine")
+    with pytest.raises(OutputError, match="not created by faceclip"):
+        publish_folder(local, "memory://r/other")
+    publish_folder(local, "memory://r/other", overwrite=True)
+    assert memfs.cat_file("/r/face/notes.txt") == b"mine"
+
+
+def test_url_and_backend_errors_are_one_clear_line(tmp_path, capsys, monkeypatch, memfs):
+    import importlib.util
+
+    from faceclip.cli import main
+
+    def fails(*args: str, says: str) -> None:
+        assert main(["reconstruct", *args]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+
+    fails("nosuch://bucket/photos/", "--out", str(tmp_path / "o"), says="unknown URL protocol 'nosuch'")
+    fails(str(EXAMPLE), "--out", "nosuch://bucket/out", says="unknown URL protocol 'nosuch'")
+    if importlib.util.find_spec("gcsfs") is None:
+        fails("gs://bucket/photos/", "--out", str(tmp_path / "o"), says="needs a package that is not installed")
+    memfs.pipe_file("/in/a.jpg", EXAMPLE.read_bytes())
+    fails("memory://in/a.jpg", "--out", str(tmp_path / "o"), "--workers", "2", says="live in this process only")
+    fails(str(EXAMPLE), "--out", "memory://out", "--backend", "ray", says="live in this process only")
+    out = str(tmp_path / "o")
+    fails(str(EXAMPLE), "--out", out, "--address", "127.0.0.1:6379", says="--address needs --backend ray")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    fails(str(EXAMPLE), "--out", out, "--backend", "ray", says='pip install -c constraints.txt -e ".[ray]"')
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_plan_actors_fits_the_cluster():
+    from faceclip.distributed import plan_actors
+
+    assert plan_actors(2, [2]) == (2, 1)  # a local instance with the local pool's layout
+    assert plan_actors(1, [2]) == (1, 2)
+    assert plan_actors(4, [16, 16]) == (4, 8)
+    assert plan_actors(2, [4, 64]) == (2, 32)  # an actor runs on one node: both on the large one
+    assert plan_actors(3, [2, 2]) == (3, 1)
+    assert plan_actors(5, [2, 0]) == (2, 1)  # more workers than CPUs: one per CPU

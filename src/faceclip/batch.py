@@ -28,28 +28,47 @@ The job of ``faceclip reconstruct`` over a list of photos::
   filesystem has no locks it warns and removes only those of processes that no longer exist.
 - **Workers** (``workers=N``): N processes, each loading the models once and using
   ``cpu_count // N`` threads, so N workers do not oversubscribe the cores. Every photo's
-  computation is the same function as in a single process.
+  computation is the same function as in a single process (:func:`reconstruct_item`).
+- **Backends**: ``backend="local"`` (the above) or ``backend="ray"``: the same function runs on
+  Ray actors, each loading the models once, on a local Ray instance or on the cluster at
+  ``address`` (:mod:`faceclip.distributed`); this process still plans the names, writes the
+  manifest and resumes.
+- **URLs** (:mod:`faceclip.io.remote`): photos and ``out_dir`` may be fsspec URLs
+  (``s3://bucket/results``). A photo at a URL is read into a local temporary file; a result
+  for an ``out_dir`` URL is made in a local temporary folder and then uploaded, its marker file
+  last, so a killed run leaves no result that looks complete. Such an ``out_dir`` has no run
+  lock, and its manifest is uploaded whole, at most every :data:`REMOTE_MANIFEST_SECONDS` and at
+  the end (a killed run may lose the last lines: ``--resume`` then redoes those photos).
+  ``file://`` URLs are local paths.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import multiprocessing
 import os
 import re
+import shutil
+import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from faceclip.errors import FaceClipError
 from faceclip.fit.pipeline import (FaceOutput, ImageReport, ReconstructOptions, Reconstructor, check_options,
-                                   reconstruct_one)
+                                   expand_inputs, reconstruct_one)
+from faceclip.io import remote
 from faceclip.io.files import atomic_open
 from faceclip.io.outputs import (MARKER_NAME, NameAllocator, OutputError, check_output_root,
-                                 clean_stale_temporaries)
+                                 clean_stale_temporaries, remove_stale_results, write_result_folder)
 
-__all__ = ["MANIFEST_NAME", "plan_output_names", "read_manifest", "reconstruct_batch", "run_batch"]
+__all__ = ["BACKENDS", "MANIFEST_NAME", "expand_sources", "plan_output_names", "read_manifest",
+           "reconstruct_batch", "reconstruct_item", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +78,15 @@ MANIFEST_NAME = "results.jsonl"
 LOCK_NAME = ".faceclip-run.lock"
 #: Options that do not change a result (not part of ``options_sha``).
 _OPTIONS_NOT_IN_RESULTS = ("overwrite", "device")
+#: Where the photos of a batch are reconstructed: ``local`` (this machine's processes) or ``ray``.
+BACKENDS = ("local", "ray")
+#: An ``out_dir`` URL's manifest is uploaded at most this often (seconds), and at the end.
+REMOTE_MANIFEST_SECONDS = 5.0
+
+#: A photo of a batch: a local path, or a URL (canonical, see :func:`faceclip.io.remote.resolve`).
+Source = Path | str
+#: Where results go: a local folder (``Path``) or a folder URL (``str``).
+Target = Path | str
 
 
 def options_signature(options: ReconstructOptions) -> dict:
@@ -146,7 +174,7 @@ class RunLock:
         self.held = False
 
 
-def plan_output_names(paths: list[Path], taken: set[str] | None = None) -> list[str]:
+def plan_output_names(paths: list[Source], taken: set[str] | None = None) -> list[str]:
     """Safe, unique folder names for the photos of a batch, in input order.
 
     ``photo`` twice gives ``photo`` and ``photo-2``; a name of the form ``<other>_face<k>``
@@ -157,7 +185,7 @@ def plan_output_names(paths: list[Path], taken: set[str] | None = None) -> list[
     names = NameAllocator()
     for name in [MANIFEST_NAME, *(taken or ())]:
         names.claim(name)
-    bases = [names.claim(Path(p).stem) for p in paths]
+    bases = [names.claim(Path(remote.name_of(p)).stem) for p in paths]
     lower = {b.lower() for b in bases}
     for i, b in enumerate(bases):
         m = re.fullmatch(r"(.+)_face\d+", b, flags=re.IGNORECASE)
@@ -166,32 +194,51 @@ def plan_output_names(paths: list[Path], taken: set[str] | None = None) -> list[
     return bases
 
 
-def _key(path: Path) -> str:
-    return os.path.abspath(path)
+def _key(source: Source) -> str:
+    """The manifest's key of a photo: its absolute path, or its URL."""
+    return str(source) if remote.is_url(source) else os.path.abspath(source)
 
 
-def _check_manifest_is_ours(out_dir: Path, overwrite: bool) -> None:
-    """A ``results.jsonl`` that faceclip did not write (no header line) is never replaced."""
+def _manifest_text(out_dir: Target) -> str | None:
+    """The manifest's text, or None when there is none."""
+    if isinstance(out_dir, str):
+        return remote.read_text(remote.join(out_dir, MANIFEST_NAME))
     path = Path(out_dir) / MANIFEST_NAME
-    if overwrite or not os.path.lexists(path):
+    return path.read_text(errors="replace") if path.is_file() else None
+
+
+def _check_manifest_is_ours(out_dir: Target, overwrite: bool) -> None:
+    """A ``results.jsonl`` that faceclip did not write (no header line) is never replaced."""
+    if isinstance(out_dir, str):
+        where, text, link = remote.join(out_dir, MANIFEST_NAME), _manifest_text(out_dir), False
+    else:
+        path = Path(out_dir) / MANIFEST_NAME
+        if overwrite or not os.path.lexists(path):
+            return
+        try:
+            with open(path) as fh:
+                text = fh.readline()
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        where, link = str(path), path.is_symlink()
+    if overwrite or text is None:
         return
     try:
-        with open(path) as fh:
-            head = json.loads(fh.readline())
-    except (OSError, ValueError, UnicodeDecodeError):
+        head = json.loads(text.split("\n", 1)[0])
+    except ValueError:
         head = None
-    if not (isinstance(head, dict) and "faceclip_manifest" in head) or path.is_symlink():
-        raise OutputError(f"{path}: exists and was not written by faceclip; refusing to replace it",
+    if not (isinstance(head, dict) and "faceclip_manifest" in head) or link:
+        raise OutputError(f"{where}: exists and was not written by faceclip; refusing to replace it",
                           hint="move it away, choose another --out, or pass --overwrite")
 
 
-def read_manifest(out_dir: Path) -> dict[str, list[dict]]:
-    """Manifest lines per photo (absolute path), in file order; a torn last line is ignored."""
+def read_manifest(out_dir: Target) -> dict[str, list[dict]]:
+    """Manifest lines per photo (absolute path or URL), in file order; a torn last line is ignored.
+
+    ``out_dir``: a local folder, or a folder URL (``str``).
+    """
     entries: dict[str, list[dict]] = {}
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return entries
-    for line in path.read_text(errors="replace").splitlines():
+    for line in (_manifest_text(out_dir) or "").splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
@@ -201,20 +248,30 @@ def read_manifest(out_dir: Path) -> dict[str, list[dict]]:
     return entries
 
 
-def _done_faces(lines: list[dict], out_dir: Path, sha: str | None = None) -> list[dict] | None:
-    """The ok face entries of a photo if it is completely done (its folders present and
-    written for this photo, with options of hash ``sha`` when given), else None."""
+def _result_marker(out_dir: Target, folder: str) -> dict | None:
+    """The marker file of the result folder ``folder`` (a name) in ``out_dir``, or None."""
+    try:
+        if isinstance(out_dir, str):
+            text = remote.read_text(remote.join(out_dir, folder, MARKER_NAME))
+        else:
+            text = (Path(out_dir) / folder / MARKER_NAME).read_text()
+        marker = json.loads(text) if text is not None else None
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _done_faces(lines: list[dict], out_dir: Target, sha: str | None = None) -> list[dict] | None:
+    """The ok face entries of a photo if it is completely done (its folders present, complete
+    and written for this photo, with options of hash ``sha`` when given), else None."""
     if not lines or any(rec.get("status") != "ok" for rec in lines):
         return None
     if sha is not None and any(rec.get("options_sha") != sha for rec in lines):
         return None
     for rec in lines:
-        try:
-            marker = json.loads((out_dir / str(rec.get("folder", "")) / MARKER_NAME).read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(marker, dict) or marker.get("image") is None \
-                or os.path.abspath(str(marker["image"])) != rec.get("image_abs"):
+        marker = _result_marker(out_dir, str(rec.get("folder", "")))
+        if marker is None or marker.get("image") is None or marker.get("in_progress") \
+                or _key(str(marker["image"])) != rec.get("image_abs"):
             return None
     return lines
 
@@ -233,29 +290,32 @@ class _Manifest:
         self.options = options
         self.sha = options_sha(options)
 
-    def _open(self) -> None:
+    def _first_lines(self) -> list[str]:
+        """A header, then the lines kept from earlier runs (this run's follow)."""
         from faceclip import __version__
 
+        header = {"faceclip_manifest": 1, "version": __version__, "options_sha": self.sha,
+                  "options": options_signature(self.options)}
+        return [json.dumps(header)] + [json.dumps(rec) for lines in self.keep.values() for rec in lines]
+
+    def _open(self) -> None:
         with atomic_open(self.path, "w") as fh:  # never through a link
-            # a header, the lines kept from earlier runs, then this run's
-            fh.write(json.dumps({"faceclip_manifest": 1, "version": __version__, "options_sha": self.sha,
-                                 "options": options_signature(self.options)}) + "\n")
-            for lines in self.keep.values():
-                for rec in lines:
-                    fh.write(json.dumps(rec) + "\n")
+            fh.writelines(line + "\n" for line in self._first_lines())
         self.fh = open(self.path, "a")
+
+    def _records(self, report: ImageReport) -> list[dict]:
+        """The manifest lines of one photo's report."""
+        base = {"image": str(report.image), "image_abs": _key(report.image), "options_sha": self.sha}
+        if report.error is not None:
+            return [{**base, "status": "failed", "face_index": None, "reason": report.error,
+                     "seconds": round(report.seconds, 4)}]
+        return [{**base, "status": "ok", "face_index": f.face_index, "folder": remote.name_of(f.folder),
+                 "landmark_nme": round(f.landmark_nme, 5), "seconds": f.seconds} for f in report.faces]
 
     def add(self, report: ImageReport) -> None:
         if self.fh is None:
             self._open()
-        base = {"image": str(report.image), "image_abs": _key(report.image), "options_sha": self.sha}
-        if report.error is not None:
-            lines = [{**base, "status": "failed", "face_index": None, "reason": report.error,
-                      "seconds": round(report.seconds, 4)}]
-        else:
-            lines = [{**base, "status": "ok", "face_index": f.face_index, "folder": f.folder.name,
-                      "landmark_nme": round(f.landmark_nme, 5), "seconds": f.seconds} for f in report.faces]
-        for rec in lines:
+        for rec in self._records(report):
             self.fh.write(json.dumps(rec) + "\n")
         self.fh.flush()
         os.fsync(self.fh.fileno())
@@ -265,95 +325,345 @@ class _Manifest:
             self.fh.close()
 
 
-# --------------------------------------------------------------------------- worker processes
+class _RemoteManifest(_Manifest):
+    """The manifest of an ``out_dir`` URL: kept in memory and uploaded whole (object stores
+    cannot append), at most every ``interval`` seconds and at :meth:`close`."""
+
+    def __init__(self, out_url: str, keep: dict[str, list[dict]], options: ReconstructOptions,
+                 interval: float = REMOTE_MANIFEST_SECONDS) -> None:
+        self.keep, self.options, self.sha = keep, options, options_sha(options)
+        self.url = remote.join(out_url, MANIFEST_NAME)
+        self.lines: list[str] | None = None
+        self.interval = interval
+        self.sent = 0.0  # time.monotonic() of the last upload
+        self.dirty = False
+
+    def add(self, report: ImageReport) -> None:
+        if self.lines is None:
+            self.lines = self._first_lines()
+        self.lines += [json.dumps(rec) for rec in self._records(report)]
+        self.dirty = True
+        if time.monotonic() - self.sent >= self.interval:
+            try:
+                self._upload()
+            except Exception as exc:  # noqa: BLE001 - a passing network error: tried again later
+                log.warning("%s: could not upload the manifest (%s); trying again later", self.url, exc)
+                self.sent = time.monotonic()
+
+    def _upload(self) -> None:
+        remote.write_text(self.url, "".join(line + "\n" for line in self.lines or []))
+        self.sent, self.dirty = time.monotonic(), False
+
+    def close(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            self._upload()
+        except Exception as exc:  # noqa: BLE001 - reported as one clear error
+            raise OutputError(f"{self.url}: could not upload the manifest ({type(exc).__name__}: {exc})",
+                              hint="the results are written; run the same command with --resume to write it") \
+                from None
+
+
+# --------------------------------------------------------------------------- one photo, any backend
+
+
+def _retarget_json(folder: Path, old: str, new: str) -> None:
+    """Replace the JSON string ``old`` by ``new`` in the folder's JSON files (params.json and the
+    marker name the photo they were made from: the local copy of a photo read from a URL)."""
+    before, after = json.dumps(old), json.dumps(new)
+    for f in sorted(folder.iterdir()):
+        if f.suffix == ".json" and f.is_file():
+            f.write_text(f.read_text().replace(before, after))
+
+
+def _copy_files(src: Path, dst: Path) -> None:
+    """Copy the files of a staged result folder into ``dst`` (its marker is made anew)."""
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name != MARKER_NAME:
+            shutil.copy2(f, dst / f.name)
+
+
+def _publish(face: FaceOutput, source: Source, out: Target, overwrite: bool) -> FaceOutput:
+    """Move one staged face folder to its place in ``out`` (a local folder: atomically, through
+    :func:`~faceclip.io.outputs.write_result_folder`; a URL: uploaded, marker last)."""
+    staged = Path(face.folder)
+    if isinstance(out, str):
+        folder: Target = remote.join(out, staged.name)
+        files: list = remote.publish_folder(staged, folder, overwrite=overwrite)
+    else:
+        marker = json.loads((staged / MARKER_NAME).read_text())
+        meta = {k: v for k, v in marker.items() if k not in ("tool", "version", "files")}
+        folder = out / staged.name
+        files = write_result_folder(folder, functools.partial(_copy_files, staged), meta=meta, overwrite=overwrite)
+    return dataclasses.replace(face, image=source, folder=folder, files=files)
+
+
+def _remove_stale(out: Target, base: str, faces: list[FaceOutput], image: str) -> None:
+    """Remove the folders of this photo's faces that an earlier run found and this one did not."""
+    names = [remote.name_of(f.folder) for f in faces]
+    if isinstance(out, str):
+        removed = remote.remove_stale_folders(out, base, names, image)
+    else:
+        removed = remove_stale_results(out, base, [out / n for n in names], image)
+    for stale in removed:
+        log.info("removed %s: an earlier result of %s for a face this run did not find", stale, image)
+
+
+def _reconstruct_staged(rec: Reconstructor, source: Source, out: Target, base: str) -> ImageReport:
+    """:func:`reconstruct_item` for a photo at a URL or an ``out`` URL, in a local temporary folder."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="faceclip-stage-") as tmp:
+        try:
+            report = _stage_and_publish(rec, source, out, base, Path(tmp))
+        except FaceClipError as exc:
+            report = ImageReport(source, error=exc.message + (f" (hint: {exc.hint})" if exc.hint else ""))
+        except Exception as exc:  # noqa: BLE001 - reading or writing one photo must not end the batch
+            log.debug("failure on %s", source, exc_info=True)
+            report = ImageReport(source, error=f"{type(exc).__name__}: {exc}")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _stage_and_publish(rec: Reconstructor, source: Source, out: Target, base: str, tmp: Path) -> ImageReport:
+    """Read the photo into ``tmp`` (a URL), make its faces in ``tmp/out``, publish them to ``out``."""
+    photo = remote.fetch(source, tmp) if isinstance(source, str) else source
+    stage = tmp / "out"
+    stage.mkdir()
+    report = reconstruct_one(rec, photo, stage, base)
+    report.image = source
+    if report.error is not None:
+        report.error = report.error.replace(str(photo), str(source))
+        return report
+    if photo != source:  # params.json and the marker name the URL, not the local copy
+        for face in report.faces:
+            _retarget_json(Path(face.folder), str(photo), str(source))
+    report.faces = [_publish(f, source, out, rec.options.overwrite) for f in report.faces]
+    _remove_stale(out, base, report.faces, str(source))
+    return report
+
+
+def reconstruct_item(rec: Reconstructor, source: Source, out: Target, base: str) -> ImageReport:
+    """One photo of a batch into ``out/<base>[_face<k>]``: the function every backend runs.
+
+    A local photo into a local folder is :func:`~faceclip.fit.pipeline.reconstruct_one` as it
+    is. A photo at a URL is read into a local temporary file first (``params.json`` and the
+    marker still name the URL); for an ``out`` URL the faces are made in a local temporary folder
+    and uploaded (:func:`faceclip.io.remote.publish_folder`). Never raises but on Ctrl-C: a
+    failure is the report's ``error``.
+
+    Args:
+        rec: the models, loaded once per process.
+        source: the photo: a local path, or a URL (``str``).
+        out: the output folder: a local folder (``Path``), or a URL (``str``).
+        base: the photo's planned folder name (:func:`plan_output_names`).
+    """
+    if isinstance(source, Path) and isinstance(out, Path):
+        return reconstruct_one(rec, source, out, base)
+    return _reconstruct_staged(rec, source, out, base)
+
+
+# --------------------------------------------------------------------------- backends
 
 _WORKER: Reconstructor | None = None
 _WORKER_ERROR: BaseException | None = None
+#: A photo's work: ``(index in the batch, photo, output folder, planned folder name)``.
+_Task = tuple[int, Source, Target, str]
+
+
+def _make_reconstructor(options: ReconstructOptions, threads: int) -> Reconstructor:
+    """The models of one worker (a process or a Ray actor), which uses ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return Reconstructor(options)
 
 
 def _init_worker(options: ReconstructOptions, threads: int) -> None:
     """Load the models once per worker. A failure is kept and raised by the first task (an
     initializer that raises would make the pool start new workers forever)."""
-    import torch
-
     global _WORKER, _WORKER_ERROR
-    torch.set_num_threads(threads)
     try:
-        _WORKER = Reconstructor(options)
+        _WORKER = _make_reconstructor(options, threads)
     except Exception as exc:  # noqa: BLE001 - re-raised in _work, reported by the caller
         _WORKER_ERROR = exc
 
 
-def _work(task: tuple[int, str, str, str]) -> tuple[int, ImageReport]:
-    index, path, out_dir, base = task
+def _run_task(rec: Reconstructor, task: _Task) -> ImageReport:
+    """:func:`reconstruct_item` for one task."""
+    _, source, out, base = task
+    return reconstruct_item(rec, source, out, base)
+
+
+def _work(task: _Task) -> tuple[int, ImageReport]:
     if _WORKER is None:
         raise _WORKER_ERROR if _WORKER_ERROR is not None else RuntimeError("worker not initialised")
-    return index, reconstruct_one(_WORKER, Path(path), Path(out_dir), base)
+    return task[0], _run_task(_WORKER, task)
 
 
 def _threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def run_batch(paths: list[Path], out_dir: Path, options: ReconstructOptions, *, workers: int = 1,
+def _run_here(options: ReconstructOptions, tasks: list[_Task], finish: Callable[[int, ImageReport], None]) -> None:
+    """Every task in this process."""
+    rec = Reconstructor(options)
+    for task in tasks:
+        finish(task[0], _run_task(rec, task))
+
+
+def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
+              finish: Callable[[int, ImageReport], None]) -> None:
+    """The tasks on a pool of ``workers`` processes, each loading the models once."""
+    ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start is unsafe
+    n = min(workers, len(tasks))
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                             initargs=(options, _threads_per_worker(n))) as pool:
+        futures = {pool.submit(_work, task): task for task in tasks}
+        for fut in as_completed(futures):
+            task = futures[fut]
+            try:
+                _, report = fut.result()
+            except BrokenProcessPool:  # a worker was killed (out of memory, a signal)
+                report = ImageReport(task[1], error="a worker process died (killed, or out of memory); "
+                                                    "run again with --resume to retry")
+            finish(task[0], report)
+
+
+def _run_ray(options: ReconstructOptions, tasks: list[_Task], workers: int, address: str | None,
+             finish: Callable[[int, ImageReport], None]) -> None:
+    """The tasks on ``workers`` Ray actors, each loading the models once (:mod:`faceclip.distributed`)."""
+    from faceclip.distributed import WorkerLost, run_on_ray
+
+    def on_result(task: _Task, result: ImageReport | WorkerLost) -> None:
+        if isinstance(result, WorkerLost):
+            result = ImageReport(task[1], error=f"{result}; run again with --resume to retry")
+        finish(task[0], result)
+
+    run_on_ray(tasks, functools.partial(_make_reconstructor, options), _run_task, on_result, workers=workers,
+               address=address, local_cpus=workers * _threads_per_worker(workers))
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+def expand_sources(items: Iterable[str]) -> list[Source]:
+    """Command-line inputs -> photos, in order: paths as :func:`~faceclip.fit.pipeline.expand_inputs`
+    expands them (files, folders, glob patterns; ``file://`` URLs too), and other URLs as
+    :func:`faceclip.io.remote.list_images` does (a folder's images, a pattern's matches, a file).
+
+    Raises:
+        InputError: a pattern matching nothing, a folder without images, an unusable URL.
+    """
+    out: list[Source] = []
+    for item in items:
+        local = remote.local_path(item) if remote.is_url(item) else None
+        if remote.is_url(item) and local is None:
+            out.extend(remote.list_images(item))
+        else:
+            out.extend(expand_inputs([item if local is None else str(local)]))
+    return out
+
+
+def _as_location(item: Source) -> Source:
+    """A path or a URL as the batch keeps it: a ``Path``, or a URL's canonical ``str``."""
+    if isinstance(item, str) and remote.is_url(item):
+        local = remote.local_path(item)
+        return local if local is not None else remote.resolve(item)
+    return Path(item)
+
+
+def _check_backend(backend: str, address: str | None, workers: int, locations: list[Source]) -> None:
+    """Refuse an unknown backend, ``address`` without Ray, and in-process URLs with several processes."""
+    if workers < 1:
+        raise FaceClipError(f"--workers {workers}: must be at least 1")
+    if backend not in BACKENDS:
+        raise FaceClipError(f"--backend {backend}: use one of {', '.join(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise FaceClipError("--address needs --backend ray", hint="add --backend ray, or drop --address")
+    if backend == "ray" or workers > 1:
+        for loc in locations:
+            scheme = str(loc).split("://", 1)[0] if isinstance(loc, str) else ""
+            if scheme in remote.PROCESS_LOCAL_PROTOCOLS:
+                raise FaceClipError(f"{loc}: {scheme}:// files live in this process only; worker processes "
+                                    "cannot see them", hint="use --backend local --workers 1 (the default)")
+
+
+def run_batch(paths: list[Source], out_dir: Target, options: ReconstructOptions, *, workers: int = 1,
               resume: bool = False, show_progress: bool = True,
-              on_report: Callable[[ImageReport], None] | None = None) -> list[ImageReport]:
+              on_report: Callable[[ImageReport], None] | None = None, backend: str = "local",
+              address: str | None = None) -> list[ImageReport]:
     """Reconstruct ``paths`` into ``out_dir``; see the module docstring.
 
     Args:
-        paths: photos, in the order that decides their folder names.
-        out_dir: output folder (checked and created before any model is loaded).
+        paths: photos (local paths, or URLs as ``str``), in the order that decides their folder names.
+        out_dir: output folder, a local path or a URL (checked and created before any model is loaded).
         options: reconstruction options (checked first).
-        workers: processes (1: this process).
+        workers: processes, or Ray actors with ``backend="ray"`` (local backend, 1: this process).
         resume: skip photos the manifest lists as done; redo the rest.
         show_progress: a progress bar on stderr.
         on_report: called in this process with each photo's report as it completes.
+        backend: ``"local"`` or ``"ray"`` (:data:`BACKENDS`).
+        address: with ``backend="ray"``, the cluster to use (``HEAD:6379``, ``auto``); None:
+            the Ray connection this process already has, or a new local Ray instance.
 
     Returns:
         One :class:`ImageReport` per photo, in input order.
     """
-
-    if workers < 1:
-        from faceclip.errors import FaceClipError
-
-        raise FaceClipError(f"--workers {workers}: must be at least 1")
     check_options(options)
-    out_dir = check_output_root(Path(out_dir))
-    with RunLock(out_dir) as lock:
-        return _run_locked(paths, out_dir, options, workers, resume, show_progress, on_report, lock.held)
+    sources = [_as_location(p) for p in paths]
+    out = _as_location(out_dir)
+    _check_backend(backend, address, workers, [*sources, out])
+    if backend == "ray":
+        from faceclip.distributed import check_ray
+
+        check_ray(address)
+    run = functools.partial(_run_locked, sources, options=options, workers=workers, resume=resume,
+                            show_progress=show_progress, on_report=on_report, backend=backend, address=address)
+    if isinstance(out, str):
+        out = remote.check_output_url(out)
+        log.warning("%s: no run lock at a URL; make sure no other run writes there", out)
+        return run(out, locked=False)
+    out = check_output_root(out)
+    with RunLock(out) as lock:
+        return run(out, locked=lock.held)
 
 
-def _run_locked(paths, out_dir: Path, options: ReconstructOptions, workers: int, resume: bool, show_progress: bool,
-                on_report, locked: bool) -> list[ImageReport]:
+def _folder(out: Target, name: str) -> Target:
+    return remote.join(out, name) if isinstance(out, str) else out / name
+
+
+def _run_locked(sources: list[Source], out_dir: Target, *, options: ReconstructOptions, workers: int, resume: bool,
+                show_progress: bool, on_report, backend: str, address: str | None, locked: bool) -> list[ImageReport]:
     from tqdm import tqdm
 
-    for stale in clean_stale_temporaries(out_dir, any_pid=locked):
-        log.info("removed %s, left by an interrupted run", stale)
+    if isinstance(out_dir, Path):
+        for stale in clean_stale_temporaries(out_dir, any_pid=locked):
+            log.info("removed %s, left by an interrupted run", stale)
     _check_manifest_is_ours(out_dir, options.overwrite)
-    paths = [Path(p) for p in paths]
     earlier = read_manifest(out_dir)
-    batch_keys = {_key(p) for p in paths}
+    batch_keys = {_key(p) for p in sources}
     # Photos of earlier runs that are not in this batch keep their lines (and their folders
     # stay theirs); this batch's photos get this run's lines (or, resuming, their earlier ones).
     keep: dict[str, list[dict]] = {k: v for k, v in earlier.items() if k not in batch_keys}
     taken = {str(rec["folder"]) for lines in keep.values() for rec in lines if rec.get("folder")}
-    bases = plan_output_names(paths, taken)
+    bases = plan_output_names(sources, taken)
     if not resume:
         earlier = {}
-    reports: list[ImageReport | None] = [None] * len(paths)
+    reports: list[ImageReport | None] = [None] * len(sources)
     todo: list[int] = []
     sha = options_sha(options)
-    for i, p in enumerate(paths):
+    for i, p in enumerate(sources):
         done = _done_faces(earlier.get(_key(p), []), out_dir, sha)
         if done is None:
             todo.append(i)
             continue
         keep[_key(p)] = done
-        faces = [FaceOutput(p, int(rec["face_index"]), out_dir / rec["folder"], [], float(rec["landmark_nme"]),
-                            dict(rec.get("seconds", {}))) for rec in done]
+        faces = [FaceOutput(p, int(rec["face_index"]), _folder(out_dir, rec["folder"]), [],
+                            float(rec["landmark_nme"]), dict(rec.get("seconds", {}))) for rec in done]
         reports[i] = ImageReport(p, faces=faces, skipped=True)
-    manifest = _Manifest(out_dir, keep, options)
-    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="reconstruct", unit="image",
+    manifest = (_RemoteManifest if isinstance(out_dir, str) else _Manifest)(out_dir, keep, options)
+    bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc="reconstruct", unit="image",
                disable=None if show_progress else True)
 
     def finish(i: int, report: ImageReport) -> None:
@@ -363,37 +673,27 @@ def _run_locked(paths, out_dir: Path, options: ReconstructOptions, workers: int,
             on_report(report)
         bar.update(1)
 
+    tasks: list[_Task] = [(i, sources[i], out_dir, bases[i]) for i in todo]
     try:
-        if todo and (workers == 1 or len(todo) == 1):
-            rec = Reconstructor(options)
-            for i in todo:
-                finish(i, reconstruct_one(rec, paths[i], out_dir, bases[i]))
-        elif todo:
-            ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start is unsafe
-            n = min(workers, len(todo))
-            with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(options, _threads_per_worker(n))) as pool:
-                futures = {pool.submit(_work, (i, str(paths[i]), str(out_dir), bases[i])): i for i in todo}
-                for fut in as_completed(futures):
-                    i = futures[fut]
-                    try:
-                        _, report = fut.result()
-                    except BrokenProcessPool:  # a worker was killed (out of memory, a signal)
-                        report = ImageReport(paths[i], error="a worker process died (killed, or out of memory); "
-                                                             "run again with --resume to retry")
-                    finish(i, report)
+        if tasks and backend == "ray":
+            _run_ray(options, tasks, workers, address, finish)
+        elif tasks and (workers == 1 or len(tasks) == 1):
+            _run_here(options, tasks, finish)
+        elif tasks:
+            _run_pool(options, tasks, workers, finish)
     finally:
         bar.close()
         manifest.close()
     return [r for r in reports if r is not None]
 
 
-def reconstruct_batch(inputs: Iterable[Path], out_dir: Path, options: ReconstructOptions | None = None,
-                      show_progress: bool = True, workers: int = 1, resume: bool = False) -> list[ImageReport]:
+def reconstruct_batch(inputs: Iterable[Source], out_dir: Target, options: ReconstructOptions | None = None,
+                      show_progress: bool = True, workers: int = 1, resume: bool = False, backend: str = "local",
+                      address: str | None = None) -> list[ImageReport]:
     """Reconstruct many photos; one failing photo never stops the others.
 
     :func:`run_batch` with default options. Returns one :class:`ImageReport` per input, in
     input order (``error`` set for failures).
     """
-    return run_batch(list(inputs), Path(out_dir), options or ReconstructOptions(), workers=workers,
-                     resume=resume, show_progress=show_progress)
+    return run_batch(list(inputs), out_dir, options or ReconstructOptions(), workers=workers,
+                     resume=resume, show_progress=show_progress, backend=backend, address=address)

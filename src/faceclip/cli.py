@@ -99,10 +99,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from faceclip.batch import reconstruct_batch
-    from faceclip.fit.pipeline import ReconstructOptions, expand_inputs
+    from faceclip.batch import expand_sources, reconstruct_batch
+    from faceclip.fit.pipeline import ReconstructOptions
 
-    inputs = expand_inputs(args.inputs)
+    inputs = expand_sources(args.inputs)
     if not inputs:
         raise FaceClipError("no input images", hint="give image files, folders or glob patterns")
     options = ReconstructOptions(
@@ -112,9 +112,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
         landmarks=args.landmarks, landmark_net=args.landmark_net, dense=args.dense, method=args.method, init=args.init, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
     )
-    reports = reconstruct_batch(inputs, Path(args.out), options, show_progress=not args.quiet,
-                                workers=args.workers, resume=args.resume)
-    return _print_reconstruct_summary(reports, Path(args.out))
+    reports = reconstruct_batch(inputs, args.out, options, show_progress=not args.quiet, workers=args.workers,
+                                resume=args.resume, backend=args.backend, address=args.address)
+    return _print_reconstruct_summary(reports, args.out)
 
 
 def _print_reconstruct_summary(reports, out: Path) -> int:
@@ -739,8 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status 2 if any image failed (the others are written), 1 on an internal error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE",
+                   help="image files, folders or glob patterns; or URLs (s3://bucket/photos/, see docs)")
+    p.add_argument("--out", required=True, help="output folder, or a folder URL (s3://bucket/results/)")
     p.add_argument("--method", default="fit", choices=["fit", "regress"],
                    help="fit (default): analysis-by-synthesis fitting; regress: the network alone (fastest)")
     p.add_argument("--init", default="mean", choices=["mean", "regressor"],
@@ -763,7 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", default="obj,ply,glb", metavar="LIST",
                    help="mesh files to write, comma-separated from obj, ply, glb (default: all three)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes, each loading the models once (default 1)")
+                   help="worker processes (Ray actors with --backend ray), each loading the models once (default 1)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="local (default): this computer's processes; ray: a Ray cluster (needs the ray extra)")
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="with --backend ray: the cluster's head (ray start --head); default: a local Ray instance")
     p.add_argument("--resume", action="store_true",
                    help="skip photos that <out>/results.jsonl lists as done; redo failed and missing ones")
     p.add_argument("--texture-size", type=int, default=1024, help="UV texture side in pixels (default 1024)")
