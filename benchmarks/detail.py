@@ -79,9 +79,9 @@ def main() -> None:
         for r in rows:
             print(f"{r.index:>4} {r.photo_brows:>4.2f}->{r.edit_brows:<4.0f} {r.photo_smile:>4.2f}->{r.edit_smile:<4.0f} "
                   f"{r.unchanged_deg:>11.2f} {r.dynamic_deg:>9.2f} {r.no_detail_deg:>8.2f}")
-        u = float(np.mean([r.unchanged_deg for r in rows]))
-        d = float(np.mean([r.dynamic_deg for r in rows]))
-        z = float(np.mean([r.no_detail_deg for r in rows]))
+        u = float(np.nanmean([r.unchanged_deg for r in rows]))  # a face without wrinkled pixels is NaN
+        d = float(np.nanmean([r.dynamic_deg for r in rows]))
+        z = float(np.nanmean([r.no_detail_deg for r in rows]))
         print(f"seed {args.seed}, {len(rows)} faces: wrinkled pixels at the edited expression: no map {z:.2f}°, "
               f"fitted map unchanged {u:.2f}°, through the dynamic split {d:.2f}°")
         print(f"dynamic_detail_err_ratio: {d / u:.4f}")

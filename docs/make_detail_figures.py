@@ -1,4 +1,4 @@
-"""Regenerate docs/images/detail.png: photos, their coarse fit and the fit with --detail, shaded
+"""Regenerate docs/images/detail.jpg: photos, their coarse fit and the fit with --detail, shaded
 without texture (grey clay, one frontal light) so the geometry's detail shows.
 
 Run from the repository root: ``.venv/bin/python docs/make_detail_figures.py [--out FILE] PHOTO...``
@@ -70,8 +70,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("photos", nargs="*")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "images" / "detail.png"))
-    ap.add_argument("--faces", default="0", help="comma-separated face indices per photo (largest first)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "images" / "detail.jpg"))
+    ap.add_argument("--faces", default="0,1", help="comma-separated face indices per photo (largest first)")
     args = ap.parse_args()
     photos = args.photos or [str(SHARED / "astronaut.png"), str(SHARED / "bald_guys.jpg")]
     rec = Reconstructor(ReconstructOptions(detail=True, all_faces=True))
@@ -83,7 +83,7 @@ def main() -> None:
             outs = rec.reconstruct_image(Path(photo), Path(tmp), faces=faces)
             for o in outs:
                 rows.append(np.concatenate(shaded_pair(o.folder, rec.model), 1))
-    Image.fromarray(np.concatenate(rows, 0)).save(args.out, optimize=True)
+    Image.fromarray(np.concatenate(rows, 0)).save(args.out, **({"quality": 88} if args.out.endswith(".jpg") else {}))
     print(f"wrote {args.out}")
 
 

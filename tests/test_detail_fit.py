@@ -160,12 +160,13 @@ def test_dynamic_split_scales_wrinkles_with_the_expression(head):
     from faceclip.fit.dynamic_detail import DEFAULT_GAIN, activations, dynamic_regions, split_detail
 
     e0 = {"browInnerUp_L": 0.5, "browInnerUp_R": 0.5, "mouthSmile_L": 0.2}
-    assert activations(e0) == {"forehead": 0.5, "nasolabial": 0.2, "crows_feet": 0.2}
+    assert activations(e0) == {"forehead_L": 0.5, "forehead_R": 0.5, "nasolabial_L": 0.2, "nasolabial_R": 0.0,
+                               "crows_feet_L": 0.2, "crows_feet_R": 0.0}
     atlas = procedural_detail(head, np.random.default_rng(0), size_px=256)[0, 0].numpy()
     split = split_detail(head, atlas, e0)
     np.testing.assert_allclose(split.at(e0), atlas, atol=1e-5)
     regions = dynamic_regions(head, 256)
-    core = regions["forehead"] > 0.99
+    core = regions["forehead_L"] + regions["forehead_R"] > 0.999
     outside = np.maximum.reduce(list(regions.values())) < 1e-6
     assert core.sum() > 100 and outside.sum() > 1000
     raised = split.at({**e0, "browInnerUp_L": 1.0, "browInnerUp_R": 1.0})
@@ -173,6 +174,12 @@ def test_dynamic_split_scales_wrinkles_with_the_expression(head):
     np.testing.assert_allclose(raised[core], atlas[core] * (1 + r) / (1 + 0.5 * r), rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(raised[outside], atlas[outside], atol=1e-6)
     np.testing.assert_allclose(split.at({}), split.static_mm, atol=1e-6)
+    # A one-sided smile deepens that side's fold only.
+    left = split.at({**e0, "mouthSmile_L": 1.0})
+    fold_l, fold_r = regions["nasolabial_L"] > 0.99, regions["nasolabial_R"] > 0.99
+    assert fold_l.sum() > 20 and fold_r.sum() > 20
+    assert np.abs(left[fold_l]).sum() > 1.2 * np.abs(atlas[fold_l]).sum()
+    np.testing.assert_allclose(left[fold_r], atlas[fold_r], atol=1e-6)
     assert np.abs(split.static_mm[core]).sum() < np.abs(atlas[core]).sum()
 
 
@@ -200,5 +207,33 @@ def test_edit_carries_the_detail_to_the_new_expression(head, tmp_path):
         folder / "displacement.png", **{k: json.loads((folder / "params.json").read_text())["detail"][k]
                                         for k in ("scale_mm", "offset_mm")})
     before, after = read(out.folder), read(tmp_path / "edited")
-    forehead = dynamic_regions(head, before.shape[0])["forehead"] > 0.99
+    regions = dynamic_regions(head, before.shape[0])
+    forehead = regions["forehead_L"] + regions["forehead_R"] > 0.99
     assert np.abs(after[forehead]).mean() > 1.2 * np.abs(before[forehead]).mean()
+
+
+def test_detail_failure_keeps_the_coarse_result(head, tmp_path):
+    """A face the detail fit cannot use (here: no pixel faces the camera closely enough) still
+    gets its coarse files; params.json says why there is no detail."""
+    from PIL import Image
+
+    from faceclip.fit.detail import DetailConfig
+    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+
+    *_, rgb = _scene(head, 1.0, size=300)
+    photo = tmp_path / "face.png"
+    Image.fromarray(rgb).save(photo)
+    rec = Reconstructor(ReconstructOptions(fast=True, detail=True, texture_px=256, formats=("glb",),
+                                           detail_config=DetailConfig(min_view_cos=0.999999)))
+    [out] = rec.reconstruct_image(photo, tmp_path / "out")
+    names = {p.name for p in out.folder.iterdir()}
+    assert "mesh.glb" in names and "displacement.png" not in names
+    assert "skin" in json.loads((out.folder / "params.json").read_text())["detail"]["error"]
+
+
+@pytest.mark.parametrize("bad", [{"map_px": 4}, {"gain_cells": 1}, {"lowpass_px": 0}, {"iterations": 0}])
+def test_detail_settings_are_checked(bad):
+    from faceclip.fit.detail import DetailConfig
+
+    with pytest.raises(FaceClipError, match="detail settings"):
+        DetailConfig(**bad)

@@ -244,6 +244,9 @@ def _benchmark_detail(args: argparse.Namespace) -> int:
     if args.method not in ("mean", "fit", "fit_mean"):  # "mean" is --method's default
         raise FaceClipError(f"--detail scores the default reconstruction; --method {args.method} is not supported with it",
                             hint="drop --method")
+    if args.checkpoint or args.landmark_net:
+        raise FaceClipError("--detail scores the default reconstruction; --checkpoint and --landmark-net are not used by it",
+                            hint="drop them")
     bar = tqdm(total=args.n, unit="face", file=sys.stderr, disable=True if args.quiet else None)
     report = run_detail_benchmark(args.n, seed=args.seed, size_px=args.size or 512, detail_scale=args.detail_scale,
                                   progress=lambda done: bar.update(done - bar.n))
@@ -253,6 +256,8 @@ def _benchmark_detail(args: argparse.Namespace) -> int:
         print(f"wrote {write_json(out / 'synthetic_detail.json', report.as_dict())}")
         print(f"wrote {write_csv(out / 'synthetic_detail.csv', [vars(s) for s in report.samples])}")
     print(format_detail_report(report))
+    if not report.summary()["faces"]:
+        raise FaceClipError("no face of the detail benchmark could be reconstructed", hint="see the table above")
     print(f"detail_normal_err_ratio: {report.detail_normal_err_ratio:.4f}")
     return 0
 

@@ -284,8 +284,10 @@ def edited_detail_map(face: ResultFace, outcome: EditOutcome) -> np.ndarray | No
     from faceclip.io.detail import read_displacement_png
 
     d = face.params.get("detail")
-    path = face.folder / str((d or {}).get("file", "displacement.png"))
-    if not d or not path.is_file():
+    if not isinstance(d, dict) or "scale_mm" not in d or "offset_mm" not in d:
+        return None  # made without --detail, or its detail fit failed
+    path = face.folder / Path(str(d.get("file", "displacement.png"))).name
+    if not path.is_file():
         return None
     atlas = read_displacement_png(path, float(d["scale_mm"]), float(d["offset_mm"]))
     names = face.expression_names
@@ -342,7 +344,9 @@ def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: E
             caption = f"from {Path(s['transfer_from']).name}"
 
     edited_detail = edited_detail_map(face, outcome)
-    if edited_detail is not None:
+    if edited_detail is None:
+        params.pop("detail", None)  # no detail files in the edited folder
+    else:
         from faceclip.io.detail import displacement_params
 
         params["detail"] = {**params["detail"], **displacement_params(edited_detail),

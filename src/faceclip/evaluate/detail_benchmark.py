@@ -151,10 +151,11 @@ def run_detail_benchmark(n: int, seed: int = 0, *, size_px: int = 512, detail_sc
             if progress is not None:
                 progress(i + 1)
             continue
-        res, aligned = rec.fit_face(rgb, faces[0].landmarks, faces[0].extra.get("mesh478"))
-        cam_fit = image_camera(res.params, aligned.transform.inverse().matrix_2x3, (size_px, size_px))
         t0 = time.perf_counter()
         try:
+            res, aligned = rec.fit_face(rgb, faces[0].landmarks, faces[0].extra.get("mesh478"))
+            cam_fit = image_camera(res.params, aligned.transform.inverse().matrix_2x3, (size_px, size_px))
+            t0 = time.perf_counter()
             det = fit_detail(m, res.vertices_mm, res.albedo, res.params.sh[0], cam_fit, rgb, config)
         except FaceClipError as exc:
             report.samples.append(DetailSample(i, p.angles_deg[1], *[nan] * 9, 0.0, failed=exc.message))

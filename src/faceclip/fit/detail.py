@@ -21,8 +21,8 @@ The energy (grey levels, i.e. the mean of the three channels):
 
 Pixels are left out where the colour is not the skin's (brows, lips, moles, hair: an albedo the
 smooth fitted albedo lacks would read as shading), at grazing angles, and outside the face's
-skin triangles. Defaults were chosen on the tuning seeds of ``benchmarks/detail.py``
-(see ``docs/detail.md``); figures are reported on seed 0.
+skin triangles. Defaults were chosen on the tuning seed 7 of ``faceclip benchmark synthetic
+--detail`` (see ``docs/detail.md``); figures are reported on seed 0.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ class UVWindow:
         c1, r1 = min(atlas_px, int(np.ceil(x1))), min(atlas_px, int(np.ceil(y1)))
         if c1 <= c0 or r1 <= r0:
             return out
+        values = values.astype(np.float32)
+        target = int(round(self.side * atlas_px))
+        if target < values.shape[0]:  # shrinking: area-average first, so detail is not aliased
+            values = cv2.resize(values, (max(1, target), max(1, target)), interpolation=cv2.INTER_AREA)
         # Atlas texel centres in the map's continuous coordinates.
         R = values.shape[0]
         xs = ((np.arange(c0, c1) + 0.5) / atlas_px - self.u0) / self.side * R - 0.5
@@ -113,9 +117,9 @@ def face_uv_window(model, margin: float = 0.04) -> tuple[UVWindow, float]:
 
 @dataclass
 class DetailConfig:
-    """Settings of :func:`fit_detail` (defaults: tuning seeds of ``benchmarks/detail.py``)."""
+    """Settings of :func:`fit_detail` (defaults: tuning seed 7 of ``faceclip benchmark synthetic --detail``)."""
 
-    #: Texels across the face's UV window (the ICT face: ~1.2 mm per texel at 256).
+    #: Texels across the face's UV window (the ICT head: about 1 mm per texel at 256).
     map_px: int = 256
     #: The face's window of the photo is compared at most this many pixels across.
     window_px: int = 320
@@ -125,7 +129,7 @@ class DetailConfig:
     w_magnitude: float = 1e-3
     w_symmetry: float = 1e-2
     #: Broad bumps are not detail: the squared block means of ``D`` over ``lowpass_px`` texels
-    #: (about 10 mm) are penalised with this weight.
+    #: (about 8 mm) are penalised with this weight.
     w_lowpass: float = 1.0
     lowpass_px: int = 8
     #: Pixels within this many pixels (of the compared window) of a left-out one are left out too.
@@ -147,7 +151,17 @@ class DetailConfig:
     min_view_cos: float = 0.25
     #: Conjugate-gradient iterations per solve (at most) and tolerance.
     cg_iterations: int = 300
-    cg_tolerance: float = 1e-5
+    cg_tolerance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        checks = [(self.map_px >= 8, "map_px must be at least 8"), (self.window_px >= 32, "window_px must be at least 32"),
+                  (self.iterations >= 1, "iterations must be at least 1"),
+                  (self.gain_cells == 0 or self.gain_cells >= 2, "gain_cells must be 0 (no gain field) or at least 2"),
+                  (self.lowpass_px >= 1, "lowpass_px must be at least 1"), (self.max_mm > 0, "max_mm must be positive"),
+                  (self.robust_scale > 0, "robust_scale must be positive"), (self.cg_iterations >= 1, "cg_iterations must be at least 1")]
+        for ok, message in checks:
+            if not ok:
+                raise FaceClipError(f"detail settings: {message}")
 
 
 @dataclass
@@ -158,7 +172,8 @@ class DetailResult:
         map_mm: (R, R) float32 displacement (mm along the normal) over ``window``.
         window: the UV window the map covers; mirror_u: the symmetry axis used.
         seen: (R, R) bool texels the photo showed.
-        stats: pixel counts and the energy's terms after the last iteration.
+        stats: pixel and texel counts, the photometric RMS (grey level) before and after, the
+            largest |D|.
         seconds: wall time.
     """
 
@@ -346,6 +361,32 @@ def _active_texels(model, window: UVWindow, R: int) -> np.ndarray:
     return binary_dilation(mask, iterations=2).ravel()
 
 
+_LAYOUTS: dict[tuple, tuple] = {}
+
+
+def _layout(model, R: int) -> tuple:
+    """What depends on the model and the map size only (memoised): the UV window, its mirror
+    axis, the active texels (flat indices), the slope operators and the Laplacian restricted to
+    them ((R*R, n_active) and (n_active, n_active)), and each texel's mirror index."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for arr in (model.uv, model.triangles, skin_triangle_mask(model), model.landmarks68):
+        h.update(np.ascontiguousarray(arr.detach().cpu().numpy()).tobytes())
+    key = (h.hexdigest(), R)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        window, mirror_u = face_uv_window(model)
+        act = np.flatnonzero(_active_texels(model, window, R))
+        gu, gv = _gradient_operators(R, window.side)
+        L = _laplacian(R)[act][:, act].tocsr()
+        layout = (window, mirror_u, act, gu[:, act].tocsr(), gv[:, act].tocsr(), L, _mirror_index(R, window, mirror_u))
+        while len(_LAYOUTS) >= 4:  # bounded: a few models at most
+            _LAYOUTS.pop(next(iter(_LAYOUTS)), None)
+        _LAYOUTS[key] = layout
+    return layout
+
+
 def fit_detail(model, vertices_mm: Tensor, albedo: Tensor, sh: Tensor, camera, photo: np.ndarray,
                config: DetailConfig | None = None) -> DetailResult:
     """Fit the displacement map of one face (see the module docstring).
@@ -369,22 +410,17 @@ def fit_detail(model, vertices_mm: Tensor, albedo: Tensor, sh: Tensor, camera, p
         if not torch.isfinite(x).all():
             raise FaceClipError(f"detail: the coarse fit's {name} are not finite")
     vertices_mm, albedo, sh = vertices_mm.detach().float().cpu(), albedo.detach().float().cpu(), sh.detach().float().cpu()
-    window, mirror_u = face_uv_window(model)
+    camera = camera.to("cpu", torch.float32)
     R = int(c.map_px)
+    window, mirror_u, act, gu, gv, L, mirror = _layout(model, R)
     with torch.no_grad():
         px, to_view = _gather_pixels(model, vertices_mm, albedo, sh, camera, photo, c)
     N = len(px.target)
     xy = window.grid_xy(px.uv, R)
     P = _bilinear_matrix(xy, R)
-    gu, gv = _gradient_operators(R, window.side)
-    active = _active_texels(model, window, R)
-    act = np.flatnonzero(active)
-    PGu, PGv = (P @ gu)[:, act].tocsr(), (P @ gv)[:, act].tocsr()
+    PGu, PGv = (P @ gu).tocsr(), (P @ gv).tocsr()
     seen_flat = np.asarray(P.sum(0)).ravel() > 1e-6
     na = len(act)
-    # Priors on the active texels (the map is zero elsewhere).
-    L = _laplacian(R)[act][:, act]
-    mirror = _mirror_index(R, window, mirror_u)
     pos = np.full(R * R, -1, np.int64)
     pos[act] = np.arange(na)
     unseen = act[~seen_flat[act]]
@@ -436,7 +472,12 @@ def fit_detail(model, vertices_mm: Tensor, albedo: Tensor, sh: Tensor, camera, p
         x = x0 + step
         D = np.clip(x[:na], -c.max_mm, c.max_mm)
         G = x[na:]
-        stats.update({"photometric_rms_before" if it == 0 else f"photometric_rms_{it}": float(np.sqrt(np.mean(r * r)))})
+        if it == 0:
+            stats["photometric_rms_before"] = float(np.sqrt(np.mean(r * r)))
+    g = np.stack([PGu @ D, PGv @ D], 1)
+    s_t, _ = _shading_and_jacobian(px, torch.from_numpy(g).float(), sh, to_view)
+    r = target - (1.0 + (Q @ G if ng else 0.0)) * s_t.double().numpy()
+    stats["photometric_rms_after"] = float(np.sqrt(np.mean(r * r)))
     full = np.zeros(R * R)
     full[act] = D
     stats["max_abs_mm"] = float(np.abs(D).max()) if na else 0.0

@@ -15,7 +15,10 @@ expression ``e0``:
 
 - **static** (the map at rest): ``S = D0 / (1 + sum_k r_k a_k(e0) M_k)``;
 - **dynamic** per group (extra depth per unit of activation): ``W_k = r_k M_k S``;
-- at any expression: ``D(e) = S + sum_k a_k(e) W_k``, so ``D(e0) = D0`` exactly.
+- at any expression: ``D(e) = S + sum_k a_k(e) W_k``, so ``D(e0) = D0`` (to float rounding).
+
+Each group is split into the face's two sides, each driven by its own side's blendshapes
+(``mouthSmile_L`` deepens the subject's left fold only).
 
 What it cannot do: a wrinkle the photo does not show at all (a neutral photo of a smooth
 forehead) has no depth to scale; it stays absent when the brows are raised in an edit.
@@ -40,12 +43,19 @@ DYNAMIC_GROUPS: dict[str, tuple[str, ...]] = {
 DEFAULT_GAIN: dict[str, float] = {"forehead": 1.0, "nasolabial": 1.0, "crows_feet": 0.5}
 
 
+SIDES = ("L", "R")
+
+
 def activations(expression: dict[str, float]) -> dict[str, float]:
-    """``{group: a_k}`` in [0, 1]: the largest weight among each group's driving blendshapes."""
+    """``{"<group>_L": a, "<group>_R": a}`` in [0, 1]: per side of the face (the subject's left
+    and right, as ICT's and ARKit's ``_L`` / ``_R`` names), the largest weight among the group's
+    driving blendshapes on that side; a name without a side (``browInnerUp``) drives both."""
     out = {}
     for group, prefixes in DYNAMIC_GROUPS.items():
-        vals = [float(w) for name, w in expression.items() if name.startswith(prefixes)]
-        out[group] = float(np.clip(max(vals, default=0.0), 0.0, 1.0))
+        for side in SIDES:
+            other = "_R" if side == "L" else "_L"
+            vals = [float(w) for name, w in expression.items() if name.startswith(prefixes) and not name.endswith(other)]
+            out[f"{group}_{side}"] = float(np.clip(max(vals, default=0.0), 0.0, 1.0))
     return out
 
 
@@ -60,7 +70,8 @@ def _vertex_uv(model) -> np.ndarray:
 
 
 def dynamic_regions(model, size_px: int) -> dict[str, np.ndarray]:
-    """``{group: (S, S) float in [0, 1]}`` soft UV regions of the groups (row 0 at v = 1).
+    """``{"<group>_L" / "<group>_R": (S, S) float in [0, 1]}`` soft UV regions of the groups on
+    each side of the face (row 0 at v = 1; the two sides of a group add up to the whole).
 
     Placed by the 68 landmark vertices' UVs: the forehead above the brows; a band from each
     nose wing past the mouth corner; a disc beyond each outer eye corner. Widths scale with
@@ -99,12 +110,22 @@ def dynamic_regions(model, size_px: int) -> dict[str, np.ndarray]:
         c = corner + (corner - inner) * 0.35
         disc = np.maximum(disc, 1.0 - smoothstep((np.hypot(uu - c[0], vv - c[1]) - 0.5 * unit) / (0.5 * unit)))
     regions["crows_feet"] = disc
-    return regions
+    # Split each region by side: the subject's left eye corner (68-point index 45) tells which
+    # way along u is the subject's left; a soft step across the nose ridge.
+    from faceclip.fit.detail import face_uv_window
+
+    _, mirror_u = face_uv_window(model)
+    direction = 1.0 if lm[45, 0] > lm[36, 0] else -1.0
+    left = smoothstep(0.5 + direction * (uu - mirror_u) / (0.4 * unit))
+    out = {}
+    for group, m in regions.items():
+        out[f"{group}_L"], out[f"{group}_R"] = m * left, m * (1.0 - left)
+    return out
 
 
 @dataclass
 class DynamicDetail:
-    """A fitted map split into its static part and one dynamic map per group (all (S, S) mm)."""
+    """A fitted map split into its static part and one dynamic map per group and side (all (S, S) mm)."""
 
     static_mm: np.ndarray
     dynamic_mm: dict[str, np.ndarray]
@@ -132,8 +153,8 @@ def split_detail(model, atlas_mm: np.ndarray, expression: dict[str, float],
     regions = dynamic_regions(model, S)
     a0 = activations(expression)
     factor = np.ones((S, S))  # D0 = S (1 + sum_k r_k a_k(e0) M_k)
-    for group, m in regions.items():
-        factor += gain[group] * a0[group] * m
+    for key, m in regions.items():
+        factor += gain[key[:-2]] * a0[key] * m
     static = atlas_mm.astype(np.float64) / factor
-    dynamic = {group: (gain[group] * m * static).astype(np.float32) for group, m in regions.items()}
+    dynamic = {key: (gain[key[:-2]] * m * static).astype(np.float32) for key, m in regions.items()}
     return DynamicDetail(static.astype(np.float32), dynamic)

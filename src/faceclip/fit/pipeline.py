@@ -421,13 +421,17 @@ class Reconstructor:
         cam_work = image_camera(result.params, crop_to_work, work.shape[:2])
         overlay = render_overlay(self.model, result.vertices_mm, result.albedo, result.params, cam_work, work)
         seconds["texture_overlay"] = time.perf_counter() - t0
-        detail = None
+        detail = detail_error = None
         if self.options.detail:
             from faceclip.fit.detail import fit_detail
 
             t0 = time.perf_counter()
-            detail = fit_detail(self.model, result.vertices_mm, result.albedo, result.params.sh[0], cam, full,
-                                self.options.detail_config)
+            try:
+                detail = fit_detail(self.model, result.vertices_mm, result.albedo, result.params.sh[0], cam, full,
+                                    self.options.detail_config)
+            except FaceClipError as exc:  # the coarse result still stands; params.json says why no detail
+                log.warning("%s face %d: no detail (%s); the coarse result is written", path, k, exc.message)
+                detail_error = exc.message
             seconds["detail"] = time.perf_counter() - t0
         lm_img = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64)) / scale
         detected = landmarks68 / scale
@@ -438,7 +442,9 @@ class Reconstructor:
         detail_atlas = None
         if detail is not None:
             detail_atlas = detail.atlas(self.options.texture_px)
-            params["detail"] = detail_record(detail, detail_atlas)
+            params["detail"] = detail_record(detail, detail_atlas, self.options.formats)
+        elif detail_error is not None:
+            params["detail"] = {"error": detail_error}
         files = write_face_outputs(folder, self.model, result, texture, overlay, params,
                                    overwrite=self.options.overwrite, formats=self.options.formats,
                                    detail_atlas_mm=detail_atlas)
@@ -565,14 +571,15 @@ def check_options(o: ReconstructOptions) -> None:
         raise FaceClipError(f"--texture-size {o.texture_px}: must be between 16 and 8192")
 
 
-def detail_record(detail, atlas_mm: np.ndarray) -> dict:
+def detail_record(detail, atlas_mm: np.ndarray, formats: tuple[str, ...] = MESH_FORMATS) -> dict:
     """The ``detail`` entry of params.json: how to read displacement.png back, and the fit."""
     from faceclip.io.detail import MAP_LAYOUT, displacement_params
 
+    meshes = {"obj": "mesh_detail.obj: skin subdivided once (1 to 4 triangles) and displaced",
+              "glb": "mesh_detail.glb: the coarse mesh with the normal map in its material"}
     return {**displacement_params(atlas_mm), "layout": MAP_LAYOUT, "normal_map": "normal_map.png",
             "normal_map_convention": "tangent space, OpenGL / glTF (+X along +u, +Y along +v, +Z out)",
-            "meshes": "mesh_detail.obj: skin subdivided once (1 to 4 triangles) and displaced; mesh_detail.glb: coarse mesh "
-                      "with the normal map in its material",
+            "meshes": "; ".join(v for k, v in meshes.items() if k in formats) or "none (--formats has neither obj nor glb)",
             "fit": {"uv_window": {"u0": round(detail.window.u0, 6), "v0": round(detail.window.v0, 6),
                                   "side": round(detail.window.side, 6)},
                     "map_px": int(detail.map_mm.shape[0]),

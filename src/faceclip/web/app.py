@@ -262,7 +262,7 @@ class DemoBackend:
         out = edited / f"{result.folder.name}-{int(time.time() * 1000)}"
         edit_result(result.folder, out, EditRequest(expressions=tuple(edits), formats=("glb",)), clip=None,
                     overwrite=True)
-        return out / "mesh.glb"
+        return out / ("mesh_detail.glb" if (out / "mesh_detail.glb").is_file() else "mesh.glb")
 
     def provenance_markdown(self, fast: bool = True) -> str:
         """Which model files the page uses, with their hashes."""
