@@ -49,9 +49,14 @@ def parse_lock(text: str) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """``{normalised name: version}`` of the distributions visible to this interpreter."""
+    """``{normalised name: version}`` of the distributions installed in this interpreter's
+    site-packages (not folders a package puts on ``sys.path`` at run time, such as Ray's
+    ``ray/thirdparty_files`` with its vendored psutil)."""
+    import sysconfig
+
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     found: dict[str, str] = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=paths):
         name = dist.metadata["Name"]
         if name:
             found.setdefault(normalise(name), dist.version)
