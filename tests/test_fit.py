@@ -193,3 +193,24 @@ def test_extra_loss_terms_plug_in(ict_cache, fitter):
     assert len(calls) == 8 and {"params", "rendered", "target", "vertices_mm", "camera"} <= set(calls[0])
     assert "blink" in pulled.active_terms and "blink" not in plain.active_terms
     assert float(pulled.params.expression[0, k]) > float(plain.params.expression[0, k]) + 0.05
+
+
+def test_pose_from_landmarks_recovers_a_known_pose(ict_head):
+    """The one PnP of the package: a posed mean face's projected landmarks give back its pose;
+    degenerate landmarks give the frontal start and ok=False."""
+    from faceclip.fit.params import MODEL_TO_OPENCV, euler_matrix_np, pose_from_landmarks
+
+    obj = ict_head.mean_mm[ict_head.landmarks68].double().numpy()
+    R = MODEL_TO_OPENCV @ euler_matrix_np(0.1, -0.4, 0.05)
+    t = np.array([12.0, -8.0, 600.0])
+    K = np.array([[900.0, 0, 320], [0, 900.0, 240], [0, 0, 1]])
+    cam = (obj @ R.T + t) @ K.T
+    img = cam[:, :2] / cam[:, 2:]
+    R2, t2, ok = pose_from_landmarks(obj, img, K)
+    assert ok
+    np.testing.assert_allclose(R2, R, atol=1e-6)
+    np.testing.assert_allclose(t2, t, atol=1e-3)
+    bad = img.copy()
+    bad[:] = np.nan  # a broken detector
+    _, t3, ok3 = pose_from_landmarks(obj, bad, K, distance_mm=500.0)
+    assert not ok3 and np.isfinite(t3).all()

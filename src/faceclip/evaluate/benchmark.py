@@ -116,12 +116,11 @@ def get_method(name: str) -> MethodFn:
 @register_method("mean")
 def mean_face_method(image: np.ndarray, model: FaceModel) -> MethodOutput:
     """The mean face posed from detected landmarks (PnP, focal ``1015 * S / 224`` px, the fitter's)."""
-    import cv2
     import torch
 
     from faceclip.detect import detect_faces
     from faceclip.fit.contour import build_contour_bands, landmark_vertex_ids
-    from faceclip.fit.params import DEFAULT_FOCAL_224, MODEL_TO_OPENCV
+    from faceclip.fit.params import DEFAULT_FOCAL_224, pose_from_landmarks
     from faceclip.render import PerspectiveCamera
 
     mean = model.mean_mm.detach().cpu().double().numpy()
@@ -139,23 +138,11 @@ def mean_face_method(image: np.ndarray, model: FaceModel) -> MethodOutput:
     h, w = image.shape[:2]
     f = DEFAULT_FOCAL_224 * w / 224.0
     K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
-    obj = mean[lm_idx]
-    img = np.asarray(face.landmarks, np.float64)
-    # Start frontal (OpenCV camera looks down +z: flip y and z of the model frame) at a
-    # distance matching the landmarks' spread; use the non-contour landmarks 17-67.
-    flip = MODEL_TO_OPENCV
-    rvec0, _ = cv2.Rodrigues(flip)
-    spread = np.linalg.norm(img[36] - img[45]) + 1e-6
-    dist0 = f * np.linalg.norm(obj[36] - obj[45]) / spread
-    centre = img[17:].mean(0)
-    tvec0 = np.array([(centre[0] - w / 2) * dist0 / f, (centre[1] - h / 2) * dist0 / f, dist0]) - flip @ obj[17:].mean(0)
-    ok, rvec, tvec = cv2.solvePnP(obj[17:], img[17:], K, None, rvec0.copy(), tvec0.reshape(3, 1).copy(),
-                                  useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+    # The distance at which the eye corners are as far apart as detected (the default start).
+    R, t, ok = pose_from_landmarks(mean[lm_idx], np.asarray(face.landmarks, np.float64), K)
     if not ok:
         return out
-    R, _ = cv2.Rodrigues(rvec)
-    cam = PerspectiveCamera.create(torch.tensor(R, dtype=torch.float32), torch.tensor(tvec.reshape(3), dtype=torch.float32),
-                                   f, (h, w))
+    cam = PerspectiveCamera.create(torch.tensor(R, dtype=torch.float32), torch.tensor(t, dtype=torch.float32), f, (h, w))
     v_t = model.mean_mm.detach().cpu().float()[None]
     ids = landmark_vertex_ids(model, build_contour_bands(model), v_t, cam)[0]
     out.landmarks68_px = cam.project(v_t[:, ids])[0].numpy().astype(np.float64)

@@ -30,6 +30,7 @@ from faceclip.facemodel.base import FaceModel
 from faceclip.fit.albedo import AlbedoModel, make_albedo_model
 from faceclip.fit.contour import ContourBands, build_contour_bands, landmark_vertex_ids
 from faceclip.fit.params import (DEFAULT_FOCAL_224, MODEL_TO_OPENCV, FaceParams, euler_jacobian_np, euler_to_matrix,
+                                 pose_from_landmarks,
                                  matrix_to_euler)
 from faceclip.losses import (
     albedo_skin_prior,
@@ -337,8 +338,6 @@ class Fitter:
 
     def initial_params(self, landmarks_px: Tensor) -> FaceParams:
         """Mean face posed by PnP on the inner landmarks (17-67). landmarks_px: (B, 68, 2)."""
-        import cv2
-
         c = self.config
         B = landmarks_px.shape[0]
         p = FaceParams.initial(B, self.model.n_identity, self.model.n_expression,
@@ -347,20 +346,13 @@ class Fitter:
         p.sh = sh_ambient(0.8, B, device=self.device)
         obj = self.model.mean_mm[self.model.landmarks68].detach().cpu().numpy().astype(np.float64)
         K = np.array([[c.focal_px, 0, c.crop_px / 2], [0, c.focal_px, c.crop_px / 2], [0, 0, 1]])
-        flip = MODEL_TO_OPENCV
         angles, trans = [], []
         for b in range(B):
             img = landmarks_px[b].detach().cpu().numpy().astype(np.float64)
-            # Start frontal at a plausible distance: keeps solvePnP in the right basin.
-            rvec0, _ = cv2.Rodrigues(flip)
-            tvec0 = np.array([0.0, 0.0, float(p.translation_mm[b, 2])])
-            ok, rvec, tvec = cv2.solvePnP(obj[17:], img[17:], K, None, rvec0.copy(), tvec0.copy(),
-                                          useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
-            if not ok or not np.isfinite(tvec).all() or tvec[2] <= 0:
-                rvec, tvec = rvec0, tvec0.reshape(3, 1)
-            R_cv, _ = cv2.Rodrigues(rvec)
-            angles.append(matrix_to_euler(torch.from_numpy(flip @ R_cv).float().unsqueeze(0))[0])
-            trans.append(torch.from_numpy(tvec.reshape(3)).float())
+            # A plausible starting distance keeps PnP in the right basin.
+            R_cv, t, _ = pose_from_landmarks(obj, img, K, distance_mm=float(p.translation_mm[b, 2]))
+            angles.append(matrix_to_euler(torch.from_numpy(MODEL_TO_OPENCV @ R_cv).float().unsqueeze(0))[0])
+            trans.append(torch.from_numpy(t).float())
         p.angles_rad = torch.stack(angles).to(self.device)
         p.translation_mm = torch.stack(trans).to(self.device)
         return p

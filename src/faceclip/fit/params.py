@@ -55,6 +55,53 @@ def euler_jacobian_np(pitch: float, yaw: float, roll: float) -> np.ndarray:
     return np.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], axis=-1)
 
 
+def pose_from_landmarks(points_mm: np.ndarray, landmarks_px: np.ndarray, K: np.ndarray,
+                        distance_mm: float | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Head pose by PnP: the one place faces are posed from 2D landmarks (OpenCV's iterative
+    Levenberg-Marquardt, ``cv2.solvePnP``), on the inner landmarks 17-67 (the jaw contour
+    slides with the pose, so it is left out).
+
+    The search starts frontal (the model's axes turned into the OpenCV camera's), with the
+    points' centroid on the ray through the landmarks' centroid at ``distance_mm`` (None: the
+    distance at which the outer eye corners, 36 and 45, are as far apart as in the image).
+
+    Args:
+        points_mm: (68, 3) the model's landmark points, model frame (mm).
+        landmarks_px: (68, 2) the detected landmarks (pixels).
+        K: (3, 3) camera intrinsics (no distortion).
+
+    Returns:
+        ``(R, t, ok)``: the OpenCV camera rotation (3, 3) and translation (3,) mm,
+        ``X_cam = R @ X_model + t``; ``ok`` False when PnP failed or put the face behind the
+        camera, in which case the frontal start is returned.
+    """
+    import cv2
+
+    obj = np.asarray(points_mm, np.float64)
+    img = np.asarray(landmarks_px, np.float64)
+    f = float(K[0, 0])
+    if distance_mm is None:
+        spread = float(np.linalg.norm(img[36] - img[45])) + 1e-6
+        distance_mm = f * float(np.linalg.norm(obj[36] - obj[45])) / spread
+    if not np.isfinite(distance_mm) or distance_mm <= 0:
+        distance_mm = 600.0  # broken landmarks: an arm's length, so the fallback stays usable
+    inner = img[17:][np.isfinite(img[17:]).all(1)]
+    centre = inner.mean(0) if len(inner) else K[:2, 2].astype(np.float64)
+    rvec0, _ = cv2.Rodrigues(MODEL_TO_OPENCV)
+    ray = np.array([(centre[0] - K[0, 2]) / f, (centre[1] - K[1, 2]) / K[1, 1], 1.0])
+    tvec0 = (ray * distance_mm - MODEL_TO_OPENCV @ obj[17:].mean(0)).reshape(3, 1)
+    usable = np.isfinite(img[17:]).all(1) & np.isfinite(obj[17:]).all(1)
+    ok, rvec, tvec = False, rvec0, tvec0
+    if usable.sum() >= 6:  # PnP needs a few points; a broken detector's NaNs are left out
+        ok, rvec, tvec = cv2.solvePnP(obj[17:][usable], img[17:][usable], K.astype(np.float64), None, rvec0.copy(),
+                                      tvec0.copy(), useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+    ok = bool(ok) and bool(np.isfinite(tvec).all()) and bool(np.isfinite(rvec).all()) and float(tvec[2, 0]) > 0
+    if not ok:
+        rvec, tvec = rvec0, tvec0
+    R, _ = cv2.Rodrigues(rvec)
+    return R, tvec.reshape(3).astype(np.float64), ok
+
+
 def euler_to_matrix(angles_rad: Tensor) -> Tensor:
     """(B, 3) (pitch, yaw, roll) in radians -> (B, 3, 3) ``Rz(roll) @ Ry(yaw) @ Rx(pitch)``."""
     p, y, r = angles_rad.unbind(-1)

@@ -39,7 +39,7 @@ import torch
 
 from faceclip.facemodel.base import FaceModel
 from faceclip.fit.contour import build_contour_bands
-from faceclip.fit.params import MODEL_TO_OPENCV, euler_jacobian_np, euler_matrix_np, matrix_to_euler
+from faceclip.fit.params import MODEL_TO_OPENCV, euler_jacobian_np, euler_matrix_np, matrix_to_euler, pose_from_landmarks
 from faceclip.losses import DEFAULT_LANDMARK_WEIGHTS
 
 __all__ = ["FrameCamera", "FramePose", "SequenceConfig", "SequenceFitter", "face_size_px"]
@@ -236,23 +236,13 @@ class SequenceFitter:
 
     def initial_pose(self, landmarks68: np.ndarray, cam: FrameCamera, identity: np.ndarray | None = None) -> FramePose:
         """Pose of the (mean or given) neutral face by PnP on the inner 51 landmarks."""
-        import cv2
-
         pts = self.identity_points(np.zeros(self.n_id) if identity is None else identity)
         obj = pts[self.lm_rows]
         img = np.asarray(landmarks68, np.float64)
         z0 = cam.focal_px * 150.0 / max(np.ptp(img[:, 0]), 1.0)  # a face ~150 mm wide
-        rvec0, _ = cv2.Rodrigues(MODEL_TO_OPENCV)
-        cx, cy = cam.centre
-        c = img.mean(0)
-        tvec0 = np.array([(c[0] - cx) * z0 / cam.focal_px, (c[1] - cy) * z0 / cam.focal_px, z0])
-        ok, rvec, tvec = cv2.solvePnP(obj[17:], img[17:], cam.intrinsics(), None, rvec0.copy(), tvec0.copy(),
-                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
-        if not ok or not np.isfinite(tvec).all() or tvec[2] <= 0:
-            rvec, tvec = rvec0, tvec0.reshape(3, 1)
-        R_cv, _ = cv2.Rodrigues(rvec)
+        R_cv, t, _ = pose_from_landmarks(obj, img, cam.intrinsics(), distance_mm=z0)
         ang = matrix_to_euler(torch.from_numpy(MODEL_TO_OPENCV @ R_cv)[None])[0].numpy()
-        return FramePose(ang.astype(np.float64), tvec.reshape(3).astype(np.float64), np.zeros(self.n_exp))
+        return FramePose(ang.astype(np.float64), t, np.zeros(self.n_exp))
 
     # ------------------------------------------------------------------ one frame
 
