@@ -369,3 +369,57 @@ def test_the_hog_thread_is_remade_in_a_forked_child():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert frontend._hog_thread() is parent
+
+
+@pytest.mark.parametrize("name", ["bald_guys.jpg", "astronaut.png", "2008_002079.jpg"])
+def test_largest_face_path_picks_the_same_face_with_less_work(name: str, monkeypatch) -> None:
+    """detect_largest gives the face select_faces(detect_and_landmark(...)) gives (the same
+    landmarks and box) and landmarks one or two faces instead of all of them."""
+    import faceclip.detect.frontend as frontend
+    from faceclip.detect.frontend import detect_largest
+    from faceclip.fit.pipeline import working_copy
+
+    rgb = working_copy(load_image(FACES / name))[0]
+    policy = FacePolicy()
+    found = detect_and_landmark(rgb)
+    old = select_faces(found, policy)[0]
+    calls = {"landmark": 0}
+    real_landmark = frontend.landmark_face
+
+    def counting_landmark(*args, **kwargs):
+        calls["landmark"] += 1
+        return real_landmark(*args, **kwargs)
+
+    monkeypatch.setattr(frontend, "landmark_face", counting_landmark)
+    [new] = detect_largest(rgb, policy)
+    np.testing.assert_array_equal(new.landmarks, old.landmarks)
+    np.testing.assert_array_equal(new.box, old.box)
+    assert calls["landmark"] <= 2 < len(found) + 2  # the largest, or the next when it cannot be landmarked
+
+
+def test_hog_upsampled_pass_skipped_only_when_mediapipe_found_a_large_face(monkeypatch) -> None:
+    """On a small group photo HOG's first pass is not confident, so it would look again at 2x;
+    with largest_only that pass runs only when MediaPipe's largest face is small."""
+    import faceclip.detect.detector as detector_module
+
+    rgb = load_image(FACES / "2008_002079.jpg")
+    real_run = detector_module._run_detector
+    ups: list[int] = []
+
+    def counting_run(image, detector, up, threshold):
+        ups.append(up)
+        return real_run(image, detector, up, threshold)
+
+    monkeypatch.setattr(detector_module, "_run_detector", counting_run)
+    find_faces(rgb, largest_only=True)  # MediaPipe's faces here are ~50 px: the 2x pass runs
+    assert ups == [0, 1]
+    ups.clear()
+    find_faces(rgb, largest_only=False)
+    assert ups == [0, 1]
+    import faceclip.detect.mediapipe as mp_module
+
+    big = Face(box=np.array([10.0, 10.0, 250.0, 250.0]), score=0.9, detector="mediapipe")
+    monkeypatch.setattr(mp_module, "detect_boxes_mediapipe", lambda image, min_score: [big])
+    ups.clear()
+    faces = find_faces(rgb, largest_only=True)
+    assert ups == [0] and faces[0].box.tolist() == big.box.tolist()
