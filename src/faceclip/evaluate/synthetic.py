@@ -154,6 +154,11 @@ class SyntheticFaceGenerator:
         model: the face model (default ICT ``head_eyes``, the reconstruction geometry).
         seed: base seed.
         config: sampling ranges.
+
+    Attributes (read by the video clips and the training data, which build on the generator):
+        head_centre_mm: (3,) the point of the mean face the cameras aim at (model frame).
+        contour_bands: the model's sliding jaw-contour bands (2D landmark convention).
+        albedo_parts: ``{name: (V,) or (V, 3)}`` the per-vertex masks the albedo is painted from.
     """
 
     def __init__(self, model: FaceModel | None = None, seed: int = 0, config: SyntheticConfig = SyntheticConfig()) -> None:
@@ -168,9 +173,9 @@ class SyntheticFaceGenerator:
         self.config = config
         self._mean = self.model.mean_mm.numpy().astype(np.float64)
         lm = self.model.landmarks68.numpy()
-        self._centre = self._mean[lm].mean(0)
-        self._bands = build_contour_bands(self.model)
-        self._albedo_parts = self._albedo_parts_of_model()
+        self.head_centre_mm = self._mean[lm].mean(0)
+        self.contour_bands = build_contour_bands(self.model)
+        self.albedo_parts = self._albedo_parts_of_model()
 
     def __len__(self) -> int:  # an endless source; len() for samplers that need one
         return 2 ** 31 - 1
@@ -201,7 +206,7 @@ class SyntheticFaceGenerator:
         focal_rel = 0.5 / math.tan(math.radians(fov) / 2)  # focal length / image size
         distance = focal_rel * 160.0 / fill  # a ~160 mm wide head spans `fill` of the image
         offset = [float(x) for x in rng.uniform(-c.offset_fraction, c.offset_fraction, 2)]
-        sh = self._draw_sh(rng)
+        sh = self.draw_light(rng)
         tone = float(rng.uniform(0.0, 1.0))
         pos = tone * (len(SKIN_PALETTE) - 1)
         lo = int(math.floor(pos))
@@ -241,7 +246,7 @@ class SyntheticFaceGenerator:
         focal = size * 0.5 / math.tan(math.radians(params.fov_deg) / 2)
         cxy = np.array([size / 2.0, size / 2.0]) + np.array(params.offset_fraction) * size
         # The head centre lands on pixel cxy at the given distance: t = (0, 0, d) - R c.
-        t = np.array([0.0, 0.0, params.distance_mm]) - R @ self._centre
+        t = np.array([0.0, 0.0, params.distance_mm]) - R @ self.head_centre_mm
         return PerspectiveCamera.create(torch.tensor(R, dtype=torch.float32), torch.tensor(t, dtype=torch.float32),
                                         focal, (size, size), principal_point_px=tuple(cxy))
 
@@ -264,7 +269,7 @@ class SyntheticFaceGenerator:
             cam = self.camera(params, size)
             focal = size * 0.5 / math.tan(math.radians(params.fov_deg) / 2)
             cxy = np.array([size / 2.0, size / 2.0]) + np.array(params.offset_fraction) * size
-            t = np.array([0.0, 0.0, params.distance_mm]) - R @ self._centre
+            t = np.array([0.0, 0.0, params.distance_mm]) - R @ self.head_centre_mm
             r = render_mesh(v_t, m.triangles, cam, vertex_colors=torch.from_numpy(albedo)[None].float(),
                             sh_coeffs=sh, background=0.0, cull_backfaces=True, antialiased=True)
             rgb = r.image[0].clamp(0, 1).numpy()
@@ -274,7 +279,7 @@ class SyntheticFaceGenerator:
             img += np.random.default_rng([noise_seed, size]).normal(0.0, self.config.noise_level, img.shape)
             out.images[size] = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
             out.masks[size] = alpha.astype(np.float32)
-            ids = landmark_vertex_ids(m, self._bands, v_t, cam)[0]
+            ids = landmark_vertex_ids(m, self.contour_bands, v_t, cam)[0]
             out.landmarks68_px[size] = cam.project(v_t[:, ids])[0].numpy().astype(np.float64)
             out.landmarks68_3d_px[size] = cam.project(v_t[:, m.landmarks68])[0].numpy().astype(np.float64)
             out.cameras[size] = {"R": R.tolist(), "t_mm": t.tolist(), "focal_px": float(focal),
@@ -303,7 +308,8 @@ class SyntheticFaceGenerator:
     # ------------------------------------------------------------------ lighting, albedo, background
 
     @staticmethod
-    def _draw_sh(rng: np.random.Generator) -> np.ndarray:
+    def draw_light(rng: np.random.Generator) -> np.ndarray:
+        """(9, 3) SH light of one sample: ambient plus a directional part from the viewer's side."""
         from faceclip.render.shading import sh_directional
 
         theta = rng.uniform(0, 2 * math.pi)
@@ -376,7 +382,7 @@ class SyntheticFaceGenerator:
 
     def albedo(self, params: SyntheticParams, rng: np.random.Generator) -> np.ndarray:
         """(V, 3) the face's per-vertex albedo in [0, 1] (skin tone, blotches, lips, brows; draws from ``rng``)."""
-        p = self._albedo_parts
+        p = self.albedo_parts
         v = p["xyz"]
         skin = np.array(params.skin_rgb)
         k = rng.normal(0, 1.0 / 45.0, (6, 3))  # wavelengths of ~ 2 pi * 45 mm

@@ -133,7 +133,7 @@ def make_synthetic_clip(seed: int = 0, index: int = 0, config: ClipConfig = Clip
         for name in groups[gi]:
             expr[:, m.expression_index(name)] = amp * _bump(t, centre, 0.45 / len(picks))
     sh0 = np.asarray(base.sh, np.float64)
-    sh1 = gen._draw_sh(rng)  # noqa: SLF001 - same package family; the generator's light model
+    sh1 = gen.draw_light(rng)  # the generator's light model
     # Camera and head placement.
     focal = c.width * 0.5 / math.tan(math.radians(c.fov_deg) / 2)
     distance0 = focal * 160.0 / (c.face_fill * c.height)
@@ -148,7 +148,7 @@ def make_synthetic_clip(seed: int = 0, index: int = 0, config: ClipConfig = Clip
     bg_full = background_image(base.background, side)
     y0, x0 = (side - c.height) // 2, (side - c.width) // 2
     bg = bg_full[y0:y0 + c.height, x0:x0 + c.width]
-    centre_model = gen._centre  # noqa: SLF001 - head centre used by the generator
+    centre_model = gen.head_centre_mm  # the head centre the generator's cameras aim at
     frames, R_all, t_all, lms = [], [], [], []
     noise = np.random.default_rng([seed, index, 8])
     for k in range(F):
@@ -166,7 +166,7 @@ def make_synthetic_clip(seed: int = 0, index: int = 0, config: ClipConfig = Clip
         img = rgb + (1.0 - alpha[..., None]) * bg
         img += noise.normal(0.0, c.noise_level, img.shape)
         frames.append((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
-        ids = landmark_vertex_ids(m, gen._bands, v, cam)[0]  # noqa: SLF001
+        ids = landmark_vertex_ids(m, gen.contour_bands, v, cam)[0]
         lms.append(cam.project(v[:, ids])[0].numpy().astype(np.float64))
         R_all.append(R)
         t_all.append(tr)

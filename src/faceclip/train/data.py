@@ -1093,7 +1093,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
 
     def _hair(self, sp: Any) -> np.ndarray:
         """(V,) the generator's hair coverage of a sample, in [0, 1]."""
-        parts = self.generator._albedo_parts
+        parts = self.generator.albedo_parts
         hair = np.clip((parts["above_brows_mm"] - sp.hairline_mm) / 8.0, 0, 1)
         if sp.hairline_mm < 50.0:  # the generator's rule: hair on the back of the head too
             hair = np.maximum(hair, parts["behind_ears"])
@@ -1101,7 +1101,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
 
     def _skin_vertices(self, sp: Any) -> np.ndarray:
         """(V,) bool: skin-region vertices without the sample's hair and eyebrows."""
-        parts = self.generator._albedo_parts
+        parts = self.generator.albedo_parts
         return self._skin_vertex & (self._hair(sp) < 0.5) & (parts["brows"] < 0.3)
 
     def _realistic_colours(self, rr: np.random.Generator, sp: Any, albedo: np.ndarray, v_t: Tensor,
@@ -1111,7 +1111,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
         from faceclip.render.shading import sh_irradiance, vertex_normals
 
         assert self.realism is not None
-        parts = self.generator._albedo_parts
+        parts = self.generator.albedo_parts
         hair = self._hair(sp)
         eyes_mouth = np.maximum(np.maximum(parts["sclera"], parts["mouth_interior"]), parts["iris"])
         tex = self.realism.texture_colours(rr)
