@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from faceclip.errors import InputError, ModelNotInstalledError
+from faceclip.errors import InputError
 
 __all__ = ["DetailNet", "DetailNetConfig", "RegressorWithDetail", "check_map_px", "detail_net_record", "load_detail_net",
            "save_detail_net"]
@@ -199,23 +199,15 @@ def load_detail_net(path: str | Path, device: str | torch.device = "cpu") -> Det
         InputError: the file is unreadable, holds no detail network, or does not match its
             stored architecture.
     """
+    from faceclip.nets.files import load_weights, read_record
+
     path = Path(path)
-    if not path.is_file():
-        raise ModelNotInstalledError(f"detail network not found: {path}",
-                                     hint="train one with `faceclip train` and model.detail: true")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated / foreign pickles all mean a bad file
-        raise InputError(f"cannot read detail network {path}: {exc.__class__.__name__}") from exc
-    rec = obj.get("detail") if isinstance(obj, dict) and isinstance(obj.get("detail"), dict) else obj
-    if not isinstance(rec, dict) or rec.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} holds no FaceCLIP detail network",
-                         hint="give detail.pt or a checkpoint of a run with model.detail: true")
-    if int(rec.get("version", -1)) > CHECKPOINT_VERSION:
-        raise InputError(f"{path} was written by a newer faceclip (format version {rec['version']})")
+    rec = read_record(path, what="detail network", fmt=CHECKPOINT_FORMAT, max_version=CHECKPOINT_VERSION,
+                      checkpoint_key="detail", missing_hint="train one with `faceclip train` and model.detail: true",
+                      wrong_message="{path} holds no FaceCLIP detail network",
+                      wrong_hint="give detail.pt or a checkpoint of a run with model.detail: true")
     try:
         net = DetailNet(DetailNetConfig.from_dict(rec["config"]))
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in rec["state_dict"].items()})
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise InputError(f"{path}: malformed detail network ({str(exc).splitlines()[0]})") from exc
-    return net.to(device).eval()
+    return load_weights(net, rec, path).to(device).eval()

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from faceclip.errors import InputError, ModelNotInstalledError
+from faceclip.nets.files import load_weights, read_record
 from faceclip.nets.backbones import make_backbone
 
 __all__ = ["LandmarkNetConfig", "DenseLandmarkNet", "gaussian_nll", "save_landmark_net", "load_landmark_net",
@@ -227,20 +228,11 @@ def load_landmark_net(path: str | Path, device: str | torch.device = "cpu", face
                 "no dense landmark network ships with this version of faceclip",
                 hint="train one with `faceclip train --config configs/landmarks_cpu.yaml` and pass "
                      "--landmark-net runs/landmarks/landmarks.pt (or set FACECLIP_LANDMARK_NET)")
-        raise ModelNotInstalledError(f"landmark network not found: {path}",
-                                     hint="train one with `faceclip train --config configs/landmarks_cpu.yaml`")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated / foreign pickles all mean a bad file
-        raise InputError(f"cannot read landmark network {path}: {exc.__class__.__name__}",
-                         hint="the file is truncated or not a network file (a training run's network is "
-                              "<run>/landmarks.pt; checkpoints/last.pt is for --resume)") from exc
-    rec = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise InputError(f"{path} is not a FaceCLIP landmark network",
-                         hint="give a file written by `faceclip train` with task: landmarks")
-    if int(rec.get("version", -1)) > VERSION:
-        raise InputError(f"{path} was written by a newer faceclip (format version {rec['version']})")
+    rec = read_record(path, what="landmark network", fmt=FORMAT, max_version=VERSION, checkpoint_key="model",
+                      missing_hint="train one with `faceclip train --config configs/landmarks_cpu.yaml`",
+                      unreadable_hint="the file is truncated or not a network file (a training run's network is "
+                                      "<run>/landmarks.pt; checkpoints/last.pt is for --resume)",
+                      wrong_hint="give a file written by `faceclip train` with task: landmarks")
     try:
         config = LandmarkNetConfig.from_dict(rec["config"])
     except (KeyError, TypeError) as exc:
@@ -251,13 +243,7 @@ def load_landmark_net(path: str | Path, device: str | torch.device = "cpu", face
         if want != got:
             raise InputError(f"{path} predicts points of face model {got[0]} ({got[1]} vertices), "
                              f"not {want[0]} ({want[1]} vertices)", hint="use a network trained for this face model")
-    net = DenseLandmarkNet(config, pretrained=False)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in rec["state_dict"].items()}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"{path}: weights do not match the stored architecture ({str(exc).splitlines()[0]})") from exc
-    return net.to(device).eval()
+    return load_weights(DenseLandmarkNet(config, pretrained=False), rec, path).to(device).eval()
 
 
 SHIPPED_LANDMARK_NET = Path(__file__).resolve().parent.parent / "data" / "landmarks_ict_mobilenet_v2.pt"

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from faceclip.errors import InputError, ModelNotInstalledError
+from faceclip.errors import InputError
 from faceclip.fit.params import DEFAULT_FOCAL_224, FaceParams
 from faceclip.nets.backbones import make_backbone
 from faceclip.nets.msma import MSMARefinement
@@ -282,15 +282,6 @@ def save_regressor(model: FaceRegressor, path: str | Path, half: bool = False, m
     return save_record(regressor_record(model), path, half=half, meta=meta)
 
 
-def _extract_record(obj, path: Path) -> dict:
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        return obj
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and obj["model"].get("format") == CHECKPOINT_FORMAT:
-        return obj["model"]  # a training checkpoint
-    raise InputError(f"{path} is not a FaceCLIP regressor checkpoint",
-                     hint="give a file written by `faceclip train` or faceclip.nets.save_regressor")
-
-
 def load_regressor(path: str | Path, device: str | torch.device = "cpu", face_model=None) -> FaceRegressor:
     """Load a regressor (or the model of a training checkpoint) in eval mode.
 
@@ -301,18 +292,14 @@ def load_regressor(path: str | Path, device: str | torch.device = "cpu", face_mo
         ModelNotInstalledError: the file does not exist.
         InputError: the file is unreadable, not a regressor, or made for another face model.
     """
+    from faceclip.nets.files import load_weights, read_record
+
     path = Path(path)
-    if not path.is_file():
-        raise ModelNotInstalledError(f"regressor checkpoint not found: {path}",
-                                     hint="train one with `faceclip train`, or omit --checkpoint to use the shipped one")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated / foreign pickles all mean a bad file
-        raise InputError(f"cannot read regressor checkpoint {path}: {exc.__class__.__name__}",
-                         hint="the file is truncated or not a PyTorch checkpoint") from exc
-    rec = _extract_record(obj, path)
-    if int(rec.get("version", -1)) > CHECKPOINT_VERSION:
-        raise InputError(f"{path} was written by a newer faceclip (format version {rec['version']})")
+    rec = read_record(path, what="regressor checkpoint", fmt=CHECKPOINT_FORMAT, max_version=CHECKPOINT_VERSION,
+                      checkpoint_key="model",
+                      missing_hint="train one with `faceclip train`, or omit --checkpoint to use the shipped one",
+                      unreadable_hint="the file is truncated or not a PyTorch checkpoint",
+                      wrong_hint="give a file written by `faceclip train` or faceclip.nets.save_regressor")
     try:
         config = RegressorConfig.from_dict(rec["config"])
     except (KeyError, TypeError) as exc:
@@ -324,13 +311,7 @@ def load_regressor(path: str | Path, device: str | torch.device = "cpu", face_mo
             raise InputError(f"{path} was trained for face model {got[0]} ({got[1]} identity, {got[2]} expression "
                              f"coefficients), not {want[0]} ({want[1]}, {want[2]})",
                              hint="use a checkpoint trained with this face model")
-    net = FaceRegressor(config, pretrained=False)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in rec["state_dict"].items()}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"{path}: weights do not match the stored architecture ({str(exc).splitlines()[0]})") from exc
-    return net.to(device).eval()
+    return load_weights(FaceRegressor(config, pretrained=False), rec, path).to(device).eval()
 
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "regressor_ict_mobilenet_v2.pt"
