@@ -237,3 +237,35 @@ def test_detail_settings_are_checked(bad):
 
     with pytest.raises(FaceClipError, match="detail settings"):
         DetailConfig(**bad)
+
+
+def test_reconstruct_with_a_trained_detail_network(head, tmp_path):
+    """--detail-net: the map comes from the network (on the shipped regressor's features), is
+    written like the fitted one, and params.json names the network file."""
+    from PIL import Image
+
+    from faceclip.fit.detail import face_uv_window
+    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.io.detail import read_displacement_png
+    from faceclip.nets.detail import DetailNet, DetailNetConfig, save_detail_net
+    from faceclip.nets.regressor import default_checkpoint_path, load_regressor
+
+    reg = load_regressor(default_checkpoint_path(), face_model=head)
+    window, mirror_u = face_uv_window(head)
+    torch.manual_seed(0)
+    net = DetailNet(DetailNetConfig(in_features=reg.refine.out_features, n_expression=head.n_expression, map_px=32,
+                                    window=(window.u0, window.v0, window.side), mirror_u=mirror_u))
+    torch.nn.init.normal_(net.out.weight, std=0.5)  # an untrained network's map is flat: give it some
+    path = save_detail_net(net, tmp_path / "detail.pt")
+    *_, rgb = _scene(head, 1.0, size=300)
+    photo = tmp_path / "face.png"
+    Image.fromarray(rgb).save(photo)
+    rec = Reconstructor(ReconstructOptions(fast=True, detail=True, detail_net=str(path), texture_px=256,
+                                           formats=("glb",)))
+    [out] = rec.reconstruct_image(photo, tmp_path / "out")
+    d = json.loads((out.folder / "params.json").read_text())["detail"]
+    assert d["fit"]["network"]["file"] == str(path) and d["fit"]["map_px"] == 32
+    atlas = read_displacement_png(out.folder / "displacement.png", d["scale_mm"], d["offset_mm"])
+    assert np.abs(atlas).max() > 0.01
+    with pytest.raises(FaceClipError, match="not found"):
+        Reconstructor(ReconstructOptions(fast=True, detail_net=str(tmp_path / "missing.pt")))

@@ -107,7 +107,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         raise FaceClipError("no input images", hint="give image files, folders or glob patterns")
     options = ReconstructOptions(
         fast=args.fast, all_faces=args.all_faces, min_face_px=args.min_face_px, device=args.device,
-        texture_px=args.texture_size, delight=args.delight, overwrite=args.overwrite, detail=args.detail,
+        texture_px=args.texture_size, delight=args.delight, overwrite=args.overwrite,
+        detail=args.detail or bool(args.detail_net), detail_net=args.detail_net,
         formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
         landmarks=args.landmarks, landmark_net=args.landmark_net, dense=args.dense, method=args.method, init=args.init, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
@@ -576,8 +577,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"regressor: {result.regressor_path}  (use: faceclip reconstruct PHOTO --checkpoint "
                   f"{result.regressor_path})")
         if getattr(result, "detail_path", None):
-            print(f"detail network: {result.detail_path}  (load: faceclip.nets.detail.load_detail_net; "
-                  "faceclip reconstruct --detail fits the map per photo instead)")
+            reg = f" --checkpoint {result.regressor_path}" if result.regressor_path else ""
+            print(f"detail network: {result.detail_path}  (use: faceclip reconstruct PHOTO{reg} "
+                  f"--detail-net {result.detail_path})")
     return 0
 
 
@@ -781,6 +783,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", action="store_true",
                    help="also recover wrinkles and folds from the photo's shading: displacement.png (16-bit), "
                         "normal_map.png, mesh_detail.obj (displaced) and mesh_detail.glb (normal-mapped); ~1 s per face")
+    p.add_argument("--detail-net", default=None, metavar="FILE",
+                   help="predict the detail map with a trained network (detail.pt of `faceclip train` with "
+                        "model.detail) instead of fitting it; reads the features of --checkpoint's regressor")
     p.add_argument("--face-model", default="ict", choices=["ict", "bfm"], help="face model (default ict)")
     p.add_argument("--face-model-path", default=None, help="BFM_model_front.mat for --face-model bfm")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

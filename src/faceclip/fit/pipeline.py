@@ -96,6 +96,11 @@ class ReconstructOptions:
     detail: bool = False
     #: Settings of the detail fit (None: :class:`faceclip.fit.detail.DetailConfig` defaults).
     detail_config: object | None = None
+    #: A trained detail network (``detail.pt`` of ``faceclip train`` with ``model.detail``):
+    #: the map is predicted from the regressor's features instead of fitted (implies ``detail``).
+    #: It reads the features of the regressor it was trained with: ``checkpoint`` (default: the
+    #: shipped regressor).
+    detail_net: str | None = None
 
 
 @dataclass
@@ -180,6 +185,9 @@ class Reconstructor:
             self.dense_points = self._calibration.dense_points(self.model.triangles.cpu().numpy())
             self.fitter.set_dense_points(self.dense_points)
         self.regressor, self.regressor_path = self._load_regressor()
+        self.detail_net = self.feature_net = None
+        if o.detail_net:
+            self.detail_net, self.feature_net = self._load_detail_net()
         if self.regressor is not None and not o.fast:
             refine = FitConfig.refine()
             for name in ("landmark_steps", "photo_steps", "w_identity", "w_identity_landmarks"):
@@ -206,6 +214,49 @@ class Reconstructor:
             raise FaceClipError(f"{path}: regressor predicts {net.config.n_albedo} albedo coefficients, "
                                 f"the fitter uses {self.fitter.albedo_model.n_coeffs}")
         return net, path
+
+    def _load_detail_net(self):
+        """The trained detail network and the regressor whose features it reads."""
+        from faceclip.errors import ModelNotInstalledError
+        from faceclip.nets.detail import load_detail_net
+        from faceclip.nets.regressor import default_checkpoint_path, load_regressor
+
+        o = self.options
+        net = load_detail_net(o.detail_net, device=o.device)
+        features = self.regressor
+        if features is None:
+            path = Path(o.checkpoint) if o.checkpoint else default_checkpoint_path()
+            if not path.is_file():
+                raise ModelNotInstalledError(f"--detail-net reads a regressor's features; {path} is missing",
+                                             hint="pass --checkpoint, the regressor.pt of the detail network's run")
+            features = load_regressor(path, device=o.device, face_model=self.model)
+        width = features.refine.out_features
+        if net.config.in_features != width or net.config.face_model != self.model.name:
+            raise FaceClipError(f"{o.detail_net}: the detail network reads {net.config.in_features} features of "
+                                f"{net.config.face_model}, the regressor gives {width} of {self.model.name}",
+                                hint="pass --checkpoint, the regressor.pt of the same training run")
+        return net, features
+
+    @torch.no_grad()
+    def predict_detail(self, aligned):
+        """The trained network's map for an aligned face: a :class:`faceclip.fit.detail.DetailResult`."""
+        from faceclip.fit.detail import DetailResult, UVWindow
+
+        t0 = time.perf_counter()
+        reg = self.feature_net
+        x = torch.from_numpy(np.ascontiguousarray(aligned.crop)).float().div(255.0).permute(2, 0, 1)[None]
+        size = reg.config.crop_px
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=True)
+        x = x.to(self.fitter.device)
+        features = reg.features(x)
+        params = reg.decode(reg.heads(features))  # as in training (RegressorWithDetail)
+        disp = self.detail_net(features, params.expression)[0, 0].float().cpu().numpy()
+        c = self.detail_net.config
+        R = disp.shape[0]
+        return DetailResult(disp.astype(np.float32), UVWindow(*c.window), float(c.mirror_u), np.ones((R, R), bool),
+                            {"max_abs_mm": float(np.abs(disp).max())}, time.perf_counter() - t0)
 
     def weights_used(self) -> dict[str, dict]:
         """File and hash of every model file involved, or "none" for networks not used."""
@@ -427,7 +478,10 @@ class Reconstructor:
         overlay = render_overlay(self.model, result.vertices_mm, result.albedo, result.params, cam_work, work)
         seconds["texture_overlay"] = time.perf_counter() - t0
         detail = detail_error = None
-        if self.options.detail:
+        if self.detail_net is not None:
+            detail = self.predict_detail(aligned)
+            seconds["detail"] = detail.seconds
+        elif self.options.detail:
             from faceclip.fit.detail import fit_detail
 
             t0 = time.perf_counter()
@@ -448,6 +502,9 @@ class Reconstructor:
         if detail is not None:
             detail_atlas = detail.atlas(self.options.texture_px)
             params["detail"] = detail_record(detail, detail_atlas, self.options.formats)
+            if self.detail_net is not None:
+                params["detail"]["fit"]["network"] = {"file": str(self.options.detail_net),
+                                                      "sha256": file_sha256(Path(self.options.detail_net))}
         elif detail_error is not None:
             params["detail"] = {"error": detail_error}
         files = write_face_outputs(folder, self.model, result, texture, overlay, params,
