@@ -265,6 +265,7 @@ def test_reconstruct_with_a_trained_detail_network(head, tmp_path):
     [out] = rec.reconstruct_image(photo, tmp_path / "out")
     d = json.loads((out.folder / "params.json").read_text())["detail"]
     assert d["fit"]["network"]["file"] == str(path) and d["fit"]["map_px"] == 32
+    assert d["fit"]["network"]["features_from"]["file"] == str(default_checkpoint_path())
     atlas = read_displacement_png(out.folder / "displacement.png", d["scale_mm"], d["offset_mm"])
     assert np.abs(atlas).max() > 0.01
     with pytest.raises(FaceClipError, match="not found"):

@@ -423,3 +423,44 @@ def test_hog_upsampled_pass_skipped_only_when_mediapipe_found_a_large_face(monke
     ups.clear()
     faces = find_faces(rgb, largest_only=True)
     assert ups == [0] and faces[0].box.tolist() == big.box.tolist()
+
+
+@pytest.mark.parametrize("case", ["confident_small_vs_weak_large", "confident_unlandmarkable", "all_fail"])
+def test_largest_face_path_follows_the_policy(case: str, monkeypatch) -> None:
+    """detect_largest gives what select_faces(detect_and_landmark(...)) gives, or the same error,
+    on made-up detections: confident faces are the pool even when a weak one is larger."""
+    import faceclip.detect.frontend as frontend
+    from faceclip.detect import NoFaceError
+    from faceclip.detect.frontend import detect_largest
+
+    def face(side, score, detector, can_landmark=True):
+        f = Face(box=np.array([10.0, 10.0, 10.0 + side, 10.0 + side]), score=score, detector=detector)
+        f.extra["can"] = can_landmark
+        return f
+
+    def made_up():
+        if case == "confident_small_vs_weak_large":
+            return [face(100, 0.1, "hog"), face(20, 0.9, "mediapipe")]
+        if case == "confident_unlandmarkable":
+            return [face(120, 0.9, "mediapipe", False), face(25, 0.9, "mediapipe"), face(90, 0.1, "hog")]
+        return [face(120, 0.9, "mediapipe", False), face(90, 0.1, "hog", False)]
+
+    def fake_landmark(rgb, f, landmarks="mediapipe", **kwargs):
+        if f.extra["can"]:
+            f.landmarks = np.tile(f.box[:2], (68, 1)) + np.random.default_rng(0).uniform(0, f.size_px, (68, 2))
+        return f.extra["can"]
+
+    monkeypatch.setattr(frontend, "landmark_face", fake_landmark)
+    monkeypatch.setattr(frontend, "find_faces", lambda *a, **k: made_up())
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    policy = FacePolicy()
+
+    def outcome(fn):
+        try:
+            return fn()[0].size_px
+        except NoFaceError as exc:
+            return exc.message
+
+    old = outcome(lambda: select_faces(frontend.detect_and_landmark(rgb), policy))
+    new = outcome(lambda: detect_largest(rgb, policy))
+    assert new == old and isinstance(old, str)  # each case is an error under the policy

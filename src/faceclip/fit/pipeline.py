@@ -185,7 +185,7 @@ class Reconstructor:
             self.dense_points = self._calibration.dense_points(self.model.triangles.cpu().numpy())
             self.fitter.set_dense_points(self.dense_points)
         self.regressor, self.regressor_path = self._load_regressor()
-        self.detail_net = self.feature_net = None
+        self.detail_net = self.feature_net = self.feature_net_path = None
         if o.detail_net:
             self.detail_net, self.feature_net = self._load_detail_net()
         if self.regressor is not None and not o.fast:
@@ -223,7 +223,7 @@ class Reconstructor:
 
         o = self.options
         net = load_detail_net(o.detail_net, device=o.device)
-        features = self.regressor
+        features, path = self.regressor, self.regressor_path
         if features is None:
             path = Path(o.checkpoint) if o.checkpoint else default_checkpoint_path()
             if not path.is_file():
@@ -231,10 +231,13 @@ class Reconstructor:
                                              hint="pass --checkpoint, the regressor.pt of the detail network's run")
             features = load_regressor(path, device=o.device, face_model=self.model)
         width = features.refine.out_features
-        if net.config.in_features != width or net.config.face_model != self.model.name:
-            raise FaceClipError(f"{o.detail_net}: the detail network reads {net.config.in_features} features of "
-                                f"{net.config.face_model}, the regressor gives {width} of {self.model.name}",
+        c = net.config
+        if (c.in_features, c.face_model, c.n_expression) != (width, self.model.name, self.model.n_expression):
+            raise FaceClipError(f"{o.detail_net}: the detail network reads {c.in_features} features and "
+                                f"{c.n_expression} expression weights of {c.face_model}; the regressor gives "
+                                f"{width} features of {self.model.name} ({self.model.n_expression} expression weights)",
                                 hint="pass --checkpoint, the regressor.pt of the same training run")
+        self.feature_net_path = Path(path)
         return net, features
 
     @torch.no_grad()
@@ -316,7 +319,7 @@ class Reconstructor:
         o = self.options
         landmarks = "mediapipe" if o.landmarks == "net" else o.landmarks  # the network refines them later
         policy = FacePolicy(all_faces=o.all_faces, min_face_px=o.min_face_px, min_score=o.min_score)
-        if not o.all_faces and o.detector in ("auto", "mediapipe"):
+        if not o.all_faces and o.detector in ("auto", "mediapipe") and landmarks == "mediapipe":
             # The same face, with less work: only the faces needed are landmarked, and HOG's
             # upsampled pass is skipped when MediaPipe found a large face.
             return detect_largest(rgb, policy, o.detector, landmarks, source=source,
@@ -479,8 +482,12 @@ class Reconstructor:
         seconds["texture_overlay"] = time.perf_counter() - t0
         detail = detail_error = None
         if self.detail_net is not None:
-            detail = self.predict_detail(aligned)
-            seconds["detail"] = detail.seconds
+            try:
+                detail = self.predict_detail(aligned)
+                seconds["detail"] = detail.seconds
+            except (FaceClipError, ValueError, RuntimeError) as exc:  # the coarse result still stands
+                detail_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                log.warning("%s face %d: no detail (%s); the coarse result is written", path, k, detail_error)
         elif self.options.detail:
             from faceclip.fit.detail import fit_detail
 
@@ -503,8 +510,11 @@ class Reconstructor:
             detail_atlas = detail.atlas(self.options.texture_px)
             params["detail"] = detail_record(detail, detail_atlas, self.options.formats)
             if self.detail_net is not None:
-                params["detail"]["fit"]["network"] = {"file": str(self.options.detail_net),
-                                                      "sha256": file_sha256(Path(self.options.detail_net))}
+                params["detail"]["fit"]["network"] = {
+                    "file": str(self.options.detail_net), "sha256": file_sha256(Path(self.options.detail_net)),
+                    "features_from": {"file": str(self.feature_net_path), "sha256": file_sha256(self.feature_net_path)},
+                    "note": "the map is the network's prediction on the crop (the regressor's own expression), "
+                            "not fitted"}
         elif detail_error is not None:
             params["detail"] = {"error": detail_error}
         files = write_face_outputs(folder, self.model, result, texture, overlay, params,

@@ -66,9 +66,12 @@ def load_weights(net: torch.nn.Module, record: dict, path: str | Path) -> torch.
     """
     from faceclip.errors import InputError
 
-    state = {k: v.float() if v.is_floating_point() else v for k, v in record["state_dict"].items()}
+    weights = record.get("state_dict")
+    if not isinstance(weights, dict):
+        raise InputError(f"{path}: malformed network file (no weights)")
+    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in weights.items()}
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: weights do not match the stored architecture ({str(exc).splitlines()[0]})") from exc
     return net
