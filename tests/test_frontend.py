@@ -397,10 +397,11 @@ def test_largest_face_path_picks_the_same_face_with_less_work(name: str, monkeyp
     assert calls["landmark"] <= 2 < len(found) + 2  # the largest, or the next when it cannot be landmarked
 
 
-def test_hog_upsampled_pass_skipped_only_when_mediapipe_found_a_large_face(monkeypatch) -> None:
-    """On a small group photo HOG's first pass is not confident, so it would look again at 2x;
-    with largest_only that pass runs only when MediaPipe's largest face is small."""
+def test_hog_runs_for_the_largest_face_only_when_mediapipe_found_no_large_face(monkeypatch) -> None:
+    """With largest_only, HOG (both passes on this small group photo) runs when MediaPipe's
+    faces are small, and not at all once MediaPipe found a large face."""
     import faceclip.detect.detector as detector_module
+    import faceclip.detect.mediapipe as mp_module
 
     rgb = load_image(FACES / "2008_002079.jpg")
     real_run = detector_module._run_detector
@@ -411,18 +412,15 @@ def test_hog_upsampled_pass_skipped_only_when_mediapipe_found_a_large_face(monke
         return real_run(image, detector, up, threshold)
 
     monkeypatch.setattr(detector_module, "_run_detector", counting_run)
-    find_faces(rgb, largest_only=True)  # MediaPipe's faces here are ~50 px: the 2x pass runs
-    assert ups == [0, 1]
+    small = find_faces(rgb, largest_only=True)  # MediaPipe's faces here are ~50 px
+    assert ups == [0, 1] and any("hog" in f.detector for f in small)
     ups.clear()
-    find_faces(rgb, largest_only=False)
-    assert ups == [0, 1]
-    import faceclip.detect.mediapipe as mp_module
-
     big = Face(box=np.array([10.0, 10.0, 250.0, 250.0]), score=0.9, detector="mediapipe")
     monkeypatch.setattr(mp_module, "detect_boxes_mediapipe", lambda image, min_score: [big])
-    ups.clear()
     faces = find_faces(rgb, largest_only=True)
-    assert ups == [0] and faces[0].box.tolist() == big.box.tolist()
+    assert ups == [] and [f.box.tolist() for f in faces] == [big.box.tolist()]
+    find_faces(rgb, largest_only=False)  # every face: HOG as always
+    assert ups == [0, 1]
 
 
 @pytest.mark.parametrize("case", ["confident_small_vs_weak_large", "confident_unlandmarkable", "all_fail"])

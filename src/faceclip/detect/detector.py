@@ -26,8 +26,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import logging
 from typing import Any, Literal
 
@@ -108,12 +106,10 @@ def detect_boxes(
     upsample: int | None = None,
     threshold: float = 0.0,
     max_side_px: int | None = DEFAULT_MAX_SIDE_PX,
-    retry_upsampled: Callable[[], bool] | None = None,
 ) -> list[Face]:
     """Face boxes and scores only (``Face.landmarks`` is ``None``), largest first.
 
-    Arguments as in :func:`detect_faces`; ``retry_upsampled``: with automatic upsampling, asked
-    before the upsampled pass; False skips it (the caller already knows it is not needed).
+    Arguments as in :func:`detect_faces`.
     """
     if detector not in ("hog", "cnn"):
         raise InputError(f"unknown face detector {detector!r}", hint="use 'hog' or 'cnn'")
@@ -124,9 +120,7 @@ def detect_boxes(
     small, sx, sy = _downscale(rgb, max_side_px)
     steps = [upsample] if upsample is not None else _auto_steps(small)
     faces: list[Face] = []
-    for k, up in enumerate(steps):
-        if k > 0 and retry_upsampled is not None and not retry_upsampled():
-            break
+    for up in steps:
         found = _run_detector(small, detector, up, threshold)
         log.debug(
             "%s detector, upsample %d on %dx%d: %d faces", detector, up, small.shape[1], small.shape[0], len(found)

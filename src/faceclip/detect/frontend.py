@@ -55,11 +55,11 @@ DETECTORS = ("auto", "mediapipe", "hog", "cnn")
 LANDMARKERS = ("mediapipe", "dlib68")
 #: Minimum MediaPipe detection confidence.
 MEDIAPIPE_MIN_SCORE = 0.5
-#: With ``largest_only``, a MediaPipe face at least this wide (pixels) makes HOG's upsampled
-#: pass unnecessary (dlib's HOG window is 80 px at 1x; upsampling finds the 40-80 px faces).
-#: A face larger than that which only HOG's 2x pass finds would be missed; on the 11 shared
-#: photos and 60 synthetic faces (seed 0) the chosen face was the same in every case with and
-#: without the skip (detection 2.9x faster in total).
+#: With ``largest_only``, a MediaPipe face at least this wide (pixels) makes HOG unnecessary:
+#: HOG is there for the small faces (40-100 px) MediaPipe misses in group photos. A larger
+#: frontal face that only HOG finds would be missed; on the 11 shared photos and 60 synthetic
+#: faces (seed 0) the chosen face and its landmarks were the same in every case with and
+#: without HOG (detection 5x faster in total).
 LARGE_FACE_PX = 100
 #: Two boxes are the same face when their intersection over union is at least this, or when
 #: the centre of the smaller lies inside the larger and their sizes differ by less than 2x.
@@ -77,10 +77,10 @@ def find_faces(image: np.ndarray, detector: DetectorChoice = "auto", *, upsample
         upsample, threshold, max_side_px: passed to dlib's detectors
             (:func:`faceclip.detect.detector.detect_boxes`; ``max_side_px=None``: never downscale).
         largest_only: only the largest face matters (the default policy). With ``"auto"``,
-            HOG's upsampled pass (there to find faces of 40-80 px) is skipped when MediaPipe
-            found a face at least :data:`LARGE_FACE_PX` across. Smaller faces may then be
-            missing, and, in principle, a larger face that only HOG's 2x pass would find (none
-            in our measurement, see :data:`LARGE_FACE_PX`).
+            MediaPipe runs first and dlib's HOG only when MediaPipe found no face at least
+            :data:`LARGE_FACE_PX` across. Smaller faces may then be missing, and, in principle,
+            a larger frontal face that only HOG finds (none in our measurement, see
+            :data:`LARGE_FACE_PX`).
     """
     from faceclip.detect.detector import check_image_size, detect_boxes
     from faceclip.detect.mediapipe import detect_boxes_mediapipe
@@ -96,20 +96,17 @@ def find_faces(image: np.ndarray, detector: DetectorChoice = "auto", *, upsample
     # "auto": dlib's HOG runs in a worker thread while MediaPipe's detectors run here (both
     # release the GIL), so detection costs the slower of the two rather than their sum
     # (detection 38.7 -> 28.8 ms on 640x480, docs/front-end.md); the results are the same.
-    decided, verdict = threading.Event(), {"retry": True}
-
-    def retry_upsampled() -> bool:  # in the HOG thread, after its first pass: wait for MediaPipe
-        decided.wait()
-        return verdict["retry"]
-
-    try:  # whatever happens here (an error, Ctrl-C), the HOG thread is released by `finally`
-        hog_job = _hog_thread().submit(detect_boxes, rgb, detector="hog", upsample=upsample, threshold=threshold,
-                                       max_side_px=max_side_px,
-                                       retry_upsampled=retry_upsampled if largest_only else None)
+    if largest_only:
+        # MediaPipe first; HOG (which finds frontal faces from 40 px) only when MediaPipe found
+        # no face of LARGE_FACE_PX or more: otherwise HOG could only add smaller faces.
         mp_faces = detect_boxes_mediapipe(rgb, min_score=MEDIAPIPE_MIN_SCORE)
-        verdict["retry"] = not any(f.size_px >= LARGE_FACE_PX for f in mp_faces)
-    finally:
-        decided.set()
+        if any(f.size_px >= LARGE_FACE_PX for f in mp_faces):
+            return merge_detections(mp_faces, [])
+        return merge_detections(mp_faces, detect_boxes(rgb, detector="hog", upsample=upsample, threshold=threshold,
+                                                       max_side_px=max_side_px))
+    hog_job = _hog_thread().submit(detect_boxes, rgb, detector="hog", upsample=upsample, threshold=threshold,
+                                   max_side_px=max_side_px)
+    mp_faces = detect_boxes_mediapipe(rgb, min_score=MEDIAPIPE_MIN_SCORE)
     return merge_detections(mp_faces, hog_job.result())
 
 
