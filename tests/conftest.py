@@ -64,3 +64,21 @@ def ict_head(ict_cache):
     from faceclip.facemodel import load_face_model
 
     return load_face_model("ict", geometry="head_eyes")
+
+
+def plane_mesh(n: int = 9, width_mm: float = 40.0, height_mm: float = 40.0, mirror_u: bool = False):
+    """A flat n x n grid in z = 0 facing +z, for the detail tests: ``(vertices (n*n, 3) mm,
+    triangles (F, 3), uv_corners (F, 3, 2))`` (NumPy), UVs ``u = x / width`` (or
+    ``1 - x / width``), ``v = y / height`` (v up = +y)."""
+    import numpy as np
+
+    xx, yy = np.meshgrid(np.linspace(0, width_mm, n), np.linspace(0, height_mm, n))
+    v = np.stack([xx.ravel(), yy.ravel(), np.zeros(n * n)], 1)
+    i, j = np.meshgrid(np.arange(n - 1), np.arange(n - 1), indexing="ij")
+    a, b = (i * n + j).ravel(), (i * n + j + 1).ravel()
+    c, d = ((i + 1) * n + j).ravel(), ((i + 1) * n + j + 1).ravel()
+    tri = np.stack([np.stack([a, b, d], 1), np.stack([a, d, c], 1)], 1).reshape(-1, 3)
+    uv = np.stack([v[:, 0] / width_mm, v[:, 1] / height_mm], 1)
+    if mirror_u:
+        uv[:, 0] = 1.0 - uv[:, 0]
+    return v, tri, uv[tri]

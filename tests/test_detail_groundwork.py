@@ -10,19 +10,11 @@ import torch
 
 
 def _plane(n: int = 8, size_mm: float = 40.0):
-    """A flat square in z = 0 facing +z, UVs = x, y / size (v up = +y)."""
-    xs = np.linspace(0, size_mm, n)
-    xx, yy = np.meshgrid(xs, xs)
-    v = np.stack([xx.ravel(), yy.ravel(), np.zeros(n * n)], 1)
-    tri = []
-    for i in range(n - 1):
-        for j in range(n - 1):
-            a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
-            tri += [[a, b, d], [a, d, c]]
-    tri = torch.tensor(tri)
-    verts = torch.tensor(v, dtype=torch.float32)
-    uv = (verts[:, :2] / size_mm)[tri]
-    return verts, tri, uv
+    """A flat square in z = 0 facing +z, UVs = x, y / size (v up = +y), as torch tensors."""
+    from conftest import plane_mesh
+
+    v, tri, uv = plane_mesh(n, size_mm, size_mm)
+    return torch.tensor(v, dtype=torch.float32), torch.tensor(tri), torch.tensor(uv, dtype=torch.float32)
 
 
 def test_triangle_tangents_of_a_plane():

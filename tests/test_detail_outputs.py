@@ -21,19 +21,9 @@ FLAT = (128, 128, 255)
 
 
 def _plane(n: int = 9, width_mm: float = 40.0, height_mm: float = 40.0, mirror_u: bool = False):
-    """A flat grid in z = 0 facing +z, UVs u = x / width, v = y / height (or u = 1 - x / width)."""
-    xx, yy = np.meshgrid(np.linspace(0, width_mm, n), np.linspace(0, height_mm, n))
-    v = np.stack([xx.ravel(), yy.ravel(), np.zeros(n * n)], 1)
-    tri = []
-    for i in range(n - 1):
-        for j in range(n - 1):
-            a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
-            tri += [[a, b, d], [a, d, c]]
-    tri = np.array(tri)
-    uv = np.stack([v[:, 0] / width_mm, v[:, 1] / height_mm], 1)
-    if mirror_u:
-        uv[:, 0] = 1.0 - uv[:, 0]
-    return v, tri, uv[tri]
+    from conftest import plane_mesh
+
+    return plane_mesh(n, width_mm, height_mm, mirror_u)
 
 
 def _texel_uv(S: int) -> tuple[np.ndarray, np.ndarray]:
