@@ -296,30 +296,6 @@ def edited_detail_map(face: ResultFace, outcome: EditOutcome) -> np.ndarray | No
     return split_detail(face.model, atlas, fitted).at(edited)
 
 
-def _write_detail(face: ResultFace, verts: Tensor, atlas: np.ndarray, tmp: Path, formats: tuple[str, ...]) -> None:
-    """displacement.png, normal_map.png and mesh_detail.* of the edited face into ``tmp``."""
-    from faceclip.fit.detail import skin_triangle_mask
-    from faceclip.io.detail import (
-        DETAIL_FORMATS,
-        NORMAL_MAP_FILE,
-        export_detail_mesh,
-        tangent_normal_map,
-        write_displacement_png,
-        write_normal_map_png,
-    )
-
-    m = face.model
-    v, f, uv = verts.cpu().numpy(), m.triangles.cpu().numpy(), m.uv.cpu().numpy()
-    detail_formats = tuple(x for x in formats if x in DETAIL_FORMATS)
-    if detail_formats:
-        has_texture = (tmp / "mesh_texture.png").is_file()
-        export_detail_mesh(tmp, v, f, uv, atlas, texture=face.texture, triangle_mask=skin_triangle_mask(m).cpu().numpy(),
-                           formats=detail_formats, texture_file="mesh_texture.png" if has_texture else None, levels=1)
-    else:
-        write_displacement_png(tmp / "displacement.png", atlas)
-        write_normal_map_png(tmp / NORMAL_MAP_FILE, tangent_normal_map(v, f, uv, atlas))
-
-
 def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: EditRequest,
                overwrite: bool = False, renderer: FaceRenderer | None = None) -> list[Path]:
     """Write the edited result folder (see the module docstring); returns its files.
@@ -343,6 +319,8 @@ def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: E
         elif "transfer_from" in s:
             caption = f"from {Path(s['transfer_from']).name}"
 
+    from faceclip.fit.detail import write_face_detail
+
     edited_detail = edited_detail_map(face, outcome)
     if edited_detail is None:
         params.pop("detail", None)  # no detail files in the edited folder
@@ -356,7 +334,7 @@ def write_edit(face: ResultFace, outcome: EditOutcome, out_dir: Path, request: E
         export_mesh(face.model, verts, tmp, texture=face.texture, vertex_colors=face.albedo.numpy(),
                     glb_texture_format="jpeg", formats=request.formats)
         if edited_detail is not None:
-            _write_detail(face, verts, edited_detail, tmp, request.formats)
+            write_face_detail(tmp, face.model, verts, edited_detail, face.texture, request.formats)
         (tmp / "params.json").write_text(json.dumps(params, indent=1))
         Image.fromarray(renderer.overlay(outcome.expression)).save(tmp / "overlay.png", compress_level=1)
         Image.fromarray(before_after(renderer, outcome.base, outcome.expression, caption)).save(

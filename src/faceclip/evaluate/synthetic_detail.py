@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from faceclip.fit.detail import vertex_uv
+
 __all__ = ["DetailSpec", "angular_error_deg", "detail_normals_image", "procedural_detail", "render_with_detail", "uv_mm_per_unit",
            "vertex_uv"]
 
@@ -42,16 +44,6 @@ class DetailSpec:
     #: Dynamic part: extra amplitude per unit of the driving blendshapes.
     forehead_dynamic_mm: float = 0.5
     nasolabial_dynamic_mm: float = 0.6
-
-
-def vertex_uv(model) -> np.ndarray:
-    """(V, 2) one UV per vertex (the first corner that uses it)."""
-    uv = np.zeros((model.n_vertices, 2))
-    tri = model.triangles.cpu().numpy().reshape(-1)
-    corners = model.uv.cpu().numpy().reshape(-1, 2)
-    vids, first = np.unique(tri, return_index=True)
-    uv[vids] = corners[first]
-    return uv
 
 
 def uv_mm_per_unit(model) -> float:

@@ -39,7 +39,7 @@ from torch import Tensor
 from faceclip.errors import FaceClipError
 
 __all__ = ["DetailConfig", "DetailResult", "UVWindow", "displace_vertices", "face_uv_window", "fit_detail", "skin_triangle_mask",
-           "vertex_displacement"]
+           "vertex_displacement", "vertex_uv", "write_face_detail"]
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,7 @@ def face_uv_window(model, margin: float = 0.04) -> tuple[UVWindow, float]:
     side = float((hi - lo).max()) * (1 + 2 * margin)
     centre = (lo + hi) / 2
     window = UVWindow(float(centre[0] - side / 2), float(centre[1] - side / 2), side)
-    tri = model.triangles.cpu().numpy().reshape(-1)
-    corners = model.uv.reshape(-1, 2).double().cpu().numpy()
-    nose = model.landmarks68[27:31].cpu().numpy()
-    us = [corners[tri == v][:, 0].mean() for v in nose if (tri == v).any()]
-    mirror_u = float(np.median(us)) if us else float(centre[0])
+    mirror_u = float(np.median(vertex_uv(model)[model.landmarks68[27:31].cpu().numpy(), 0]))
     return window, mirror_u
 
 
@@ -485,14 +481,20 @@ def fit_detail(model, vertices_mm: Tensor, albedo: Tensor, sh: Tensor, camera, p
                         time.perf_counter() - t0)
 
 
-def vertex_displacement(model, atlas_mm: np.ndarray) -> np.ndarray:
-    """(V,) the displacement (mm) of a (S, S) atlas map at each vertex's UV (its first corner's)."""
-    S = atlas_mm.shape[0]
+def vertex_uv(model) -> np.ndarray:
+    """(V, 2) one UV per vertex: that of the first triangle corner using it (zero if none)."""
     tri = model.triangles.cpu().numpy().reshape(-1)
     corners = model.uv.reshape(-1, 2).double().cpu().numpy()
     vids, first = np.unique(tri, return_index=True)
     uv = np.zeros((model.n_vertices, 2))
     uv[vids] = corners[first]
+    return uv
+
+
+def vertex_displacement(model, atlas_mm: np.ndarray) -> np.ndarray:
+    """(V,) the displacement (mm) of a (S, S) atlas map at each vertex's UV (its first corner's)."""
+    S = atlas_mm.shape[0]
+    uv = vertex_uv(model)
     P = _bilinear_matrix(np.stack([uv[:, 0] * S - 0.5, (1 - uv[:, 1]) * S - 0.5], 1), S)
     return P @ atlas_mm.astype(np.float64).ravel()
 
@@ -504,3 +506,38 @@ def displace_vertices(model, vertices_mm: Tensor, atlas_mm: np.ndarray) -> Tenso
     n = vertex_normals(vertices_mm[None].float(), model.triangles)[0]
     d = torch.from_numpy(vertex_displacement(model, atlas_mm)).to(vertices_mm.dtype)
     return vertices_mm + d[:, None] * n.to(vertices_mm.dtype)
+
+
+def write_face_detail(out_dir, model, vertices_mm: Tensor, atlas_mm: np.ndarray, texture: np.ndarray | None,
+                      formats: tuple[str, ...]) -> None:
+    """A face's detail files in a result folder (``faceclip reconstruct --detail``, ``faceclip
+    edit``): ``mesh_detail.obj`` / ``.glb`` in the chosen ``formats`` among obj and glb (the skin
+    subdivided once; the OBJ uses the folder's ``mesh_texture.png`` when there is one), plus
+    ``displacement.png`` and ``normal_map.png``; with neither obj nor glb, the two maps alone.
+
+    Args:
+        vertices_mm: (V, 3) the face's vertices; atlas_mm: (S, S) the map over the UV atlas.
+    """
+    from pathlib import Path
+
+    from faceclip.io.detail import (
+        DETAIL_FORMATS,
+        DISPLACEMENT_FILE,
+        NORMAL_MAP_FILE,
+        export_detail_mesh,
+        tangent_normal_map,
+        write_displacement_png,
+        write_normal_map_png,
+    )
+
+    out_dir = Path(out_dir)
+    v, f, uv = vertices_mm.detach().cpu().numpy(), model.triangles.cpu().numpy(), model.uv.cpu().numpy()
+    detail_formats = tuple(x for x in formats if x in DETAIL_FORMATS)
+    if detail_formats:
+        has_texture = (out_dir / "mesh_texture.png").is_file()
+        export_detail_mesh(out_dir, v, f, uv, atlas_mm, texture=texture,
+                           triangle_mask=skin_triangle_mask(model).cpu().numpy(), formats=detail_formats,
+                           texture_file="mesh_texture.png" if has_texture else None, levels=1)
+    else:  # --formats ply: the maps alone
+        write_displacement_png(out_dir / DISPLACEMENT_FILE, atlas_mm)
+        write_normal_map_png(out_dir / NORMAL_MAP_FILE, tangent_normal_map(v, f, uv, atlas_mm))

@@ -59,16 +59,6 @@ def activations(expression: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _vertex_uv(model) -> np.ndarray:
-    """(V, 2) one UV per vertex (its first corner's)."""
-    tri = model.triangles.cpu().numpy().reshape(-1)
-    corners = model.uv.reshape(-1, 2).double().cpu().numpy()
-    vids, first = np.unique(tri, return_index=True)
-    uv = np.zeros((model.n_vertices, 2))
-    uv[vids] = corners[first]
-    return uv
-
-
 def dynamic_regions(model, size_px: int) -> dict[str, np.ndarray]:
     """``{"<group>_L" / "<group>_R": (S, S) float in [0, 1]}`` soft UV regions of the groups on
     each side of the face (row 0 at v = 1; the two sides of a group add up to the whole).
@@ -77,7 +67,9 @@ def dynamic_regions(model, size_px: int) -> dict[str, np.ndarray]:
     nose wing past the mouth corner; a disc beyond each outer eye corner. Widths scale with
     the eye-to-brow distance in UV, so they follow the model's layout.
     """
-    lm = _vertex_uv(model)[model.landmarks68.cpu().numpy()]
+    from faceclip.fit.detail import face_uv_window, vertex_uv
+
+    lm = vertex_uv(model)[model.landmarks68.cpu().numpy()]
     S = size_px
     u = (np.arange(S) + 0.5) / S
     uu, vv = np.meshgrid(u, 1.0 - u)
@@ -112,8 +104,6 @@ def dynamic_regions(model, size_px: int) -> dict[str, np.ndarray]:
     regions["crows_feet"] = disc
     # Split each region by side: the subject's left eye corner (68-point index 45) tells which
     # way along u is the subject's left; a soft step across the nose ridge.
-    from faceclip.fit.detail import face_uv_window
-
     _, mirror_u = face_uv_window(model)
     direction = 1.0 if lm[45, 0] > lm[36, 0] else -1.0
     left = smoothstep(0.5 + direction * (uu - mirror_u) / (0.4 * unit))

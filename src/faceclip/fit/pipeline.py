@@ -679,27 +679,9 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
         export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy(),
                     glb_texture_format="jpeg", formats=formats)
         if detail_atlas_mm is not None:
-            from faceclip.fit.detail import skin_triangle_mask
-            from faceclip.io.detail import (
-                DETAIL_FORMATS,
-                DISPLACEMENT_FILE,
-                NORMAL_MAP_FILE,
-                export_detail_mesh,
-                tangent_normal_map,
-                write_displacement_png,
-                write_normal_map_png,
-            )
+            from faceclip.fit.detail import write_face_detail
 
-            verts, tris, uvs = result.vertices_mm.cpu().numpy(), model.triangles.cpu().numpy(), model.uv.cpu().numpy()
-            detail_formats = tuple(f for f in formats if f in DETAIL_FORMATS)
-            if detail_formats:
-                has_texture = (tmp / "mesh_texture.png").is_file()
-                export_detail_mesh(tmp, verts, tris, uvs, detail_atlas_mm, texture=texture,
-                                   triangle_mask=skin_triangle_mask(model).cpu().numpy(), formats=detail_formats,
-                                   texture_file="mesh_texture.png" if has_texture else None, levels=1)
-            else:  # --formats ply: the maps alone
-                write_displacement_png(tmp / DISPLACEMENT_FILE, detail_atlas_mm)
-                write_normal_map_png(tmp / NORMAL_MAP_FILE, tangent_normal_map(verts, tris, uvs, detail_atlas_mm))
+            write_face_detail(tmp, model, result.vertices_mm, detail_atlas_mm, texture, formats)
         (tmp / "params.json").write_text(json.dumps(params, indent=1))
         Image.fromarray(overlay).save(tmp / "overlay.png", compress_level=1)
 

@@ -214,8 +214,7 @@ class DemoBackend:
         nme = params.get("landmark_nme_interocular")
         summary = (f"**{labels[face_index]}** of {len(labels)} · {seconds:.1f} s"
                    + (f" · landmark NME {nme:.3f}" if isinstance(nme, (int, float)) else ""))
-        glb = folder / "mesh_detail.glb" if (folder / "mesh_detail.glb").is_file() else folder / "mesh.glb"
-        return DemoResult(folder, glb, folder / "overlay.png", lm_png, zip_path, labels, face_index,
+        return DemoResult(folder, _viewer_glb(folder), folder / "overlay.png", lm_png, zip_path, labels, face_index,
                           seconds, summary, expression or {})
 
     @staticmethod
@@ -262,7 +261,7 @@ class DemoBackend:
         out = edited / f"{result.folder.name}-{int(time.time() * 1000)}"
         edit_result(result.folder, out, EditRequest(expressions=tuple(edits), formats=("glb",)), clip=None,
                     overwrite=True)
-        return out / ("mesh_detail.glb" if (out / "mesh_detail.glb").is_file() else "mesh.glb")
+        return _viewer_glb(out)
 
     def provenance_markdown(self, fast: bool = True) -> str:
         """Which model files the page uses, with their hashes."""
@@ -281,6 +280,12 @@ expression and pose are fitted to them (Levenberg-Marquardt), then the light and
 the texture comes from the photo. Everything runs on this computer's CPU; the photo is not
 sent anywhere. Expressions are edited with FACS action units or ICT's blendshapes. Code, figures
 and the method: the `faceclip` repository (README, docs/web-demo.md)."""
+
+
+def _viewer_glb(folder: Path) -> Path:
+    """The GLB the 3D view shows: the normal-mapped ``mesh_detail.glb`` when there is detail."""
+    detailed = folder / "mesh_detail.glb"
+    return detailed if detailed.is_file() else folder / "mesh.glb"
 
 
 def _one_line(exc: BaseException) -> str:
