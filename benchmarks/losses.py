@@ -96,7 +96,7 @@ def render_case(batch: int) -> Callable[[], torch.Tensor]:
     """SH-shaded render of the ICT face area at 224 (the forward model of the image losses)."""
     from faceclip.facemodel import load_face_model
     from faceclip.fit.fitter import FitConfig, Fitter
-    from faceclip.fit.params import FaceParams
+    from faceclip.facemodel.params import FaceParams
 
     model = load_face_model("ict", geometry="head_eyes")
     fitter = Fitter(model, FitConfig(render_px=224))

@@ -114,7 +114,7 @@ def main() -> None:
 
     from faceclip.evaluate.synthetic_video import ClipConfig, make_synthetic_clip, write_clip_video
     from faceclip.evaluate.video_metrics import image_frame_vertices, posed_error, vertex_acceleration
-    from faceclip.fit.params import MODEL_TO_OPENCV, matrix_to_euler
+    from faceclip.facemodel.params import MODEL_TO_OPENCV, matrix_to_euler
     from faceclip.video import VideoOptions, VideoReconstructor, reconstruct_video
 
     work = Path(tempfile.mkdtemp(prefix="faceclip-video-bench-"))

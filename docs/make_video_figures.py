@@ -31,7 +31,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from faceclip.evaluate.synthetic_video import ClipConfig, make_synthetic_clip, write_clip_video
-    from faceclip.fit.params import MODEL_TO_OPENCV, matrix_to_euler
+    from faceclip.facemodel.params import MODEL_TO_OPENCV, matrix_to_euler
     from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
     from faceclip.io.video import iter_frames, probe_video
     from faceclip.video import VideoOptions, reconstruct_video

@@ -90,7 +90,7 @@ def test_bad_inputs_are_refused(head):
     with pytest.raises(FaceClipError, match="not finite"):
         fit_detail(head, bad, albedo, sh, cam, rgb)
     with pytest.raises(FaceClipError, match="skin"):  # a face turned away: no skin in view
-        from faceclip.fit.params import MODEL_TO_OPENCV, euler_matrix_np
+        from faceclip.facemodel.params import MODEL_TO_OPENCV, euler_matrix_np
         from faceclip.render import PerspectiveCamera
 
         R = torch.tensor(MODEL_TO_OPENCV @ euler_matrix_np(0.0, np.pi, 0.0), dtype=torch.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceclip.fit.params import FaceParams, euler_to_matrix, matrix_to_euler
+from faceclip.facemodel.params import FaceParams, euler_to_matrix, matrix_to_euler
 
 
 def test_euler_round_trip_and_orthonormal():
@@ -198,7 +198,7 @@ def test_extra_loss_terms_plug_in(ict_cache, fitter):
 def test_pose_from_landmarks_recovers_a_known_pose(ict_head):
     """The one PnP of the package: a posed mean face's projected landmarks give back its pose;
     degenerate landmarks give the frontal start and ok=False."""
-    from faceclip.fit.params import MODEL_TO_OPENCV, euler_matrix_np, pose_from_landmarks
+    from faceclip.facemodel.params import MODEL_TO_OPENCV, euler_matrix_np, pose_from_landmarks
 
     obj = ict_head.mean_mm[ict_head.landmarks68].double().numpy()
     R = MODEL_TO_OPENCV @ euler_matrix_np(0.1, -0.4, 0.05)

@@ -224,7 +224,7 @@ def test_68_point_map_commutes_with_the_image_and_follows_the_yaw(astronaut: np.
 def test_calibration_solver_recovers_planted_surface_points(ict_cache) -> None:
     """Exact projections of known surface points in: the solver finds those points."""
     from faceclip.facemodel import load_face_model
-    from faceclip.fit.params import euler_to_matrix
+    from faceclip.facemodel.params import euler_to_matrix
     from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
 
     mod = _load_script()

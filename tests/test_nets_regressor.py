@@ -141,7 +141,7 @@ def test_output_shapes_and_untrained_network_is_the_mean_face():
 
 def test_rest_translation_puts_mean_face_on_the_alignment_template(ict_head_eyes):
     from faceclip.detect.align import FIVE_POINT_TEMPLATE, five_points_from_68
-    from faceclip.fit.params import FaceParams
+    from faceclip.facemodel.params import FaceParams
 
     m = ict_head_eyes
     t = rest_translation(m)

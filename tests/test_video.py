@@ -205,7 +205,7 @@ def test_synthetic_clip_ground_truth(short_clip):
 
 
 def test_sequence_fitter_recovers_pose_and_identity(ict_head, short_clip):
-    from faceclip.fit.params import MODEL_TO_OPENCV, matrix_to_euler
+    from faceclip.facemodel.params import MODEL_TO_OPENCV, matrix_to_euler
     from faceclip.fit.sequence import FrameCamera, SequenceFitter
 
     c = short_clip
@@ -284,7 +284,7 @@ def test_synthetic_clip_end_to_end(tmp_path, short_clip, video_rec, ict_head):
     import trimesh
 
     from faceclip.evaluate.synthetic_video import write_clip_video
-    from faceclip.fit.params import MODEL_TO_OPENCV, matrix_to_euler
+    from faceclip.facemodel.params import MODEL_TO_OPENCV, matrix_to_euler
     from faceclip.io.gltf import read_morph_glb
     from faceclip.io.video import iter_frames, probe_video
     from faceclip.video import VideoOptions, reconstruct_video
@@ -327,7 +327,7 @@ def test_synthetic_clip_end_to_end(tmp_path, short_clip, video_rec, ict_head):
     # frame, +Y up) and its translation with the camera's y and z axes flipped.
     from scipy.spatial.transform import Rotation
 
-    from faceclip.fit.params import euler_matrix_np
+    from faceclip.facemodel.params import euler_matrix_np
 
     R = Rotation.from_quat(glb.frame_rotations_xyzw).as_matrix()
     for k, f in enumerate(frames):

@@ -120,7 +120,7 @@ def mean_face_method(image: np.ndarray, model: FaceModel) -> MethodOutput:
 
     from faceclip.detect import detect_faces
     from faceclip.fit.contour import build_contour_bands, landmark_vertex_ids
-    from faceclip.fit.params import DEFAULT_FOCAL_224, pose_from_landmarks
+    from faceclip.facemodel.params import DEFAULT_FOCAL_224, pose_from_landmarks
     from faceclip.render import PerspectiveCamera
 
     mean = model.mean_mm.detach().cpu().double().numpy()

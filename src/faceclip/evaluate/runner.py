@@ -369,7 +369,7 @@ def _iter_facescape(pred: Path, gt: Path, pk, gk, opts) -> Iterator[tuple[str, C
     if (gt / "data" / "lab_gt_mesh").is_dir():
         centres = np.load(predef / "lab_head_centers.npy")
         rots = np.load(predef / "lab_rotations.npy")
-        from faceclip.fit.params import MODEL_TO_OPENCV
+        from faceclip.facemodel.params import MODEL_TO_OPENCV
 
         flip = MODEL_TO_OPENCV  # OpenCV camera -> our y-up, z-toward-camera frame
         for f in sorted(pred.glob("*.obj")):

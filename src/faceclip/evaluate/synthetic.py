@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from faceclip.facemodel import FaceModel
-from faceclip.fit.params import MODEL_TO_OPENCV, euler_matrix_np
+from faceclip.facemodel.params import MODEL_TO_OPENCV, euler_matrix_np
 
 __all__ = ["SyntheticConfig", "SyntheticParams", "SyntheticSample", "SyntheticFaceGenerator", "write_sample",
            "SKIN_PALETTE", "pose_bin"]

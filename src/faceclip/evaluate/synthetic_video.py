@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceclip.fit.params import MODEL_TO_OPENCV, euler_matrix_np
+from faceclip.facemodel.params import MODEL_TO_OPENCV, euler_matrix_np
 
 __all__ = ["ClipConfig", "SyntheticClip", "make_synthetic_clip", "write_clip_video"]
 

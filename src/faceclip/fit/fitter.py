@@ -29,7 +29,7 @@ from torch import Tensor
 from faceclip.facemodel.base import FaceModel
 from faceclip.fit.albedo import AlbedoModel, make_albedo_model
 from faceclip.fit.contour import ContourBands, build_contour_bands, landmark_vertex_ids
-from faceclip.fit.params import (DEFAULT_FOCAL_224, MODEL_TO_OPENCV, FaceParams, euler_jacobian_np, euler_to_matrix,
+from faceclip.facemodel.params import (DEFAULT_FOCAL_224, MODEL_TO_OPENCV, FaceParams, euler_jacobian_np, euler_to_matrix,
                                  pose_from_landmarks,
                                  matrix_to_euler)
 from faceclip.losses import (

@@ -19,7 +19,7 @@ the video's resolution or on how large the face is; translation is solved in cm.
 
 Cameras are OpenCV pinholes in frame pixels (x right, y down, origin at the top-left corner,
 pixel centres at +0.5) with the model-to-camera rotation ``diag(1, -1, -1) @ euler(angles)``,
-the convention of :class:`faceclip.fit.params.FaceParams`.
+the convention of :class:`faceclip.facemodel.params.FaceParams`.
 
 Example::
 
@@ -39,7 +39,7 @@ import torch
 
 from faceclip.facemodel.base import FaceModel
 from faceclip.fit.contour import build_contour_bands
-from faceclip.fit.params import MODEL_TO_OPENCV, euler_jacobian_np, euler_matrix_np, matrix_to_euler, pose_from_landmarks
+from faceclip.facemodel.params import MODEL_TO_OPENCV, euler_jacobian_np, euler_matrix_np, matrix_to_euler, pose_from_landmarks
 from faceclip.losses import DEFAULT_LANDMARK_WEIGHTS
 
 __all__ = ["FrameCamera", "FramePose", "SequenceConfig", "SequenceFitter", "face_size_px"]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from faceclip.facemodel.base import FaceModel
-from faceclip.fit.params import FaceParams
+from faceclip.facemodel.params import FaceParams
 from faceclip.render.camera import PerspectiveCamera
 from faceclip.render.interpolate import interpolate_vertex_attributes
 from faceclip.render.rasterize import Fragments, rasterize, rasterize_mesh

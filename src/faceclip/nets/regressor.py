@@ -1,4 +1,4 @@
-"""The FaceCLIP regressor: aligned 224 crop -> :class:`~faceclip.fit.params.FaceParams`.
+"""The FaceCLIP regressor: aligned 224 crop -> :class:`~faceclip.facemodel.params.FaceParams`.
 
 ``backbone -> refinement -> heads``, the refinement chosen by ``RegressorConfig.refine``:
 ``"prm"`` (FaceCLIP's PRM, :mod:`faceclip.nets.prm`), ``"msma"`` (MSMA's multi-scale fusion
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from faceclip.errors import InputError
-from faceclip.fit.params import DEFAULT_FOCAL_224, FaceParams
+from faceclip.facemodel.params import DEFAULT_FOCAL_224, FaceParams
 from faceclip.nets.backbones import make_backbone
 from faceclip.nets.msma import MSMARefinement
 from faceclip.nets.prm import ParameterRefinementModule, PooledHead

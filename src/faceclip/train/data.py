@@ -17,7 +17,7 @@ Two sources, one sample type (:class:`FaceSample`), one batch type (:class:`Face
   centre, the camera the fitter and the regressor assume. The head is placed (distance, lateral
   offset, roll about the optical axis) so that its five alignment points fit the alignment
   template exactly as :func:`~faceclip.detect.align_face` frames a photo, hence synthetic crops
-  look like preprocessed photos, and the ground-truth :class:`~faceclip.fit.params.FaceParams`
+  look like preprocessed photos, and the ground-truth :class:`~faceclip.facemodel.params.FaceParams`
   reproduce the rendering exactly (projecting their landmarks through ``params.camera()`` gives
   the sample's landmarks).
 
@@ -72,7 +72,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from faceclip.errors import InputError
-from faceclip.fit.params import MODEL_TO_OPENCV, FaceParams
+from faceclip.facemodel.params import MODEL_TO_OPENCV, FaceParams
 
 if TYPE_CHECKING:
     from faceclip.facemodel import FaceModel
@@ -893,7 +893,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
     ) -> None:
         from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator
         from faceclip.fit.contour import build_contour_bands
-        from faceclip.fit.params import DEFAULT_FOCAL_224
+        from faceclip.facemodel.params import DEFAULT_FOCAL_224
         from faceclip.render import edge_topology
 
         if n < 0:
@@ -974,7 +974,7 @@ class SyntheticFaceDataset(_AugmentedDataset):
         """Draw and render sample ``index`` (no augmentation, no cache)."""
         from faceclip.evaluate.synthetic import background_image
         from faceclip.fit.contour import landmark_vertex_ids
-        from faceclip.fit.params import euler_to_matrix, matrix_to_euler
+        from faceclip.facemodel.params import euler_to_matrix, matrix_to_euler
         from faceclip.render import render_mesh
 
         gen, m, S = self.generator, self.generator.model, self.image_px

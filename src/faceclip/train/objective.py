@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from faceclip.facemodel.base import FaceModel
 from faceclip.fit.fitter import FitConfig, Fitter
-from faceclip.fit.params import FaceParams
+from faceclip.facemodel.params import FaceParams
 from faceclip.losses import (
     DEFAULT_LANDMARK_WEIGHTS,
     albedo_skin_prior,

@@ -21,7 +21,7 @@
    motion as an animation, and the clip's camera) and with ``meshes`` a posed OBJ per frame and face.
 
 The camera: a pinhole at the frame centre whose focal length follows the photo pipeline's
-long-lens convention (:data:`faceclip.fit.params.DEFAULT_FOCAL_224` for the 224-pixel crop of
+long-lens convention (:data:`faceclip.facemodel.params.DEFAULT_FOCAL_224` for the 224-pixel crop of
 the first face found), fixed for the clip (``focal_px`` overrides it).
 """
 
@@ -201,7 +201,7 @@ class VideoReconstructor:
     def camera_for(self, rgb_or_size, landmarks68: np.ndarray) -> FrameCamera:
         """The clip's camera from the first face's 68 landmarks (see the module docstring)."""
         from faceclip.detect.align import align_face
-        from faceclip.fit.params import DEFAULT_FOCAL_224
+        from faceclip.facemodel.params import DEFAULT_FOCAL_224
 
         rgb = rgb_or_size
         h, w = rgb.shape[:2]
