@@ -41,7 +41,7 @@ FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 def time_detail(n_faces: int, repeat: int) -> list[float]:
     """Seconds ``--detail`` adds, per face and run."""
     from faceclip.api import example_image
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
     photos = [(example_image(), [0]), (FACES / "bald_guys.jpg", list(range(n_faces)))]
     plain = Reconstructor(ReconstructOptions(all_faces=True, overwrite=True))

@@ -49,30 +49,30 @@ VARIANTS = ("mean", "dlib", "default", "dense", "nosigma", "nophoto", "reg", "no
 def _method(variant: str):
     """A benchmark method function for one variant."""
     from faceclip.evaluate.benchmark import MethodOutput
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
-    opts = ReconstructOptions()
+    opts: dict = {}  # ReconstructOptions fields of this variant
     overrides: dict = {}
     variant, *settings = variant.split(":")
     for item in settings:
         key, value = item.split("=")
         overrides[key] = int(value) if value.lstrip("-").isdigit() else float(value)
     if variant == "dlib":
-        opts.detector, opts.landmarks = "hog", "dlib68"
+        opts.update(detector="hog", landmarks="dlib68")
     elif variant in ("dense", "nosigma", "inner68") or variant.startswith("dense_w"):
-        opts.dense = True
+        opts.update(dense=True)
     elif variant == "noreg":
-        opts.init = "mean"
+        opts.update(init="mean")
     elif variant == "reg":
-        opts.init = "regressor"
+        opts.update(init="regressor")
     elif variant == "fast":
-        opts.fast = True
+        opts.update(fast=True)
     elif variant == "fastreg":
-        opts.fast, opts.init = True, "regressor"
+        opts.update(fast=True, init="regressor")
     elif variant in ("net", "netdense"):
-        opts.landmarks = "net"
+        opts.update(landmarks="net")
     elif variant == "netnophoto":
-        opts.landmarks = "net"
+        opts.update(landmarks="net")
         overrides["photo_steps"] = 0
     elif variant == "nophoto":
         overrides["photo_steps"] = 0
@@ -84,7 +84,7 @@ def _method(variant: str):
         overrides["w_dense"] = float(variant[len("dense_w"):])
     if variant == "nosigma":
         overrides["dense_correlated"] = 0.0
-    rec = Reconstructor(opts)
+    rec = Reconstructor(ReconstructOptions(**opts))
     for k, v in overrides.items():
         setattr(rec.fitter.config, k, v)
     if rec.dense_points is not None:

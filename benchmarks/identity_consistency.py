@@ -55,7 +55,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from faceclip.evaluate.geometry import fit_similarity
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor, working_copy
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor, working_copy
     from faceclip.io.images import load_image
 
     if not PHOTO.is_file():

@@ -42,7 +42,7 @@ def main() -> None:
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the faceclip command does (see cli.main)
 
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
     from faceclip.io.images import list_image_files
 
     images = list_image_files([Path(args.faces)])

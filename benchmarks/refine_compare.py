@@ -84,7 +84,7 @@ def _photos() -> list[Path]:
 
 
 def _photo_nme(checkpoint: Path, photos: list[Path], work: Path) -> tuple[float, int]:
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
     rec = Reconstructor(ReconstructOptions(method="regress", checkpoint=str(checkpoint), formats=("ply",),
                                            texture_px=64, overwrite=True))

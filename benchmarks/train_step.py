@@ -131,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from faceclip.facemodel import load_face_model
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
     from faceclip.train.config import load_config
 
     overrides = {"batch_size": args.batch}

@@ -56,7 +56,7 @@ def _posed_tracked(rec, tr, ids, cam):
 
 def _per_frame(frames, ids):
     """The photo pipeline's --fast fit on each frame alone: (posed (T, N, 3), canonical (T, V, 3))."""
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
     from faceclip.fit.texture import image_camera
 
     rec = Reconstructor(ReconstructOptions(fast=True))

@@ -65,7 +65,7 @@ def _read_obj_vertices(path: Path, n: int) -> torch.Tensor:
 def main() -> None:
     from PIL import Image
 
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor, working_copy
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor, working_copy
     from faceclip.io.images import load_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

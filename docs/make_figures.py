@@ -109,7 +109,7 @@ def check_face_model():
 def reconstruct(photo: Path, work_dir: Path, fast: bool) -> Path:
     """Run the library's reconstruction of ``photo`` into ``work_dir``; returns the result folder."""
     from faceclip.batch import reconstruct_batch
-    from faceclip.fit.pipeline import ReconstructOptions
+    from faceclip.reconstruction import ReconstructOptions
 
     reports = reconstruct_batch([photo], work_dir, ReconstructOptions(fast=fast), show_progress=False)
     report = reports[0]

@@ -32,7 +32,7 @@ def main() -> None:
 
     from faceclip.evaluate.synthetic_video import ClipConfig, make_synthetic_clip, write_clip_video
     from faceclip.facemodel.params import MODEL_TO_OPENCV, matrix_to_euler
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
     from faceclip.io.video import iter_frames, probe_video
     from faceclip.video import VideoOptions, reconstruct_video
 

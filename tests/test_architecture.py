@@ -114,3 +114,47 @@ def test_no_private_import_from_another_subpackage():
             bad += [f"{path.relative_to(REPO)}:{line} imports {module}.{n}" for n in names if n.startswith("_")
                     and not n.startswith("__")]
     assert not bad, "\n".join(bad)
+
+
+def _declared_layers() -> list[set[str]]:
+    """The layers stated in ``faceclip/__init__.py``'s docstring, lowest first: the first block
+    of indented lines after the word ``Layers``, each ``a, b, c  (comment)``."""
+    doc = ast.get_docstring(ast.parse((SRC / "__init__.py").read_text()))
+    layers = []
+    for line in doc.split("Layers", 1)[1].splitlines():
+        if line.startswith("    ") and line.strip():
+            layers.append({n.strip() for n in line.split("(")[0].split(",") if n.strip()})
+        elif layers:
+            break
+    return layers
+
+
+def test_imports_follow_the_declared_layers():
+    """Every subpackage (or top-level module) is in exactly one declared layer, and imports only
+    from its own subpackage, from lower layers, or (the top layer, the applications) from other
+    applications. ``if TYPE_CHECKING:`` imports do not count; the root package's lazy
+    ``__version__`` is a leaf."""
+    layers = _declared_layers()
+    assert len(layers) >= 5, layers
+    rank = {}
+    for i, layer in enumerate(layers):
+        for n in layer:
+            assert n not in rank, f"{n} declared in two layers"
+            rank[n] = i
+    mods = _modules()
+    undeclared = sorted({_package(m) for m in mods if _package(m) and _package(m) not in rank})
+    assert not undeclared, f"not in any layer of faceclip/__init__.py's docstring: {undeclared}"
+    top = len(layers) - 1
+    bad = []
+    for name, path in mods.items():
+        me = _package(name)
+        if not me:
+            continue
+        for module, _, line in _imports(path, name):
+            other = _package(module)
+            if not other or other == me:
+                continue
+            if rank[other] < rank[me] or (rank[me] == top and rank[other] == top):
+                continue
+            bad.append(f"{path.relative_to(REPO)}:{line}: {me} (layer {rank[me]}) imports {module} (layer {rank[other]})")
+    assert not bad, "\n".join(bad)

@@ -232,7 +232,7 @@ def test_one_run_at_a_time_per_output_folder(tmp_path):
 
 def test_resume_redoes_photos_made_with_other_options(tmp_path):
     from faceclip.batch import _done_faces, options_sha
-    from faceclip.fit.pipeline import ReconstructOptions
+    from faceclip.reconstruction import ReconstructOptions
 
     a, b = ReconstructOptions(), ReconstructOptions(landmarks="dlib68")
     assert options_sha(a) == options_sha(ReconstructOptions(device="cuda", overwrite=True))

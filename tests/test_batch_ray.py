@@ -21,7 +21,7 @@ from test_batch import EXAMPLE, OPTIONS_ARGS, _close, _params  # noqa: E402
 
 from faceclip.batch import expand_sources, read_manifest, run_batch  # noqa: E402
 from faceclip.errors import FaceClipError  # noqa: E402
-from faceclip.fit.pipeline import ReconstructOptions  # noqa: E402
+from faceclip.reconstruction import ReconstructOptions  # noqa: E402
 
 OPTIONS = ReconstructOptions(method="regress", texture_px=64)  # OPTIONS_ARGS, as options
 FACES = ["2008_001009.jpg", "astronaut.png"]

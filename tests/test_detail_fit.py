@@ -123,7 +123,7 @@ def test_reconstruct_with_detail_writes_the_files(head, tmp_path):
     map decodes (params.json's scale and offset) to what was fitted."""
     from PIL import Image
 
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
     from faceclip.io.detail import read_displacement_png
 
     *_, rgb = _scene(head, 1.0, size=400)
@@ -190,7 +190,7 @@ def test_edit_carries_the_detail_to_the_new_expression(head, tmp_path):
 
     from faceclip.edit import EditRequest, ExpressionEdit, edit_result
     from faceclip.fit.dynamic_detail import dynamic_regions
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
     from faceclip.io.detail import read_displacement_png
 
     *_, rgb = _scene(head, 1.0, size=400)
@@ -218,7 +218,7 @@ def test_detail_failure_keeps_the_coarse_result(head, tmp_path):
     from PIL import Image
 
     from faceclip.fit.detail import DetailConfig
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
     *_, rgb = _scene(head, 1.0, size=300)
     photo = tmp_path / "face.png"
@@ -245,7 +245,7 @@ def test_reconstruct_with_a_trained_detail_network(head, tmp_path):
     from PIL import Image
 
     from faceclip.fit.detail import face_uv_window
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
     from faceclip.io.detail import read_displacement_png
     from faceclip.nets.detail import DetailNet, DetailNetConfig, save_detail_net
     from faceclip.nets.regressor import default_checkpoint_path, load_regressor

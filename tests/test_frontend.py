@@ -182,7 +182,7 @@ def test_calibration_file_matches_its_script() -> None:
 
 def test_calibration_contents(ict_cache) -> None:
     from faceclip.facemodel import load_face_model
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
 
     cal = load_calibration()
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
@@ -225,7 +225,7 @@ def test_calibration_solver_recovers_planted_surface_points(ict_cache) -> None:
     """Exact projections of known surface points in: the solver finds those points."""
     from faceclip.facemodel import load_face_model
     from faceclip.facemodel.params import euler_to_matrix
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
 
     mod = _load_script()
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
@@ -273,7 +273,7 @@ def test_exact_dense_points_recover_shape_better_than_the_68(ict_cache) -> None:
     """With exact 2D positions of the calibrated surface points, the dense term beats 68 points."""
     from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator
     from faceclip.fit.fitter import FitConfig, Fitter
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
     from faceclip.facemodel import load_face_model
 
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
@@ -304,7 +304,7 @@ def test_exact_dense_points_recover_shape_better_than_the_68(ict_cache) -> None:
 
 def test_fit_rejects_dense_points_without_setup(ict_cache) -> None:
     from faceclip.fit.fitter import FitConfig, Fitter
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
     from faceclip.facemodel import load_face_model
 
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
@@ -322,7 +322,7 @@ def test_turned_faces_are_recovered_from_detected_landmarks(ict_cache) -> None:
     from faceclip.api import reconstruct_array
     from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator
     from faceclip.facemodel import load_face_model
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
 
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
     gen = SyntheticFaceGenerator(model, seed=3, config=SyntheticConfig(sizes_px=(224,)))
@@ -377,7 +377,7 @@ def test_largest_face_path_picks_the_same_face_with_less_work(name: str, monkeyp
     landmarks and box) and landmarks one or two faces instead of all of them."""
     import faceclip.detect.frontend as frontend
     from faceclip.detect.frontend import detect_largest
-    from faceclip.fit.pipeline import working_copy
+    from faceclip.reconstruction import working_copy
 
     rgb = working_copy(load_image(FACES / name))[0]
     policy = FacePolicy()

@@ -160,7 +160,7 @@ def test_upscaled_photo_gives_the_same_reconstruction(ict_cache, tmp_path):
 
 def test_memory_error_on_one_photo_does_not_end_the_batch(ict_cache, tmp_path, monkeypatch):
     from faceclip.batch import reconstruct_batch
-    from faceclip.fit import pipeline
+    from faceclip import reconstruction as pipeline
 
     for name in ("a.png", "b.png", "c.png"):
         (tmp_path / name).write_bytes(EXAMPLE.read_bytes())

@@ -418,7 +418,7 @@ def test_reconstruct_with_landmark_network(ict_head, random_net_file, tmp_path):
 
 def test_landmark_network_option_errors(tmp_path, capsys):
     from faceclip.cli import main
-    from faceclip.fit.pipeline import ReconstructOptions, check_options
+    from faceclip.reconstruction import ReconstructOptions, check_options
 
     with pytest.raises(FaceClipError, match="--landmarks mediapipe"):
         check_options(ReconstructOptions(landmarks="net", dense=True))

@@ -18,7 +18,7 @@ EXAMPLE = REPO / "examples" / "astronaut.png"
 def untrained_checkpoint(ict_cache, tmp_path_factory):
     """An untrained regressor for the reconstruction geometry: it predicts the mean face."""
     from faceclip.facemodel import load_face_model
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
     from faceclip.nets.regressor import FaceRegressor, config_for_model, save_regressor
 
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)

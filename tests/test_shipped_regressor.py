@@ -12,7 +12,7 @@ from faceclip.nets.regressor import SHIPPED_CHECKPOINT, FaceRegressor, load_regr
 @pytest.fixture(scope="module")
 def head_eyes(ict_cache):
     from faceclip.facemodel import load_face_model
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
 
     return load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
 
@@ -68,7 +68,7 @@ def test_shipped_regressor_beats_the_mean_face_on_held_out_synthetic_faces(head_
 
 
 def test_reconstruct_uses_the_shipped_regressor_when_asked(ict_cache):
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
     rec = Reconstructor(ReconstructOptions(fast=True, init="regressor"))
     assert rec.regressor is not None and rec.regressor_path == SHIPPED_CHECKPOINT

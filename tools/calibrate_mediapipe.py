@@ -98,7 +98,7 @@ def solve(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]
     """Fit the correspondence, sigmas and the 68-point map; returns arrays and report lines."""
     from faceclip.detect.calibration import FACE_OVAL, IRIS
     from faceclip.facemodel import load_face_model
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
 
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
     tris = model.triangles.numpy()

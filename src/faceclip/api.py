@@ -70,7 +70,7 @@ def run_demo(out_dir: Path, fast: bool = False):
     """
     from faceclip.facemodel.registry import cache_path, install_model
     from faceclip.batch import reconstruct_batch
-    from faceclip.fit.pipeline import ReconstructOptions
+    from faceclip.reconstruction import ReconstructOptions
 
     if not cache_path("ict").is_file():
         install_model("ict")
@@ -97,17 +97,21 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
     Returns:
         dict with ``vertices_mm`` (V, 3) canonical mesh (model frame), ``triangles`` (F, 3),
         ``landmarks68_px`` (68, 2) fitted landmarks in image pixels, ``params`` (FaceParams,
-        crop camera) and ``seconds`` per stage.
+        crop camera), ``seconds`` per fitting stage, and ``record``: the whole
+        :class:`faceclip.reconstruction.FaceReconstruction` (detection, crop, fit, cameras).
+        Like ``faceclip reconstruct``, detection and fitting run on a copy of at most
+        1600 px on the longer side; coordinates are pixels of ``image``.
 
     Raises:
         FaceClipError: no face found, or the method is not available (no regressor checkpoint).
     """
     from faceclip.errors import FaceClipError
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
-    if method not in ("fit", "fit_mean", "fit_regressor", "fit_net", "regress"):
-        raise FaceClipError(f"unknown method {method!r}",
-                            hint="use 'fit', 'fit_mean', 'fit_regressor', 'fit_net' or 'regress'")
+    from faceclip.reconstruction import METHODS
+
+    if method not in METHODS:
+        raise FaceClipError(f"unknown method {method!r}", hint=f"use one of {', '.join(map(repr, METHODS))}")
     from faceclip.nets.landmarks import default_landmark_net_path
     from faceclip.nets.regressor import default_checkpoint_path
 
@@ -115,14 +119,10 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
     key = (method, fast, device, str(checkpoint or default_checkpoint_path()), net)
     rec = _RECONSTRUCTORS.get(key)
     if rec is None:
-        options = ReconstructOptions(fast=fast, device=device, method="regress" if method == "regress" else "fit",
-                                     checkpoint=checkpoint,
-                                     init="regressor" if method in ("fit_regressor", "regress") else "mean",
-                                     landmarks="net" if method == "fit_net" else "mediapipe", landmark_net=net)
+        options = ReconstructOptions(fast=fast, device=device, method=method, checkpoint=checkpoint,
+                                     landmark_net=net)
         rec = _RECONSTRUCTORS[key] = Reconstructor(options)
-    rgb = np.ascontiguousarray(image)
-    face = rec.detect(rgb, "image")[0]
-    result, aligned, _, _ = rec.fit_detected(rgb, face)
-    lm = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64))
-    return {"vertices_mm": result.vertices_mm.cpu(), "triangles": rec.model.triangles,
-            "landmarks68_px": lm, "params": result.params, "seconds": result.seconds}
+    record = rec.reconstruct_faces(np.ascontiguousarray(image), "image", texture=False, faces=[0])[0]
+    return {"vertices_mm": record.vertices_mm.cpu(), "triangles": rec.model.triangles,
+            "landmarks68_px": record.landmarks68_px, "params": record.params, "seconds": record.fit.seconds,
+            "record": record}

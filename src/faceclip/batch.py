@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from faceclip.errors import FaceClipError
-from faceclip.fit.pipeline import (FaceOutput, ImageReport, ReconstructOptions, Reconstructor, check_options,
+from faceclip.reconstruction import (FaceOutput, ImageReport, ReconstructOptions, Reconstructor, check_options,
                                    expand_inputs, reconstruct_one)
 from faceclip.io import remote
 from faceclip.io.files import atomic_open
@@ -446,7 +446,7 @@ def _stage_and_publish(rec: Reconstructor, source: Source, out: Target, base: st
 def reconstruct_item(rec: Reconstructor, source: Source, out: Target, base: str) -> ImageReport:
     """One photo of a batch into ``out/<base>[_face<k>]``: the function every backend runs.
 
-    A local photo into a local folder is :func:`~faceclip.fit.pipeline.reconstruct_one` as it
+    A local photo into a local folder is :func:`~faceclip.reconstruction.reconstruct_one` as it
     is. A photo at a URL is read into a local temporary file first (``params.json`` and the
     marker still name the URL); for an ``out`` URL the faces are made in a local temporary folder
     and uploaded (:func:`faceclip.io.remote.publish_folder`). Never raises but on Ctrl-C: a
@@ -548,7 +548,7 @@ def _run_ray(options: ReconstructOptions, tasks: list[_Task], workers: int, addr
 
 
 def expand_sources(items: Iterable[str]) -> list[Source]:
-    """Command-line inputs -> photos, in order: paths as :func:`~faceclip.fit.pipeline.expand_inputs`
+    """Command-line inputs -> photos, in order: paths as :func:`~faceclip.reconstruction.expand_inputs`
     expands them (files, folders, glob patterns; ``file://`` URLs too), and other URLs as
     :func:`faceclip.io.remote.list_images` does (a folder's images, a pattern's matches, a file).
 

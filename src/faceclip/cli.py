@@ -44,7 +44,7 @@ EPILOG = """examples:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from faceclip.facemodel.registry import list_models
+    from faceclip.models import list_models
 
     rows = list_models()
     header = ("name", "installed", "source / path", "licence")
@@ -56,7 +56,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_install(args: argparse.Namespace) -> int:
-    from faceclip.facemodel.registry import install_model
+    from faceclip.models import install_model
 
     path = install_model(args.name, source=args.source, force=args.force, progress=not args.quiet)
     print(f"installed {args.name}: {path}")
@@ -100,7 +100,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from faceclip.batch import expand_sources, reconstruct_batch
-    from faceclip.fit.pipeline import ReconstructOptions
+    from faceclip.reconstruction import ReconstructOptions
 
     inputs = expand_sources(args.inputs)
     if not inputs:
@@ -749,8 +749,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE",
                    help="image files, folders or glob patterns; or URLs (s3://bucket/photos/, see docs)")
     p.add_argument("--out", required=True, help="output folder, or a folder URL (s3://bucket/results/)")
-    p.add_argument("--method", default="fit", choices=["fit", "regress"],
-                   help="fit (default): analysis-by-synthesis fitting; regress: the network alone (fastest)")
+    p.add_argument("--method", default="fit", choices=["fit", "fit_mean", "fit_regressor", "fit_net", "regress"],
+                   help="fit (default): analysis-by-synthesis fitting from the mean face; fit_mean: the same; "
+                        "fit_regressor: fitting from the regressor's prediction (= --init regressor); fit_net: "
+                        "fitting to the dense landmark network's points (= --landmarks net); regress: the network "
+                        "alone (fastest). The same names as the API and `faceclip benchmark synthetic`")
     p.add_argument("--init", default="mean", choices=["mean", "regressor"],
                    help="where fitting starts: mean (default: the mean face posed by PnP; the most accurate) or "
                         "regressor (the regressor's prediction, fewer steps: faster)")
@@ -778,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --backend ray: the cluster's head (ray start --head); default: a local Ray instance")
     p.add_argument("--resume", action="store_true",
                    help="skip photos that <out>/results.jsonl lists as done; redo failed and missing ones")
-    p.add_argument("--texture-size", type=int, default=1024, help="UV texture side in pixels (default 1024)")
+    p.add_argument("--texture-size", type=int, default=None, help="UV texture side in pixels (default 1024; 512 with --fast)")
     p.add_argument("--delight", action="store_true", help="divide the texture by the fitted lighting")
     p.add_argument("--detail", action="store_true",
                    help="also recover wrinkles and folds from the photo's shading: displacement.png (16-bit), "

@@ -1,7 +1,7 @@
 """Batches on a Ray cluster: the work of :func:`faceclip.batch.run_batch` with ``backend="ray"``.
 
 :func:`run_on_ray` runs one function over a list of items on Ray **actors**: each actor makes
-its state once (for a batch, loads the models: :class:`~faceclip.fit.pipeline.Reconstructor`)
+its state once (for a batch, loads the models: :class:`~faceclip.reconstruction.Reconstructor`)
 and then takes one item at a time, as the local worker processes do. This process hands the
 next item to whichever actor is free and gets every result back as it completes (the batch
 writes its manifest from there), so one slow photo never holds up the others.

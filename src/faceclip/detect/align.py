@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from faceclip.errors import InputError
+from faceclip.facemodel.params import FIVE_POINT_TEMPLATE  # the crop's conventions live with the crop camera
 from faceclip.io.images import as_rgb_uint8
 
 __all__ = [
@@ -40,22 +41,6 @@ __all__ = [
 ]
 
 DEFAULT_CROP_PX = 224
-
-#: Canonical positions of the five points in a unit square crop (multiply by the crop size):
-#: image-left eye centre, image-right eye centre, nose tip, image-left and image-right mouth
-#: corners. It is the ArcFace 112-pixel template, symmetrised and scaled by 0.66 about the
-#: face so that the eyes sit at y = 0.40 and the mouth corners at y = 0.64: the whole face,
-#: forehead and chin included, stays inside the crop with a margin for the renderer.
-FIVE_POINT_TEMPLATE = np.array(
-    [
-        [0.3961, 0.4000],
-        [0.6039, 0.4000],
-        [0.5000, 0.5188],
-        [0.4139, 0.6400],
-        [0.5861, 0.6400],
-    ],
-    dtype=np.float64,
-)
 
 
 def five_points_from_68(landmarks68: np.ndarray) -> np.ndarray:

@@ -122,7 +122,7 @@ def run_detail_benchmark(n: int, seed: int = 0, *, size_px: int = 512, detail_sc
         render_with_detail,
     )
     from faceclip.fit.detail import displace_vertices, fit_detail, skin_triangle_mask
-    from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
     from faceclip.fit.texture import image_camera
 
     rec = Reconstructor(ReconstructOptions())

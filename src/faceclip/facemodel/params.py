@@ -32,6 +32,23 @@ MODEL_TO_OPENCV.setflags(write=False)
 #: 224-pixel crop (``focal * crop / 224`` for other crop sizes; Deep3DFaceRecon's choice).
 DEFAULT_FOCAL_224 = 1015.0
 
+#: Canonical positions of the five points in a unit square crop (multiply by the crop size):
+#: image-left eye centre, image-right eye centre, nose tip, image-left and image-right mouth
+#: corners. It is the ArcFace 112-pixel template, symmetrised and scaled by 0.66 about the
+#: face so that the eyes sit at y = 0.40 and the mouth corners at y = 0.64: the whole face,
+#: forehead and chin included, stays inside the crop with a margin for the renderer.
+FIVE_POINT_TEMPLATE = np.array(
+    [
+        [0.3961, 0.4000],
+        [0.6039, 0.4000],
+        [0.5000, 0.5188],
+        [0.4139, 0.6400],
+        [0.5861, 0.6400],
+    ],
+    dtype=np.float64,
+)
+FIVE_POINT_TEMPLATE.setflags(write=False)
+
 
 def euler_matrix_np(pitch: float, yaw: float, roll: float) -> np.ndarray:
     """:func:`euler_to_matrix` for one face in float64 NumPy: ``Rz(roll) @ Ry(yaw) @ Rx(pitch)``."""

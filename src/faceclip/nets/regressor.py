@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from faceclip.errors import InputError
-from faceclip.facemodel.params import DEFAULT_FOCAL_224, FaceParams
+from faceclip.facemodel.params import DEFAULT_FOCAL_224, FIVE_POINT_TEMPLATE, FaceParams
 from faceclip.nets.backbones import make_backbone
 from faceclip.nets.msma import MSMARefinement
 from faceclip.nets.prm import ParameterRefinementModule, PooledHead
@@ -130,8 +130,6 @@ def rest_translation(model, crop_px: int = 224) -> tuple[float, float, float]:
     corners (from the model's 68 landmarks) against ``FIVE_POINT_TEMPLATE * crop_px``.
     """
     from scipy.optimize import least_squares
-
-    from faceclip.detect.align import FIVE_POINT_TEMPLATE
 
     lm = model.mean_mm[model.landmarks68].detach().cpu().numpy().astype(np.float64)
     pts3 = np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])  # as five_points_from_68

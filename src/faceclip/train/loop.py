@@ -368,7 +368,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     from tqdm import tqdm
 
     from faceclip.facemodel import load_face_model
-    from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+    from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
     from faceclip.train.data import collate
     from faceclip.train.objective import LossWeights, TrainingObjective
     from faceclip.train.validate import render_grid, validate

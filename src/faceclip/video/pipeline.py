@@ -154,7 +154,7 @@ class VideoReconstructor:
 
     def __init__(self, options: VideoOptions | None = None) -> None:
         from faceclip.facemodel import load_face_model
-        from faceclip.fit.pipeline import RECONSTRUCTION_GEOMETRY
+        from faceclip.reconstruction import RECONSTRUCTION_GEOMETRY
 
         self.options = o = options or VideoOptions()
         check_options(o)

@@ -143,7 +143,7 @@ class DemoBackend:
 
     def reconstructor(self, fast: bool, detail: bool = False):
         """The (cached) photo pipeline, default or ``--fast``, with or without ``--detail``."""
-        from faceclip.fit.pipeline import ReconstructOptions, Reconstructor
+        from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
         key = (bool(fast), bool(detail))
         if key not in self._recs:
@@ -188,7 +188,7 @@ class DemoBackend:
                 shutil.rmtree(session / old, ignore_errors=True)
             Image.fromarray(rgb).save(photo, compress_level=1)
         t0 = time.perf_counter()
-        from faceclip.fit.pipeline import FaceIndexError
+        from faceclip.reconstruction import FaceIndexError
 
         with self._lock:
             rec = self.reconstructor(fast, detail)

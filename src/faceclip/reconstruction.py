@@ -1,6 +1,23 @@
-"""Photo in, textured 3D face out: detection -> alignment -> fitting -> texture -> files.
+"""Photo in, textured 3D face out: a few stages around one typed record.
 
-:func:`reconstruct_image` does one photo (every selected face); :func:`reconstruct_one` wraps
+The stages, each a function with explicit inputs and outputs:
+
+1. :func:`load_source` (or :func:`source_from_array`): the photo, its working copy and a
+   :class:`SourceImage`;
+2. :func:`choose_faces`: the faces to reconstruct (detector, landmarks, face policy);
+3. :func:`reconstruct_face`: align, fit, texture, overlay and detail for one face, giving a
+   frozen :class:`FaceReconstruction` (source, face, crop, :class:`~faceclip.fit.fitter.FitResult`
+   with the :class:`~faceclip.facemodel.params.FaceParams` in the crop camera, the photo camera,
+   texture, overlay, detail, landmarks, metrics and :class:`Provenance`);
+4. :func:`describe` (the record -> ``params.json``) and :func:`write_reconstruction` (the
+   record -> its folder, atomically).
+
+:class:`Reconstructor` holds what the stages need that is loaded once (face model, fitter,
+detectors, networks). The CLI and batch runs (:meth:`Reconstructor.reconstruct_image`), the API
+(:func:`faceclip.api.reconstruct_array`, :meth:`Reconstructor.reconstruct_faces`) and the web
+demo all go through these stages.
+
+:meth:`Reconstructor.reconstruct_image` does one photo (every selected face); :func:`reconstruct_one` wraps
 it for a batch, turning any failure into the photo's report (many photos:
 :func:`faceclip.batch.reconstruct_batch`). Every face's outputs are written
 into a temporary folder that is renamed into place only when complete, so a crash or a bad
@@ -48,16 +65,30 @@ LANDMARK_MAX_FACE_PX = 320
 CNN_FALLBACK_MAX_SIDE_PX = 800
 
 
-@dataclass
+#: The reconstruction methods: one vocabulary for ``faceclip reconstruct --method``,
+#: :func:`faceclip.api.reconstruct_array` and ``faceclip benchmark synthetic --method``
+#: (:func:`resolve_method` turns a name into the options it stands for).
+METHODS = {
+    "fit": "analysis-by-synthesis fitting from the mean face posed by PnP (the default)",
+    "fit_mean": "the same as fit, named explicitly",
+    "fit_regressor": "fitting from the regressor's prediction, with fewer steps (--init regressor)",
+    "fit_net": "fitting to the dense landmark network's points (--landmarks net)",
+    "regress": "the regressor alone, no fitting",
+}
+
+
+@dataclass(frozen=True)
 class ReconstructOptions:
-    """Options of :func:`reconstruct_image` (the CLI's flags)."""
+    """Options of :meth:`Reconstructor.reconstruct_image` (the CLI's flags). Frozen: derive
+    variants with :func:`dataclasses.replace`."""
 
     fast: bool = False
     all_faces: bool = False
     min_face_px: float = 32.0
     min_score: float = 0.3
     device: str = "cpu"
-    texture_px: int = 1024
+    #: UV texture side in pixels (None: 1024, or 512 with ``fast``).
+    texture_px: int | None = None
     delight: bool = False
     face_model: str = "ict"
     face_model_path: str | None = None
@@ -75,7 +106,8 @@ class ReconstructOptions:
     #: points from the calibrated map (see docs/front-end.md for the figures).
     dense: bool = False
     cnn_fallback: bool = True
-    #: "fit": analysis-by-synthesis fitting; "regress": the regressor alone.
+    #: One of :data:`METHODS` ("fit": analysis-by-synthesis fitting; "regress": the regressor
+    #: alone; "fit_mean", "fit_regressor", "fit_net": fitting with that start or landmarks).
     method: str = "fit"
     #: Where fitting starts: "mean" (the mean face posed by PnP; the default: with the
     #: calibrated MediaPipe landmarks it beats starting from the shipped regressor, which was
@@ -158,17 +190,17 @@ class Reconstructor:
     """Holds the face model, fitter and detectors; reuse it across photos."""
 
     def __init__(self, options: ReconstructOptions | None = None) -> None:
-        self.options = options or ReconstructOptions()
+        #: The options, with ``method`` resolved to "fit" or "regress" (:func:`resolve_method`).
+        self.options = resolve_method(options or ReconstructOptions())
         o = self.options
-        check_options(o)
         if o.device.startswith("cuda") and not torch.cuda.is_available():
             raise FaceClipError("--device cuda requested but CUDA is not available",
                                 hint="use --device cpu, or install a CUDA build of torch")
         geometry = RECONSTRUCTION_GEOMETRY if o.face_model == "ict" else None
         self.model: FaceModel = load_face_model(o.face_model, path=o.face_model_path, geometry=geometry)
         config = FitConfig.fast() if o.fast else FitConfig()
-        if o.fast and o.texture_px == ReconstructOptions.texture_px:
-            o.texture_px = 512  # fast mode: a 512 texture unless asked otherwise
+        #: The texture side used (the options' or the mode's default; the options stay as given).
+        self.texture_px = o.texture_px if o.texture_px is not None else (512 if o.fast else 1024)
         config.device = o.device
         self.fitter = Fitter(self.model, config)
         self.dense_points = self._calibration = None
@@ -199,8 +231,6 @@ class Reconstructor:
         from faceclip.nets.regressor import default_checkpoint_path, load_regressor
 
         o = self.options
-        if o.method not in ("fit", "regress"):
-            raise FaceClipError(f"unknown method {o.method!r}", hint="use --method fit or --method regress")
         if o.method == "fit" and not o.checkpoint and (o.no_regressor or o.init == "mean"):
             return None, None
         path = Path(o.checkpoint) if o.checkpoint else default_checkpoint_path()
@@ -420,6 +450,32 @@ class Reconstructor:
         return FitResult(params=p, vertices_mm=verts[0], albedo=albedo[0], landmarks_crop_px=lm[0],
                          losses={}, active_terms=["regressor"], seconds={})
 
+    def provenance(self) -> "Provenance":
+        """What produced this reconstructor's results: method, start, front-end, model files
+        (worked out once; the files are hashed then)."""
+        if getattr(self, "_provenance", None) is not None:
+            return self._provenance
+        o, m = self.options, self.model
+        detail_network = None
+        if self.detail_net is not None:
+            detail_network = {
+                "file": str(o.detail_net), "sha256": file_sha256(Path(o.detail_net)),
+                "features_from": {"file": str(self.feature_net_path), "sha256": file_sha256(self.feature_net_path)},
+                "note": "the map is the network's prediction on the crop (the regressor's own expression), "
+                        "not fitted"}
+        self._provenance = Provenance(
+            method=self._method_name(),
+            initialisation=(f"regressor {self.regressor_path.name}" if self.regressor is not None
+                            else "mean face + PnP pose (no regressor)"),
+            weights=self.weights_used(),
+            detector=o.detector, landmarks=o.landmarks,
+            model={"name": m.name, "geometry": m.geometry, "n_vertices": m.n_vertices,
+                   "n_triangles": m.n_triangles, "licence": m.licence},
+            albedo_model=self.fitter.albedo_model.kind,
+            texture_px=self.texture_px, delight=o.delight, formats=tuple(o.formats),
+            detail_network=detail_network)
+        return self._provenance
+
     def reconstruct_image(self, path: Path, out_dir: Path, base: str | None = None,
                           faces: list[int] | None = None) -> list[FaceOutput]:
         """Reconstruct every selected face of one photo into ``out_dir/<base>[_faceK]/``.
@@ -430,16 +486,16 @@ class Reconstructor:
         face picker); folders are named as if all were done.
         Every target folder is checked before any fitting, so a folder that may not be replaced
         fails the photo at once.
-        """
-        from faceclip.io.images import load_image
 
+        The stages: :func:`load_source` -> :func:`choose_faces` -> :func:`reconstruct_face` (fit,
+        texture, detail: one :class:`FaceReconstruction` per face) -> :func:`write_reconstruction`.
+        """
         base = base or safe_name(Path(path).stem)
         t0 = time.perf_counter()
-        full = load_image(path)
-        work, scale = working_copy(full)
+        source, full, work = load_source(path)
         t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
-        found = self.detect(work, str(path))
+        found = choose_faces(self, work, str(path))
         t_detect = time.perf_counter() - t0
         chosen = range(len(found)) if faces is None else [k for k in faces if 0 <= k < len(found)]
         if faces is not None and len(chosen) != len(faces):
@@ -448,146 +504,311 @@ class Reconstructor:
         folders = {k: out_dir / (base if len(found) == 1 else f"{base}_face{k}") for k in chosen}
         for folder in folders.values():
             check_replaceable(folder, self.options.overwrite)
+        provenance = self.provenance()
         outputs = []
         for k, folder in folders.items():
-            face = found[k]
             seconds = {"load": t_load, "detect": t_detect / len(found)}
-            outputs.append(self._reconstruct_face(full, work, scale, path, k, face, folder, seconds))
-            outputs[-1].faces_found = len(found)
+            record = reconstruct_face(self, source, full, work, k, found[k], seconds, provenance)
+            t0 = time.perf_counter()
+            files = write_reconstruction(record, folder, overwrite=self.options.overwrite)
+            seconds = {**record.seconds, "write": time.perf_counter() - t0}
+            log.debug("%s face %d: NME %.4f, %.2f s", path, k, record.landmark_nme,
+                      sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
+            outputs.append(FaceOutput(Path(path), k, folder, files, record.landmark_nme,
+                                      {k2: round(v, 4) for k2, v in seconds.items()}, faces_found=len(found)))
         if outputs and faces is None:  # folders of this photo's faces from an earlier run that found other faces
             for stale in remove_stale_results(out_dir, base, list(folders.values()), str(path)):
                 log.info("removed %s: an earlier result of %s for a face this run did not find", stale, path)
         return outputs
 
-    def _reconstruct_face(self, full: np.ndarray, work: np.ndarray, scale: float, path: Path, k: int, face,
-                          folder: Path, seconds: dict) -> FaceOutput:
-        """Fit one face on the working copy; texture from the full photo; write its folder.
-
-        ``scale``: working-copy pixels per full-photo pixel (<= 1).
-        """
+    def reconstruct_faces(self, rgb: np.ndarray, source: str = "image", texture: bool = True,
+                          faces: list[int] | None = None) -> list[FaceReconstruction]:
+        """Reconstruct the selected faces of an in-memory ``(H, W, 3)`` uint8 RGB image; no file
+        is written. ``texture=False`` skips the texture, overlay and detail (fitting only).
+        ``faces``: only these of the selected faces (indices, largest first)."""
         t0 = time.perf_counter()
-        result, aligned, landmarks68, net_points = self.fit_detected(work, face)
-        seconds["fit"] = time.perf_counter() - t0
-        seconds.update({f"fit_{k2}": v for k2, v in result.seconds.items()})
+        src, full, work = source_from_array(rgb, source)
+        t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
-        crop_to_work = aligned.transform.inverse_matrix  # (3, 3) crop -> working copy
-        crop_to_full = crop_to_work.copy()
-        crop_to_full[:2] /= scale
-        cam = image_camera(result.params, crop_to_full, full.shape[:2])
-        texture, photo_fraction = unwrap_texture(
-            self.model, result.vertices_mm, result.albedo, result.params, cam, full,
-            size_px=self.options.texture_px, delight=self.options.delight)
-        cam_work = image_camera(result.params, crop_to_work, work.shape[:2])
-        overlay = render_overlay(self.model, result.vertices_mm, result.albedo, result.params, cam_work, work)
-        seconds["texture_overlay"] = time.perf_counter() - t0
-        detail = detail_error = None
-        if self.detail_net is not None:
-            try:
-                detail = self.predict_detail(aligned)
-                seconds["detail"] = detail.seconds
-            except (FaceClipError, ValueError, RuntimeError) as exc:  # the coarse result still stands
-                detail_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-                log.warning("%s face %d: no detail (%s); the coarse result is written", path, k, detail_error)
-        elif self.options.detail:
-            from faceclip.fit.detail import fit_detail
-
-            t0 = time.perf_counter()
-            try:
-                detail = fit_detail(self.model, result.vertices_mm, result.albedo, result.params.sh[0], cam, full,
-                                    self.options.detail_config)
-            except FaceClipError as exc:  # the coarse result still stands; params.json says why no detail
-                log.warning("%s face %d: no detail (%s); the coarse result is written", path, k, exc.message)
-                detail_error = exc.message
-            seconds["detail"] = time.perf_counter() - t0
-        lm_img = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64)) / scale
-        detected = landmarks68 / scale
-        nme = landmark_nme(lm_img, detected)
-        t0 = time.perf_counter()
-        params = self._params_json(path, k, face, result, cam, lm_img, detected, nme, photo_fraction, aligned,
-                                   scale, net_points)
-        detail_atlas = None
-        if detail is not None:
-            detail_atlas = detail.atlas(self.options.texture_px)
-            params["detail"] = detail_record(detail, detail_atlas, self.options.formats)
-            if self.detail_net is not None:
-                params["detail"]["fit"]["network"] = {
-                    "file": str(self.options.detail_net), "sha256": file_sha256(Path(self.options.detail_net)),
-                    "features_from": {"file": str(self.feature_net_path), "sha256": file_sha256(self.feature_net_path)},
-                    "note": "the map is the network's prediction on the crop (the regressor's own expression), "
-                            "not fitted"}
-        elif detail_error is not None:
-            params["detail"] = {"error": detail_error}
-        files = write_face_outputs(folder, self.model, result, texture, overlay, params,
-                                   overwrite=self.options.overwrite, formats=self.options.formats,
-                                   detail_atlas_mm=detail_atlas)
-        seconds["write"] = time.perf_counter() - t0
-        params_seconds = {k2: round(v, 4) for k2, v in seconds.items()}
-        log.debug("%s face %d: NME %.4f, %.2f s", path, k, nme, sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
-        return FaceOutput(path, k, folder, files, nme, params_seconds)
+        found = choose_faces(self, work, source)
+        t_detect = time.perf_counter() - t0
+        chosen = range(len(found)) if faces is None else [k for k in faces if 0 <= k < len(found)]
+        if faces is not None and len(chosen) != len(faces):
+            raise FaceIndexError(f"{source}: face {sorted(set(faces) - set(chosen))} not found "
+                                 f"({len(found)} faces)", len(found))
+        provenance = self.provenance()
+        return [reconstruct_face(self, src, full, work, k, found[k], {"load": t_load, "detect": t_detect / len(found)},
+                                 provenance, texture=texture) for k in chosen]
 
     def _method_name(self) -> str:
         if self.options.method == "regress":
             return "regress"
         return "fit" + (" (fast)" if self.options.fast else "")
 
-    def _params_json(self, path, k, face, result: FitResult, cam, lm_img, detected, nme, photo_fraction, aligned,
-                     scale: float, net_points=None) -> dict:
-        p = result.params
-        m = self.model
-        R = p.rotation()[0].cpu().numpy()
-        return {
-            "faceclip_version": _version(),
-            "image": str(path),
-            "image_size": {"width": int(cam.image_size[1]), "height": int(cam.image_size[0])},
-            "face_index": k,
-            "detection": {"box": [round(float(x) / scale, 2) for x in face.box], "score": round(float(face.score), 4),
-                          "detector": face.detector},
-            "front_end": {"detector": self.options.detector, "landmarks": self.options.landmarks,
-                          "dense_points": (len(net_points.vertex_ids) if net_points is not None else
-                                           0 if self.dense_points is None or face.extra.get("mesh478") is None
-                                           else len(self.dense_points.point_ids))},
-            "working_copy": {"scale": round(scale, 6), "max_side_px": WORK_MAX_SIDE_PX,
-                             "note": "detection, landmarks, fitting and overlay.png use the photo scaled by "
-                                     "this factor; all coordinates here are full-photo pixels"},
-            "model": {"name": m.name, "geometry": m.geometry, "n_vertices": m.n_vertices,
-                      "n_triangles": m.n_triangles, "licence": m.licence},
-            "method": self._method_name(),
-            "initialisation": (f"regressor {self.regressor_path.name}" if self.regressor is not None
-                               else "mean face + PnP pose (no regressor)"),
-            "weights": self.weights_used(),
-            "loss_terms": {name: round(v, 6) for name, v in result.losses.items()},
-            "units": "mm; mesh in the model frame (right-handed, +X subject's left, +Y up, +Z out of the face)",
-            "identity": [round(float(x), 6) for x in p.identity[0]],
-            "expression": {n: round(float(x), 6) for n, x in zip(m.expression_names, p.expression[0])},
-            "rotation": {
-                "euler_pitch_yaw_roll_deg": [round(float(a) * 180.0 / np.pi, 4) for a in p.angles_rad[0]],
-                "head_matrix": np.round(R, 6).tolist(),
-                "camera_matrix_R": np.round(cam.R[0].cpu().numpy(), 6).tolist(),
-                "convention": "X_cam = camera_matrix_R @ X_model + translation_mm (OpenCV camera: x right, y down, z forward)",
-            },
-            "translation_mm": [round(float(x), 4) for x in cam.t[0]],
-            "camera": {"fx_px": float(cam.fx[0]), "fy_px": float(cam.fy[0]), "cx_px": float(cam.cx[0]),
-                       "cy_px": float(cam.cy[0]), "image_size_hw": list(cam.image_size),
-                       "pixel_convention": "x right, y down, origin at the top-left image corner, pixel centres at +0.5"},
-            "crop": {"size_px": aligned.size_px, "of": "working copy", **aligned.transform.to_dict()},
-            "lighting": {"sh_9x3": np.round(p.sh[0].cpu().numpy(), 6).tolist(),
-                         "convention": "Deep3DFaceRecon SH basis with Lambertian constants, view frame (see faceclip.render.shading)"},
-            "albedo": {"model": self.fitter.albedo_model.kind,
-                       "coefficients": np.round(p.albedo[0].cpu().numpy(), 6).tolist()},
-            "texture": {"size_px": self.options.texture_px, "delit": self.options.delight,
-                        "photo_fraction_of_face": round(photo_fraction, 4)},
-            "landmarks68_2d": np.round(lm_img, 3).tolist(),
-            **({"detected_landmarks478": np.round(face.extra["mesh478"] / scale, 3).tolist()}
-               if face.extra.get("mesh478") is not None else {}),
-            "detected_landmarks68_2d": np.round(detected, 3).tolist(),
-            **({"network_points": {
-                "vertex_ids": [int(i) for i in net_points.vertex_ids],
-                "points_2d": np.round(net_points.points_px / scale, 3).tolist(),
-                "sigma_px": np.round(net_points.sigma_px / scale, 3).tolist(),
-                "layout": "68 landmarks (2D-detector convention), then one point per vertex id"}}
-               if net_points is not None else {}),
-            "landmark_nme_interocular": round(nme, 5),
-        }
+
+# ---------------------------------------------------------------------- the record
+
+@dataclass(frozen=True)
+class SourceImage:
+    """The photo a face came from."""
+
+    #: The photo's path (or a label for an in-memory image).
+    path: Path
+    #: (H, W) of the full-resolution photo.
+    size_hw: tuple[int, int]
+    #: Working-copy pixels per photo pixel (<= 1): detection, landmarks and fitting ran on the
+    #: photo scaled by this (see :func:`working_copy`).
+    work_scale: float
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a reconstruction: method, start, front-end, and every model file (hashed)."""
+
+    method: str
+    initialisation: str
+    #: ``{role: {"file": ..., "sha256": ...}}`` (see :meth:`Reconstructor.weights_used`).
+    weights: dict
+    detector: str
+    landmarks: str
+    #: The face model: name, geometry, vertex and triangle counts, licence.
+    model: dict
+    albedo_model: str
+    texture_px: int
+    delight: bool
+    formats: tuple[str, ...]
+    #: The trained detail network and the regressor it read features from (None: fitted detail).
+    detail_network: dict | None = None
+
+
+@dataclass(frozen=True)
+class FaceReconstruction:
+    """One reconstructed face: everything the writers, the API and the demo read.
+
+    Coordinates: ``fit`` is in the aligned crop's camera (``aligned.size_px`` pixels);
+    ``camera`` is the same head seen by the full-resolution photo's camera; landmark arrays
+    named ``*_px`` are full-photo pixels. Produced by :func:`reconstruct_face`; written by
+    :func:`write_reconstruction`; :func:`describe` gives its ``params.json``.
+    """
+
+    source: SourceImage
+    #: The face model the vertices belong to (shared, not copied).
+    model: FaceModel
+    #: Index of the face among the photo's selected faces (largest first).
+    face_index: int
+    #: The detection (:class:`faceclip.detect.types.Face`, working-copy pixels).
+    face: object
+    #: The aligned crop the face was fitted in (:class:`faceclip.detect.align.AlignedFace`).
+    aligned: object
+    #: (68, 2) landmarks the fit used, working-copy pixels (the network's when it ran).
+    landmarks68_used: np.ndarray
+    #: The dense landmark network's points (working-copy pixels), or None.
+    net_points: object | None
+    #: The fit: :class:`faceclip.fit.fitter.FitResult` (params in the crop camera, (V, 3)
+    #: canonical vertices in mm, (V, 3) albedo in [0, 1], losses, stage timings).
+    fit: FitResult
+    #: The photo's camera for the fitted head (:class:`faceclip.render.camera.PerspectiveCamera`).
+    camera: object
+    #: (68, 2) fitted model landmarks projected into the photo, pixels.
+    landmarks68_px: np.ndarray
+    #: (68, 2) detected landmarks in the photo, pixels.
+    detected68_px: np.ndarray
+    #: Inter-ocular NME of ``landmarks68_px`` against ``detected68_px``.
+    landmark_nme: float
+    #: How many dense points (calibrated MediaPipe points or the network's) the fit used.
+    n_dense_points: int
+    provenance: Provenance
+    #: (T, T, 3) uint8 UV texture, or None (``texture=False``).
+    texture: np.ndarray | None = None
+    #: Fraction of the face's texels seen in the photo.
+    photo_fraction: float = 0.0
+    #: (h, w, 3) uint8 overlay on the working copy, or None.
+    overlay: np.ndarray | None = None
+    #: Mid-frequency detail (:class:`faceclip.fit.detail.DetailResult`), or None.
+    detail: object | None = None
+    #: The detail over the whole UV atlas at the texture's size, (T, T) mm, or None.
+    detail_atlas_mm: np.ndarray | None = None
+    #: Why the detail failed (the coarse result stands), or None.
+    detail_error: str | None = None
+    #: Wall time per stage, seconds.
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def params(self):
+        """The fitted :class:`~faceclip.facemodel.params.FaceParams` (crop camera)."""
+        return self.fit.params
+
+    @property
+    def vertices_mm(self) -> torch.Tensor:
+        """(V, 3) canonical (unposed) vertices in mm, model frame."""
+        return self.fit.vertices_mm
+
+
+# ---------------------------------------------------------------------- the stages
+
+def load_source(path: Path) -> tuple[SourceImage, np.ndarray, np.ndarray]:
+    """Read a photo: its :class:`SourceImage`, the full-resolution ``(H, W, 3)`` uint8 RGB array
+    and the working copy (:func:`working_copy`)."""
+    from faceclip.io.images import load_image
+
+    full = load_image(path)
+    work, scale = working_copy(full)
+    return SourceImage(Path(path), tuple(full.shape[:2]), scale), full, work
+
+
+def source_from_array(rgb: np.ndarray, label: str = "image") -> tuple[SourceImage, np.ndarray, np.ndarray]:
+    """:func:`load_source` for an in-memory ``(H, W, 3)`` uint8 RGB image."""
+    full = np.ascontiguousarray(rgb)
+    work, scale = working_copy(full)
+    return SourceImage(Path(label), tuple(full.shape[:2]), scale), full, work
+
+
+def choose_faces(models: Reconstructor, work: np.ndarray, source: str) -> list:
+    """The faces to reconstruct in the working copy, landmarked, by the options' detector,
+    landmarks and face policy (largest first). Raises :class:`faceclip.detect.NoFaceError`."""
+    return models.detect(work, source)
+
+
+def reconstruct_face(models: Reconstructor, source: SourceImage, full: np.ndarray, work: np.ndarray, k: int, face,
+                     seconds: dict, provenance: Provenance, texture: bool = True) -> FaceReconstruction:
+    """Fit one detected face on the working copy; texture from the full photo; detail if asked.
+
+    ``seconds`` (stage -> seconds so far) is copied into the record with this face's stages
+    added. Nothing is written.
+    """
+    seconds = dict(seconds)
+    scale = source.work_scale
+    t0 = time.perf_counter()
+    result, aligned, landmarks68, net_points = models.fit_detected(work, face)
+    seconds["fit"] = time.perf_counter() - t0
+    seconds.update({f"fit_{k2}": v for k2, v in result.seconds.items()})
+    t0 = time.perf_counter()
+    crop_to_work = aligned.transform.inverse_matrix  # (3, 3) crop -> working copy
+    crop_to_full = crop_to_work.copy()
+    crop_to_full[:2] /= scale
+    cam = image_camera(result.params, crop_to_full, full.shape[:2])
+    tex = overlay = None
+    photo_fraction = 0.0
+    if texture:
+        tex, photo_fraction = unwrap_texture(
+            models.model, result.vertices_mm, result.albedo, result.params, cam, full,
+            size_px=models.texture_px, delight=models.options.delight)
+        cam_work = image_camera(result.params, crop_to_work, work.shape[:2])
+        overlay = render_overlay(models.model, result.vertices_mm, result.albedo, result.params, cam_work, work)
+        seconds["texture_overlay"] = time.perf_counter() - t0
+    detail, detail_error = (face_detail(models, result, aligned, cam, full, source, k, seconds) if texture
+                            else (None, None))
+    lm_img = aligned.transform.crop_to_image(result.landmarks_crop_px.cpu().numpy().astype(np.float64)) / scale
+    detected = landmarks68 / scale
+    n_dense = (len(net_points.vertex_ids) if net_points is not None else
+               0 if models.dense_points is None or face.extra.get("mesh478") is None
+               else len(models.dense_points.point_ids))
+    return FaceReconstruction(
+        source=source, model=models.model, n_dense_points=n_dense, face_index=k, face=face, aligned=aligned, landmarks68_used=landmarks68,
+        net_points=net_points, fit=result, camera=cam, landmarks68_px=lm_img, detected68_px=detected,
+        landmark_nme=landmark_nme(lm_img, detected), provenance=provenance, texture=tex,
+        photo_fraction=photo_fraction, overlay=overlay, detail=detail, detail_error=detail_error, seconds=seconds,
+        detail_atlas_mm=None if detail is None else detail.atlas(models.texture_px))
+
+
+def face_detail(models: Reconstructor, result: FitResult, aligned, cam, full: np.ndarray, source: SourceImage,
+                k: int, seconds: dict):
+    """The face's detail map, from the trained network (``detail_net``) or fitted (``detail``):
+    ``(DetailResult or None, error or None)``. A failure keeps the coarse result and says why;
+    the time taken goes into ``seconds["detail"]``."""
+    detail = detail_error = None
+    path = source.path
+    if models.detail_net is not None:
+        try:
+            detail = models.predict_detail(aligned)
+            seconds["detail"] = detail.seconds
+        except (FaceClipError, ValueError, RuntimeError) as exc:  # the coarse result still stands
+            detail_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.warning("%s face %d: no detail (%s); the coarse result is written", path, k, detail_error)
+    elif models.options.detail:
+        from faceclip.fit.detail import fit_detail
+
+        t0 = time.perf_counter()
+        try:
+            detail = fit_detail(models.model, result.vertices_mm, result.albedo, result.params.sh[0], cam, full,
+                                models.options.detail_config)
+        except FaceClipError as exc:  # the coarse result still stands; params.json says why no detail
+            log.warning("%s face %d: no detail (%s); the coarse result is written", path, k, exc.message)
+            detail_error = exc.message
+        seconds["detail"] = time.perf_counter() - t0
+    return detail, detail_error
+
+
+def describe(record: FaceReconstruction) -> dict:
+    """The face's ``params.json`` (a JSON-ready dict; coordinates in full-photo pixels)."""
+    p, face, aligned, cam, pv = record.fit.params, record.face, record.aligned, record.camera, record.provenance
+    scale, net_points = record.source.work_scale, record.net_points
+    R = p.rotation()[0].cpu().numpy()
+    mesh478 = face.extra.get("mesh478")
+    params = {
+        "faceclip_version": _version(),
+        "image": str(record.source.path),
+        "image_size": {"width": int(cam.image_size[1]), "height": int(cam.image_size[0])},
+        "face_index": record.face_index,
+        "detection": {"box": [round(float(x) / scale, 2) for x in face.box], "score": round(float(face.score), 4),
+                      "detector": face.detector},
+        "front_end": {"detector": pv.detector, "landmarks": pv.landmarks, "dense_points": record.n_dense_points},
+        "working_copy": {"scale": round(scale, 6), "max_side_px": WORK_MAX_SIDE_PX,
+                         "note": "detection, landmarks, fitting and overlay.png use the photo scaled by "
+                                 "this factor; all coordinates here are full-photo pixels"},
+        "model": dict(pv.model),
+        "method": pv.method,
+        "initialisation": pv.initialisation,
+        "weights": pv.weights,
+        "loss_terms": {name: round(v, 6) for name, v in record.fit.losses.items()},
+        "units": "mm; mesh in the model frame (right-handed, +X subject's left, +Y up, +Z out of the face)",
+        "identity": [round(float(x), 6) for x in p.identity[0]],
+        "expression": {n: round(float(x), 6) for n, x in zip(record.model.expression_names, p.expression[0])},
+        "rotation": {
+            "euler_pitch_yaw_roll_deg": [round(float(a) * 180.0 / np.pi, 4) for a in p.angles_rad[0]],
+            "head_matrix": np.round(R, 6).tolist(),
+            "camera_matrix_R": np.round(cam.R[0].cpu().numpy(), 6).tolist(),
+            "convention": "X_cam = camera_matrix_R @ X_model + translation_mm (OpenCV camera: x right, y down, z forward)",
+        },
+        "translation_mm": [round(float(x), 4) for x in cam.t[0]],
+        "camera": {"fx_px": float(cam.fx[0]), "fy_px": float(cam.fy[0]), "cx_px": float(cam.cx[0]),
+                   "cy_px": float(cam.cy[0]), "image_size_hw": list(cam.image_size),
+                   "pixel_convention": "x right, y down, origin at the top-left image corner, pixel centres at +0.5"},
+        "crop": {"size_px": aligned.size_px, "of": "working copy", **aligned.transform.to_dict()},
+        "lighting": {"sh_9x3": np.round(p.sh[0].cpu().numpy(), 6).tolist(),
+                     "convention": "Deep3DFaceRecon SH basis with Lambertian constants, view frame (see faceclip.render.shading)"},
+        "albedo": {"model": pv.albedo_model, "coefficients": np.round(p.albedo[0].cpu().numpy(), 6).tolist()},
+        "texture": {"size_px": pv.texture_px, "delit": pv.delight,
+                    "photo_fraction_of_face": round(record.photo_fraction, 4)},
+        "landmarks68_2d": np.round(record.landmarks68_px, 3).tolist(),
+        **({"detected_landmarks478": np.round(mesh478 / scale, 3).tolist()} if mesh478 is not None else {}),
+        "detected_landmarks68_2d": np.round(record.detected68_px, 3).tolist(),
+        **({"network_points": {
+            "vertex_ids": [int(i) for i in net_points.vertex_ids],
+            "points_2d": np.round(net_points.points_px / scale, 3).tolist(),
+            "sigma_px": np.round(net_points.sigma_px / scale, 3).tolist(),
+            "layout": "68 landmarks (2D-detector convention), then one point per vertex id"}}
+           if net_points is not None else {}),
+        "landmark_nme_interocular": round(record.landmark_nme, 5),
+    }
+    if record.detail is not None:
+        params["detail"] = detail_record(record.detail, record.detail_atlas_mm, pv.formats)
+        if pv.detail_network is not None:
+            params["detail"]["fit"]["network"] = pv.detail_network
+    elif record.detail_error is not None:
+        params["detail"] = {"error": record.detail_error}
+    return params
+
+
+def write_reconstruction(record: FaceReconstruction, folder: Path, overwrite: bool = False) -> list[Path]:
+    """Write a face's folder atomically: meshes (the record's formats), texture, overlay.png,
+    params.json (:func:`describe`) and, with detail, displacement.png, normal_map.png and
+    mesh_detail.* (see :func:`write_face_outputs`)."""
+    if record.texture is None or record.overlay is None:
+        raise ValueError("this record has no texture or overlay (reconstructed with texture=False)")
+    return write_face_outputs(folder, record.model, record.fit, record.texture, record.overlay, describe(record),
+                              overwrite=overwrite, formats=record.provenance.formats,
+                              detail_atlas_mm=record.detail_atlas_mm)
 
 
 def landmark_nme(pred: np.ndarray, target: np.ndarray) -> float:
@@ -619,8 +840,38 @@ def working_copy(rgb: np.ndarray, max_side_px: int = WORK_MAX_SIDE_PX) -> tuple[
     return small, s
 
 
+def resolve_method(o: ReconstructOptions) -> ReconstructOptions:
+    """The options with ``method`` one of "fit" / "regress" and what a :data:`METHODS` name
+    stands for set explicitly ("fit_regressor": ``init="regressor"``; "fit_net":
+    ``landmarks="net"``; "fit_mean": ``init="mean"``), after :func:`check_options`.
+
+    Raises:
+        FaceClipError: an unknown method, or options that contradict it.
+    """
+    import dataclasses
+
+    check_options(o)
+    if o.method == "fit_mean":
+        if o.init == "regressor" or o.checkpoint:
+            raise FaceClipError("--method fit_mean fits from the mean face; --init regressor / --checkpoint "
+                                "contradict it", hint="use --method fit_regressor")
+        return dataclasses.replace(o, method="fit", init="mean")
+    if o.method == "fit_regressor":
+        if o.no_regressor:
+            raise FaceClipError("--method fit_regressor needs the regressor; --no-regressor turns it off")
+        return dataclasses.replace(o, method="fit", init="regressor")
+    if o.method == "fit_net":
+        if o.landmarks not in ("mediapipe", "net") or o.dense:
+            raise FaceClipError(f"--method fit_net fits the dense landmark network's points; "
+                                f"--landmarks {o.landmarks}{' --dense' if o.dense else ''} contradicts it")
+        return dataclasses.replace(o, method="fit", landmarks="net")
+    return o
+
+
 def check_options(o: ReconstructOptions) -> None:
     """Refuse contradictory options up front (before any model is loaded)."""
+    if o.method not in METHODS:
+        raise FaceClipError(f"unknown method {o.method!r}", hint=f"use one of {', '.join(METHODS)}")
     if o.init not in ("mean", "regressor"):
         raise FaceClipError(f"--init {o.init}: use mean or regressor")
     if o.no_regressor and o.init == "regressor":
@@ -639,7 +890,7 @@ def check_options(o: ReconstructOptions) -> None:
                             hint="--landmarks net brings its own dense points")
     if o.landmark_net and o.landmarks != "net":
         raise FaceClipError("--landmark-net needs --landmarks net")
-    if o.texture_px < 16 or o.texture_px > 8192:
+    if o.texture_px is not None and not 16 <= o.texture_px <= 8192:
         raise FaceClipError(f"--texture-size {o.texture_px}: must be between 16 and 8192")
 
 

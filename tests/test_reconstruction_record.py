@@ -1,0 +1,113 @@
+"""The reconstruction's stages and its typed record (faceclip.reconstruction)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+EXAMPLE = REPO / "examples" / "astronaut.png"
+
+
+def test_one_method_vocabulary():
+    """The CLI's reconstruct and benchmark flags, the API and the options use the same names."""
+    from faceclip.cli import build_parser
+    from faceclip.reconstruction import METHODS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    rec = next(a for a in sub.choices["reconstruct"]._actions if a.dest == "method")
+    assert list(rec.choices) == list(METHODS)
+    bench = sub.choices["benchmark"]
+    bench_sub = next(a for a in bench._actions if a.__class__.__name__ == "_SubParsersAction")
+    syn = next(a for a in bench_sub.choices["synthetic"]._actions if a.dest == "method")
+    assert list(syn.choices) == ["mean", *METHODS]
+
+
+def test_resolve_method():
+    from faceclip.errors import FaceClipError
+    from faceclip.reconstruction import ReconstructOptions, resolve_method
+
+    o = resolve_method(ReconstructOptions(method="fit_regressor"))
+    assert (o.method, o.init) == ("fit", "regressor")
+    o = resolve_method(ReconstructOptions(method="fit_net"))
+    assert (o.method, o.landmarks) == ("fit", "net")
+    assert resolve_method(ReconstructOptions(method="fit_mean")) == ReconstructOptions(method="fit", init="mean")
+    assert resolve_method(ReconstructOptions(method="regress")).method == "regress"
+    for bad in (dict(method="fit_mean", init="regressor"), dict(method="fit_regressor", no_regressor=True),
+                dict(method="fit_net", landmarks="dlib68"), dict(method="nonsense")):
+        with pytest.raises(FaceClipError):
+            resolve_method(ReconstructOptions(**bad))
+
+
+def test_options_are_frozen_and_not_changed_by_the_reconstructor(ict_cache):
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
+
+    o = ReconstructOptions(fast=True, method="regress")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.texture_px = 64
+    rec = Reconstructor(o)
+    assert o.texture_px is None and rec.texture_px == 512  # --fast's default texture, options untouched
+    assert Reconstructor(ReconstructOptions(method="regress", texture_px=128)).texture_px == 128
+
+
+@pytest.fixture(scope="module")
+def records(ict_cache):
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
+
+    rec = Reconstructor(ReconstructOptions(fast=True, texture_px=64))
+    rgb = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    return rec, rgb, rec.reconstruct_faces(rgb, "astronaut")
+
+
+def test_record_is_typed_frozen_and_complete(records):
+    from faceclip.reconstruction import FaceReconstruction
+
+    rec, rgb, faces = records
+    assert len(faces) == 1
+    r = faces[0]
+    assert isinstance(r, FaceReconstruction)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.face_index = 3
+    assert r.source.size_hw == rgb.shape[:2] and r.source.work_scale == 1.0
+    assert r.vertices_mm.shape == (rec.model.n_vertices, 3) and r.params is r.fit.params
+    assert r.texture.shape == (64, 64, 3) and r.texture.dtype == np.uint8
+    assert r.overlay.shape == rgb.shape
+    assert r.landmarks68_px.shape == (68, 2) and r.detected68_px.shape == (68, 2)
+    # the fitted landmarks are close to the detected ones, inside the photo
+    assert 0 < r.landmark_nme < 0.1
+    assert r.provenance.method == "fit (fast)" and "face_model" in r.provenance.weights
+    assert {"load", "detect", "fit", "texture_overlay"} <= set(r.seconds)
+
+
+def test_describe_is_what_is_written(records, tmp_path):
+    from faceclip.reconstruction import describe, write_reconstruction
+
+    rec, _, (r,) = records
+    files = write_reconstruction(r, tmp_path / "astronaut")
+    written = json.loads((tmp_path / "astronaut" / "params.json").read_text())
+    assert written == json.loads(json.dumps(describe(r)))
+    assert {p.name for p in files} >= {"mesh.obj", "mesh.glb", "mesh.ply", "overlay.png", "params.json"}
+    assert written["texture"]["size_px"] == 64 and written["face_index"] == 0
+
+
+def test_fit_only_record_and_the_api_share_the_stages(records):
+    from faceclip import api
+    from faceclip.reconstruction import write_reconstruction
+
+    rec, rgb, (r,) = records
+    (bare,) = rec.reconstruct_faces(rgb, "astronaut", texture=False)
+    assert bare.texture is None and bare.overlay is None and "texture_overlay" not in bare.seconds
+    np.testing.assert_array_equal(bare.vertices_mm.numpy(), r.vertices_mm.numpy())  # deterministic stages
+    with pytest.raises(ValueError):
+        write_reconstruction(bare, REPO / "never-written")
+    assert not (REPO / "never-written").exists()
+    out = api.reconstruct_array(rgb, fast=True)
+    assert out["record"].face_index == 0
+    np.testing.assert_array_equal(out["vertices_mm"].numpy(), r.vertices_mm.numpy())
+    np.testing.assert_allclose(out["landmarks68_px"], r.landmarks68_px)
