@@ -85,8 +85,10 @@ def _method(variant: str):
     if variant == "nosigma":
         overrides["dense_correlated"] = 0.0
     rec = Reconstructor(ReconstructOptions(**opts))
-    for k, v in overrides.items():
-        setattr(rec.fitter.config, k, v)
+    if overrides:
+        from dataclasses import replace as _replace
+
+        rec.fitter.config = _replace(rec.fitter.config, **overrides)
     if rec.dense_points is not None:
         rec.fitter.set_dense_points(rec.dense_points)  # picks up dense_correlated
     if variant == "nosigma":

@@ -64,9 +64,10 @@ def main() -> int:
     rec = Reconstructor(ReconstructOptions(all_faces=True, detector=args.detector, landmarks=args.landmarks,
                                            dense=args.dense, fast=args.fast,
                                            init=args.init, landmark_net=args.landmark_net))
-    for item in args.set:
-        key, value = item.split("=")
-        setattr(rec.fitter.config, key, float(value))
+    if args.set:
+        from dataclasses import replace
+
+        rec.fitter.config = replace(rec.fitter.config, **{k: float(v) for k, v in (item.split("=") for item in args.set)})
     full = load_image(PHOTO)
     work, scale = working_copy(full)
     t0 = time.perf_counter()

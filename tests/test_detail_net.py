@@ -52,7 +52,7 @@ def scene(ict_head):
     """The mean ICT head, frontal, under a directional light, rendered with a known window map
     (a 2 mm peak-to-peak egg-crate of 8-texel period, placed on the 512 px atlas)."""
     from faceclip.evaluate.synthetic_detail import render_with_detail
-    from faceclip.fit.albedo import make_albedo_model
+    from faceclip.facemodel.albedo import make_albedo_model
     from faceclip.fit.detail import face_uv_window
     from faceclip.render import PerspectiveCamera
     from faceclip.render.shading import sh_directional

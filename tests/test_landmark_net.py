@@ -7,6 +7,8 @@ tiny (64 px crops); what is checked is behaviour, not accuracy.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -366,7 +368,7 @@ def test_landmark_sigmas_downweight_uncertain_landmarks(ict_head):
     weighted = fitter.fit(crop, bad, mask, landmark_sigma_px=sigma)
     err = lambda r: float((r.landmarks_crop_px[36:42] - s.landmarks_px[36:42]).norm(dim=1).mean())  # noqa: E731
     assert err(weighted) < 0.7 * err(plain)
-    fitter.config.landmark_sigma_weighting = False
+    fitter.config = dataclasses.replace(fitter.config, landmark_sigma_weighting=False)
     assert err(fitter.fit(crop, bad, mask, landmark_sigma_px=sigma)) == pytest.approx(err(plain), rel=1e-4)
 
 

@@ -214,7 +214,7 @@ def test_checkpoint_errors(tmp_path, ict_head_eyes):
 
 
 def test_config_for_model_matches_the_fitter(ict_head_eyes):
-    from faceclip.fit.albedo import make_albedo_model
+    from faceclip.facemodel.albedo import make_albedo_model
 
     cfg = config_for_model(ict_head_eyes)
     assert cfg.n_identity == 100 and cfg.n_expression == 53 and cfg.face_model == "ict"

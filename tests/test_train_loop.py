@@ -91,7 +91,7 @@ def cache(tmp_path_factory, ict_cache) -> Path:
     the runs of this module in a subprocess must match the ones in this process.
     """
     from faceclip.facemodel import load_face_model
-    from faceclip.fit import albedo
+    from faceclip.facemodel import albedo
 
     albedo.make_albedo_model(load_face_model("ict", geometry="head_eyes"))
     albedo._CACHE.clear()

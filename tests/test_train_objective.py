@@ -97,7 +97,7 @@ def test_param_and_landmark_terms_vanish_at_the_ground_truth(objective, batch):
     # in 224-crop pixels / 10 (hand computation with the 64 px cameras).
     moved = replace(gt, translation_mm=gt.translation_mm + torch.tensor([3.0, 0.0, 0.0]))
     _, terms2, _ = _run(objective, moved, batch)
-    v = objective.fitter._ph.vertices(gt)
+    v = objective.fitter.subset_vertices(gt)
     shift_224 = (moved.camera().project(v) - gt.camera().project(v)).norm(dim=-1).mean() * (224 / S)
     assert shift_224 > 1.0
     assert terms2["param"].item() == pytest.approx(shift_224.item() / 10, rel=1e-4)

@@ -34,6 +34,7 @@ of the full-resolution photo.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -198,10 +199,9 @@ class Reconstructor:
                                 hint="use --device cpu, or install a CUDA build of torch")
         geometry = RECONSTRUCTION_GEOMETRY if o.face_model == "ict" else None
         self.model: FaceModel = load_face_model(o.face_model, path=o.face_model_path, geometry=geometry)
-        config = FitConfig.fast() if o.fast else FitConfig()
+        config = dataclasses.replace(FitConfig.fast() if o.fast else FitConfig(), device=o.device)
         #: The texture side used (the options' or the mode's default; the options stay as given).
         self.texture_px = o.texture_px if o.texture_px is not None else (512 if o.fast else 1024)
-        config.device = o.device
         self.fitter = Fitter(self.model, config)
         self.dense_points = self._calibration = None
         self.landmarker = None
@@ -220,10 +220,11 @@ class Reconstructor:
         self.detail_net = self.feature_net = self.feature_net_path = None
         if o.detail_net:
             self.detail_net, self.feature_net = self._load_detail_net()
-        if self.regressor is not None and not o.fast:
+        if self.regressor is not None and not o.fast:  # a start near the answer: fewer steps, stronger prior
             refine = FitConfig.refine()
-            for name in ("landmark_steps", "photo_steps", "w_identity", "w_identity_landmarks"):
-                setattr(config, name, getattr(refine, name))
+            self.fitter.config = dataclasses.replace(config, **{
+                name: getattr(refine, name) for name in ("landmark_steps", "photo_steps", "w_identity",
+                                                         "w_identity_landmarks")})
 
     def _load_regressor(self):
         """The regressor to use (or None) and its file, following ``method`` / ``checkpoint``."""

@@ -177,7 +177,7 @@ def load_result(folder: str | Path, face_model_path: str | Path | None = None, r
         InputError: the folder is not a usable result (naming what is wrong).
         ModelNotInstalledError: its face model is not installed.
     """
-    from faceclip.fit.albedo import make_albedo_model
+    from faceclip.facemodel.albedo import make_albedo_model
     from faceclip.io.images import load_image
 
     folder = Path(folder)

@@ -1,374 +1,163 @@
 """Analysis-by-synthesis fitting of a face model to one aligned face crop.
 
-Stages (each a few dozen vectorised steps of Adam):
+:class:`Fitter` is the public facade: construct it once per face model and settings, call
+:meth:`Fitter.fit` per face. It composes the stage functions of :mod:`faceclip.fit.stages`,
+which take their inputs and return their outputs explicitly:
 
-0. **Pose initialisation**: PnP (OpenCV) of the mean face's inner 51 landmarks against the
-   detected ones, with the crop's fixed focal length.
-1. **Landmarks**: pose, identity and expression against the 68 landmarks (sliding jaw contour,
-   see :mod:`faceclip.fit.contour`), with Gaussian priors. Only the landmark and contour
-   vertices are evaluated, so this stage costs milliseconds.
-2. **Photometric**: adds SH lighting and albedo; renders the face with the differentiable
-   rasterizer and compares it to the crop on the skin mask, keeping the landmark term and the
-   priors. Extra loss terms (identity features, CLIP consistency) plug in through
-   :class:`LossTerm`.
+- :class:`~faceclip.fit.stages.FaceForward` (``Fitter.forward``): the forward model, parameters
+  -> vertices, landmarks, image. It holds everything precomputed once (face and albedo models,
+  contour bands, the vertex subsets each stage evaluates, rendered triangles, dense points'
+  bases) and no per-fit state; training calls it too (:meth:`Fitter.forward_subset`).
+- :class:`~faceclip.fit.stages.FitProblem`: one fit's validated inputs (crop, landmarks, skin
+  mask, optional dense points and uncertainties, prior centres).
+
+Stages (each a few dozen vectorised steps):
+
+0. **Pose initialisation** (:func:`~faceclip.fit.stages.initial_params`): PnP (OpenCV) of the
+   mean face's inner 51 landmarks against the detected ones, with the crop's fixed focal length.
+1. **Landmarks** (:func:`~faceclip.fit.stages.landmark_stage`): pose, identity and expression
+   against the 68 landmarks (sliding jaw contour, see :mod:`faceclip.fit.contour`), with
+   Gaussian priors, by Levenberg-Marquardt. Only the landmark and contour vertices are
+   evaluated, so this stage costs milliseconds. It returns the landmark (and dense point)
+   weights it reached, which the photometric stage keeps.
+2. **Closed-form light** (:func:`~faceclip.fit.stages.closed_form_light`): SH lighting and a
+   uniform skin colour by least squares on the skin pixels (``FitConfig.closed_form_light``).
+3. **Photometric** (:func:`~faceclip.fit.stages.photo_stage`): adds SH lighting and albedo;
+   renders the face with the differentiable rasterizer and compares it to the crop on the skin
+   mask, keeping the landmark term and the priors. Extra loss terms (identity features, CLIP
+   consistency) plug in through :class:`LossTerm`.
 
 The camera is a pinhole with focal ``1015 * crop / 224`` pixels (Deep3DFaceRecon's choice:
 a long lens, nearly orthographic) and the principal point at the crop centre.
+
+:class:`FitConfig`, :class:`FitResult`, :class:`LossTerm` and :class:`SubsetForward` live in
+:mod:`faceclip.fit.stages` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import replace
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from faceclip.facemodel.base import FaceModel
-from faceclip.fit.albedo import AlbedoModel, make_albedo_model
-from faceclip.fit.contour import ContourBands, build_contour_bands, landmark_vertex_ids
-from faceclip.facemodel.params import (DEFAULT_FOCAL_224, MODEL_TO_OPENCV, FaceParams, euler_jacobian_np, euler_to_matrix,
-                                 pose_from_landmarks,
-                                 matrix_to_euler)
-from faceclip.losses import (
-    albedo_skin_prior,
-    albedo_smoothness,
-    albedo_symmetry,
-    coefficient_l2,
-    DEFAULT_LANDMARK_WEIGHTS,
-    landmark_loss,
-    light_chroma,
-    photometric_loss,
+from faceclip.facemodel.params import DEFAULT_FOCAL_224, FaceParams
+from faceclip.facemodel.albedo import AlbedoModel
+from faceclip.fit.contour import ContourBands
+from faceclip.fit.stages import (
+    DenseBases,
+    FaceForward,
+    FitConfig,
+    FitProblem,
+    FitResult,
+    LossTerm,
+    SubsetForward,
+    VertexSubset,
+    closed_form_light,
+    initial_params,
+    landmark_stage,
+    photo_stage,
 )
-from faceclip.render.camera import OPENCV_TO_VIEW
-from faceclip.render.interpolate import interpolate_vertex_attributes
-from faceclip.render.rasterize import rasterize_mesh
-from faceclip.render.shading import sh_ambient, sh_shade_vertices
 
+__all__ = ["DEFAULT_FOCAL_224", "FaceForward", "FitConfig", "FitProblem", "FitResult", "Fitter", "LossTerm",
+           "SubsetForward"]
 
-
-@dataclass
-class FitConfig:
-    """Fitting settings. ``fast()`` gives the quick variant.
-
-    Loss weights are relative to the landmark term measured in pixels of a 224-pixel crop.
-    The defaults balance trust in the detector's landmarks against the photometric term and the
-    priors. Measured on the synthetic benchmark (n=10, seed 0, REALY-style "all"; mean face
-    1.78 mm): with exact landmarks 0.92 mm, with dlib's landmarks on the renders 2.21 mm; landmark
-    NME on the real test photos 0.039. Trusting the landmarks more (w_landmark 1, w_identity 0.02
-    in both stages) gives 0.81 / 3.13 mm; less (w_landmark 0.2) 0.97 / 1.98 mm but NME 0.045.
-    """
-
-    crop_px: int = 224
-    landmark_steps: int = 25
-    photo_steps: int = 30
-    render_px: int = 224
-    w_landmark: float = 0.4
-    w_photo: float = 40.0
-    w_identity: float = 0.05
-    #: Identity prior weight of the landmark stage (None: ``w_identity``). A stronger prior there
-    #: keeps imperfect detector landmarks from bending the face before the photo is consulted.
-    w_identity_landmarks: float | None = 0.5
-    w_expression: float = 0.5
-    w_albedo_smooth: float = 0.5
-    w_albedo_sym: float = 20.0
-    w_albedo_skin: float = 100.0
-    w_light_chroma: float = 1.0
-    lr_pose: float = 0.01
-    lr_photo: float = 0.01
-    device: str = "cpu"
-
-    #: With an initialisation (a regressor's prediction), centre the identity and expression
-    #: priors on it instead of on the mean face: the fit then stays near the prediction unless
-    #: the landmarks and the photo say otherwise.
-    prior_from_init: bool = False
-
-    #: Cauchy scale (224-crop pixels) of the robust landmark weights; 0 disables them.
-    robust_px: float = 6.0
-    #: Weight of the dense landmark term (calibrated MediaPipe points, see
-    #: :mod:`faceclip.detect.calibration`): ``w_dense * sum_k |r_k|^2 / sigma_k^2`` with each
-    #: point's sigma (mm at the face, per yaw bin) turned into crop pixels by the current pose.
-    #: Used only when dense landmarks are given to :meth:`Fitter.fit`. Tuning seed 7, n=40
-    #: (without the inner 68): 0.005 / 0.02 / 0.1 gave 1.615 / 1.605 / 1.629 mm.
-    w_dense: float = 0.02
-    #: With dense landmarks, the weight factor of the inner 51 of the 68 landmarks (the jaw
-    #: contour, 0-16, keeps its weight: the dense points hold no silhouette). Tuning seed 7,
-    #: n=40: 1 gave 1.550 mm, 0 gave 1.605 mm.
-    inner68_with_dense: float = 1.0
-    #: Model the correlation of the dense points' errors (low rank + isotropic, from the
-    #: calibration) instead of treating them as independent.
-    dense_correlated: bool = True
-    #: Weight of dense points that come with their own per-point sigma (the dense landmark
-    #: network, :mod:`faceclip.detect.landmark_net`): ``w_dense_net * |r_k|^2 / sigma_k^2``
-    #: with sigma in crop pixels.
-    w_dense_net: float = 0.02
-    #: With per-landmark sigmas (the network's, :meth:`Fitter.fit` ``landmark_sigma_px``), scale
-    #: each of the 68 landmarks' weights by ``(median sigma / sigma_k)^2``, clipped to [0.25, 4]
-    #: (their sum unchanged).
-    landmark_sigma_weighting: bool = True
-    #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
-    #: (linear least squares on the skin pixels); used alone in fast mode.
-    closed_form_light: bool = True
-
-    @staticmethod
-    def fast() -> "FitConfig":
-        """Landmarks only, then closed-form light and skin colour: no photometric iterations."""
-        return FitConfig(landmark_steps=8, photo_steps=0, render_px=160)
-
-    @staticmethod
-    def refine() -> "FitConfig":
-        """Refinement of a regressor's prediction (what ``faceclip reconstruct`` uses by default).
-
-        A start close to the answer needs fewer iterations (10 landmark, 10 photometric steps
-        instead of 25 and 30), and a stronger identity prior (0.2 / 2.0 instead of 0.05 / 0.5)
-        keeps imperfect detector landmarks from bending the shape. Chosen on the first 30 faces
-        of the synthetic benchmark (seed 0, REALY-style "all", 1 thread): 15/15 steps 1.92 mm,
-        10/10 1.87, 15/15 + stronger prior 1.83, 10/10 + stronger prior 1.82 mm at 0.46 s per
-        face; priors centred on the prediction (``prior_from_init``) were worse (2.06-2.12).
-        Fitting from the mean face scored 1.95 mm on the same faces.
-        """
-        return FitConfig(landmark_steps=10, photo_steps=10, w_identity=0.2, w_identity_landmarks=2.0)
-
-    @property
-    def focal_px(self) -> float:
-        return DEFAULT_FOCAL_224 * self.crop_px / 224.0
-
-
-@dataclass
-class LossTerm:
-    """A pluggable loss: ``fn(ctx) -> scalar`` weighted by ``weight`` in the photometric stage.
-
-    ``ctx`` is a dict with ``params`` (FaceParams), ``vertices_mm`` (B, V, 3) canonical,
-    ``rendered`` (B, H, W, 3), ``coverage`` (B, H, W), ``target`` (B, H, W, 3) and ``camera``.
-    """
-
-    name: str
-    weight: float
-    fn: Callable[[dict], Tensor]
-
-
-@dataclass
-class FitResult:
-    """Output of :meth:`Fitter.fit` for one face (batch of 1).
-
-    Attributes:
-        params: fitted parameters (camera in crop pixels).
-        vertices_mm: (V, 3) canonical (unposed) vertices with identity and expression.
-        albedo: (V, 3) fitted per-vertex albedo in [0, 1].
-        landmarks_crop_px: (68, 2) projected model landmarks in crop pixels.
-        losses: final value of each active loss term.
-        active_terms: names of the loss terms used.
-        seconds: wall time per stage.
-    """
-
-    params: FaceParams
-    vertices_mm: Tensor
-    albedo: Tensor
-    landmarks_crop_px: Tensor
-    losses: dict[str, float]
-    active_terms: list[str]
-    seconds: dict[str, float] = field(default_factory=dict)
-    #: (K, 2) projected dense points in crop pixels when dense landmarks were used.
-    dense_crop_px: Tensor | None = None
-
-
-@dataclass
-class SubsetForward:
-    """Output of :meth:`Fitter.forward_subset` (N subset vertices, S render size).
-
-    Attributes:
-        vertices_mm: (B, N, 3) canonical vertices; albedo: (B, N, 3) unclamped albedo.
-        rendered: (B, S, S, 3); coverage, skin: (B, S, S) bool (any face / skin triangles).
-        landmarks_px: (B, 68, 2) in crop pixels.
-        mirror_rows: (N,) subset row of each vertex's mirror; skin_rows: subset rows of skin.
-    """
-
-    vertices_mm: Tensor
-    albedo: Tensor
-    rendered: Tensor
-    coverage: Tensor
-    skin: Tensor
-    landmarks_px: Tensor
-    mirror_rows: Tensor
-    skin_rows: Tensor
-
-
-def _euler_jacobian(angles: Tensor) -> Tensor:
-    """(3,) pitch, yaw, roll -> (3, 3, 3) derivatives of :func:`euler_to_matrix` (last axis: angle)."""
-    d = euler_jacobian_np(*angles.tolist())
-    return torch.as_tensor(d, dtype=angles.dtype, device=angles.device)
-
-
-def _linear_points(mean: Tensor, id_basis: Tensor, exp_basis: Tensor, p: FaceParams) -> Tensor:
-    """(B, N, 3) points linear in the coefficients: mean (N, 3) + bases (K, N, 3) x coefficients."""
-    return (mean.unsqueeze(0) + torch.einsum("bk,knc->bnc", p.identity, id_basis)
-            + torch.einsum("bk,knc->bnc", p.expression, exp_basis))
-
-
-class _Subset:
-    """The face and albedo models restricted to a set of vertices (evaluated per step)."""
-
-    def __init__(self, model: FaceModel, albedo_model: AlbedoModel, vertex_ids: Tensor) -> None:
-        self.vids = torch.unique(vertex_ids)
-        self.remap = torch.full((model.n_vertices,), -1, dtype=torch.long, device=self.vids.device)
-        self.remap[self.vids] = torch.arange(len(self.vids), device=self.vids.device)
-        self.mean = model.mean_mm[self.vids]
-        self.id_basis = model.identity_basis_mm[:, self.vids]
-        self.exp_basis = model.expression_basis_mm[:, self.vids]
-        am = albedo_model
-        self.albedo_model = AlbedoModel(am.kind, am.mean[self.vids],
-                                        am.basis[:, self.vids], am.eigenvalues, am.mirror[self.vids])
-
-    def vertices(self, p: FaceParams) -> Tensor:
-        """(B, N, 3) vertices of the subset."""
-        return _linear_points(self.mean, self.id_basis, self.exp_basis, p)
-
-    def albedo(self, coeffs: Tensor) -> Tensor:
-        """(B, N, 3) albedo of the subset."""
-        return self.albedo_model(coeffs)
+#: Former private name of :class:`~faceclip.fit.stages.VertexSubset`.
+_Subset = VertexSubset
 
 
 class Fitter:
-    """Fits one face model; construct once, call :meth:`fit` per face."""
+    """Fits one face model; construct once, call :meth:`fit` per face.
+
+    A thin facade over :mod:`faceclip.fit.stages`: :attr:`forward` is the forward model, and
+    :meth:`fit` runs the stage functions on it. The fitter keeps no state of a fit: fits in any
+    order give the same results as fresh fitters. Its only mutable parts are the settings
+    (:attr:`config`, shared with :attr:`forward`), the dense points (:meth:`set_dense_points`)
+    and :attr:`extra_terms`.
+    """
 
     def __init__(self, model: FaceModel, config: FitConfig | None = None,
                  extra_terms: list[LossTerm] | None = None) -> None:
-        self.config = config or FitConfig()
-        self.device = torch.device(self.config.device)
-        self.model = model.to(self.device)
-        self.albedo_model: AlbedoModel = make_albedo_model(self.model).to(self.device)
-        self.bands: ContourBands = build_contour_bands(self.model).to(self.device)
+        #: The forward model (:class:`~faceclip.fit.stages.FaceForward`); replaced, never mutated.
+        self.forward: FaceForward = FaceForward.build(model, config or FitConfig())
+        #: Loss terms added to the photometric stage.
         self.extra_terms = list(extra_terms or [])
-        m = self.model
-        # Triangles rendered for the photometric loss: the narrow face area (forehead to chin,
-        # ear to ear; the rest never meets the photo's skin mask) and the skin ones among them.
-        face_v = m.region_mask("face_narrow" if "face_narrow" in m.regions else "face")
-        self.render_tris = m.triangles[face_v[m.triangles].all(1)]
-        skin_v = m.region_mask("skin")
-        self.render_tri_is_skin = skin_v[self.render_tris].all(1)
-        self.skin_ids = m.regions["skin"].to(self.device)
-        # Each stage evaluates the model only at the vertices it needs.
-        lm_ids = torch.cat([m.landmarks68, self.bands.candidates.reshape(-1)])
-        self._lm = _Subset(m, self.albedo_model, lm_ids)
-        mirror = self.albedo_model.mirror.to(self.device)
-        self._ph = _Subset(m, self.albedo_model, torch.cat([
-            lm_ids, self.render_tris.reshape(-1), self.skin_ids, mirror[self.skin_ids]]))
-        self._ph_tris = self._ph.remap[self.render_tris]
-        self._ph_skin = self._ph.remap[self.skin_ids]
-        # Mirror map in subset rows (rows whose mirror is outside the subset map to themselves).
-        local = self._ph.remap[mirror[self._ph.vids]]
-        rows = torch.arange(len(self._ph.vids), device=self.device)
-        self._ph_mirror = torch.where(local >= 0, local, rows)
-        self.dense = None
-        self._dense_sigma_px: Tensor | None = None
-        self._landmark_sigma_px: Tensor | None = None
+
+    # ------------------------------------------------------------------ precomputed parts
+
+    @property
+    def config(self) -> FitConfig:
+        """The settings (the forward model's: changing a field changes both)."""
+        return self.forward.config
+
+    @config.setter
+    def config(self, value: FitConfig) -> None:
+        self.forward = replace(self.forward, config=value)
+
+    @property
+    def device(self) -> torch.device:
+        return self.forward.device
+
+    @property
+    def model(self) -> FaceModel:
+        return self.forward.model
+
+    @property
+    def albedo_model(self) -> AlbedoModel:
+        return self.forward.albedo_model
+
+    @property
+    def bands(self) -> ContourBands:
+        return self.forward.bands
+
+    @property
+    def render_tris(self) -> Tensor:
+        """(F, 3) model triangles rendered for the photometric loss."""
+        return self.forward.render_tris
+
+    @property
+    def render_tri_is_skin(self) -> Tensor:
+        """(F,) bool: which of :attr:`render_tris` are skin."""
+        return self.forward.render_tri_is_skin
+
+    @property
+    def skin_ids(self) -> Tensor:
+        """(Ns,) model vertex ids of the skin region."""
+        return self.forward.skin_ids
+
+    @property
+    def dense(self) -> DenseBases | None:
+        """The dense points' bases (:meth:`set_dense_points`), or None."""
+        return self.forward.dense
 
     def set_dense_vertices(self, vertex_ids) -> None:
         """Use fixed model vertices (N,) as dense points (the dense landmark network's);
         their uncertainty is given per fit (:meth:`fit` ``dense_sigma_px``)."""
-        from faceclip.detect.calibration import DensePoints
-
-        ids = np.asarray(vertex_ids, np.int64)
-        n = len(ids)
-        bary = np.zeros((n, 3))
-        bary[:, 0] = 1.0
-        self.set_dense_points(DensePoints(point_ids=np.arange(n), vertex_ids=np.repeat(ids[:, None], 3, 1), bary=bary,
-                                          sigma_mm=np.ones((n, 1)), pose_bins_deg=np.array([[0.0, 180.0]])))
+        self.forward = self.forward.with_dense_vertices(vertex_ids)
 
     def set_dense_points(self, points) -> None:
         """Use dense surface points (a :class:`faceclip.detect.calibration.DensePoints`, or None).
 
         Each point is a barycentric combination of three model vertices, so its position is
-        linear in the coefficients like a vertex: its mean and bases are precomputed here.
+        linear in the coefficients like a vertex: its mean and bases are precomputed here (with
+        the points' correlated-error model when ``config.dense_correlated``, read now).
         """
-        if points is None:
-            self.dense = None
-            return
-        m = self.model
-        vid = torch.as_tensor(points.vertex_ids, dtype=torch.long, device=self.device)  # (K, 3)
-        bary = torch.as_tensor(points.bary, dtype=torch.float32, device=self.device)  # (K, 3)
+        self.forward = self.forward.with_dense_points(points)
 
-        def combine(x: Tensor) -> Tensor:  # (..., V, 3) -> (..., K, 3)
-            return (x[..., vid, :] * bary[..., None]).sum(-2)
-
-        self.dense = {"points": points, "mean": combine(m.mean_mm), "id": combine(m.identity_basis_mm),
-                      "exp": combine(m.expression_basis_mm), "U": None}
-        if points.noise_basis is not None and self.config.dense_correlated:
-            self.dense["U"] = torch.as_tensor(points.noise_basis, dtype=torch.float32, device=self.device)
-            self.dense["shrink"] = torch.as_tensor(points.noise_shrink, dtype=torch.float32, device=self.device)
-            self.dense["nu"] = float(points.noise_nu)
-
-    def _whiten_dense(self, x: Tensor) -> Tensor:
-        """Decorrelate dense residuals (2K,) or Jacobian rows (2K, P) already divided by sigma."""
-        d = self.dense
-        if d["U"] is None:
-            return x
-        U, x2 = d["U"], x.reshape(x.shape[0], -1)
-        return ((x2 - U @ (d["shrink"][:, None] * (U.T @ x2))) / d["nu"] ** 0.5).reshape(x.shape)
-
-    def _dense_cost(self, proj_px: Tensor, target_px: Tensor) -> Tensor:
-        """Scalar: the dense term for (B, K, 2) projections and targets (mean over the batch)."""
-        r = (proj_px - target_px) * self.dense_weights.sqrt().unsqueeze(-1)
-        return torch.stack([(self._whiten_dense(rb.reshape(-1)) ** 2).sum() for rb in r]).mean()
-
-    def dense_vertices(self, p: FaceParams) -> Tensor:
-        """(B, K, 3) canonical positions of the dense points."""
-        d = self.dense
-        return _linear_points(d["mean"], d["id"], d["exp"], p)
-
-    def _dense_weights(self, p: FaceParams, b: int, yaw_rad: float, tz_mm: float) -> Tensor:
-        """(K,) NLL weights ``w_dense / sigma_px^2`` for the current pose (or
-        ``w_dense_net / sigma_px^2`` with the per-point sigmas given to :meth:`fit`)."""
-        if self._dense_sigma_px is not None:
-            return self.config.w_dense_net / self._dense_sigma_px.clamp_min(0.05) ** 2
-        sigma_mm = torch.as_tensor(self.dense["points"].sigma_at(np.degrees(yaw_rad)), dtype=torch.float32,
-                                   device=self.device)
-        px_per_mm = float(p.focal_px[b]) / max(tz_mm, 1.0)
-        return self.config.w_dense / (sigma_mm * px_per_mm) ** 2
-
-    # ------------------------------------------------------------------ helpers
-
-    def _clamp_(self, params: FaceParams) -> None:
-        with torch.no_grad():
-            if self.model.expression_range == "blendshape":
-                params.expression.clamp_(0.0, 1.0)
-            params.angles_rad[:, 1].clamp_(-1.4, 1.4)
+    # ------------------------------------------------------------------ forward model
 
     def initial_params(self, landmarks_px: Tensor) -> FaceParams:
         """Mean face posed by PnP on the inner landmarks (17-67). landmarks_px: (B, 68, 2)."""
-        c = self.config
-        B = landmarks_px.shape[0]
-        p = FaceParams.initial(B, self.model.n_identity, self.model.n_expression,
-                               self.albedo_model.n_coeffs, (c.crop_px, c.crop_px), c.focal_px,
-                               distance_mm=c.focal_px * 150.0 / (0.55 * c.crop_px), device=self.device)
-        p.sh = sh_ambient(0.8, B, device=self.device)
-        obj = self.model.mean_mm[self.model.landmarks68].detach().cpu().numpy().astype(np.float64)
-        K = np.array([[c.focal_px, 0, c.crop_px / 2], [0, c.focal_px, c.crop_px / 2], [0, 0, 1]])
-        angles, trans = [], []
-        for b in range(B):
-            img = landmarks_px[b].detach().cpu().numpy().astype(np.float64)
-            # A plausible starting distance keeps PnP in the right basin.
-            R_cv, t, _ = pose_from_landmarks(obj, img, K, distance_mm=float(p.translation_mm[b, 2]))
-            angles.append(matrix_to_euler(torch.from_numpy(MODEL_TO_OPENCV @ R_cv).float().unsqueeze(0))[0])
-            trans.append(torch.from_numpy(t).float())
-        p.angles_rad = torch.stack(angles).to(self.device)
-        p.translation_mm = torch.stack(trans).to(self.device)
-        return p
+        return initial_params(self.forward, self.config, landmarks_px)
 
-    def project_landmarks(self, params: FaceParams, vertices_mm: Tensor, subset: "_Subset | None" = None) -> Tensor:
+    def project_landmarks(self, params: FaceParams, vertices_mm: Tensor, subset: VertexSubset | None = None) -> Tensor:
         """(B, 68, 2) landmark pixels with the sliding contour.
 
         ``vertices_mm`` holds all vertices, or the rows of ``subset`` when one is given.
         """
-        cam = params.camera()
-        if subset is not None:
-            ids = subset.remap[landmark_vertex_ids(self.model, self.bands, vertices_mm, cam, subset.remap)]
-        else:
-            ids = landmark_vertex_ids(self.model, self.bands, vertices_mm, cam)
-        pts = torch.gather(vertices_mm, 1, ids.unsqueeze(-1).expand(-1, -1, 3))
-        return cam.project(pts)
+        return self.forward.project_landmarks(params, vertices_mm, subset)
 
     def render(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, size_px: int | None = None):
         """Render the face area with SH shading into the crop frame.
@@ -380,292 +169,29 @@ class Fitter:
             rendered (B, S, S, 3), coverage (B, S, S) bool, skin coverage (B, S, S) bool, where
             S = ``size_px`` (default ``config.render_px``); the camera is scaled to S.
         """
-        return self._render(params, vertices_mm, albedo, self.render_tris, self.render_tri_is_skin, size_px)
-
-    def _render(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, tris: Tensor,
-                tri_is_skin: Tensor, size_px: int | None = None):
-        c = self.config
-        S = size_px or c.render_px
-        scale = S / c.crop_px
-        p = FaceParams(**{**params.tensors(), "focal_px": params.focal_px * scale}, image_size=(S, S))
-        cam = p.camera()
-        colors = sh_shade_vertices(vertices_mm, tris, albedo, params.sh, to_view=cam.to_view)
-        frag, _, _ = rasterize_mesh(vertices_mm, tris, cam, cull_backfaces=True)
-        col = interpolate_vertex_attributes(colors, frag, tris)
-        rendered = frag.to_image(col, 0.0)
-        cover = frag.mask
-        skin = frag.to_image(tri_is_skin[frag.face].float().unsqueeze(-1), 0.0)[..., 0] > 0.5
-        return rendered, cover, skin
+        return self.forward.render(params, vertices_mm, albedo, size_px)
 
     def subset_vertices(self, params: FaceParams) -> Tensor:
         """(B, V', 3) the rendered vertex subset (the one :meth:`forward_subset` uses), posed by
         ``params``' identity and expression (model frame, mm)."""
-        return self._ph.vertices(params)
+        return self.forward.subset_vertices(params)
 
     def render_subset(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, size_px: int | None = None):
         """:meth:`render` for the subset's (B, V', 3) vertices and albedo."""
-        return self._render(params, vertices_mm, albedo, self._ph_tris, self.render_tri_is_skin, size_px)
+        return self.forward.render_subset(params, vertices_mm, albedo, size_px)
 
-    def forward_subset(self, params: FaceParams, size_px: int | None = None) -> "SubsetForward":
+    def forward_subset(self, params: FaceParams, size_px: int | None = None) -> SubsetForward:
         """Differentiable forward model on the rendered vertex subset (training uses it).
 
         Returns the subset's vertices and albedo, the SH-shaded render of the face area at
         ``size_px`` (default ``config.render_px``) in the crop frame, and the 68 projected
         landmarks in crop pixels (sliding contour).
         """
-        sub = self._ph
-        verts = sub.vertices(params)
-        albedo = sub.albedo(params.albedo)
-        rendered, cover, skin = self._render(params, verts, albedo, self._ph_tris, self.render_tri_is_skin, size_px)
-        lm = self.project_landmarks(params, verts, sub)
-        return SubsetForward(verts, albedo, rendered, cover, skin, lm, self._ph_mirror, self._ph_skin)
+        return self.forward.forward_subset(params, size_px)
 
-    # ------------------------------------------------------------------ stages
-
-    @torch.no_grad()
-    def _landmark_stage(self, p: FaceParams, target: Tensor, steps: int,
-                        dense_target: Tensor | None = None) -> dict[str, float]:
-        """Levenberg-Marquardt on pose, identity and expression against the 68 landmarks.
-
-        The objective is the same weighted sum of squares as the photometric stage's landmark
-        and prior terms, written as residuals. The Jacobian is analytic (the model is linear in
-        its coefficients, the camera a rotation, a translation and a perspective division), so an
-        iteration costs one (136 x 159) matrix and a 159 x 159 solve; ``steps`` bounds the
-        iterations. The sliding contour is re-selected at every iteration and held fixed within
-        it. Blendshape weights are projected onto [0, 1] after every step. ``dense_target``
-        (B, K, 2): positions of the dense points (:meth:`set_dense_points`) in crop pixels,
-        adding K rows weighted by each point's uncertainty.
-        """
-        c = self.config
-        scale = c.crop_px / 224.0
-        w = DEFAULT_LANDMARK_WEIGHTS.to(self.device)
-        if self._landmark_sigma_px is not None and c.landmark_sigma_weighting:
-            sig = self._landmark_sigma_px.clamp_min(0.05)
-            w = w * ((sig.median() / sig) ** 2).clamp(0.25, 4.0)  # a few overconfident points cannot dominate
-            w = w * (DEFAULT_LANDMARK_WEIGHTS.to(self.device).sum() / w.sum())
-        base_w = w / w.sum()
-        sizes = [3, 3, self.model.n_identity, self.model.n_expression]
-        # Translation is solved in cm so that all unknowns have similar scales.
-        t_unit = 10.0
-        prior_w = torch.cat([torch.zeros(6, device=self.device),
-                             torch.full((sizes[2],), c.w_identity if c.w_identity_landmarks is None
-                                        else c.w_identity_landmarks, device=self.device),
-                             torch.full((sizes[3],), c.w_expression, device=self.device)])
-        flip = torch.tensor(OPENCV_TO_VIEW, device=self.device).view(3, 1)
-        sub = self._lm
-
-        dense = self.dense if dense_target is not None else None
-
-        def evaluate(theta: Tensor, rows: Tensor, b: int, jacobian: bool, w_sqrt: Tensor):
-            """Residuals (N*2,) and Jacobian (N*2, P): the 68 landmarks, then any dense points."""
-            ang, tr, ident, expr = torch.split(theta, sizes)
-            bid, bexp, mean, tgt = sub.id_basis[:, rows], sub.exp_basis[:, rows], sub.mean[rows], target[b]
-            if dense is not None and w_sqrt.shape[0] > 68:
-                bid, bexp = torch.cat([bid, dense["id"]], 1), torch.cat([bexp, dense["exp"]], 1)
-                mean, tgt = torch.cat([mean, dense["mean"]]), torch.cat([tgt, dense_target[b]])
-            n = mean.shape[0]
-            X = mean + torch.einsum("k,knc->nc", ident, bid) + torch.einsum("k,knc->nc", expr, bexp)
-            R = flip * euler_to_matrix(ang[None])[0]
-            Xc = X @ R.T + tr * t_unit
-            f = p.focal_px[b]
-            x, y, z = Xc.unbind(-1)
-            uv = torch.stack([f * x / z, f * y / z], -1) + torch.tensor(
-                [p.image_size[1] / 2.0, p.image_size[0] / 2.0], device=self.device)
-            r = ((uv - tgt) * w_sqrt).reshape(-1)
-            if n > 68:
-                r = torch.cat([r[:136], self._whiten_dense(r[136:])])
-            if not jacobian:
-                return r, None
-            zero = torch.zeros_like(z)
-            duv = torch.stack([torch.stack([f / z, zero, -f * x / z**2], -1),
-                               torch.stack([zero, f / z, -f * y / z**2], -1)], 1)  # (N, 2, 3)
-            dR = flip.view(3, 1, 1) * _euler_jacobian(ang)  # (3, 3, 3): d R[i, j] / d angle k
-            d_ang = torch.einsum("ijk,nj->nik", dR, X)  # (N, 3, 3)
-            d_t = (torch.eye(3, device=self.device) * t_unit).expand(n, 3, 3)
-            d_id = torch.einsum("ij,knj->nik", R, bid)
-            d_exp = torch.einsum("ij,knj->nik", R, bexp)
-            dX = torch.cat([d_ang, d_t, d_id, d_exp], -1)  # (N, 3, P)
-            J = (torch.einsum("nac,ncp->nap", duv, dX) * w_sqrt.view(n, 1, 1)).reshape(2 * n, -1)
-            if n > 68:
-                J = torch.cat([J[:136], self._whiten_dense(J[136:])])
-            return r, J
-
-        def total(r: Tensor, theta: Tensor) -> float:
-            d = theta - mu
-            return float(r @ r + (prior_w * d * d).sum())
-
-        losses: dict[str, float] = {}
-        self.landmark_weights = w.expand(p.batch_size, 68).clone()
-        inner_factor = torch.ones(68, 1, device=self.device)
-        if dense is not None:
-            inner_factor[17:] = c.inner68_with_dense ** 0.5
-        for b in range(p.batch_size):
-            theta = torch.cat([p.angles_rad[b], p.translation_mm[b] / t_unit, p.identity[b], p.expression[b]])
-            mu = torch.cat([torch.zeros(6, device=self.device), self._prior_identity[b], self._prior_expression[b]])
-            lam = 1e-2
-            for _ in range(steps):
-                q = self._params_from_theta(p, theta, sizes, t_unit, b)
-                rows = sub.remap[landmark_vertex_ids(self.model, self.bands, sub.vertices(q), q.camera(), sub.remap)[0]]
-                # Iteratively reweighted: a Cauchy weight per landmark (scale c px) keeps a few
-                # badly detected landmarks from bending the whole face.
-                w_sqrt = self._robust_weights(theta, rows, b, base_w, evaluate, sizes).sqrt().view(68, 1) * (
-                    (c.w_landmark ** 0.5) / scale)
-                if dense is not None:
-                    w_sqrt = torch.cat([w_sqrt * inner_factor, self._dense_weights(
-                        p, b, float(theta[1]), float(theta[5]) * t_unit).sqrt().view(-1, 1)])
-                r, J = evaluate(theta, rows, b, True, w_sqrt)
-                cost = total(r, theta)
-                JtJ = J.T @ J + torch.diag(prior_w)
-                g = J.T @ r + prior_w * (theta - mu)
-                diag = torch.diagonal(JtJ)
-                improved = converged = False
-                for _ in range(6):
-                    step = torch.linalg.solve(JtJ + lam * torch.diag(diag + 1e-6), g)
-                    cand = self._project_theta(theta - step, sizes)
-                    cost_c = total(evaluate(cand, rows, b, False, w_sqrt)[0], cand)
-                    if cost_c < cost:
-                        converged = cost - cost_c < 1e-5 * cost
-                        theta, lam, improved = cand, max(lam / 3.0, 1e-7), True
-                        break
-                    lam *= 4.0
-                if not improved or converged:
-                    break
-            ang, tr, ident, expr = torch.split(theta, sizes)
-            p.angles_rad[b], p.translation_mm[b] = ang, tr * t_unit
-            p.identity[b], p.expression[b] = ident, expr
-            q = self._params_from_theta(p, theta, sizes, t_unit, b)
-            lm = self.project_landmarks(q, sub.vertices(q), sub)
-            self.landmark_weights[b] = w_sqrt[:68].view(68) ** 2 * scale**2 / c.w_landmark * w.sum()
-            losses = {"landmark": float(landmark_loss(lm, target[b:b + 1], scale_px=scale)),
-                      "identity_reg": float(ident @ ident), "expression_reg": float(expr @ expr)}
-            if dense is not None:
-                self.dense_weights = (w_sqrt[68:].view(-1) ** 2).unsqueeze(0)
-                pd = q.camera().project(self.dense_vertices(q))
-                losses["dense_landmark"] = float(self._dense_cost(pd, dense_target[b:b + 1]))
-        return losses
-
-    def _robust_weights(self, theta, rows, b, base_w, evaluate, sizes) -> Tensor:
-        """(68,) per-landmark weights: base weights times a Cauchy factor of the current error."""
-        c = self.config
-        if c.robust_px <= 0:
-            return base_w
-        r, _ = evaluate(theta, rows, b, False, torch.ones(68, 1, device=self.device))
-        d = r.view(68, 2).norm(dim=1) * (224.0 / c.crop_px)  # error in 224-crop pixels
-        return base_w / (1.0 + (d / c.robust_px) ** 2)
-
-    @staticmethod
-    def _params_from_theta(p: FaceParams, theta: Tensor, sizes: list[int], t_unit: float, b: int) -> FaceParams:
-        ang, tr, ident, expr = torch.split(theta, sizes)
-        return FaceParams(identity=ident[None], expression=expr[None], angles_rad=ang[None],
-                          translation_mm=(tr * t_unit)[None], focal_px=p.focal_px[b:b + 1],
-                          sh=p.sh[b:b + 1], albedo=p.albedo[b:b + 1], image_size=p.image_size)
-
-    def _project_theta(self, theta: Tensor, sizes: list[int]) -> Tensor:
-        """Keep yaw in +-80 degrees and blendshape weights in [0, 1] (flat parameter vector)."""
-        theta = theta.clone()
-        theta[1] = theta[1].clamp(-1.4, 1.4)
-        if self.model.expression_range == "blendshape":
-            start = sum(sizes[:3])
-            theta[start:] = theta[start:].clamp(0.0, 1.0)
-        return theta
-
-    def _photo_stage(self, p: FaceParams, target_lm: Tensor, crop: Tensor, skin_mask: Tensor,
-                     steps: int, dense_target: Tensor | None = None) -> tuple[dict[str, float], Tensor]:
-        c = self.config
-        S = c.render_px
-        scale = c.crop_px / 224.0
-        if S != c.crop_px:
-            crop = torch.nn.functional.interpolate(crop.permute(0, 3, 1, 2), size=(S, S), mode="area").permute(0, 2, 3, 1)
-            skin_mask = torch.nn.functional.interpolate(skin_mask[:, None].float(), size=(S, S), mode="area")[:, 0] > 0.5
-        for t in p.tensors().values():
-            t.requires_grad_(t is not p.focal_px)
-        opt = torch.optim.Adam([
-            {"params": [p.angles_rad], "lr": c.lr_pose * 0.3},
-            {"params": [p.translation_mm], "lr": 0.3},
-            {"params": [p.identity], "lr": c.lr_photo * 3},
-            {"params": [p.expression], "lr": c.lr_photo},
-            {"params": [p.sh], "lr": c.lr_photo * 3},
-            {"params": [p.albedo], "lr": c.lr_photo * 10},
-        ])
-        am, sub = self.albedo_model, self._ph
-        losses: dict[str, float] = {}
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            verts = sub.vertices(p)
-            albedo = sub.albedo(p.albedo)
-            rendered, cover, skin = self._render(p, verts, albedo, self._ph_tris, self.render_tri_is_skin)
-            mask = skin & skin_mask
-            terms = {
-                "landmark": c.w_landmark * landmark_loss(self.project_landmarks(p, verts, sub), target_lm,
-                                                         weights=self.landmark_weights, scale_px=scale),
-                "photometric": c.w_photo * photometric_loss(rendered, crop, mask),
-                "identity_reg": c.w_identity * coefficient_l2(p.identity - self._prior_identity),
-                "expression_reg": c.w_expression * coefficient_l2(p.expression - self._prior_expression),
-                "albedo_smooth": c.w_albedo_smooth * albedo_smoothness(p.albedo, am.eigenvalues),
-                "albedo_symmetry": c.w_albedo_sym * albedo_symmetry(albedo, self._ph_mirror, self._ph_skin),
-                "albedo_skin": c.w_albedo_skin * albedo_skin_prior(albedo, self._ph_skin),
-                "light_chroma": c.w_light_chroma * light_chroma(p.sh),
-            }
-            if dense_target is not None:
-                pd = p.camera().project(self.dense_vertices(p))
-                terms["dense_landmark"] = self._dense_cost(pd, dense_target)
-            if self.extra_terms:
-                ctx = {"params": p, "vertices_mm": verts, "rendered": rendered, "coverage": cover,
-                       "target": crop, "camera": p.camera()}
-                for term in self.extra_terms:
-                    terms[term.name] = term.weight * term.fn(ctx)
-            loss = sum(terms.values())
-            loss.backward()
-            p.translation_mm.grad[:, 2] *= 100.0
-            opt.step()
-            self._clamp_(p)
-            losses = {k: v.item() for k, v in terms.items()}
-        return losses, am(p.albedo).detach()
-
-    @torch.no_grad()
-    def _closed_form_light(self, p: FaceParams, crop: Tensor, skin_mask: Tensor) -> None:
-        """Least-squares SH light times a uniform albedo on the skin pixels, then split them.
-
-        Solves ``I_c(x) = Y(n(x)) . K_c`` per colour channel for K (9, 3) over the pixels where
-        the rendered skin meets the photo's skin mask, then writes ``K_c = rho_c * L_c`` with a
-        uniform albedo ``rho`` (the skin colour) chosen so that the ambient irradiance is 0.8.
-        Sets ``p.sh`` and the constant albedo coefficient in place (batch of 1 or more).
-        """
-        from faceclip.render.interpolate import interpolate_vertex_attributes as interp
-        from faceclip.render.shading import SH_CONSTANTS, sh_basis, vertex_normals
-
-        c = self.config
-        S = c.render_px
-        if S != c.crop_px:
-            crop = torch.nn.functional.interpolate(crop.permute(0, 3, 1, 2), size=(S, S), mode="area").permute(0, 2, 3, 1)
-            skin_mask = torch.nn.functional.interpolate(skin_mask[:, None].float(), size=(S, S), mode="area")[:, 0] > 0.5
-        sub = self._ph
-        verts = sub.vertices(p)
-        scale = S / c.crop_px
-        q = FaceParams(**{**p.tensors(), "focal_px": p.focal_px * scale}, image_size=(S, S))
-        cam = q.camera()
-        normals = cam.to_view(vertex_normals(verts, self._ph_tris))
-        frag, _, _ = rasterize_mesh(verts, self._ph_tris, cam, cull_backfaces=True)
-        n_pix = torch.nn.functional.normalize(interp(normals, frag, self._ph_tris), dim=1)
-        use = self.render_tri_is_skin[frag.face] & skin_mask.reshape(-1)[frag.pix]
-        base = self.albedo_model.mean[self.skin_ids].mean(0)  # (3,) default skin colour
-        rmse = []
-        for b in range(p.batch_size):
-            sel = use & (frag.batch_index == b)
-            if int(sel.sum()) < 50:  # too few skin pixels: keep the defaults
-                rmse.append(float("nan"))
-                continue
-            Y = sh_basis(n_pix[sel].unsqueeze(0))[0]  # (N, 9)
-            target = crop.reshape(-1, 3)[frag.pix[sel]]  # (N, 3)
-            reg = 1e-3 * torch.eye(9, dtype=Y.dtype, device=Y.device)
-            K = torch.linalg.solve(Y.T @ Y + reg * len(Y), Y.T @ target)  # (9, 3)
-            rho = (K[0] * SH_CONSTANTS[0] / 0.8).clamp(0.02, 1.0)  # skin colour at ambient 0.8
-            p.sh[b] = K / rho
-            # The first harmonic is constant over the face: shift the albedo to rho with it.
-            p.albedo[b] = 0.0
-            p.albedo[b, 0] = (rho - base) / self.albedo_model.basis[0, self.skin_ids].mean()
-            rmse.append(float(((Y @ K - target) ** 2).mean().sqrt()))
-        self._last_light_rmse = float(np.nanmean(rmse)) if not all(np.isnan(rmse)) else float("nan")
+    def dense_vertices(self, p: FaceParams) -> Tensor:
+        """(B, K, 3) canonical positions of the dense points."""
+        return self.forward.dense_vertices(p)
 
     # ------------------------------------------------------------------ public
 
@@ -687,58 +213,31 @@ class Fitter:
                 network's); with ``config.landmark_sigma_weighting`` it reweights the 68.
         """
         c = self.config
-        dev = self.device
-        crop = crop_rgb.to(dev, torch.float32).unsqueeze(0)
-        target = landmarks_px.to(dev, torch.float32).unsqueeze(0)
-        skin = skin_mask.to(dev).bool().unsqueeze(0)
-        if not torch.isfinite(crop).all() or not torch.isfinite(target).all():
-            raise ValueError("crop or landmarks contain NaN / infinite values")
-        dense_t = None
-        if dense_px is not None:
-            if self.dense is None:
-                raise ValueError("dense_px given but no dense points set (Fitter.set_dense_points)")
-            dense_t = dense_px.to(dev, torch.float32).unsqueeze(0)
-            if dense_t.shape[1:] != self.dense["mean"].shape[:1] + (2,) or not torch.isfinite(dense_t).all():
-                raise ValueError(f"dense_px must be finite with shape ({self.dense['mean'].shape[0]}, 2)")
-        self._dense_sigma_px = None
-        if dense_sigma_px is not None:
-            if dense_t is None:
-                raise ValueError("dense_sigma_px given without dense_px")
-            sig = dense_sigma_px.to(dev, torch.float32).reshape(-1)
-            if sig.shape[0] != dense_t.shape[1] or not torch.isfinite(sig).all() or bool((sig <= 0).any()):
-                raise ValueError(f"dense_sigma_px must be positive and finite with shape ({dense_t.shape[1]},)")
-            self._dense_sigma_px = sig
-        self._landmark_sigma_px = None
-        if landmark_sigma_px is not None:
-            sig = landmark_sigma_px.to(dev, torch.float32).reshape(-1)
-            if sig.shape[0] != 68 or not torch.isfinite(sig).all() or bool((sig <= 0).any()):
-                raise ValueError("landmark_sigma_px must be positive and finite with shape (68,)")
-            self._landmark_sigma_px = sig
+        forward = self.forward
+        problem = FitProblem.from_inputs(forward, crop_rgb, landmarks_px, skin_mask, dense_px=dense_px,
+                                         dense_sigma_px=dense_sigma_px, landmark_sigma_px=landmark_sigma_px)
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        p = init.detach().to(dev) if init is not None else self.initial_params(target)
-        if init is not None and c.prior_from_init:
-            self._prior_identity, self._prior_expression = p.identity.clone(), p.expression.clone()
-        else:
-            self._prior_identity = torch.zeros_like(p.identity)
-            self._prior_expression = torch.zeros_like(p.expression)
+        p = init.detach().to(forward.device) if init is not None else initial_params(forward, c, problem.landmarks)
+        problem = problem.with_priors(p, centred_on_params=init is not None and c.prior_from_init)
         seconds["init"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        losses = self._landmark_stage(p, target, c.landmark_steps, dense_t)
+        lm_stage = landmark_stage(forward, c, p, problem, c.landmark_steps)
+        losses = dict(lm_stage.losses)
         seconds["landmarks"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if c.closed_form_light:
-            self._closed_form_light(p, crop, skin)
-            losses["light_fit_rmse"] = self._last_light_rmse
-        albedo = self.albedo_model(p.albedo).detach()
+            losses["light_fit_rmse"] = closed_form_light(forward, c, p, problem.crop, problem.skin)
+        albedo = forward.albedo_model(p.albedo).detach()
         if c.photo_steps > 0:
-            losses, albedo = self._photo_stage(p, target, crop, skin, c.photo_steps, dense_t)
+            losses, albedo = photo_stage(forward, c, p, problem, lm_stage.landmark_weights, lm_stage.dense_weights,
+                                         c.photo_steps, self.extra_terms)
         seconds["photometric"] = time.perf_counter() - t0
         p = p.detach()
         with torch.no_grad():
-            verts = self.model.vertices(p.identity, p.expression)
-            lm = self.project_landmarks(p, verts)
-            dense_proj = p.camera().project(self.dense_vertices(p))[0] if dense_t is not None else None
+            verts = forward.model.vertices(p.identity, p.expression)
+            lm = forward.project_landmarks(p, verts)
+            dense_proj = p.camera().project(forward.dense_vertices(p))[0] if problem.dense is not None else None
         active = list(losses)
         return FitResult(params=p, vertices_mm=verts[0], albedo=albedo[0].clamp(0, 1),
                          landmarks_crop_px=lm[0], losses=losses, active_terms=active, seconds=seconds,

@@ -154,7 +154,7 @@ def config_for_model(model, n_albedo: int | None = None, **overrides) -> Regress
     ``n_albedo`` defaults to the size of the fitter's albedo model for ``model``.
     """
     if n_albedo is None:
-        from faceclip.fit.albedo import make_albedo_model
+        from faceclip.facemodel.albedo import make_albedo_model
 
         n_albedo = make_albedo_model(model).n_coeffs
     crop = int(overrides.get("crop_px", 224))

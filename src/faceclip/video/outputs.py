@@ -169,7 +169,7 @@ def write_glb(path: Path, parts: list, model, cam: FrameCamera, clip_start_s: fl
 
 def _skin_colours(model) -> np.ndarray:
     """(V, 3) the model's mean albedo in [0, 1] (the fitter's albedo model)."""
-    from faceclip.fit.albedo import make_albedo_model
+    from faceclip.facemodel.albedo import make_albedo_model
 
     return make_albedo_model(model).mean.clamp(0, 1).cpu().numpy()
 

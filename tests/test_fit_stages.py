@@ -1,0 +1,177 @@
+"""The fitting stages as functions (faceclip.fit.stages) and the Fitter facade over them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import FrozenInstanceError
+
+import pytest
+import torch
+
+from faceclip.facemodel.params import FaceParams
+
+
+@pytest.fixture(scope="module")
+def model(ict_cache):
+    from faceclip.facemodel import load_face_model
+
+    return load_face_model("ict", geometry="head_eyes")
+
+
+@pytest.fixture(scope="module")
+def config():
+    from faceclip.fit.stages import FitConfig
+
+    # Short stages at a low render size: every term runs, the tests stay quick.
+    return FitConfig(landmark_steps=10, photo_steps=4, render_px=96)
+
+
+@pytest.fixture(scope="module")
+def forward(model, config):
+    from faceclip.fit.stages import FaceForward
+
+    return FaceForward.build(model, config)
+
+
+def _face(forward, seed: int, yaw_deg: float):
+    """A known face rendered into a 224 crop: crop (224, 224, 3), landmarks (68, 2), skin (224, 224)."""
+    from faceclip.render.shading import sh_directional
+
+    g = torch.Generator().manual_seed(seed)
+    m, c = forward.model, forward.config
+    p = FaceParams.initial(1, m.n_identity, m.n_expression, forward.albedo_model.n_coeffs,
+                           (224, 224), c.focal_px, distance_mm=1500.0)
+    p.identity = torch.randn(1, m.n_identity, generator=g) * 0.7
+    p.expression[0, m.expression_index("jawOpen")] = 0.2
+    p.expression[0, m.expression_index("mouthSmile_L")] = 0.3
+    p.angles_rad = torch.tensor([[math.radians(4.0), math.radians(yaw_deg), math.radians(-2.0)]])
+    p.translation_mm = torch.tensor([[2.0, -6.0, 1500.0]])
+    p.sh = sh_directional((0.3, 0.4, 1.0), ambient=0.55, diffuse=0.4)
+    with torch.no_grad():
+        verts = m.vertices(p.identity, p.expression)
+        img, cover, skin = forward.render(p, verts, forward.albedo_model(p.albedo), size_px=224)
+        lm = p.camera().project(verts[:, m.landmarks68])[0]
+    crop = torch.where(cover[0, ..., None], img[0], torch.tensor([0.2, 0.3, 0.5]))
+    return crop, lm, skin[0]
+
+
+def _landmark_error(forward, params, target):
+    with torch.no_grad():
+        verts = forward.model.vertices(params.identity, params.expression)
+        return float((forward.project_landmarks(params, verts)[0, 17:] - target[17:]).norm(dim=1).mean())
+
+
+def test_forward_model_matches_the_fitter(model, config, forward):
+    from faceclip.fit.fitter import Fitter
+
+    fitter = Fitter(model, config)
+    assert fitter.config is fitter.forward.config
+    g = torch.Generator().manual_seed(0)
+    p = FaceParams.initial(2, model.n_identity, model.n_expression, forward.albedo_model.n_coeffs,
+                           (224, 224), config.focal_px, distance_mm=1500.0)
+    p.identity = torch.randn(2, model.n_identity, generator=g) * 0.5
+    p.angles_rad = torch.tensor([[0.05, 0.3, 0.0], [-0.05, -0.5, 0.1]])
+    with torch.no_grad():
+        verts = model.vertices(p.identity, p.expression)
+        assert torch.equal(forward.project_landmarks(p, verts), fitter.project_landmarks(p, verts))
+        # The photo subset's rows are the model's vertices at the subset's ids; its landmarks
+        # (sliding contour evaluated on the subset) are the full model's.
+        sub = forward.subset_vertices(p)
+        assert torch.equal(sub, fitter.subset_vertices(p))
+        assert torch.allclose(sub, verts[:, forward.photo_subset.vids], atol=1e-4)
+        out = forward.forward_subset(p)
+        assert torch.allclose(out.landmarks_px, forward.project_landmarks(p, verts), atol=1e-3)
+        ref = fitter.forward_subset(p)
+        for name in ("vertices_mm", "albedo", "rendered", "coverage", "skin", "landmarks_px"):
+            assert torch.equal(getattr(out, name), getattr(ref, name)), name
+        assert out.rendered.shape == (2, config.render_px, config.render_px, 3)
+        assert out.coverage.any() and out.skin.any()
+    with pytest.raises(FrozenInstanceError):
+        forward.dense = None
+
+
+def test_initial_params_and_landmark_stage_lower_the_landmark_error(forward, config):
+    from faceclip.fit.stages import FitProblem, initial_params, landmark_stage
+
+    crop, lm, skin = _face(forward, seed=3, yaw_deg=20.0)
+    problem = FitProblem.from_inputs(forward, crop, lm, skin)
+    assert problem.crop.shape == (1, 224, 224, 3) and problem.landmarks.shape == (1, 68, 2)
+    assert problem.skin.dtype == torch.bool and problem.dense is None
+    p = initial_params(forward, config, problem.landmarks)
+    assert p.identity.abs().max() == 0 and p.batch_size == 1
+    start = _landmark_error(forward, p, lm)
+    problem = problem.with_priors(p)
+    assert torch.equal(problem.prior_identity, torch.zeros_like(p.identity))
+    before = p.identity.clone()
+    result = landmark_stage(forward, config, p, problem, steps=10)
+    after = _landmark_error(forward, p, lm)
+    assert after < 0.5 * start and after < 1.5, (start, after)
+    assert not torch.equal(before, p.identity)  # params are updated in place
+    assert set(result.losses) == {"landmark", "identity_reg", "expression_reg"}
+    assert result.landmark_weights.shape == (1, 68) and result.dense_weights is None
+    assert bool((result.landmark_weights > 0).all())
+
+
+def test_closed_form_light_and_photo_stage(forward, config):
+    from faceclip.fit.stages import (FitProblem, closed_form_light, initial_params, landmark_stage,
+                                     photo_stage)
+
+    crop, lm, skin = _face(forward, seed=4, yaw_deg=-10.0)
+    problem = FitProblem.from_inputs(forward, crop, lm, skin)
+    p = initial_params(forward, config, problem.landmarks)
+    problem = problem.with_priors(p)
+    lms = landmark_stage(forward, config, p, problem, steps=10)
+    sh0 = p.sh.clone()
+    rmse = closed_form_light(forward, config, p, problem.crop, problem.skin)
+    assert 0.0 <= rmse < 0.05 and not torch.equal(sh0, p.sh)
+    losses, albedo = photo_stage(forward, config, p, problem, lms.landmark_weights, lms.dense_weights, steps=3)
+    assert {"landmark", "photometric", "albedo_symmetry"} <= set(losses)
+    assert albedo.shape == (1, forward.model.n_vertices, 3) and not albedo.requires_grad
+    assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_fit_keeps_no_per_call_state(model, config):
+    """Two fits in a row on one fitter equal fits by fresh fitters, and leave its attributes alone."""
+    from faceclip.detect.calibration import load_calibration
+    from faceclip.fit.fitter import Fitter
+
+    dp = load_calibration().dense_points(model.triangles.numpy())
+    fitter = Fitter(model, config)
+    fitter.set_dense_points(dp)
+    attrs = dict(vars(fitter))
+    faces = [_face(fitter.forward, seed=5, yaw_deg=15.0), _face(fitter.forward, seed=6, yaw_deg=-25.0)]
+    sigma = torch.linspace(0.5, 4.0, 68)
+
+    def dense_px(face_lm):  # any positions: the check is about state, not accuracy
+        return face_lm.mean(0) + torch.randn(dp.bary.shape[0], 2, generator=torch.Generator().manual_seed(1)) * 20
+
+    kwargs = [dict(dense_px=dense_px(faces[0][1]), landmark_sigma_px=sigma), {}]
+    reused = [fitter.fit(*f, **kw) for f, kw in zip(faces, kwargs)]
+    assert dict(vars(fitter)) == attrs
+    for f, kw, r in zip(faces, kwargs, reused):
+        fresh = Fitter(model, config)
+        fresh.set_dense_points(dp)
+        ref = fresh.fit(*f, **kw)
+        assert torch.equal(r.vertices_mm, ref.vertices_mm) and torch.equal(r.albedo, ref.albedo)
+        assert torch.equal(r.params.angles_rad, ref.params.angles_rad)
+        assert r.losses == ref.losses
+    assert reused[0].dense_crop_px is not None and reused[1].dense_crop_px is None
+    assert "dense_landmark" in reused[0].losses and "dense_landmark" not in reused[1].losses
+
+
+def test_fit_problem_validation(forward):
+    from faceclip.fit.stages import FitProblem
+
+    crop, lm, skin = torch.rand(224, 224, 3), torch.full((68, 2), 100.0), torch.ones(224, 224, dtype=torch.bool)
+    with pytest.raises(ValueError, match="NaN"):
+        FitProblem.from_inputs(forward, crop, lm.clone().fill_(math.nan), skin)
+    with pytest.raises(ValueError, match="no dense points"):
+        FitProblem.from_inputs(forward, crop, lm, skin, dense_px=torch.zeros(10, 2))
+    with pytest.raises(ValueError, match="landmark_sigma_px"):
+        FitProblem.from_inputs(forward, crop, lm, skin, landmark_sigma_px=-torch.ones(68))
+    dense = forward.with_dense_vertices([0, 1, 2])
+    assert forward.dense is None and dense.dense.n_points == 3  # a new forward model; the old one unchanged
+    with pytest.raises(ValueError, match="without dense_px"):
+        FitProblem.from_inputs(dense, crop, lm, skin, dense_sigma_px=torch.ones(3))
+    prob = FitProblem.from_inputs(dense, crop, lm, skin, dense_px=torch.zeros(3, 2), dense_sigma_px=torch.ones(3))
+    assert prob.dense.shape == (1, 3, 2) and prob.dense_sigma_px.shape == (3,)
