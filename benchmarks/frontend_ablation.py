@@ -26,7 +26,7 @@ thing at a time:
   the file from ``$FACECLIP_LANDMARK_NET`` or the shipped one); ``netnophoto``: without the
   photometric stage; ``netdense``: MediaPipe's 68 points with the network's dense points;
 - ``<variant>:<field>=<value>[:...]``: a variant with fitting settings changed
-  (:class:`faceclip.fit.fitter.FitConfig` fields), e.g. ``mp68:w_identity_landmarks=1.0``.
+  (flat names of :meth:`faceclip.fit.fitter.FitConfig.with_overrides`), e.g. ``mp68:w_identity_landmarks=1.0``.
 
 Prints one row per variant (REALY-style "all" in mm per yaw bin, NME, failures, seconds) and
 ends with ``frontend_default_all_mm: X``. Choose defaults on seed 7; report seed 0.
@@ -86,11 +86,9 @@ def _method(variant: str):
         overrides["dense_correlated"] = 0.0
     rec = Reconstructor(ReconstructOptions(**opts))
     if overrides:
-        from dataclasses import replace as _replace
-
-        rec.fitter.config = _replace(rec.fitter.config, **overrides)
+        rec.fitter.config = rec.fitter.config.with_overrides(**overrides)
     if rec.dense_points is not None:
-        rec.fitter.set_dense_points(rec.dense_points)  # picks up dense_correlated
+        rec.fitter.set_dense_points(rec.dense_points)  # picks up dense.correlated
     if variant == "nosigma":
         from dataclasses import replace
 

@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--init", default="mean", choices=["mean", "regressor"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="change a fitting setting (faceclip.fit.fitter.FitConfig field), e.g. w_dense=0.005")
+                    help="change a fitting setting (a flat name of FitConfig.with_overrides), e.g. w_dense=0.005")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from faceclip.evaluate.geometry import fit_similarity
@@ -65,9 +65,8 @@ def main() -> int:
                                            dense=args.dense, fast=args.fast,
                                            init=args.init, landmark_net=args.landmark_net))
     if args.set:
-        from dataclasses import replace
-
-        rec.fitter.config = replace(rec.fitter.config, **{k: float(v) for k, v in (item.split("=") for item in args.set)})
+        rec.fitter.config = rec.fitter.config.with_overrides(
+            **{k: float(v) for k, v in (item.split("=") for item in args.set)})
     full = load_image(PHOTO)
     work, scale = working_copy(full)
     t0 = time.perf_counter()

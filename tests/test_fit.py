@@ -40,7 +40,7 @@ def fitter(ict_cache):
 
     model = load_face_model("ict", geometry="head_eyes")
     # A short photometric stage at low resolution: every term runs, the test stays quick.
-    return Fitter(model, FitConfig(landmark_steps=10, photo_steps=8, render_px=160))
+    return Fitter(model, FitConfig().with_overrides(landmark_steps=10, photo_steps=8, render_px=160))
 
 
 def _synthetic_face(fitter, seed: int, yaw_deg: float):
@@ -187,7 +187,7 @@ def test_extra_loss_terms_plug_in(ict_cache, fitter):
         return (1.0 - ctx["params"].expression[:, k]).pow(2).mean()
 
     crop, lm, skin, _, _ = _synthetic_face(fitter, seed=7, yaw_deg=0.0)
-    cfg = FitConfig(landmark_steps=6, photo_steps=8, render_px=160)
+    cfg = FitConfig().with_overrides(landmark_steps=6, photo_steps=8, render_px=160)
     plain = Fitter(m, cfg).fit(crop, lm, skin)
     pulled = Fitter(m, cfg, extra_terms=[LossTerm("blink", 50.0, close_left_eye)]).fit(crop, lm, skin)
     assert len(calls) == 8 and {"params", "rendered", "target", "vertices_mm", "camera"} <= set(calls[0])

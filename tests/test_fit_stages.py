@@ -23,7 +23,7 @@ def config():
     from faceclip.fit.stages import FitConfig
 
     # Short stages at a low render size: every term runs, the tests stay quick.
-    return FitConfig(landmark_steps=10, photo_steps=4, render_px=96)
+    return FitConfig().with_overrides(landmark_steps=10, photo_steps=4, render_px=96)
 
 
 @pytest.fixture(scope="module")

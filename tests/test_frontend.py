@@ -279,7 +279,7 @@ def test_exact_dense_points_recover_shape_better_than_the_68(ict_cache) -> None:
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
     gen = SyntheticFaceGenerator(model, seed=3, config=SyntheticConfig(sizes_px=(224,), yaw_deg=45.0))
     dp = load_calibration().dense_points(model.triangles.numpy())
-    fitter = Fitter(model, FitConfig(photo_steps=0, w_dense=1.0))  # exact points: trust them
+    fitter = Fitter(model, FitConfig().with_overrides(photo_steps=0, w_dense=1.0))  # exact points: trust them
     errs = {"68": [], "dense": []}
     for i in range(4):
         s = gen.sample(i)
@@ -308,7 +308,7 @@ def test_fit_rejects_dense_points_without_setup(ict_cache) -> None:
     from faceclip.facemodel import load_face_model
 
     model = load_face_model("ict", geometry=RECONSTRUCTION_GEOMETRY)
-    fitter = Fitter(model, FitConfig(photo_steps=0, landmark_steps=1))
+    fitter = Fitter(model, FitConfig().with_overrides(photo_steps=0, landmark_steps=1))
     crop = torch.zeros(224, 224, 3)
     with pytest.raises(ValueError, match="no dense points"):
         fitter.fit(crop, torch.full((68, 2), 100.0), torch.ones(224, 224, dtype=torch.bool),

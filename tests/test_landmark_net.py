@@ -7,8 +7,6 @@ tiny (64 px crops); what is checked is behaviour, not accuracy.
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 from pathlib import Path
 
@@ -325,7 +323,7 @@ def test_fitter_uses_dense_vertices_with_sigmas(ict_head):
     verts = ict_head.vertices(s.params.identity, s.params.expression)
     dense = s.params.camera().project(verts[:, ids])[0]
     crop = s.image.permute(1, 2, 0)
-    fitter = Fitter(ict_head, FitConfig(photo_steps=0))
+    fitter = Fitter(ict_head, FitConfig().with_overrides(photo_steps=0))
     fitter.set_dense_vertices(ids)
     face = ict_head.region_mask("face")
     gt = verts[0][face].numpy()
@@ -363,12 +361,12 @@ def test_landmark_sigmas_downweight_uncertain_landmarks(ict_head):
     bad[36:42] += torch.tensor([0.0, 14.0])  # one eye detected 14 px too low
     sigma = torch.full((68,), 1.0)
     sigma[36:42] = 10.0  # ... and the detector says it is unsure there
-    fitter = Fitter(ict_head, FitConfig(photo_steps=0))
+    fitter = Fitter(ict_head, FitConfig().with_overrides(photo_steps=0))
     plain = fitter.fit(crop, bad, mask)
     weighted = fitter.fit(crop, bad, mask, landmark_sigma_px=sigma)
     err = lambda r: float((r.landmarks_crop_px[36:42] - s.landmarks_px[36:42]).norm(dim=1).mean())  # noqa: E731
     assert err(weighted) < 0.7 * err(plain)
-    fitter.config = dataclasses.replace(fitter.config, landmark_sigma_weighting=False)
+    fitter.config = fitter.config.with_overrides(landmark_sigma_weighting=False)
     assert err(fitter.fit(crop, bad, mask, landmark_sigma_px=sigma)) == pytest.approx(err(plain), rel=1e-4)
 
 

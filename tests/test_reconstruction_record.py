@@ -36,7 +36,7 @@ def test_resolve_method():
     o = resolve_method(ReconstructOptions(method="fit_regressor"))
     assert (o.method, o.init) == ("fit", "regressor")
     o = resolve_method(ReconstructOptions(method="fit_net"))
-    assert (o.method, o.landmarks) == ("fit", "net")
+    assert (o.method, o.front_end.landmarks) == ("fit", "net")
     assert resolve_method(ReconstructOptions(method="fit_mean")) == ReconstructOptions(method="fit", init="mean")
     assert resolve_method(ReconstructOptions(method="regress")).method == "regress"
     for bad in (dict(method="fit_mean", init="regressor"), dict(method="fit_regressor", no_regressor=True),
@@ -50,9 +50,11 @@ def test_options_are_frozen_and_not_changed_by_the_reconstructor(ict_cache):
 
     o = ReconstructOptions(fast=True, method="regress")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        o.texture_px = 64
+        o.fast = False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.outputs.texture_px = 64
     rec = Reconstructor(o)
-    assert o.texture_px is None and rec.texture_px == 512  # --fast's default texture, options untouched
+    assert o.outputs.texture_px is None and rec.texture_px == 512  # --fast's default texture, options untouched
     assert Reconstructor(ReconstructOptions(method="regress", texture_px=128)).texture_px == 128
 
 

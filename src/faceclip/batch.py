@@ -91,9 +91,7 @@ Target = Path | str
 
 def options_signature(options: ReconstructOptions) -> dict:
     """The options that change a result, JSON-able (recorded in the manifest)."""
-    from dataclasses import asdict
-
-    sig = {k: v for k, v in asdict(options).items() if k not in _OPTIONS_NOT_IN_RESULTS}
+    sig = {k: v for k, v in options.flat().items() if k not in _OPTIONS_NOT_IN_RESULTS}
     return json.loads(json.dumps(sig, default=str))
 
 
@@ -438,7 +436,7 @@ def _stage_and_publish(rec: Reconstructor, source: Source, out: Target, base: st
     if photo != source:  # params.json and the marker name the URL, not the local copy
         for face in report.faces:
             _retarget_json(Path(face.folder), str(photo), str(source))
-    report.faces = [_publish(f, source, out, rec.options.overwrite) for f in report.faces]
+    report.faces = [_publish(f, source, out, rec.options.outputs.overwrite) for f in report.faces]
     _remove_stale(out, base, report.faces, str(source))
     return report
 
@@ -640,7 +638,7 @@ def _run_locked(sources: list[Source], out_dir: Target, *, options: ReconstructO
     if isinstance(out_dir, Path):
         for stale in clean_stale_temporaries(out_dir, any_pid=locked):
             log.info("removed %s, left by an interrupted run", stale)
-    _check_manifest_is_ours(out_dir, options.overwrite)
+    _check_manifest_is_ours(out_dir, options.outputs.overwrite)
     earlier = read_manifest(out_dir)
     batch_keys = {_key(p) for p in sources}
     # Photos of earlier runs that are not in this batch keep their lines (and their folders

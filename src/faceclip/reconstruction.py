@@ -79,20 +79,9 @@ METHODS = {
 
 
 @dataclass(frozen=True)
-class ReconstructOptions:
-    """Options of :meth:`Reconstructor.reconstruct_image` (the CLI's flags). Frozen: derive
-    variants with :func:`dataclasses.replace`."""
+class FrontEndOptions:
+    """Which faces are reconstructed and which landmarks they are fitted to."""
 
-    fast: bool = False
-    all_faces: bool = False
-    min_face_px: float = 32.0
-    min_score: float = 0.3
-    device: str = "cpu"
-    #: UV texture side in pixels (None: 1024, or 512 with ``fast``).
-    texture_px: int | None = None
-    delight: bool = False
-    face_model: str = "ict"
-    face_model_path: str | None = None
     #: "auto" (MediaPipe + dlib HOG, merged), "mediapipe", "hog" or "cnn".
     detector: str = "auto"
     #: "mediapipe" (478-point mesh, calibrated dense landmarks), "dlib68", or "net": the
@@ -106,7 +95,56 @@ class ReconstructOptions:
     #: and the ICT model. Off by default: on the synthetic benchmark it does not beat the 68
     #: points from the calibrated map (see docs/front-end.md for the figures).
     dense: bool = False
+    #: With ``detector="hog"``: try dlib's CNN detector on a photo where HOG finds nothing.
     cnn_fallback: bool = True
+    #: Every face (largest first) instead of the largest one.
+    all_faces: bool = False
+    #: Faces smaller than this (box side, working-copy pixels) are ignored.
+    min_face_px: float = 32.0
+    #: Detections scored below this are dropped when a confident face exists.
+    min_score: float = 0.3
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What is written for each face, and where it may be written."""
+
+    #: UV texture side in pixels (None: 1024, or 512 with ``fast``).
+    texture_px: int | None = None
+    #: Divide the texture by the fitted lighting.
+    delight: bool = False
+    #: Mesh files to write: any of "obj", "ply", "glb" (params.json and overlay.png always).
+    formats: tuple[str, ...] = MESH_FORMATS
+    #: Replace existing result folders even when they were not written by faceclip (or hold
+    #: files it did not write). Off: such folders are refused (see faceclip.io.outputs).
+    overwrite: bool = False
+    #: Also recover mid-frequency detail (a displacement map by shape from shading, see
+    #: :mod:`faceclip.fit.detail`) and write displacement.png, normal_map.png, mesh_detail.*.
+    detail: bool = False
+    #: Settings of the detail fit (None: :class:`faceclip.fit.detail.DetailConfig` defaults).
+    detail_config: object | None = None
+    #: A trained detail network (``detail.pt`` of ``faceclip train`` with ``model.detail``):
+    #: the map is predicted from the regressor's features instead of fitted (implies ``detail``).
+    #: It reads the features of the regressor it was trained with: ``checkpoint`` (default: the
+    #: shipped regressor).
+    detail_net: str | None = None
+
+
+#: The option groups of :class:`ReconstructOptions` and the fields each holds.
+_OPTION_GROUPS = {"front_end": FrontEndOptions, "outputs": OutputOptions}
+
+
+@dataclass(frozen=True, init=False)
+class ReconstructOptions:
+    """Options of :meth:`Reconstructor.reconstruct_image` (the CLI's flags), frozen.
+
+    The method and the face model sit at the top; the front-end's and the outputs' settings in
+    two groups, :class:`FrontEndOptions` (``options.front_end``) and :class:`OutputOptions`
+    (``options.outputs``). The constructor takes the groups, or any of their fields by name
+    (``ReconstructOptions(fast=True, all_faces=True, texture_px=512)``, as the CLI flags), and so
+    does :func:`dataclasses.replace`. :meth:`flat` gives every setting under its own name.
+    """
+
     #: One of :data:`METHODS` ("fit": analysis-by-synthesis fitting; "regress": the regressor
     #: alone; "fit_mean", "fit_regressor", "fit_net": fitting with that start or landmarks).
     method: str = "fit"
@@ -119,21 +157,44 @@ class ReconstructOptions:
     checkpoint: str | None = None
     #: Fit from the mean face even when a regressor is available (the same as init="mean").
     no_regressor: bool = False
-    #: Replace existing result folders even when they were not written by faceclip (or hold
-    #: files it did not write). Off: such folders are refused (see faceclip.io.outputs).
-    overwrite: bool = False
-    #: Mesh files to write: any of "obj", "ply", "glb" (params.json and overlay.png always).
-    formats: tuple[str, ...] = MESH_FORMATS
-    #: Also recover mid-frequency detail (a displacement map by shape from shading, see
-    #: :mod:`faceclip.fit.detail`) and write displacement.png, normal_map.png, mesh_detail.*.
-    detail: bool = False
-    #: Settings of the detail fit (None: :class:`faceclip.fit.detail.DetailConfig` defaults).
-    detail_config: object | None = None
-    #: A trained detail network (``detail.pt`` of ``faceclip train`` with ``model.detail``):
-    #: the map is predicted from the regressor's features instead of fitted (implies ``detail``).
-    #: It reads the features of the regressor it was trained with: ``checkpoint`` (default: the
-    #: shipped regressor).
-    detail_net: str | None = None
+    #: Fewer, lower-resolution fitting steps (landmarks, then closed-form light).
+    fast: bool = False
+    device: str = "cpu"
+    face_model: str = "ict"
+    face_model_path: str | None = None
+    front_end: FrontEndOptions = field(default_factory=FrontEndOptions)
+    outputs: OutputOptions = field(default_factory=OutputOptions)
+
+    def __init__(self, **options) -> None:
+        import dataclasses
+
+        by_group: dict[str, dict] = {g: {} for g in _OPTION_GROUPS}
+        for name in list(options):
+            for group, cls in _OPTION_GROUPS.items():
+                if name in cls.__dataclass_fields__:
+                    by_group[group][name] = options.pop(name)
+        for f in dataclasses.fields(self):
+            if f.name in _OPTION_GROUPS:
+                value = options.pop(f.name, None) or _OPTION_GROUPS[f.name]()
+                if not isinstance(value, _OPTION_GROUPS[f.name]):
+                    raise TypeError(f"ReconstructOptions({f.name}=...) takes a {_OPTION_GROUPS[f.name].__name__}")
+                if by_group[f.name]:
+                    value = dataclasses.replace(value, **by_group[f.name])
+            else:
+                value = options.pop(f.name, f.default)
+            object.__setattr__(self, f.name, value)
+        if options:
+            raise TypeError(f"unknown reconstruction option(s): {', '.join(sorted(options))}")
+
+    def flat(self) -> dict:
+        """Every setting under its own name (the groups' fields included), as the CLI flags."""
+        import dataclasses
+
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _OPTION_GROUPS}
+        for group in _OPTION_GROUPS:
+            out.update({f.name: getattr(getattr(self, group), f.name)
+                        for f in dataclasses.fields(getattr(self, group))})
+        return out
 
 
 @dataclass
@@ -201,16 +262,16 @@ class Reconstructor:
         self.model: FaceModel = load_face_model(o.face_model, path=o.face_model_path, geometry=geometry)
         config = dataclasses.replace(FitConfig.fast() if o.fast else FitConfig(), device=o.device)
         #: The texture side used (the options' or the mode's default; the options stay as given).
-        self.texture_px = o.texture_px if o.texture_px is not None else (512 if o.fast else 1024)
+        self.texture_px = o.outputs.texture_px if o.outputs.texture_px is not None else (512 if o.fast else 1024)
         self.fitter = Fitter(self.model, config)
         self.dense_points = self._calibration = None
         self.landmarker = None
-        if o.landmarks == "net":
+        if o.front_end.landmarks == "net":
             from faceclip.detect.landmark_net import DenseLandmarker
 
-            self.landmarker = DenseLandmarker(o.landmark_net, device=o.device, face_model=self.model)
+            self.landmarker = DenseLandmarker(o.front_end.landmark_net, device=o.device, face_model=self.model)
             self.fitter.set_dense_vertices(self.landmarker.vertex_ids)
-        if o.landmarks == "mediapipe" and o.dense:
+        if o.front_end.landmarks == "mediapipe" and o.front_end.dense:
             from faceclip.detect.calibration import load_calibration
 
             self._calibration = load_calibration()
@@ -218,13 +279,16 @@ class Reconstructor:
             self.fitter.set_dense_points(self.dense_points)
         self.regressor, self.regressor_path = self._load_regressor()
         self.detail_net = self.feature_net = self.feature_net_path = None
-        if o.detail_net:
+        if o.outputs.detail_net:
             self.detail_net, self.feature_net = self._load_detail_net()
         if self.regressor is not None and not o.fast:  # a start near the answer: fewer steps, stronger prior
             refine = FitConfig.refine()
-            self.fitter.config = dataclasses.replace(config, **{
-                name: getattr(refine, name) for name in ("landmark_steps", "photo_steps", "w_identity",
-                                                         "w_identity_landmarks")})
+            self.fitter.config = dataclasses.replace(
+                config,
+                landmarks=dataclasses.replace(config.landmarks, steps=refine.landmarks.steps,
+                                              identity_prior=refine.landmarks.identity_prior),
+                photo=dataclasses.replace(config.photo, steps=refine.photo.steps),
+                priors=dataclasses.replace(config.priors, identity=refine.priors.identity))
 
     def _load_regressor(self):
         """The regressor to use (or None) and its file, following ``method`` / ``checkpoint``."""
@@ -253,7 +317,7 @@ class Reconstructor:
         from faceclip.nets.regressor import default_checkpoint_path, load_regressor
 
         o = self.options
-        net = load_detail_net(o.detail_net, device=o.device)
+        net = load_detail_net(o.outputs.detail_net, device=o.device)
         features, path = self.regressor, self.regressor_path
         if features is None:
             path = Path(o.checkpoint) if o.checkpoint else default_checkpoint_path()
@@ -264,7 +328,7 @@ class Reconstructor:
         width = features.refine.out_features
         c = net.config
         if (c.in_features, c.face_model, c.n_expression) != (width, self.model.name, self.model.n_expression):
-            raise FaceClipError(f"{o.detail_net}: the detail network reads {c.in_features} features and "
+            raise FaceClipError(f"{o.outputs.detail_net}: the detail network reads {c.in_features} features and "
                                 f"{c.n_expression} expression weights of {c.face_model}; the regressor gives "
                                 f"{width} features of {self.model.name} ({self.model.n_expression} expression weights)",
                                 hint="pass --checkpoint, the regressor.pt of the same training run")
@@ -297,29 +361,29 @@ class Reconstructor:
         from faceclip.detect.models import dlib_model_path
         from faceclip.facemodel.registry import cache_path
 
-        o = self.options
+        o, fe = self.options, self.options.front_end
         out: dict[str, dict] = {}
 
         def add(key: str, path) -> None:
             out[key] = {"file": str(path), "sha256": file_sha256(Path(path))}
 
-        if o.detector in ("auto", "mediapipe") or o.landmarks in ("mediapipe", "net"):
+        if fe.detector in ("auto", "mediapipe") or fe.landmarks in ("mediapipe", "net"):
             from faceclip.detect.mediapipe import mediapipe_model_files
 
             mp_files = mediapipe_model_files()
-        if o.detector in ("auto", "mediapipe"):
+        if fe.detector in ("auto", "mediapipe"):
             add("face_detector_mediapipe_short_range", mp_files["face_detector_short_range"])
             add("face_detector_mediapipe_full_range", mp_files["face_detector_full_range"])
-        if o.detector in ("auto", "hog"):
+        if fe.detector in ("auto", "hog"):
             out["face_detector_hog"] = {"file": "dlib HOG frontal detector (built into dlib)", "sha256": "none"}
-        if o.detector == "cnn" or (o.detector == "hog" and o.cnn_fallback):
+        if fe.detector == "cnn" or (fe.detector == "hog" and fe.cnn_fallback):
             add("face_detector_cnn", dlib_model_path("mmod_human_face_detector.dat"))
-        if o.landmarks == "mediapipe":
+        if fe.landmarks == "mediapipe":
             from faceclip.detect.calibration import load_calibration
 
             add("landmarks_mesh478", mp_files["face_mesh"])
             add("landmarks_calibration", load_calibration().path)
-        elif o.landmarks == "net":
+        elif fe.landmarks == "net":
             from faceclip.detect.calibration import load_calibration
 
             add("landmarks_mesh478", mp_files["face_mesh"])  # places the network's first crop
@@ -347,16 +411,16 @@ class Reconstructor:
         from faceclip.detect import FacePolicy, select_faces
         from faceclip.detect.frontend import detect_and_landmark, detect_largest
 
-        o = self.options
-        landmarks = "mediapipe" if o.landmarks == "net" else o.landmarks  # the network refines them later
-        policy = FacePolicy(all_faces=o.all_faces, min_face_px=o.min_face_px, min_score=o.min_score)
-        if not o.all_faces and o.detector in ("auto", "mediapipe") and landmarks == "mediapipe":
+        fe = self.options.front_end
+        landmarks = "mediapipe" if fe.landmarks == "net" else fe.landmarks  # the network refines them later
+        policy = FacePolicy(all_faces=fe.all_faces, min_face_px=fe.min_face_px, min_score=fe.min_score)
+        if not fe.all_faces and fe.detector in ("auto", "mediapipe") and landmarks == "mediapipe":
             # The same face, with less work: only the faces needed are landmarked, and HOG's
             # upsampled pass is skipped when MediaPipe found a large face.
-            return detect_largest(rgb, policy, o.detector, landmarks, source=source,
+            return detect_largest(rgb, policy, fe.detector, landmarks, source=source,
                                   landmark_max_face_px=LANDMARK_MAX_FACE_PX)
-        found = detect_and_landmark(rgb, o.detector, landmarks, landmark_max_face_px=LANDMARK_MAX_FACE_PX)
-        if not found and o.detector == "hog" and o.cnn_fallback:
+        found = detect_and_landmark(rgb, fe.detector, landmarks, landmark_max_face_px=LANDMARK_MAX_FACE_PX)
+        if not found and fe.detector == "hog" and fe.cnn_fallback:
             log.debug("%s: no face with HOG, trying the CNN detector", source)
             found = detect_and_landmark(rgb, "cnn", landmarks, upsample=0, max_side_px=CNN_FALLBACK_MAX_SIDE_PX,
                                         landmark_max_face_px=LANDMARK_MAX_FACE_PX)
@@ -460,7 +524,7 @@ class Reconstructor:
         detail_network = None
         if self.detail_net is not None:
             detail_network = {
-                "file": str(o.detail_net), "sha256": file_sha256(Path(o.detail_net)),
+                "file": str(o.outputs.detail_net), "sha256": file_sha256(Path(o.outputs.detail_net)),
                 "features_from": {"file": str(self.feature_net_path), "sha256": file_sha256(self.feature_net_path)},
                 "note": "the map is the network's prediction on the crop (the regressor's own expression), "
                         "not fitted"}
@@ -469,11 +533,11 @@ class Reconstructor:
             initialisation=(f"regressor {self.regressor_path.name}" if self.regressor is not None
                             else "mean face + PnP pose (no regressor)"),
             weights=self.weights_used(),
-            detector=o.detector, landmarks=o.landmarks,
+            detector=o.front_end.detector, landmarks=o.front_end.landmarks,
             model={"name": m.name, "geometry": m.geometry, "n_vertices": m.n_vertices,
                    "n_triangles": m.n_triangles, "licence": m.licence},
             albedo_model=self.fitter.albedo_model.kind,
-            texture_px=self.texture_px, delight=o.delight, formats=tuple(o.formats),
+            texture_px=self.texture_px, delight=o.outputs.delight, formats=tuple(o.outputs.formats),
             detail_network=detail_network)
         return self._provenance
 
@@ -504,14 +568,14 @@ class Reconstructor:
                                  len(found))
         folders = {k: out_dir / (base if len(found) == 1 else f"{base}_face{k}") for k in chosen}
         for folder in folders.values():
-            check_replaceable(folder, self.options.overwrite)
+            check_replaceable(folder, self.options.outputs.overwrite)
         provenance = self.provenance()
         outputs = []
         for k, folder in folders.items():
             seconds = {"load": t_load, "detect": t_detect / len(found)}
             record = reconstruct_face(self, source, full, work, k, found[k], seconds, provenance)
             t0 = time.perf_counter()
-            files = write_reconstruction(record, folder, overwrite=self.options.overwrite)
+            files = write_reconstruction(record, folder, overwrite=self.options.outputs.overwrite)
             seconds = {**record.seconds, "write": time.perf_counter() - t0}
             log.debug("%s face %d: NME %.4f, %.2f s", path, k, record.landmark_nme,
                       sum(v for k2, v in seconds.items() if not k2.startswith("fit_")))
@@ -693,7 +757,7 @@ def reconstruct_face(models: Reconstructor, source: SourceImage, full: np.ndarra
     if texture:
         tex, photo_fraction = unwrap_texture(
             models.model, result.vertices_mm, result.albedo, result.params, cam, full,
-            size_px=models.texture_px, delight=models.options.delight)
+            size_px=models.texture_px, delight=models.options.outputs.delight)
         cam_work = image_camera(result.params, crop_to_work, work.shape[:2])
         overlay = render_overlay(models.model, result.vertices_mm, result.albedo, result.params, cam_work, work)
         seconds["texture_overlay"] = time.perf_counter() - t0
@@ -726,13 +790,13 @@ def face_detail(models: Reconstructor, result: FitResult, aligned, cam, full: np
         except (FaceClipError, ValueError, RuntimeError) as exc:  # the coarse result still stands
             detail_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             log.warning("%s face %d: no detail (%s); the coarse result is written", path, k, detail_error)
-    elif models.options.detail:
+    elif models.options.outputs.detail:
         from faceclip.fit.detail import fit_detail
 
         t0 = time.perf_counter()
         try:
             detail = fit_detail(models.model, result.vertices_mm, result.albedo, result.params.sh[0], cam, full,
-                                models.options.detail_config)
+                                models.options.outputs.detail_config)
         except FaceClipError as exc:  # the coarse result still stands; params.json says why no detail
             log.warning("%s face %d: no detail (%s); the coarse result is written", path, k, exc.message)
             detail_error = exc.message
@@ -862,15 +926,16 @@ def resolve_method(o: ReconstructOptions) -> ReconstructOptions:
             raise FaceClipError("--method fit_regressor needs the regressor; --no-regressor turns it off")
         return dataclasses.replace(o, method="fit", init="regressor")
     if o.method == "fit_net":
-        if o.landmarks not in ("mediapipe", "net") or o.dense:
+        if o.front_end.landmarks not in ("mediapipe", "net") or o.front_end.dense:
             raise FaceClipError(f"--method fit_net fits the dense landmark network's points; "
-                                f"--landmarks {o.landmarks}{' --dense' if o.dense else ''} contradicts it")
+                                f"--landmarks {o.front_end.landmarks}{' --dense' if o.front_end.dense else ''} contradicts it")
         return dataclasses.replace(o, method="fit", landmarks="net")
     return o
 
 
 def check_options(o: ReconstructOptions) -> None:
     """Refuse contradictory options up front (before any model is loaded)."""
+    fe = o.front_end
     if o.method not in METHODS:
         raise FaceClipError(f"unknown method {o.method!r}", hint=f"use one of {', '.join(METHODS)}")
     if o.init not in ("mean", "regressor"):
@@ -883,16 +948,16 @@ def check_options(o: ReconstructOptions) -> None:
     if o.no_regressor and o.method == "regress":
         raise FaceClipError("--method regress needs the regressor; --no-regressor turns it off",
                             hint="drop --no-regressor, or use --method fit")
-    check_formats(o.formats)
-    if o.landmarks not in ("mediapipe", "dlib68", "net"):
-        raise FaceClipError(f"--landmarks {o.landmarks}: use mediapipe, dlib68 or net")
-    if o.dense and o.landmarks != "mediapipe":
+    check_formats(o.outputs.formats)
+    if fe.landmarks not in ("mediapipe", "dlib68", "net"):
+        raise FaceClipError(f"--landmarks {fe.landmarks}: use mediapipe, dlib68 or net")
+    if fe.dense and fe.landmarks != "mediapipe":
         raise FaceClipError("--dense fits MediaPipe's calibrated points: it needs --landmarks mediapipe",
                             hint="--landmarks net brings its own dense points")
-    if o.landmark_net and o.landmarks != "net":
+    if fe.landmark_net and fe.landmarks != "net":
         raise FaceClipError("--landmark-net needs --landmarks net")
-    if o.texture_px is not None and not 16 <= o.texture_px <= 8192:
-        raise FaceClipError(f"--texture-size {o.texture_px}: must be between 16 and 8192")
+    if o.outputs.texture_px is not None and not 16 <= o.outputs.texture_px <= 8192:
+        raise FaceClipError(f"--texture-size {o.outputs.texture_px}: must be between 16 and 8192")
 
 
 def detail_record(detail, atlas_mm: np.ndarray, formats: tuple[str, ...] = MESH_FORMATS) -> dict:

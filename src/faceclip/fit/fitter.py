@@ -30,8 +30,9 @@ Stages (each a few dozen vectorised steps):
 The camera is a pinhole with focal ``1015 * crop / 224`` pixels (Deep3DFaceRecon's choice:
 a long lens, nearly orthographic) and the principal point at the crop centre.
 
-:class:`FitConfig`, :class:`FitResult`, :class:`LossTerm` and :class:`SubsetForward` live in
-:mod:`faceclip.fit.stages` and are re-exported here.
+:class:`FitConfig` (with its groups :class:`LandmarkStageConfig`, :class:`PhotoStageConfig`,
+:class:`PriorConfig` and :class:`DenseConfig`), :class:`FitResult`, :class:`LossTerm` and
+:class:`SubsetForward` live in :mod:`faceclip.fit.stages` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -48,11 +49,15 @@ from faceclip.facemodel.albedo import AlbedoModel
 from faceclip.fit.contour import ContourBands
 from faceclip.fit.stages import (
     DenseBases,
+    DenseConfig,
     FaceForward,
     FitConfig,
     FitProblem,
     FitResult,
+    LandmarkStageConfig,
     LossTerm,
+    PhotoStageConfig,
+    PriorConfig,
     SubsetForward,
     VertexSubset,
     closed_form_light,
@@ -61,8 +66,8 @@ from faceclip.fit.stages import (
     photo_stage,
 )
 
-__all__ = ["DEFAULT_FOCAL_224", "FaceForward", "FitConfig", "FitProblem", "FitResult", "Fitter", "LossTerm",
-           "SubsetForward"]
+__all__ = ["DEFAULT_FOCAL_224", "DenseConfig", "FaceForward", "FitConfig", "FitProblem", "FitResult", "Fitter",
+           "LandmarkStageConfig", "LossTerm", "PhotoStageConfig", "PriorConfig", "SubsetForward"]
 
 #: Former private name of :class:`~faceclip.fit.stages.VertexSubset`.
 _Subset = VertexSubset
@@ -142,7 +147,7 @@ class Fitter:
 
         Each point is a barycentric combination of three model vertices, so its position is
         linear in the coefficients like a vertex: its mean and bases are precomputed here (with
-        the points' correlated-error model when ``config.dense_correlated``, read now).
+        the points' correlated-error model when ``config.dense.correlated``, read now).
         """
         self.forward = self.forward.with_dense_points(points)
 
@@ -210,7 +215,7 @@ class Fitter:
             dense_sigma_px: (K,) each dense point's standard deviation in crop pixels (the
                 dense landmark network's); None: the points' own model (calibration sigmas).
             landmark_sigma_px: (68,) each landmark's standard deviation in crop pixels (the
-                network's); with ``config.landmark_sigma_weighting`` it reweights the 68.
+                network's); with ``config.landmarks.sigma_weighting`` it reweights the 68.
         """
         c = self.config
         forward = self.forward
@@ -219,19 +224,19 @@ class Fitter:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         p = init.detach().to(forward.device) if init is not None else initial_params(forward, c, problem.landmarks)
-        problem = problem.with_priors(p, centred_on_params=init is not None and c.prior_from_init)
+        problem = problem.with_priors(p, centred_on_params=init is not None and c.priors.from_init)
         seconds["init"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        lm_stage = landmark_stage(forward, c, p, problem, c.landmark_steps)
+        lm_stage = landmark_stage(forward, c, p, problem, c.landmarks.steps)
         losses = dict(lm_stage.losses)
         seconds["landmarks"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if c.closed_form_light:
             losses["light_fit_rmse"] = closed_form_light(forward, c, p, problem.crop, problem.skin)
         albedo = forward.albedo_model(p.albedo).detach()
-        if c.photo_steps > 0:
+        if c.photo.steps > 0:
             losses, albedo = photo_stage(forward, c, p, problem, lm_stage.landmark_weights, lm_stage.dense_weights,
-                                         c.photo_steps, self.extra_terms)
+                                         c.photo.steps, self.extra_terms)
         seconds["photometric"] = time.perf_counter() - t0
         p = p.detach()
         with torch.no_grad():

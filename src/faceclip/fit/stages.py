@@ -24,7 +24,7 @@ centre) unless stated otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -52,80 +52,186 @@ from faceclip.render.rasterize import rasterize_mesh
 from faceclip.render.shading import sh_ambient, sh_shade_vertices
 
 __all__ = [
-    "DenseBases", "FaceForward", "FitConfig", "FitProblem", "FitResult", "LandmarkStageResult", "LossTerm",
-    "SubsetForward", "VertexSubset", "closed_form_light", "dense_cost", "dense_point_weights", "initial_params",
-    "landmark_stage", "photo_stage",
+    "FLAT_FIELDS", "DenseBases", "DenseConfig", "FaceForward", "FitConfig", "FitProblem", "FitResult",
+    "LandmarkStageConfig", "LandmarkStageResult", "LossTerm", "PhotoStageConfig", "PriorConfig", "SubsetForward",
+    "VertexSubset", "closed_form_light", "dense_cost", "dense_point_weights", "initial_params", "landmark_stage",
+    "photo_stage",
 ]
 
 
 @dataclass(frozen=True)
+class LandmarkStageConfig:
+    """The 68-landmark term (both stages) and the landmark stage (Levenberg-Marquardt).
+
+    Weights are relative to the landmark term measured in pixels of a 224-pixel crop.
+    """
+
+    #: Iterations of the landmark stage (at most; it stops when converged).
+    steps: int = 25
+    #: Weight of the 68-landmark term, in the landmark and the photometric stage.
+    weight: float = 0.4
+    #: Identity prior weight of the landmark stage (None: ``priors.identity``). A stronger prior there
+    #: keeps imperfect detector landmarks from bending the face before the photo is consulted.
+    identity_prior: float | None = 0.5
+    #: Cauchy scale (224-crop pixels) of the robust landmark weights; 0 disables them.
+    robust_px: float = 6.0
+    #: With per-landmark sigmas (the network's, :meth:`Fitter.fit` ``landmark_sigma_px``), scale
+    #: each of the 68 landmarks' weights by ``(median sigma / sigma_k)^2``, clipped to [0.25, 4]
+    #: (their sum unchanged).
+    sigma_weighting: bool = True
+
+
+@dataclass(frozen=True)
+class PhotoStageConfig:
+    """The photometric stage (Adam against the photo): its steps, learning rates and weights."""
+
+    #: Adam steps of the photometric stage; 0 skips it.
+    steps: int = 30
+    #: Weight of the photometric term.
+    weight: float = 40.0
+    #: Base learning rate of the pose: the angles use 0.3 times it (the translation's is fixed).
+    lr_pose: float = 0.01
+    #: Base learning rate of the coefficients: expression 1x, identity and light 3x, albedo 10x.
+    lr: float = 0.01
+    #: Weights of the albedo smoothness, symmetry and skin-colour priors.
+    albedo_smooth: float = 0.5
+    albedo_sym: float = 20.0
+    albedo_skin: float = 100.0
+    #: Weight of the light chroma prior (keeps the SH light near white).
+    light_chroma: float = 1.0
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Gaussian priors on the identity and expression coefficients."""
+
+    #: Identity prior weight (the photometric stage; the landmark stage's is
+    #: ``landmarks.identity_prior``).
+    identity: float = 0.05
+    #: Expression prior weight (both stages).
+    expression: float = 0.5
+    #: With an initialisation (a regressor's prediction), centre the identity and expression
+    #: priors on it instead of on the mean face: the fit then stays near the prediction unless
+    #: the landmarks and the photo say otherwise.
+    from_init: bool = False
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Dense landmarks (used only when dense points are given to :meth:`Fitter.fit`)."""
+
+    #: Weight of the dense landmark term (calibrated MediaPipe points, see
+    #: :mod:`faceclip.detect.calibration`): ``weight * sum_k |r_k|^2 / sigma_k^2`` with each
+    #: point's sigma (mm at the face, per yaw bin) turned into crop pixels by the current pose.
+    #: Tuning seed 7, n=40 (without the inner 68): 0.005 / 0.02 / 0.1 gave 1.615 / 1.605 / 1.629 mm.
+    weight: float = 0.02
+    #: Weight of dense points that come with their own per-point sigma (the dense landmark
+    #: network, :mod:`faceclip.detect.landmark_net`): ``net_weight * |r_k|^2 / sigma_k^2``
+    #: with sigma in crop pixels.
+    net_weight: float = 0.02
+    #: With dense landmarks, the weight factor of the inner 51 of the 68 landmarks (the jaw
+    #: contour, 0-16, keeps its weight: the dense points hold no silhouette). Tuning seed 7,
+    #: n=40: 1 gave 1.550 mm, 0 gave 1.605 mm.
+    inner68: float = 1.0
+    #: Model the correlation of the dense points' errors (low rank + isotropic, from the
+    #: calibration) instead of treating them as independent.
+    correlated: bool = True
+
+
+#: The former flat field names of :class:`FitConfig` -> (group, field) (group None: top level);
+#: accepted by :meth:`FitConfig.with_overrides`.
+FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
+    "crop_px": (None, "crop_px"),
+    "render_px": (None, "render_px"),
+    "device": (None, "device"),
+    "closed_form_light": (None, "closed_form_light"),
+    "landmark_steps": ("landmarks", "steps"),
+    "w_landmark": ("landmarks", "weight"),
+    "w_identity_landmarks": ("landmarks", "identity_prior"),
+    "robust_px": ("landmarks", "robust_px"),
+    "landmark_sigma_weighting": ("landmarks", "sigma_weighting"),
+    "photo_steps": ("photo", "steps"),
+    "w_photo": ("photo", "weight"),
+    "lr_pose": ("photo", "lr_pose"),
+    "lr_photo": ("photo", "lr"),
+    "w_albedo_smooth": ("photo", "albedo_smooth"),
+    "w_albedo_sym": ("photo", "albedo_sym"),
+    "w_albedo_skin": ("photo", "albedo_skin"),
+    "w_light_chroma": ("photo", "light_chroma"),
+    "w_identity": ("priors", "identity"),
+    "w_expression": ("priors", "expression"),
+    "prior_from_init": ("priors", "from_init"),
+    "w_dense": ("dense", "weight"),
+    "w_dense_net": ("dense", "net_weight"),
+    "inner68_with_dense": ("dense", "inner68"),
+    "dense_correlated": ("dense", "correlated"),
+}
+
+
+@dataclass(frozen=True)
 class FitConfig:
-    """Fitting settings (frozen: derive variants with :func:`dataclasses.replace`). ``fast()``
-    gives the quick variant, ``refine()`` the settings for a regressor's start.
+    """Fitting settings, frozen, in small groups: :attr:`landmarks` (the landmark term and
+    stage), :attr:`photo` (the photometric stage), :attr:`priors` (coefficient priors) and
+    :attr:`dense` (dense landmarks). Derive variants with :func:`dataclasses.replace` or
+    :meth:`with_overrides` (flat names such as ``photo_steps=0``). ``fast()`` gives the quick
+    variant, ``refine()`` the settings for a regressor's start.
 
     Loss weights are relative to the landmark term measured in pixels of a 224-pixel crop.
     The defaults balance trust in the detector's landmarks against the photometric term and the
     priors. Measured on the synthetic benchmark (n=10, seed 0, REALY-style "all"; mean face
     1.78 mm): with exact landmarks 0.92 mm, with dlib's landmarks on the renders 2.21 mm; landmark
-    NME on the real test photos 0.039. Trusting the landmarks more (w_landmark 1, w_identity 0.02
-    in both stages) gives 0.81 / 3.13 mm; less (w_landmark 0.2) 0.97 / 1.98 mm but NME 0.045.
+    NME on the real test photos 0.039. Trusting the landmarks more (``landmarks.weight`` 1,
+    identity prior 0.02 in both stages) gives 0.81 / 3.13 mm; less (``landmarks.weight`` 0.2)
+    0.97 / 1.98 mm but NME 0.045.
     """
 
     crop_px: int = 224
-    landmark_steps: int = 25
-    photo_steps: int = 30
     render_px: int = 224
-    w_landmark: float = 0.4
-    w_photo: float = 40.0
-    w_identity: float = 0.05
-    #: Identity prior weight of the landmark stage (None: ``w_identity``). A stronger prior there
-    #: keeps imperfect detector landmarks from bending the face before the photo is consulted.
-    w_identity_landmarks: float | None = 0.5
-    w_expression: float = 0.5
-    w_albedo_smooth: float = 0.5
-    w_albedo_sym: float = 20.0
-    w_albedo_skin: float = 100.0
-    w_light_chroma: float = 1.0
-    lr_pose: float = 0.01
-    lr_photo: float = 0.01
     device: str = "cpu"
-
-    #: With an initialisation (a regressor's prediction), centre the identity and expression
-    #: priors on it instead of on the mean face: the fit then stays near the prediction unless
-    #: the landmarks and the photo say otherwise.
-    prior_from_init: bool = False
-
-    #: Cauchy scale (224-crop pixels) of the robust landmark weights; 0 disables them.
-    robust_px: float = 6.0
-    #: Weight of the dense landmark term (calibrated MediaPipe points, see
-    #: :mod:`faceclip.detect.calibration`): ``w_dense * sum_k |r_k|^2 / sigma_k^2`` with each
-    #: point's sigma (mm at the face, per yaw bin) turned into crop pixels by the current pose.
-    #: Used only when dense landmarks are given to :meth:`Fitter.fit`. Tuning seed 7, n=40
-    #: (without the inner 68): 0.005 / 0.02 / 0.1 gave 1.615 / 1.605 / 1.629 mm.
-    w_dense: float = 0.02
-    #: With dense landmarks, the weight factor of the inner 51 of the 68 landmarks (the jaw
-    #: contour, 0-16, keeps its weight: the dense points hold no silhouette). Tuning seed 7,
-    #: n=40: 1 gave 1.550 mm, 0 gave 1.605 mm.
-    inner68_with_dense: float = 1.0
-    #: Model the correlation of the dense points' errors (low rank + isotropic, from the
-    #: calibration) instead of treating them as independent.
-    dense_correlated: bool = True
-    #: Weight of dense points that come with their own per-point sigma (the dense landmark
-    #: network, :mod:`faceclip.detect.landmark_net`): ``w_dense_net * |r_k|^2 / sigma_k^2``
-    #: with sigma in crop pixels.
-    w_dense_net: float = 0.02
-    #: With per-landmark sigmas (the network's, :meth:`Fitter.fit` ``landmark_sigma_px``), scale
-    #: each of the 68 landmarks' weights by ``(median sigma / sigma_k)^2``, clipped to [0.25, 4]
-    #: (their sum unchanged).
-    landmark_sigma_weighting: bool = True
+    landmarks: LandmarkStageConfig = field(default_factory=LandmarkStageConfig)
+    photo: PhotoStageConfig = field(default_factory=PhotoStageConfig)
+    priors: PriorConfig = field(default_factory=PriorConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
     #: After the landmark stage, solve lighting and a uniform skin albedo in closed form
     #: (linear least squares on the skin pixels); used alone in fast mode.
     closed_form_light: bool = True
 
+    def with_overrides(self, **settings) -> "FitConfig":
+        """A copy with settings changed, by their flat names (see :data:`FLAT_FIELDS`: e.g.
+        ``photo_steps=0``, ``w_dense=1.0``, ``landmark_sigma_weighting=False``), by
+        ``"group.field"`` (``**{"photo.steps": 0}``) or by top-level field (``photo=...``).
+
+        Raises:
+            TypeError: for a name that is none of these.
+        """
+        top: dict[str, object] = {}
+        groups: dict[str, dict[str, object]] = {}
+        group_names = ("landmarks", "photo", "priors", "dense")
+        for name, value in settings.items():
+            if name in FLAT_FIELDS:
+                group, key = FLAT_FIELDS[name]
+            elif name in group_names:
+                group, key = None, name
+            elif name.count(".") == 1 and name.split(".")[0] in group_names:
+                group, key = name.split(".")
+                if key not in {f.name for f in fields(getattr(self, group))}:
+                    raise TypeError(f"FitConfig.with_overrides: {type(getattr(self, group)).__name__} "
+                                    f"has no field {key!r}")
+            else:
+                raise TypeError(f"FitConfig.with_overrides: unknown setting {name!r}; known: "
+                                f"{', '.join(FLAT_FIELDS)}, or group.field with a group in {group_names}")
+            if group is None:
+                top[key] = value
+            else:
+                groups.setdefault(group, {})[key] = value
+        for group, changes in groups.items():
+            top[group] = replace(top.get(group, getattr(self, group)), **changes)
+        return replace(self, **top)
+
     @staticmethod
     def fast() -> "FitConfig":
         """Landmarks only, then closed-form light and skin colour: no photometric iterations."""
-        return FitConfig(landmark_steps=8, photo_steps=0, render_px=160)
+        return FitConfig(render_px=160, landmarks=LandmarkStageConfig(steps=8), photo=PhotoStageConfig(steps=0))
 
     @staticmethod
     def refine() -> "FitConfig":
@@ -136,10 +242,11 @@ class FitConfig:
         keeps imperfect detector landmarks from bending the shape. Chosen on the first 30 faces
         of the synthetic benchmark (seed 0, REALY-style "all", 1 thread): 15/15 steps 1.92 mm,
         10/10 1.87, 15/15 + stronger prior 1.83, 10/10 + stronger prior 1.82 mm at 0.46 s per
-        face; priors centred on the prediction (``prior_from_init``) were worse (2.06-2.12).
+        face; priors centred on the prediction (``priors.from_init``) were worse (2.06-2.12).
         Fitting from the mean face scored 1.95 mm on the same faces.
         """
-        return FitConfig(landmark_steps=10, photo_steps=10, w_identity=0.2, w_identity_landmarks=2.0)
+        return FitConfig(landmarks=LandmarkStageConfig(steps=10, identity_prior=2.0),
+                         photo=PhotoStageConfig(steps=10), priors=PriorConfig(identity=0.2))
 
     @property
     def focal_px(self) -> float:
@@ -358,7 +465,7 @@ class FaceForward:
 
         Each point is a barycentric combination of three model vertices, so its position is
         linear in the coefficients like a vertex: its mean and bases are precomputed here. The
-        correlated-error model is used when the points have one and ``config.dense_correlated``.
+        correlated-error model is used when the points have one and ``config.dense.correlated``.
         """
         if points is None:
             return replace(self, dense=None)
@@ -370,7 +477,7 @@ class FaceForward:
             return (x[..., vid, :] * bary[..., None]).sum(-2)
 
         noise = {}
-        if points.noise_basis is not None and self.config.dense_correlated:
+        if points.noise_basis is not None and self.config.dense.correlated:
             noise = dict(noise_basis=torch.as_tensor(points.noise_basis, dtype=torch.float32, device=self.device),
                          noise_shrink=torch.as_tensor(points.noise_shrink, dtype=torch.float32, device=self.device),
                          noise_nu=float(points.noise_nu))
@@ -595,15 +702,15 @@ def initial_params(forward: FaceForward, config: FitConfig, landmarks_px: Tensor
 
 def dense_point_weights(forward: FaceForward, config: FitConfig, params: FaceParams, b: int, yaw_rad: float,
                         tz_mm: float, sigma_px: Tensor | None = None) -> Tensor:
-    """(K,) NLL weights ``w_dense / sigma_px^2`` of the dense points for face ``b``'s current pose
-    (yaw in radians, distance in mm), with each point's sigma (mm, per yaw bin) turned into pixels;
-    or ``w_dense_net / sigma_px^2`` with given per-point sigmas ``sigma_px`` (K,)."""
+    """(K,) NLL weights ``dense.weight / sigma_px^2`` of the dense points for face ``b``'s current
+    pose (yaw in radians, distance in mm), with each point's sigma (mm, per yaw bin) turned into
+    pixels; or ``dense.net_weight / sigma_px^2`` with given per-point sigmas ``sigma_px`` (K,)."""
     if sigma_px is not None:
-        return config.w_dense_net / sigma_px.clamp_min(0.05) ** 2
+        return config.dense.net_weight / sigma_px.clamp_min(0.05) ** 2
     sigma_mm = torch.as_tensor(forward.dense.points.sigma_at(np.degrees(yaw_rad)), dtype=torch.float32,
                                device=forward.device)
     px_per_mm = float(params.focal_px[b]) / max(tz_mm, 1.0)
-    return config.w_dense / (sigma_mm * px_per_mm) ** 2
+    return config.dense.weight / (sigma_mm * px_per_mm) ** 2
 
 
 def dense_cost(dense: DenseBases, weights: Tensor, proj_px: Tensor, target_px: Tensor) -> Tensor:
@@ -650,12 +757,12 @@ def _project_theta(forward: FaceForward, theta: Tensor, sizes: list[int]) -> Ten
 
 def _robust_weights(config: FitConfig, theta, rows, b, base_w, evaluate, device) -> Tensor:
     """(68,) per-landmark weights: base weights times a Cauchy factor of the current error."""
-    c = config
-    if c.robust_px <= 0:
+    robust_px = config.landmarks.robust_px
+    if robust_px <= 0:
         return base_w
     r, _ = evaluate(theta, rows, b, False, torch.ones(68, 1, device=device))
-    d = r.view(68, 2).norm(dim=1) * (224.0 / c.crop_px)  # error in 224-crop pixels
-    return base_w / (1.0 + (d / c.robust_px) ** 2)
+    d = r.view(68, 2).norm(dim=1) * (224.0 / config.crop_px)  # error in 224-crop pixels
+    return base_w / (1.0 + (d / robust_px) ** 2)
 
 
 @torch.no_grad()
@@ -674,8 +781,8 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
 
     Args:
         forward: the forward model (its landmark subset, contour bands, dense bases).
-        config: the weights (``w_landmark``, ``w_identity_landmarks``, ``w_expression``,
-            ``robust_px``, ``w_dense``...); ``crop_px`` must be the forward model's.
+        config: the weights (``landmarks``: ``weight``, ``identity_prior``, ``robust_px``,
+            ``sigma_weighting``; ``priors``; ``dense``); ``crop_px`` must be the forward model's.
         params: (B) starting parameters, **updated in place** (angles, translation, identity,
             expression).
         problem: targets ``landmarks`` (B, 68, 2), optional dense targets and sigmas, priors.
@@ -689,7 +796,7 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
     prior_identity, prior_expression = problem.priors(p)
     scale = c.crop_px / 224.0
     w = DEFAULT_LANDMARK_WEIGHTS.to(dev)
-    if problem.landmark_sigma_px is not None and c.landmark_sigma_weighting:
+    if problem.landmark_sigma_px is not None and c.landmarks.sigma_weighting:
         sig = problem.landmark_sigma_px.clamp_min(0.05)
         w = w * ((sig.median() / sig) ** 2).clamp(0.25, 4.0)  # a few overconfident points cannot dominate
         w = w * (DEFAULT_LANDMARK_WEIGHTS.to(dev).sum() / w.sum())
@@ -698,9 +805,9 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
     # Translation is solved in cm so that all unknowns have similar scales.
     t_unit = 10.0
     prior_w = torch.cat([torch.zeros(6, device=dev),
-                         torch.full((sizes[2],), c.w_identity if c.w_identity_landmarks is None
-                                    else c.w_identity_landmarks, device=dev),
-                         torch.full((sizes[3],), c.w_expression, device=dev)])
+                         torch.full((sizes[2],), c.priors.identity if c.landmarks.identity_prior is None
+                                    else c.landmarks.identity_prior, device=dev),
+                         torch.full((sizes[3],), c.priors.expression, device=dev)])
     flip = torch.tensor(OPENCV_TO_VIEW, device=dev).view(3, 1)
     sub = forward.landmark_subset
 
@@ -749,7 +856,7 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
     dense_weights: Tensor | None = None
     inner_factor = torch.ones(68, 1, device=dev)
     if dense is not None:
-        inner_factor[17:] = c.inner68_with_dense ** 0.5
+        inner_factor[17:] = c.dense.inner68 ** 0.5
     for b in range(p.batch_size):
         theta = torch.cat([p.angles_rad[b], p.translation_mm[b] / t_unit, p.identity[b], p.expression[b]])
         mu = torch.cat([torch.zeros(6, device=dev), prior_identity[b], prior_expression[b]])
@@ -760,7 +867,7 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
             # Iteratively reweighted: a Cauchy weight per landmark (scale c px) keeps a few
             # badly detected landmarks from bending the whole face.
             w_sqrt = _robust_weights(c, theta, rows, b, base_w, evaluate, dev).sqrt().view(68, 1) * (
-                (c.w_landmark ** 0.5) / scale)
+                (c.landmarks.weight ** 0.5) / scale)
             if dense is not None:
                 w_sqrt = torch.cat([w_sqrt * inner_factor, dense_point_weights(
                     forward, c, p, b, float(theta[1]), float(theta[5]) * t_unit,
@@ -787,7 +894,7 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
         p.identity[b], p.expression[b] = ident, expr
         q = _params_from_theta(p, theta, sizes, t_unit, b)
         lm = forward.project_landmarks(q, sub.vertices(q), sub)
-        landmark_weights[b] = w_sqrt[:68].view(68) ** 2 * scale**2 / c.w_landmark * w.sum()
+        landmark_weights[b] = w_sqrt[:68].view(68) ** 2 * scale**2 / c.landmarks.weight * w.sum()
         losses = {"landmark": float(landmark_loss(lm, target[b:b + 1], scale_px=scale)),
                   "identity_reg": float(ident @ ident), "expression_reg": float(expr @ expr)}
         if dense is not None:
@@ -839,12 +946,12 @@ def photo_stage(forward: FaceForward, config: FitConfig, params: FaceParams, pro
     for t in p.tensors().values():
         t.requires_grad_(t is not p.focal_px)
     opt = torch.optim.Adam([
-        {"params": [p.angles_rad], "lr": c.lr_pose * 0.3},
+        {"params": [p.angles_rad], "lr": c.photo.lr_pose * 0.3},
         {"params": [p.translation_mm], "lr": 0.3},
-        {"params": [p.identity], "lr": c.lr_photo * 3},
-        {"params": [p.expression], "lr": c.lr_photo},
-        {"params": [p.sh], "lr": c.lr_photo * 3},
-        {"params": [p.albedo], "lr": c.lr_photo * 10},
+        {"params": [p.identity], "lr": c.photo.lr * 3},
+        {"params": [p.expression], "lr": c.photo.lr},
+        {"params": [p.sh], "lr": c.photo.lr * 3},
+        {"params": [p.albedo], "lr": c.photo.lr * 10},
     ])
     am, sub = forward.albedo_model, forward.photo_subset
     losses: dict[str, float] = {}
@@ -856,16 +963,16 @@ def photo_stage(forward: FaceForward, config: FitConfig, params: FaceParams, pro
                                                          forward.render_tri_is_skin)
         mask = skin & skin_mask
         terms = {
-            "landmark": c.w_landmark * landmark_loss(forward.project_landmarks(p, verts, sub), target_lm,
+            "landmark": c.landmarks.weight * landmark_loss(forward.project_landmarks(p, verts, sub), target_lm,
                                                      weights=landmark_weights, scale_px=scale),
-            "photometric": c.w_photo * photometric_loss(rendered, crop, mask),
-            "identity_reg": c.w_identity * coefficient_l2(p.identity - prior_identity),
-            "expression_reg": c.w_expression * coefficient_l2(p.expression - prior_expression),
-            "albedo_smooth": c.w_albedo_smooth * albedo_smoothness(p.albedo, am.eigenvalues),
-            "albedo_symmetry": c.w_albedo_sym * albedo_symmetry(albedo, forward.photo_mirror_rows,
+            "photometric": c.photo.weight * photometric_loss(rendered, crop, mask),
+            "identity_reg": c.priors.identity * coefficient_l2(p.identity - prior_identity),
+            "expression_reg": c.priors.expression * coefficient_l2(p.expression - prior_expression),
+            "albedo_smooth": c.photo.albedo_smooth * albedo_smoothness(p.albedo, am.eigenvalues),
+            "albedo_symmetry": c.photo.albedo_sym * albedo_symmetry(albedo, forward.photo_mirror_rows,
                                                                 forward.photo_skin_rows),
-            "albedo_skin": c.w_albedo_skin * albedo_skin_prior(albedo, forward.photo_skin_rows),
-            "light_chroma": c.w_light_chroma * light_chroma(p.sh),
+            "albedo_skin": c.photo.albedo_skin * albedo_skin_prior(albedo, forward.photo_skin_rows),
+            "light_chroma": c.photo.light_chroma * light_chroma(p.sh),
         }
         if dense_target is not None:
             pd = p.camera().project(forward.dense_vertices(p))
