@@ -113,3 +113,43 @@ def test_fit_only_record_and_the_api_share_the_stages(records):
     assert out["record"].face_index == 0
     np.testing.assert_array_equal(out["vertices_mm"].numpy(), r.vertices_mm.numpy())
     np.testing.assert_allclose(out["landmarks68_px"], r.landmarks68_px)
+
+
+def test_one_face_selection_rule_for_reconstruction_and_training(ict_cache, monkeypatch, tmp_path):
+    """`faceclip reconstruct` and the training photo caches choose faces through the same
+    function (faceclip.detect.frontend.choose_faces), with the same policy."""
+    import faceclip.detect.frontend as frontend
+    from faceclip.detect import FacePolicy
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
+    from faceclip.train.data import preprocess_folder
+
+    rgb = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    calls = []
+    real = frontend.choose_faces
+
+    def spy(image, policy, *args, **kwargs):
+        calls.append((policy, args[:2] if args else (kwargs.get("detector"), kwargs.get("landmarks"))))
+        return real(image, policy, *args, **kwargs)
+
+    monkeypatch.setattr(frontend, "choose_faces", spy)
+    rec = Reconstructor(ReconstructOptions(method="regress", min_face_px=40.0))
+    (face,) = rec.detect(rgb, "astronaut")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(rgb).save(photos / "a.png")
+    preprocess_folder(photos, tmp_path / "cache", min_face_px=40.0)
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert calls[0][0] == FacePolicy(all_faces=False, min_face_px=40.0, min_score=0.3)
+    assert face.size_px >= 40.0
+
+
+def test_no_face_error_says_why():
+    from faceclip.detect import FacePolicy, NoFaceError, select_faces
+    from faceclip.detect.types import Face
+
+    with pytest.raises(NoFaceError) as none:
+        select_faces([], FacePolicy())
+    small = Face(np.array([0.0, 0.0, 20.0, 20.0]), 1.0, np.zeros((68, 2)), "hog")
+    with pytest.raises(NoFaceError) as too_small:
+        select_faces([small], FacePolicy(min_face_px=32.0))
+    assert (none.value.reason, too_small.value.reason) == ("no_face", "too_small")

@@ -61,9 +61,6 @@ WORK_MAX_SIDE_PX = 1600
 #: Faces larger than this (box side, pixels of the working copy) get their landmarks predicted
 #: on a copy downscaled to this size.
 LANDMARK_MAX_FACE_PX = 320
-#: The CNN detector, tried when HOG finds nothing, runs on a copy with at most this longer side
-#: (it costs ~40x HOG per pixel; large turned faces are what it is there for).
-CNN_FALLBACK_MAX_SIDE_PX = 800
 
 
 #: The reconstruction methods: one vocabulary for ``faceclip reconstruct --method``,
@@ -402,29 +399,16 @@ class Reconstructor:
     # ------------------------------------------------------------------ per image
 
     def detect(self, rgb: np.ndarray, source: str):
-        """Faces to reconstruct, landmarked, by the options' detector, landmarks and policy.
-
-        With the HOG detector alone, an image where it finds nothing is tried once more with
-        dlib's CNN detector on a copy of at most ``CNN_FALLBACK_MAX_SIDE_PX`` (about a second on
-        a CPU; it finds large, strongly turned faces).
-        """
-        from faceclip.detect import FacePolicy, select_faces
-        from faceclip.detect.frontend import detect_and_landmark, detect_largest
+        """Faces to reconstruct, landmarked, by the options' detector, landmarks and policy
+        (:func:`faceclip.detect.frontend.choose_faces`, the rule the training caches use too)."""
+        from faceclip.detect import FacePolicy
+        from faceclip.detect.frontend import choose_faces as detect_and_choose
 
         fe = self.options.front_end
         landmarks = "mediapipe" if fe.landmarks == "net" else fe.landmarks  # the network refines them later
         policy = FacePolicy(all_faces=fe.all_faces, min_face_px=fe.min_face_px, min_score=fe.min_score)
-        if not fe.all_faces and fe.detector in ("auto", "mediapipe") and landmarks == "mediapipe":
-            # The same face, with less work: only the faces needed are landmarked, and HOG's
-            # upsampled pass is skipped when MediaPipe found a large face.
-            return detect_largest(rgb, policy, fe.detector, landmarks, source=source,
-                                  landmark_max_face_px=LANDMARK_MAX_FACE_PX)
-        found = detect_and_landmark(rgb, fe.detector, landmarks, landmark_max_face_px=LANDMARK_MAX_FACE_PX)
-        if not found and fe.detector == "hog" and fe.cnn_fallback:
-            log.debug("%s: no face with HOG, trying the CNN detector", source)
-            found = detect_and_landmark(rgb, "cnn", landmarks, upsample=0, max_side_px=CNN_FALLBACK_MAX_SIDE_PX,
-                                        landmark_max_face_px=LANDMARK_MAX_FACE_PX)
-        return select_faces(found, policy, source=source)
+        return detect_and_choose(rgb, policy, fe.detector, landmarks, source=source, cnn_fallback=fe.cnn_fallback,
+                                 landmark_max_face_px=LANDMARK_MAX_FACE_PX)
 
     def refine_landmarks(self, rgb: np.ndarray, face) -> tuple[np.ndarray, object]:
         """The 68 landmarks to fit a detected face with, and the network's points (or None).

@@ -46,7 +46,8 @@ from faceclip.io.images import as_rgb_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DETECTORS", "LANDMARKERS", "LARGE_FACE_PX", "detect_and_landmark", "detect_largest", "find_faces", "landmark_face",
+__all__ = ["CNN_FALLBACK_MAX_SIDE_PX", "DETECTORS", "LANDMARKERS", "LARGE_FACE_PX", "choose_faces", "detect_and_landmark",
+           "detect_largest", "find_faces", "landmark_face",
            "merge_detections"]
 
 DetectorChoice = Literal["auto", "mediapipe", "hog", "cnn"]
@@ -304,3 +305,46 @@ def detect_and_landmark(image: np.ndarray, detector: DetectorChoice = "auto",
             continue
         kept.append(face)
     return kept
+
+
+#: dlib's CNN detector, tried when HOG alone finds nothing, runs on a copy with at most this
+#: longer side (it costs ~40x HOG per pixel; large turned faces are what it is there for).
+CNN_FALLBACK_MAX_SIDE_PX = 800
+
+
+def choose_faces(image: np.ndarray, policy, detector: DetectorChoice = "auto",
+                 landmarks: LandmarkChoice = "mediapipe", *, source: str = "image", cnn_fallback: bool = True,
+                 landmark_max_face_px: float | None = None) -> list[Face]:
+    """The faces a command works on: detected, landmarked and selected by ``policy``.
+
+    The one rule that ``faceclip reconstruct`` (and the API, batches and the web demo) and the
+    training data's photo caches share. For the largest face with MediaPipe's detector and
+    landmarks this is :func:`detect_largest` (the same face with less work); otherwise every face
+    is detected and landmarked (:func:`detect_and_landmark`) and ``policy`` chooses. With the HOG
+    detector alone, an image where it finds nothing is tried once more with dlib's CNN detector
+    (``cnn_fallback``) on a copy of at most :data:`CNN_FALLBACK_MAX_SIDE_PX` (about a second on
+    a CPU; it finds large, strongly turned faces).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        policy: a :class:`faceclip.detect.select.FacePolicy`.
+        source: the image's name in error messages.
+        landmark_max_face_px: landmark faces larger than this on a downscaled copy (None: never).
+
+    Returns:
+        The selected faces, largest first, with 68 landmarks (image pixels).
+
+    Raises:
+        NoFaceError: no face, or none the policy accepts (its ``reason`` says which).
+    """
+    from faceclip.detect.select import select_faces
+
+    if not policy.all_faces and detector in ("auto", "mediapipe") and landmarks == "mediapipe":
+        return detect_largest(image, policy, detector, landmarks, source=source,
+                              landmark_max_face_px=landmark_max_face_px)
+    found = detect_and_landmark(image, detector, landmarks, landmark_max_face_px=landmark_max_face_px)
+    if not found and detector == "hog" and cnn_fallback:
+        log.debug("%s: no face with HOG, trying the CNN detector", source)
+        found = detect_and_landmark(image, "cnn", landmarks, upsample=0, max_side_px=CNN_FALLBACK_MAX_SIDE_PX,
+                                    landmark_max_face_px=landmark_max_face_px)
+    return select_faces(found, policy, source=source)

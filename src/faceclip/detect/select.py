@@ -16,7 +16,15 @@ __all__ = ["FacePolicy", "NoFaceError", "is_confident", "select_faces"]
 
 
 class NoFaceError(InputError):
-    """No face (or none that the policy accepts) was found in an image."""
+    """No face (or none that the policy accepts) was found in an image.
+
+    ``reason``: ``"no_face"`` (nothing detected) or ``"too_small"`` (faces below the policy's
+    minimum size).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, reason: str = "no_face") -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -72,5 +80,6 @@ def select_faces(faces: list[Face], policy: FacePolicy | None = None, *, source:
             f"{source}: {len(faces)} face(s) found, the largest is {largest:.0f} px, below the minimum of "
             f"{policy.min_face_px:.0f} px",
             hint="lower the minimum face size (--min-face-px) or use a larger photo",
+            reason="too_small",
         )
     return kept if policy.all_faces else kept[:1]

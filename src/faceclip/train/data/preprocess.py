@@ -85,7 +85,13 @@ class _Options:
     landmarks: str = "mediapipe"
 
     def signature(self) -> str:
-        return json.dumps({"version": CACHE_VERSION, **asdict(self)}, sort_keys=True)
+        from faceclip.detect.frontend import CNN_FALLBACK_MAX_SIDE_PX
+
+        # The CNN fallback runs on a copy of bounded size (as in `faceclip reconstruct`): photos of
+        # caches built when it ran at full size are processed again.
+        fallback = ({"cnn_fallback_max_side_px": CNN_FALLBACK_MAX_SIDE_PX}
+                    if self.detector == "hog" and self.cnn_fallback else {})
+        return json.dumps({"version": CACHE_VERSION, **asdict(self), **fallback}, sort_keys=True)
 
 
 class _Failed(Exception):
@@ -227,8 +233,8 @@ def preprocess_folder(
 
 def _process_image(path: Path, rel: str, cache: Path, opts: _Options) -> list[str]:
     """Detect, align and mask the faces of one photo; write their npz files; return their names."""
-    from faceclip.detect import FacePolicy, NoFaceError, align_face, select_faces, skin_mask
-    from faceclip.detect.frontend import detect_and_landmark
+    from faceclip.detect import FacePolicy, NoFaceError, align_face, skin_mask
+    from faceclip.detect.frontend import choose_faces
     from faceclip.io.images import load_image
     from faceclip.io.files import atomic_path
 
@@ -236,16 +242,12 @@ def _process_image(path: Path, rel: str, cache: Path, opts: _Options) -> list[st
         rgb = load_image(path)
     except InputError as exc:
         raise _Failed("unreadable", exc.message) from exc
-    faces = detect_and_landmark(rgb, opts.detector, opts.landmarks)  # type: ignore[arg-type]
-    if not faces and opts.detector == "hog" and opts.cnn_fallback:
-        faces = detect_and_landmark(rgb, "cnn", opts.landmarks)  # type: ignore[arg-type]
-    if not faces:
-        raise _Failed("no_face", "no face found")
-    try:
-        policy = FacePolicy(all_faces=opts.all_faces, min_face_px=opts.min_face_px, min_score=opts.min_score)
-        selected = select_faces(faces, policy, source=rel)
+    policy = FacePolicy(all_faces=opts.all_faces, min_face_px=opts.min_face_px, min_score=opts.min_score)
+    try:  # the faces `faceclip reconstruct` would take from this photo (the same rule)
+        selected = choose_faces(rgb, policy, opts.detector, opts.landmarks, source=rel,  # type: ignore[arg-type]
+                                cnn_fallback=opts.cnn_fallback)
     except NoFaceError as exc:
-        raise _Failed("too_small", exc.message) from exc
+        raise _Failed(exc.reason, "no face found" if exc.reason == "no_face" else exc.message) from exc
     key = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:16]
     names = []
     for k, face in enumerate(selected):
