@@ -37,6 +37,8 @@ def test_resolve_method():
     assert (o.method, o.init) == ("fit", "regressor")
     o = resolve_method(ReconstructOptions(method="fit_net"))
     assert (o.method, o.front_end.landmarks) == ("fit", "net")
+    o = resolve_method(ReconstructOptions(method="fit_net", landmark_net="x.pt"))  # as the API passes it
+    assert (o.front_end.landmarks, o.front_end.landmark_net) == ("net", "x.pt")
     assert resolve_method(ReconstructOptions(method="fit_mean")) == ReconstructOptions(method="fit", init="mean")
     assert resolve_method(ReconstructOptions(method="regress")).method == "regress"
     for bad in (dict(method="fit_mean", init="regressor"), dict(method="fit_regressor", no_regressor=True),
@@ -117,7 +119,7 @@ def test_fit_only_record_and_the_api_share_the_stages(records):
 
 def test_one_face_selection_rule_for_reconstruction_and_training(ict_cache, monkeypatch, tmp_path):
     """`faceclip reconstruct` and the training photo caches choose faces through the same
-    function (faceclip.detect.frontend.choose_faces), with the same policy."""
+    function (faceclip.detect.frontend.faces_by_policy), with the same policy."""
     import faceclip.detect.frontend as frontend
     from faceclip.detect import FacePolicy
     from faceclip.reconstruction import ReconstructOptions, Reconstructor
@@ -125,13 +127,13 @@ def test_one_face_selection_rule_for_reconstruction_and_training(ict_cache, monk
 
     rgb = np.asarray(Image.open(EXAMPLE).convert("RGB"))
     calls = []
-    real = frontend.choose_faces
+    real = frontend.faces_by_policy
 
     def spy(image, policy, *args, **kwargs):
         calls.append((policy, args[:2] if args else (kwargs.get("detector"), kwargs.get("landmarks"))))
         return real(image, policy, *args, **kwargs)
 
-    monkeypatch.setattr(frontend, "choose_faces", spy)
+    monkeypatch.setattr(frontend, "faces_by_policy", spy)
     rec = Reconstructor(ReconstructOptions(method="regress", min_face_px=40.0))
     (face,) = rec.detect(rgb, "astronaut")
     photos = tmp_path / "photos"
@@ -153,3 +155,16 @@ def test_no_face_error_says_why():
     with pytest.raises(NoFaceError) as too_small:
         select_faces([small], FacePolicy(min_face_px=32.0))
     assert (none.value.reason, too_small.value.reason) == ("no_face", "too_small")
+
+
+def test_batch_signature_is_the_resolved_options():
+    """Equivalent spellings of the same run resume each other; the default's signature is the
+    one earlier versions recorded (texture 1024)."""
+    from faceclip.batch import options_signature
+    from faceclip.reconstruction import ReconstructOptions as R
+
+    assert options_signature(R()) == options_signature(R(texture_px=1024))
+    assert options_signature(R(method="fit_regressor")) == options_signature(R(init="regressor"))
+    assert options_signature(R(fast=True))["texture_px"] == 512
+    assert options_signature(R()) != options_signature(R(all_faces=True))
+    assert "overwrite" not in options_signature(R(overwrite=True))

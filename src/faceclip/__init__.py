@@ -9,7 +9,7 @@ Layers, lowest first. A module imports only from its own subpackage, from lower 
 the top layer, from other applications (``tests/test_architecture.py`` checks it, with no import
 cycle between files):
 
-    errors, paths  (leaves: the error types, where files live)
+    errors, paths, conventions  (leaves: the error types, where files live, the crop's constants)
     render, io  (cameras, rasterizer, shading; images, meshes, atomic files, URLs)
     facemodel  (FaceModel, FaceParams, the crop camera's conventions, albedo models, caches)
     nets  (architectures, and finding / installing their weights)

@@ -89,7 +89,9 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
         method: ``"fit"`` (the default reconstruction: fitting from the mean face),
             ``"fit_mean"`` (the same, named explicitly), ``"fit_regressor"`` (fitting from the
             regressor's prediction), ``"fit_net"`` (fitting to the dense landmark network's
-            points, ``--landmarks net``) or ``"regress"`` (the network alone).
+            points, ``--landmarks net``) or ``"regress"`` (the network alone): the names of
+            ``faceclip reconstruct --method`` (:data:`faceclip.reconstruction.METHODS`).
+            ``"fit_mean"`` refuses a ``checkpoint`` (a checkpoint means the regressor's start).
         checkpoint: regressor checkpoint (default: ``$FACECLIP_REGRESSOR`` or the shipped one).
         landmark_net: dense landmark network for ``"fit_net"`` (default:
             ``$FACECLIP_LANDMARK_NET`` or the shipped one).

@@ -90,8 +90,18 @@ Target = Path | str
 
 
 def options_signature(options: ReconstructOptions) -> dict:
-    """The options that change a result, JSON-able (recorded in the manifest)."""
-    sig = {k: v for k, v in options.flat().items() if k not in _OPTIONS_NOT_IN_RESULTS}
+    """The options that change a result, JSON-able (recorded in the manifest): the options as
+    they are resolved (a method name as the options it stands for, the texture size the mode
+    gives), so that equivalent spellings give the same signature."""
+    import dataclasses
+
+    from faceclip.reconstruction import resolve_method
+
+    flat = resolve_method(options).flat()
+    if flat["texture_px"] is None:
+        flat["texture_px"] = 512 if flat["fast"] else 1024
+    sig = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+           for k, v in flat.items() if k not in _OPTIONS_NOT_IN_RESULTS}
     return json.loads(json.dumps(sig, default=str))
 
 

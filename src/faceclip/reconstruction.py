@@ -163,8 +163,6 @@ class ReconstructOptions:
     outputs: OutputOptions = field(default_factory=OutputOptions)
 
     def __init__(self, **options) -> None:
-        import dataclasses
-
         by_group: dict[str, dict] = {g: {} for g in _OPTION_GROUPS}
         for name in list(options):
             for group, cls in _OPTION_GROUPS.items():
@@ -185,8 +183,6 @@ class ReconstructOptions:
 
     def flat(self) -> dict:
         """Every setting under its own name (the groups' fields included), as the CLI flags."""
-        import dataclasses
-
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _OPTION_GROUPS}
         for group in _OPTION_GROUPS:
             out.update({f.name: getattr(getattr(self, group), f.name)
@@ -400,15 +396,15 @@ class Reconstructor:
 
     def detect(self, rgb: np.ndarray, source: str):
         """Faces to reconstruct, landmarked, by the options' detector, landmarks and policy
-        (:func:`faceclip.detect.frontend.choose_faces`, the rule the training caches use too)."""
+        (:func:`faceclip.detect.frontend.faces_by_policy`, the rule the training caches use too)."""
         from faceclip.detect import FacePolicy
-        from faceclip.detect.frontend import choose_faces as detect_and_choose
+        from faceclip.detect.frontend import faces_by_policy
 
         fe = self.options.front_end
         landmarks = "mediapipe" if fe.landmarks == "net" else fe.landmarks  # the network refines them later
         policy = FacePolicy(all_faces=fe.all_faces, min_face_px=fe.min_face_px, min_score=fe.min_score)
-        return detect_and_choose(rgb, policy, fe.detector, landmarks, source=source, cnn_fallback=fe.cnn_fallback,
-                                 landmark_max_face_px=LANDMARK_MAX_FACE_PX)
+        return faces_by_policy(rgb, policy, fe.detector, landmarks, source=source, cnn_fallback=fe.cnn_fallback,
+                               landmark_max_face_px=LANDMARK_MAX_FACE_PX)
 
     def refine_landmarks(self, rgb: np.ndarray, face) -> tuple[np.ndarray, object]:
         """The 68 landmarks to fit a detected face with, and the network's points (or None).
@@ -827,7 +823,7 @@ def describe(record: FaceReconstruction) -> dict:
         "lighting": {"sh_9x3": np.round(p.sh[0].cpu().numpy(), 6).tolist(),
                      "convention": "Deep3DFaceRecon SH basis with Lambertian constants, view frame (see faceclip.render.shading)"},
         "albedo": {"model": pv.albedo_model, "coefficients": np.round(p.albedo[0].cpu().numpy(), 6).tolist()},
-        "texture": {"size_px": pv.texture_px, "delit": pv.delight,
+        "texture": {"size_px": pv.texture_px if record.texture is not None else None, "delit": pv.delight,
                     "photo_fraction_of_face": round(record.photo_fraction, 4)},
         "landmarks68_2d": np.round(record.landmarks68_px, 3).tolist(),
         **({"detected_landmarks478": np.round(mesh478 / scale, 3).tolist()} if mesh478 is not None else {}),
@@ -892,14 +888,19 @@ def working_copy(rgb: np.ndarray, max_side_px: int = WORK_MAX_SIDE_PX) -> tuple[
 def resolve_method(o: ReconstructOptions) -> ReconstructOptions:
     """The options with ``method`` one of "fit" / "regress" and what a :data:`METHODS` name
     stands for set explicitly ("fit_regressor": ``init="regressor"``; "fit_net":
-    ``landmarks="net"``; "fit_mean": ``init="mean"``), after :func:`check_options`.
+    ``landmarks="net"``; "fit_mean": ``init="mean"``), checked (:func:`check_options`).
 
     Raises:
-        FaceClipError: an unknown method, or options that contradict it.
+        FaceClipError: an unknown method, or options that contradict it or each other.
     """
-    import dataclasses
-
     check_options(o)
+    return _method_as_options(o)
+
+
+def _method_as_options(o: ReconstructOptions) -> ReconstructOptions:
+    """:func:`resolve_method` without the other options' checks."""
+    if o.method not in METHODS:
+        raise FaceClipError(f"unknown method {o.method!r}", hint=f"use one of {', '.join(METHODS)}")
     if o.method == "fit_mean":
         if o.init == "regressor" or o.checkpoint:
             raise FaceClipError("--method fit_mean fits from the mean face; --init regressor / --checkpoint "
@@ -910,18 +911,19 @@ def resolve_method(o: ReconstructOptions) -> ReconstructOptions:
             raise FaceClipError("--method fit_regressor needs the regressor; --no-regressor turns it off")
         return dataclasses.replace(o, method="fit", init="regressor")
     if o.method == "fit_net":
-        if o.front_end.landmarks not in ("mediapipe", "net") or o.front_end.dense:
+        fe = o.front_end
+        if fe.landmarks not in ("mediapipe", "net") or fe.dense:
             raise FaceClipError(f"--method fit_net fits the dense landmark network's points; "
-                                f"--landmarks {o.front_end.landmarks}{' --dense' if o.front_end.dense else ''} contradicts it")
+                                f"--landmarks {fe.landmarks}{' --dense' if fe.dense else ''} contradicts it")
         return dataclasses.replace(o, method="fit", landmarks="net")
     return o
 
 
 def check_options(o: ReconstructOptions) -> None:
-    """Refuse contradictory options up front (before any model is loaded)."""
+    """Refuse contradictory options up front (before any model is loaded); a :data:`METHODS`
+    name is checked as the options it stands for (:func:`resolve_method`)."""
+    o = _method_as_options(o)
     fe = o.front_end
-    if o.method not in METHODS:
-        raise FaceClipError(f"unknown method {o.method!r}", hint=f"use one of {', '.join(METHODS)}")
     if o.init not in ("mean", "regressor"):
         raise FaceClipError(f"--init {o.init}: use mean or regressor")
     if o.no_regressor and o.init == "regressor":

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from faceclip.errors import InputError
-from faceclip.facemodel.params import FIVE_POINT_TEMPLATE  # the crop's conventions live with the crop camera
+from faceclip.conventions import FIVE_POINT_TEMPLATE  # the crop's conventions, shared with the crop camera
 from faceclip.io.images import as_rgb_uint8
 
 __all__ = [

@@ -46,7 +46,7 @@ from faceclip.io.images import as_rgb_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CNN_FALLBACK_MAX_SIDE_PX", "DETECTORS", "LANDMARKERS", "LARGE_FACE_PX", "choose_faces", "detect_and_landmark",
+__all__ = ["CNN_FALLBACK_MAX_SIDE_PX", "DETECTORS", "LANDMARKERS", "LARGE_FACE_PX", "detect_and_landmark", "faces_by_policy",
            "detect_largest", "find_faces", "landmark_face",
            "merge_detections"]
 
@@ -312,7 +312,7 @@ def detect_and_landmark(image: np.ndarray, detector: DetectorChoice = "auto",
 CNN_FALLBACK_MAX_SIDE_PX = 800
 
 
-def choose_faces(image: np.ndarray, policy, detector: DetectorChoice = "auto",
+def faces_by_policy(image: np.ndarray, policy, detector: DetectorChoice = "auto",
                  landmarks: LandmarkChoice = "mediapipe", *, source: str = "image", cnn_fallback: bool = True,
                  landmark_max_face_px: float | None = None) -> list[Face]:
     """The faces a command works on: detected, landmarked and selected by ``policy``.

@@ -169,6 +169,9 @@ def install_model(name: str, source: str | Path | None = None, force: bool = Fal
         if source is None:
             raise ModelNotInstalledError("installing bfm needs --from BFM_model_front.mat", hint=BFM_HINT)
         arrays = convert_bfm(Path(source))
+    elif name.startswith("clip-") or name == "facenet":
+        raise FaceClipError(f"{name!r} is network weights, not a face model",
+                            hint="use faceclip.models.install_model (or `faceclip models install`)")
     else:
         raise FaceClipError(f"unknown face model {name!r}; known: {', '.join(KNOWN_MODELS)}")
     return save_cache(arrays, target)

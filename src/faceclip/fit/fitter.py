@@ -69,18 +69,14 @@ from faceclip.fit.stages import (
 __all__ = ["DEFAULT_FOCAL_224", "DenseConfig", "FaceForward", "FitConfig", "FitProblem", "FitResult", "Fitter",
            "LandmarkStageConfig", "LossTerm", "PhotoStageConfig", "PriorConfig", "SubsetForward"]
 
-#: Former private name of :class:`~faceclip.fit.stages.VertexSubset`.
-_Subset = VertexSubset
-
-
 class Fitter:
     """Fits one face model; construct once, call :meth:`fit` per face.
 
     A thin facade over :mod:`faceclip.fit.stages`: :attr:`forward` is the forward model, and
     :meth:`fit` runs the stage functions on it. The fitter keeps no state of a fit: fits in any
-    order give the same results as fresh fitters. Its only mutable parts are the settings
-    (:attr:`config`, shared with :attr:`forward`), the dense points (:meth:`set_dense_points`)
-    and :attr:`extra_terms`.
+    order give the same results as fresh fitters. What can change is which forward model it
+    holds: assigning :attr:`config` (a frozen :class:`FitConfig`) or setting dense points
+    (:meth:`set_dense_points`) replaces it; and :attr:`extra_terms`.
     """
 
     def __init__(self, model: FaceModel, config: FitConfig | None = None,
@@ -94,7 +90,7 @@ class Fitter:
 
     @property
     def config(self) -> FitConfig:
-        """The settings (the forward model's: changing a field changes both)."""
+        """The settings (the forward model's; assigning a new config replaces the forward model's)."""
         return self.forward.config
 
     @config.setter

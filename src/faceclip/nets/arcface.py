@@ -30,7 +30,7 @@ ARCFACE_INPUT_PX = 112
 ARCFACE_LAYERS = {"iresnet50": (3, 4, 14, 3), "iresnet100": (3, 13, 30, 3)}
 
 #: The ArcFace 112 px crop inside FaceCLIP's aligned crop, ``(x0, y0, x1, y1)`` in units of
-#: the crop side. :data:`faceclip.detect.align.FIVE_POINT_TEMPLATE` is the ArcFace template
+#: the crop side. :data:`faceclip.conventions.FIVE_POINT_TEMPLATE` is the ArcFace template
 #: (symmetrised) mapped by ``u -> 0.66 u + (0.17, 0.0959)``, so the ArcFace crop is
 #: ``[0.17, 0.83] x [0.0959, 0.7559]``.
 ARCFACE_ALIGNED_BOX: tuple[float, float, float, float] = (0.17, 0.0959, 0.83, 0.7559)

@@ -38,7 +38,7 @@ __all__ = ["EMBEDDING_DIM", "FACENET_ALIGNED_BOX", "INPUT_PX", "InceptionResnetV
 EMBEDDING_DIM = 512
 INPUT_PX = 160
 
-#: Sub-crop of FaceCLIP's aligned face crop (:data:`faceclip.detect.align.FIVE_POINT_TEMPLATE`,
+#: Sub-crop of FaceCLIP's aligned face crop (:data:`faceclip.conventions.FIVE_POINT_TEMPLATE`,
 #: any size) shown to FaceNet, as ``(x0, y0, x1, y1)`` in units of the crop side.
 #:
 #: facenet's models were trained on MTCNN face boxes enlarged by a margin (44 px on 182 px

@@ -4,7 +4,7 @@ Two sources, one sample type (:class:`FaceSample`), one batch type (:class:`Face
 :func:`collate`):
 
 - **Photos.** :func:`preprocess_folder` walks a folder of photos once (recursively) and runs the
-  reconstruction's front end on each: dlib detection and 68 landmarks, the five-point alignment
+  reconstruction's front end on each: detection (MediaPipe and dlib's HOG, merged) and 68 landmarks, the five-point alignment
   to a 224 x 224 crop (:func:`faceclip.detect.align_face`) and the skin mask
   (:func:`faceclip.detect.skin_mask`). Every face is cached as one ``.npz``; a manifest records
   what was done (keyed by path, size and modification time, so a re-run only does new or changed

@@ -117,10 +117,9 @@ def preprocess_folder(
     """Detect, align and mask every face of a photo folder (recursively) into a training cache.
 
     Per photo: :func:`faceclip.io.images.load_image` (EXIF rotation, any format),
-    :func:`faceclip.detect.frontend.detect_and_landmark` (the front-end of ``faceclip
-    reconstruct``: ``detector`` and ``landmarks`` as there), the same selection
-    (:func:`faceclip.detect.select_faces`: weak detections below ``min_score`` dropped when a
-    confident one exists; the largest face, or all faces of at least ``min_face_px``),
+    :func:`faceclip.detect.frontend.faces_by_policy` (the faces ``faceclip reconstruct`` would
+    take: ``detector`` and ``landmarks`` as there; weak detections below ``min_score`` dropped
+    when a confident one exists; the largest face, or all faces of at least ``min_face_px``),
     :func:`faceclip.detect.align_face` to an ``crop_px`` crop and
     :func:`faceclip.detect.skin_mask`. Each face becomes ``cache_dir/faces/<key>_<k>.npz``
     (``crop`` uint8 (S, S, 3), ``landmarks`` float32 (68, 2) crop pixels, ``skin_mask`` and
@@ -234,7 +233,7 @@ def preprocess_folder(
 def _process_image(path: Path, rel: str, cache: Path, opts: _Options) -> list[str]:
     """Detect, align and mask the faces of one photo; write their npz files; return their names."""
     from faceclip.detect import FacePolicy, NoFaceError, align_face, skin_mask
-    from faceclip.detect.frontend import choose_faces
+    from faceclip.detect.frontend import faces_by_policy
     from faceclip.io.images import load_image
     from faceclip.io.files import atomic_path
 
@@ -244,8 +243,8 @@ def _process_image(path: Path, rel: str, cache: Path, opts: _Options) -> list[st
         raise _Failed("unreadable", exc.message) from exc
     policy = FacePolicy(all_faces=opts.all_faces, min_face_px=opts.min_face_px, min_score=opts.min_score)
     try:  # the faces `faceclip reconstruct` would take from this photo (the same rule)
-        selected = choose_faces(rgb, policy, opts.detector, opts.landmarks, source=rel,  # type: ignore[arg-type]
-                                cnn_fallback=opts.cnn_fallback)
+        selected = faces_by_policy(rgb, policy, opts.detector, opts.landmarks, source=rel,  # type: ignore[arg-type]
+                                   cnn_fallback=opts.cnn_fallback)
     except NoFaceError as exc:
         raise _Failed(exc.reason, "no face found" if exc.reason == "no_face" else exc.message) from exc
     key = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:16]
