@@ -175,3 +175,46 @@ def test_fit_problem_validation(forward):
         FitProblem.from_inputs(dense, crop, lm, skin, dense_sigma_px=torch.ones(3))
     prob = FitProblem.from_inputs(dense, crop, lm, skin, dense_px=torch.zeros(3, 2), dense_sigma_px=torch.ones(3))
     assert prob.dense.shape == (1, 3, 2) and prob.dense_sigma_px.shape == (3,)
+
+
+def test_adam_is_torch_adam_bit_for_bit():
+    """faceclip.fit.adam.Adam performs torch.optim.Adam's CPU update exactly (groups with their
+    own learning rates, a tensor without a gradient skipped)."""
+    from faceclip.fit.adam import Adam
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(5, 3, generator=g)
+    runs = []
+    for make in (lambda groups: torch.optim.Adam(groups), lambda groups: Adam(groups)):
+        a = torch.zeros(5, 3, requires_grad=True)
+        b = torch.ones(4, requires_grad=True)
+        unused = torch.ones(2, requires_grad=True)
+        opt = make([{"params": [a], "lr": 0.05}, {"params": [b, unused], "lr": 0.3}])
+        for _ in range(25):
+            opt.zero_grad()
+            loss = ((a - target) ** 2).sum() + (b ** 3).sum() * 0.1
+            loss.backward()
+            opt.step()
+        runs.append((a.detach().clone(), b.detach().clone(), unused.detach().clone()))
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+    assert not torch.equal(runs[0][0], torch.zeros(5, 3))  # it did move
+
+
+def test_a_fit_does_not_import_dynamo(ict_cache):
+    """The first photo of a process does not pay for torch._dynamo (~2 s): torch.optim is not used."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from faceclip.facemodel import load_face_model\n"
+            "from faceclip.fit.fitter import FitConfig, Fitter\n"
+            "m = load_face_model('ict', geometry='head_eyes')\n"
+            "f = Fitter(m, FitConfig().with_overrides(landmark_steps=2, photo_steps=2, render_px=64))\n"
+            "lm = f.project_landmarks(f.initial_params(torch.zeros(1, 68, 2) + 112), m.mean_mm[None])[0]\n"
+            "r = f.fit(torch.rand(224, 224, 3), lm, torch.ones(224, 224, dtype=torch.bool))\n"
+            "assert r.losses and 'photometric' in r.losses\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

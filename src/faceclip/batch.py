@@ -480,10 +480,13 @@ _Task = tuple[int, Source, Target, str]
 
 
 def _make_reconstructor(options: ReconstructOptions, threads: int) -> Reconstructor:
-    """The models of one worker (a process or a Ray actor), which uses ``threads`` threads."""
+    """The models of one worker (a process or a Ray actor), which uses ``threads`` threads
+    (PyTorch's, and so the rasterizer's, and OpenCV's)."""
+    import cv2
     import torch
 
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     return Reconstructor(options)
 
 

@@ -35,6 +35,7 @@ from faceclip.facemodel.base import FaceModel
 from faceclip.facemodel.params import (DEFAULT_FOCAL_224, MODEL_TO_OPENCV, FaceParams, euler_jacobian_np,
                                        euler_to_matrix, matrix_to_euler, pose_from_landmarks)
 from faceclip.facemodel.albedo import AlbedoModel, make_albedo_model
+from faceclip.fit.adam import Adam
 from faceclip.fit.contour import ContourBands, build_contour_bands, landmark_vertex_ids
 from faceclip.losses import (
     DEFAULT_LANDMARK_WEIGHTS,
@@ -945,7 +946,7 @@ def photo_stage(forward: FaceForward, config: FitConfig, params: FaceParams, pro
     prior_identity, prior_expression = problem.priors(p)
     for t in p.tensors().values():
         t.requires_grad_(t is not p.focal_px)
-    opt = torch.optim.Adam([
+    opt = Adam([  # torch.optim.Adam's update, without importing torch._dynamo (faceclip.fit.adam)
         {"params": [p.angles_rad], "lr": c.photo.lr_pose * 0.3},
         {"params": [p.translation_mm], "lr": 0.3},
         {"params": [p.identity], "lr": c.photo.lr * 3},
@@ -956,7 +957,7 @@ def photo_stage(forward: FaceForward, config: FitConfig, params: FaceParams, pro
     am, sub = forward.albedo_model, forward.photo_subset
     losses: dict[str, float] = {}
     for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         verts = sub.vertices(p)
         albedo = sub.albedo(p.albedo)
         rendered, cover, skin = forward.render_triangles(p, verts, albedo, forward.photo_tris,
