@@ -7,14 +7,17 @@ Usage::
 Builds a folder of ``--faces`` photos (copies of the photos in ../shared/data/faces, the
 largest face each, under distinct names), runs ``faceclip reconstruct`` on it once in one
 process and once with ``--workers N`` (each a fresh command, model loading and worker start-up
-included), checks both produced the same folders, and prints faces per second for each. The last
-line is ``batch_speedup_<N>_workers: X`` (throughput with N workers / throughput of one process).
+included), checks both produced the same folders, and prints faces per second for each. With
+``--repeat R`` the pair is run R times, alternating, and the median of the R ratios is reported
+(on a shared machine one pair varies by +-25 %). The last line is
+``batch_speedup_<N>_workers: X`` (throughput with N workers / throughput of one process).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,7 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=48)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="pairs of runs, alternating; the median ratio is reported")
     args = ap.parse_args()
     sources = sorted(p for p in FACES.iterdir() if p.suffix.lower() in (".jpg", ".png") and p.name != "dogs.jpg")
     if not sources:
@@ -52,18 +56,24 @@ def main() -> None:
             src = sources[i % len(sources)]
             shutil.copy(src, photos / f"{i:03d}_{src.name}")
         extra = ["--fast"] if args.fast else []
-        one = run(photos, work / "one", extra)
-        many = run(photos, work / "many", extra + ["--workers", str(args.workers)])
-        names_one = sorted(p.name for p in (work / "one").iterdir())
-        names_many = sorted(p.name for p in (work / "many").iterdir())
-        if names_one != names_many:
-            sys.exit("benchmarks/batch.py: the two runs produced different folders")
-        n = len([p for p in names_one if (work / "one" / p).is_dir()])
         mode = "fast" if args.fast else "default"
-        print(f"# {n} faces from {args.faces} photos, mode {mode}; wall time includes model loading")
-        print(f"one process:        {one:7.1f} s  {n / one:6.2f} faces/s")
-        print(f"--workers {args.workers}:        {many:7.1f} s  {n / many:6.2f} faces/s")
-        print(f"batch_speedup_{args.workers}_workers: {one / many:.2f}")
+        ratios = []
+        for r in range(args.repeat):
+            for name in ("one", "many"):
+                shutil.rmtree(work / name, ignore_errors=True)
+            one = run(photos, work / "one", extra)
+            many = run(photos, work / "many", extra + ["--workers", str(args.workers)])
+            names_one = sorted(p.name for p in (work / "one").iterdir())
+            names_many = sorted(p.name for p in (work / "many").iterdir())
+            if names_one != names_many:
+                sys.exit("benchmarks/batch.py: the two runs produced different folders")
+            n = len([p for p in names_one if (work / "one" / p).is_dir()])
+            if r == 0:
+                print(f"# {n} faces from {args.faces} photos, mode {mode}; wall time includes model loading")
+            print(f"pair {r + 1}: one process {one:7.1f} s {n / one:6.2f} faces/s; --workers {args.workers} "
+                  f"{many:7.1f} s {n / many:6.2f} faces/s; ratio {one / many:.2f}")
+            ratios.append(one / many)
+        print(f"batch_speedup_{args.workers}_workers: {statistics.median(ratios):.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
