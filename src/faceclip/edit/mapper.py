@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from faceclip.edit.render import FaceRenderer, crop_photo
 from faceclip.errors import FaceClipError
+from faceclip.fit.adam import Adam
 
 
 class ImageTextEncoder(Protocol):
@@ -206,10 +207,10 @@ def optimise_mapper(objective: TextEditObjective, config: TextEditConfig | None 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed)
         mapper = ExpressionMapper(w0.shape[1], c.width, c.depth, c.heads)
-    opt = torch.optim.Adam(mapper.param_groups(c.lr))
+    opt = Adam(mapper.param_groups(c.lr))  # torch.optim.Adam's update without importing torch._dynamo
     losses: list[dict[str, float]] = []
     for step in range(c.steps):
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         total, parts = objective(mapper(w0))
         total.backward()
         opt.step()
