@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="pairs of runs, alternating; the median ratio is reported")
     args = ap.parse_args()
+    if args.repeat < 1 or args.workers < 2 or args.faces < 1:
+        sys.exit("benchmarks/batch.py: --repeat and --faces must be at least 1, --workers at least 2")
     sources = sorted(p for p in FACES.iterdir() if p.suffix.lower() in (".jpg", ".png") and p.name != "dogs.jpg")
     if not sources:
         sys.exit(f"benchmarks/batch.py: no photos in {FACES}")
