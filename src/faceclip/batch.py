@@ -61,7 +61,7 @@ from pathlib import Path
 
 from faceclip.errors import FaceClipError
 from faceclip.reconstruction import (FaceOutput, ImageReport, ReconstructOptions, Reconstructor, check_options,
-                                   expand_inputs, reconstruct_one)
+                                   expand_inputs, reconstruct_one, resolve_method)
 from faceclip.io import remote
 from faceclip.io.files import atomic_open
 from faceclip.io.outputs import (MARKER_NAME, NameAllocator, OutputError, check_output_root,
@@ -94,8 +94,6 @@ def options_signature(options: ReconstructOptions) -> dict:
     they are resolved (a method name as the options it stands for, the texture size the mode
     gives), so that equivalent spellings give the same signature."""
     import dataclasses
-
-    from faceclip.reconstruction import resolve_method
 
     flat = resolve_method(options).flat()
     if flat["texture_px"] is None:

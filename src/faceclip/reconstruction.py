@@ -247,6 +247,7 @@ class Reconstructor:
     def __init__(self, options: ReconstructOptions | None = None) -> None:
         #: The options, with ``method`` resolved to "fit" or "regress" (:func:`resolve_method`).
         self.options = resolve_method(options or ReconstructOptions())
+        self._provenance: Provenance | None = None  # worked out on first use (hashes the model files)
         o = self.options
         if o.device.startswith("cuda") and not torch.cuda.is_available():
             raise FaceClipError("--device cuda requested but CUDA is not available",
@@ -498,7 +499,7 @@ class Reconstructor:
     def provenance(self) -> "Provenance":
         """What produced this reconstructor's results: method, start, front-end, model files
         (worked out once; the files are hashed then)."""
-        if getattr(self, "_provenance", None) is not None:
+        if self._provenance is not None:
             return self._provenance
         o, m = self.options, self.model
         detail_network = None
@@ -539,13 +540,7 @@ class Reconstructor:
         t0 = time.perf_counter()
         source, full, work = load_source(path)
         t_load = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        found = choose_faces(self, work, str(path))
-        t_detect = time.perf_counter() - t0
-        chosen = range(len(found)) if faces is None else [k for k in faces if 0 <= k < len(found)]
-        if faces is not None and len(chosen) != len(faces):
-            raise FaceIndexError(f"{path}: face {sorted(set(faces) - set(chosen))} not found ({len(found)} faces)",
-                                 len(found))
+        found, chosen, t_detect = self._choose(work, str(path), faces)
         folders = {k: out_dir / (base if len(found) == 1 else f"{base}_face{k}") for k in chosen}
         for folder in folders.values():
             check_replaceable(folder, self.options.outputs.overwrite)
@@ -574,16 +569,22 @@ class Reconstructor:
         t0 = time.perf_counter()
         src, full, work = source_from_array(rgb, source)
         t_load = time.perf_counter() - t0
+        found, chosen, t_detect = self._choose(work, source, faces)
+        provenance = self.provenance()
+        return [reconstruct_face(self, src, full, work, k, found[k], {"load": t_load, "detect": t_detect / len(found)},
+                                 provenance, texture=texture) for k in chosen]
+
+    def _choose(self, work: np.ndarray, source: str, faces: list[int] | None):
+        """:func:`choose_faces`, then the indices asked for: ``(faces found, indices to do,
+        detection seconds)``. Raises :class:`FaceIndexError` for an index not found."""
         t0 = time.perf_counter()
         found = choose_faces(self, work, source)
         t_detect = time.perf_counter() - t0
         chosen = range(len(found)) if faces is None else [k for k in faces if 0 <= k < len(found)]
         if faces is not None and len(chosen) != len(faces):
-            raise FaceIndexError(f"{source}: face {sorted(set(faces) - set(chosen))} not found "
-                                 f"({len(found)} faces)", len(found))
-        provenance = self.provenance()
-        return [reconstruct_face(self, src, full, work, k, found[k], {"load": t_load, "detect": t_detect / len(found)},
-                                 provenance, texture=texture) for k in chosen]
+            raise FaceIndexError(f"{source}: face {sorted(set(faces) - set(chosen))} not found ({len(found)} faces)",
+                                 len(found))
+        return found, chosen, t_detect
 
     def _method_name(self) -> str:
         if self.options.method == "regress":
@@ -893,8 +894,9 @@ def resolve_method(o: ReconstructOptions) -> ReconstructOptions:
     Raises:
         FaceClipError: an unknown method, or options that contradict it or each other.
     """
-    check_options(o)
-    return _method_as_options(o)
+    resolved = _method_as_options(o)
+    _check_resolved(resolved)
+    return resolved
 
 
 def _method_as_options(o: ReconstructOptions) -> ReconstructOptions:
@@ -922,7 +924,11 @@ def _method_as_options(o: ReconstructOptions) -> ReconstructOptions:
 def check_options(o: ReconstructOptions) -> None:
     """Refuse contradictory options up front (before any model is loaded); a :data:`METHODS`
     name is checked as the options it stands for (:func:`resolve_method`)."""
-    o = _method_as_options(o)
+    _check_resolved(_method_as_options(o))
+
+
+def _check_resolved(o: ReconstructOptions) -> None:
+    """:func:`check_options` for options whose method is already "fit" or "regress"."""
     fe = o.front_end
     if o.init not in ("mean", "regressor"):
         raise FaceClipError(f"--init {o.init}: use mean or regressor")
