@@ -954,11 +954,11 @@ def _check_resolved(o: ReconstructOptions) -> None:
 
 def detail_record(detail, atlas_mm: np.ndarray, formats: tuple[str, ...] = MESH_FORMATS) -> dict:
     """The ``detail`` entry of params.json: how to read displacement.png back, and the fit."""
-    from faceclip.io.detail import MAP_LAYOUT, displacement_params
+    from faceclip.io.detail import displacement_params
 
     meshes = {"obj": "mesh_detail.obj: skin subdivided once (1 to 4 triangles) and displaced",
               "glb": "mesh_detail.glb: the coarse mesh with the normal map in its material"}
-    return {**displacement_params(atlas_mm), "layout": MAP_LAYOUT, "normal_map": "normal_map.png",
+    return {**displacement_params(atlas_mm), "normal_map": "normal_map.png",  # the map's layout is in displacement_params
             "normal_map_convention": "tangent space, OpenGL / glTF (+X along +u, +Y along +v, +Z out)",
             "meshes": "; ".join(v for k, v in meshes.items() if k in formats) or "none (--formats has neither obj nor glb)",
             "fit": {"uv_window": {"u0": round(detail.window.u0, 6), "v0": round(detail.window.v0, 6),

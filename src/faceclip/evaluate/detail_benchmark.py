@@ -151,7 +151,6 @@ def run_detail_benchmark(n: int, seed: int = 0, *, size_px: int = 512, detail_sc
             if progress is not None:
                 progress(i + 1)
             continue
-        t0 = time.perf_counter()
         try:
             res, aligned = rec.fit_face(rgb, faces[0].landmarks, faces[0].extra.get("mesh478"))
             cam_fit = image_camera(res.params, aligned.transform.inverse().matrix_2x3, (size_px, size_px))

@@ -357,30 +357,21 @@ def _active_texels(model, window: UVWindow, R: int) -> np.ndarray:
     return binary_dilation(mask, iterations=2).ravel()
 
 
-_LAYOUTS: dict[tuple, tuple] = {}
-
-
 def _layout(model, R: int) -> tuple:
-    """What depends on the model and the map size only (memoised): the UV window, its mirror
-    axis, the active texels (flat indices), the slope operators and the Laplacian restricted to
-    them ((R*R, n_active) and (n_active, n_active)), and each texel's mirror index."""
-    import hashlib
+    """What depends on the model and the map size only (memoised per layout): the UV window, its
+    mirror axis, the active texels (flat indices), the slope operators and the Laplacian
+    restricted to them ((R*R, n_active) and (n_active, n_active)), and each texel's mirror index."""
+    from faceclip.io.mesh import memo_by_content
 
-    h = hashlib.sha1()
-    for arr in (model.uv, model.triangles, skin_triangle_mask(model), model.landmarks68):
-        h.update(np.ascontiguousarray(arr.detach().cpu().numpy()).tobytes())
-    key = (h.hexdigest(), R)
-    layout = _LAYOUTS.get(key)
-    if layout is None:
+    def compute() -> tuple:
         window, mirror_u = face_uv_window(model)
         act = np.flatnonzero(_active_texels(model, window, R))
         gu, gv = _gradient_operators(R, window.side)
         L = _laplacian(R)[act][:, act].tocsr()
-        layout = (window, mirror_u, act, gu[:, act].tocsr(), gv[:, act].tocsr(), L, _mirror_index(R, window, mirror_u))
-        while len(_LAYOUTS) >= 4:  # bounded: a few models at most
-            _LAYOUTS.pop(next(iter(_LAYOUTS)), None)
-        _LAYOUTS[key] = layout
-    return layout
+        return window, mirror_u, act, gu[:, act].tocsr(), gv[:, act].tocsr(), L, _mirror_index(R, window, mirror_u)
+
+    return memo_by_content(f"detail_layout_{R}", model.uv, model.triangles, skin_triangle_mask(model),
+                           model.landmarks68, compute=compute)
 
 
 def fit_detail(model, vertices_mm: Tensor, albedo: Tensor, sh: Tensor, camera, photo: np.ndarray,

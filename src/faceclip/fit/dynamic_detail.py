@@ -65,9 +65,17 @@ def dynamic_regions(model, size_px: int) -> dict[str, np.ndarray]:
 
     Placed by the 68 landmark vertices' UVs: the forehead above the brows; a band from each
     nose wing past the mouth corner; a disc beyond each outer eye corner. Widths scale with
-    the eye-to-brow distance in UV, so they follow the model's layout.
+    the eye-to-brow distance in UV, so they follow the model's layout. Memoised per model
+    layout and size (the arrays are shared and read-only).
     """
-    from faceclip.fit.detail import face_uv_window, vertex_uv
+    from faceclip.io.mesh import memo_by_content
+
+    return memo_by_content(f"dynamic_regions_{int(size_px)}", model.uv, model.triangles, model.landmarks68,
+                           compute=lambda: _dynamic_regions(model, size_px))
+
+
+def _dynamic_regions(model, size_px: int) -> dict[str, np.ndarray]:
+    from faceclip.fit.detail import vertex_uv
 
     lm = vertex_uv(model)[model.landmarks68.cpu().numpy()]
     S = size_px
@@ -104,12 +112,14 @@ def dynamic_regions(model, size_px: int) -> dict[str, np.ndarray]:
     regions["crows_feet"] = disc
     # Split each region by side: the subject's left eye corner (68-point index 45) tells which
     # way along u is the subject's left; a soft step across the nose ridge.
-    _, mirror_u = face_uv_window(model)
+    mirror_u = float(np.median(lm[27:31, 0]))  # the nose ridge, as face_uv_window's axis
     direction = 1.0 if lm[45, 0] > lm[36, 0] else -1.0
     left = smoothstep(0.5 + direction * (uu - mirror_u) / (0.4 * unit))
     out = {}
     for group, m in regions.items():
         out[f"{group}_L"], out[f"{group}_R"] = m * left, m * (1.0 - left)
+    for region in out.values():
+        region.setflags(write=False)  # shared by every face of the model (memoised)
     return out
 
 

@@ -40,7 +40,7 @@ from PIL import Image
 
 from faceclip.errors import FaceClipError
 from faceclip.io.files import atomic_path
-from faceclip.io.mesh import _memo, _unique_uv, vertex_normals, write_glb, write_obj
+from faceclip.io.mesh import _unique_uv, memo_by_content, vertex_normals, write_glb, write_obj
 
 __all__ = [
     "DETAIL_FORMATS", "DISPLACEMENT_FILE", "DISPLACEMENT_FORMULA", "MAP_LAYOUT", "NORMAL_MAP_FILE",
@@ -453,7 +453,7 @@ def subdivide_masked(triangles, uv_corners, triangle_mask=None, levels: int = 2,
         plan["sample_vertex"], plan["sample_uv"] = _uv_samples(plan["triangles"], plan["uv_corners"])
         return plan
 
-    return _memo(f"subdivide_{int(levels)}_{n_v}", tri, uvc, mask, compute=compute)
+    return memo_by_content(f"subdivide_{int(levels)}_{n_v}", tri, uvc, mask, compute=compute)
 
 
 class _CutEdges:

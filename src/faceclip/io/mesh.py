@@ -118,16 +118,20 @@ def _rows(fmt: str, values: np.ndarray) -> str:
     return ((fmt + "\n") * len(values) % tuple(values.ravel().tolist())).rstrip("\n")
 
 
-_TOPOLOGY_CACHE: dict[tuple, tuple] = {}
+_TOPOLOGY_CACHE: dict[tuple, object] = {}
 
 
-def _memo(kind: str, *arrays: np.ndarray, compute):
-    """Memoise a topology-only computation by the content hash of its input arrays."""
+def memo_by_content(kind: str, *arrays, compute):
+    """``compute()``, memoised by ``kind`` and the content of ``arrays`` (NumPy arrays or
+    tensors): for work that depends on a model's layout only (topology, UVs, regions), done once
+    per layout however many faces use it. At most 16 entries are kept; the value is shared, so
+    callers must not change it."""
     import hashlib
 
     h = hashlib.sha1()
     for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+        a = np.ascontiguousarray(_np(a))
+        h.update(a.tobytes())
         h.update(str(a.shape).encode())
     key = (kind, h.hexdigest())
     if key not in _TOPOLOGY_CACHE:
@@ -153,7 +157,7 @@ def _unique_uv(uv_corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             uniq, inverse = np.unique(np.round(flat, 7), axis=0, return_inverse=True)
         return uniq, inverse.reshape(-1, 3)
 
-    return _memo("uv", uv_corners, compute=compute)
+    return memo_by_content("uv", uv_corners, compute=compute)
 
 
 def write_obj(
@@ -213,20 +217,20 @@ def write_obj(
         if tidx.shape[0] != f.shape[0]:
             raise ValueError(f"uv has {tidx.shape[0]} triangles, mesh has {f.shape[0]}")
         # The vt and f lines depend on the topology only: formatted once per mesh layout.
-        lines.append(_memo("obj_vt", uv_np, compute=lambda: _rows("vt %.7f %.7f", uniq)))
+        lines.append(memo_by_content("obj_vt", uv_np, compute=lambda: _rows("vt %.7f %.7f", uniq)))
         if mtl_name:
             lines.append(f"usemtl {material_name}")
         if n is not None:
-            lines.append(_memo("obj_f_vt_vn", f, uv_np, compute=lambda: _rows(
+            lines.append(memo_by_content("obj_f_vt_vn", f, uv_np, compute=lambda: _rows(
                 "f %d/%d/%d %d/%d/%d %d/%d/%d", np.stack([f + 1, tidx + 1, f + 1], axis=-1).reshape(len(f), 9))))
         else:
-            lines.append(_memo("obj_f_vt", f, uv_np, compute=lambda: _rows(
+            lines.append(memo_by_content("obj_f_vt", f, uv_np, compute=lambda: _rows(
                 "f %d/%d %d/%d %d/%d", np.stack([f + 1, tidx + 1], axis=-1).reshape(len(f), 6))))
     elif n is not None:
-        lines.append(_memo("obj_f_vn", f, compute=lambda: _rows(
+        lines.append(memo_by_content("obj_f_vn", f, compute=lambda: _rows(
             "f %d//%d %d//%d %d//%d", np.stack([f + 1, f + 1], axis=-1).reshape(len(f), 6))))
     else:
-        lines.append(_memo("obj_f", f, compute=lambda: _rows("f %d %d %d", f + 1)))
+        lines.append(memo_by_content("obj_f", f, compute=lambda: _rows("f %d %d %d", f + 1)))
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(line for line in lines if line) + "\n")
     return [path] + written
@@ -269,7 +273,7 @@ def split_by_uv(vertices: np.ndarray, triangles: np.ndarray, uv_corners: np.ndar
         pairs = np.stack([triangles.reshape(-1), tidx.reshape(-1)], axis=1)
         return np.unique(pairs, axis=0, return_inverse=True)
 
-    uniq_pairs, inverse = _memo("split", triangles, uv_corners, compute=compute)
+    uniq_pairs, inverse = memo_by_content("split", triangles, uv_corners, compute=compute)
     return (
         vertices[uniq_pairs[:, 0]],
         inverse.reshape(-1, 3),
