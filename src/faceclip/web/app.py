@@ -25,6 +25,8 @@ Safety, by default:
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import shutil
@@ -93,7 +95,7 @@ class DemoBackend:
         self._own_root = o.root is None
         self.root = Path(o.root) if o.root else Path(tempfile.mkdtemp(prefix="faceclip-web-"))
         self.root.mkdir(parents=True, exist_ok=True)
-        self._recs: dict[tuple[bool, bool], object] = {}
+        self._recs: dict[bool, object] = {}  # one pipeline per mode (fast or not)
         self._lock = threading.Lock()  # one reconstruction at a time per process (the fitter keeps state)
 
     # ------------------------------------------------------------------ sessions
@@ -141,15 +143,19 @@ class DemoBackend:
 
     # ------------------------------------------------------------------ work
 
-    def reconstructor(self, fast: bool, detail: bool = False):
-        """The (cached) photo pipeline, default or ``--fast``, with or without ``--detail``."""
+    def reconstructor(self, fast: bool, detail: bool | None = None):
+        """The (cached) photo pipeline, default or ``--fast``: one per mode, whatever the detail
+        switch (detail is a per-face step, not a model: ``detail`` sets it on the cached pipeline;
+        call with the lock held)."""
         from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
-        key = (bool(fast), bool(detail))
+        key = bool(fast)
         if key not in self._recs:
-            self._recs[key] = Reconstructor(ReconstructOptions(fast=key[0], detail=key[1], all_faces=True,
-                                                               overwrite=True))
-        return self._recs[key]
+            self._recs[key] = Reconstructor(ReconstructOptions(fast=key, all_faces=True, overwrite=True))
+        rec = self._recs[key]
+        if detail is not None and rec.options.outputs.detail != bool(detail):
+            rec.options = dataclasses.replace(rec.options, detail=bool(detail))
+        return rec
 
     def check_upload(self, path: str | Path) -> Path:
         """Refuse anything but an image within the limits (one-line :class:`InputError`)."""
