@@ -19,6 +19,10 @@ thing at a time:
 - ``nosigma``: ``dense`` with one sigma for all points (the median) and no correlation model;
 - ``inner68``: ``dense`` with the inner 51 of the 68 points kept too;
 - ``nophoto``: ``default`` without the photometric stage (landmarks only);
+- ``flatweights``: ``default`` without the calibrated landmark weights (the fixed weights and one
+  landmark weight for every head pose, as before they were added);
+- ``identity`` / ``identity<W>``: ``default`` with the FaceNet identity term (``--identity``,
+  weight 2 or W);
 - ``reg`` / ``noreg``: ``default`` started from the regressor's prediction / the mean face;
 - ``fast`` / ``fastreg``: ``--fast`` from the mean face / the regressor's prediction;
 - ``dense_w<X>``: ``dense`` with ``w_dense = X``;
@@ -76,6 +80,10 @@ def _method(variant: str):
         overrides["photo_steps"] = 0
     elif variant == "nophoto":
         overrides["photo_steps"] = 0
+    elif variant == "flatweights":
+        overrides["calibrated_landmark_weights"] = 0
+    elif variant.startswith("identity"):
+        opts.update(identity_weight=float(variant[len("identity"):] or 2.0))
     elif variant not in ("default", "mp68"):
         raise SystemExit(f"unknown variant {variant!r}")
     if variant == "inner68":

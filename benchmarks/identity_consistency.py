@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python benchmarks/identity_consistency.py                       # default reconstruction
     python benchmarks/identity_consistency.py --detector hog --landmarks dlib68
     python benchmarks/identity_consistency.py --dense
+    python benchmarks/identity_consistency.py --identity              # with the FaceNet identity term
 
 ``../shared/data/faces/bald_guys.jpg`` is a collage of 24 photos of four people, six each (the
 labels, keyed by face position, are those of ``tests/test_nets_facenet.py``). Every face is
@@ -49,6 +50,8 @@ def main() -> int:
     ap.add_argument("--dense", action="store_true", help="also fit the calibrated dense points")
     ap.add_argument("--fast", action="store_true")
     ap.add_argument("--init", default="mean", choices=["mean", "regressor"])
+    ap.add_argument("--identity", nargs="?", type=float, const=2.0, default=0.0, metavar="WEIGHT",
+                    help="fit with the FaceNet identity term (as faceclip reconstruct --identity)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change a fitting setting (a flat name of FitConfig.with_overrides), e.g. w_dense=0.005")
@@ -63,7 +66,8 @@ def main() -> int:
         return 2
     rec = Reconstructor(ReconstructOptions(all_faces=True, detector=args.detector, landmarks=args.landmarks,
                                            dense=args.dense, fast=args.fast,
-                                           init=args.init, landmark_net=args.landmark_net))
+                                           init=args.init, landmark_net=args.landmark_net,
+                                           identity_weight=args.identity))
     if args.set:
         rec.fitter.config = rec.fitter.config.with_overrides(
             **{k: float(v) for k, v in (item.split("=") for item in args.set)})
@@ -96,7 +100,8 @@ def main() -> int:
     d_same, d_diff = D[same & off].mean(), D[~same].mean()
     np.fill_diagonal(D, np.inf)
     nn = (labels_a[D.argmin(1)] == labels_a).mean()
-    print(f"front-end: detector {args.detector}, landmarks {args.landmarks}, dense {args.dense}, init {args.init} "
+    print(f"front-end: detector {args.detector}, landmarks {args.landmarks}, dense {args.dense}, init {args.init}, "
+          f"identity term {args.identity:g} "
           f"{' '.join(args.set)}; "
           f"{len(faces)} faces found, {n} of the 24 labelled faces reconstructed in {seconds:.1f} s")
     print(f"mean distance same person {d_same:.3f} mm, different people {d_diff:.3f} mm, "

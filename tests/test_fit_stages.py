@@ -112,6 +112,32 @@ def test_initial_params_and_landmark_stage_lower_the_landmark_error(forward, con
     assert bool((result.landmark_weights > 0).all())
 
 
+def test_landmark_weights_and_scale_decide_how_much_the_landmarks_count(forward, config):
+    """A low weight on a corrupted landmark keeps it from pulling the face; a small landmark scale
+    lets the prior win (the fit stays nearer the mean face)."""
+    from faceclip.fit.stages import FitProblem, initial_params, landmark_stage
+
+    crop, lm, skin = _face(forward, seed=8, yaw_deg=10.0)
+    bad = lm.clone()
+    bad[36:42] += torch.tensor([0.0, 12.0])  # the right eye dragged down
+
+    def fit(**kw):
+        problem = FitProblem.from_inputs(forward, crop, bad, skin, **kw)
+        p = initial_params(forward, config, problem.landmarks)
+        landmark_stage(forward, config, p, problem.with_priors(p), steps=10)
+        return p
+
+    even = fit()
+    w = torch.ones(68)
+    w[36:42] = 0.05
+    wary = fit(landmark_weights=w)
+    err_even = _landmark_error(forward, even, lm)
+    err_wary = _landmark_error(forward, wary, lm)
+    assert err_wary < 0.8 * err_even, (err_even, err_wary)
+    loose = fit(landmark_scale=0.02)
+    assert loose.identity.norm() < 0.7 * even.identity.norm(), (loose.identity.norm(), even.identity.norm())
+
+
 def test_closed_form_light_and_photo_stage(forward, config):
     from faceclip.fit.stages import (FitProblem, closed_form_light, initial_params, landmark_stage,
                                      photo_stage)
@@ -169,6 +195,13 @@ def test_fit_problem_validation(forward):
         FitProblem.from_inputs(forward, crop, lm, skin, dense_px=torch.zeros(10, 2))
     with pytest.raises(ValueError, match="landmark_sigma_px"):
         FitProblem.from_inputs(forward, crop, lm, skin, landmark_sigma_px=-torch.ones(68))
+    with pytest.raises(ValueError, match="landmark_weights"):
+        FitProblem.from_inputs(forward, crop, lm, skin, landmark_weights=torch.ones(67))
+    with pytest.raises(ValueError, match="landmark_weights"):
+        FitProblem.from_inputs(forward, crop, lm, skin, landmark_weights=torch.zeros(68))
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="landmark_scale"):
+            FitProblem.from_inputs(forward, crop, lm, skin, landmark_scale=bad)
     dense = forward.with_dense_vertices([0, 1, 2])
     assert forward.dense is None and dense.dense.n_points == 3  # a new forward model; the old one unchanged
     with pytest.raises(ValueError, match="without dense_px"):

@@ -200,6 +200,21 @@ def test_calibration_contents(ict_cache) -> None:
         cal.dense_points(model.triangles.numpy()[:-5])
 
 
+def test_calibrated_landmark_weights_trust_eyes_over_the_jaw_and_turned_heads_less() -> None:
+    cal = load_calibration()
+    assert cal.map68_sigma.shape == (3, 68) and np.isfinite(cal.map68_sigma).all() and (cal.map68_sigma > 0).all()
+    frontal, scale0 = cal.landmark_weights(5.0)
+    assert frontal.shape == (68,) and np.isclose(frontal.sum(), 68.0) and (frontal > 0).all()
+    assert scale0 == 1.0
+    assert frontal[36:48].mean() > 2 * frontal[0:17].mean()  # eye corners are surer than the silhouette
+    assert frontal.max() / np.median(frontal) <= 4.0 + 1e-9 and frontal.min() / np.median(frontal) >= 0.25 - 1e-9
+    scales = [cal.landmark_weights(y)[1] for y in (-10.0, 25.0, -30.0, 55.0)]
+    assert scales[0] == 1.0 and scales[1] == scales[2] and 0.2 < scales[1] < 1.0 and scales[3] < 0.5 * scales[1]
+    old = load_calibration.__wrapped__(str(CALIBRATION_FILE))  # a file made before the spreads existed
+    old.map68_sigma = None
+    assert old.landmark_weights(0.0) is None
+
+
 def test_68_point_map_commutes_with_the_image_and_follows_the_yaw(astronaut: np.ndarray) -> None:
     from faceclip.evaluate.synthetic import SyntheticConfig, SyntheticFaceGenerator
 

@@ -251,6 +251,16 @@ def solve(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]
         inb = test & (yaw >= lo) & (yaw < hi)
         lines.append(f"  |yaw| {lo:.0f}-{hi:.0f}: pose-dependent map {np.median(nme[inb]):.4f}, one map "
                      f"{np.median(nme_one[inb]):.4f}, nearest point {np.median(nme_nn[inb]):.4f} (n={int(inb.sum())})")
+    # 4b. the spread of each mapped landmark per yaw bin (RMS per axis over the training renders, in
+    #     units of the inter-ocular distance): the fit weights each landmark by 1 / sigma^2
+    rel = (pred - lm) / iod[:, None, None]
+    sigma68 = np.stack([np.sqrt(np.nanmean(rel[train & (yaw >= lo) & (yaw < hi)] ** 2, axis=(0, 2)))
+                        for lo, hi in POSE_BINS])  # (bins, 68)
+    lines.append("478 -> 68 map, spread per landmark (RMS per axis / inter-ocular distance, training renders):")
+    for j, (lo, hi) in enumerate(POSE_BINS):
+        s = sigma68[j]
+        lines.append(f"  |yaw| {lo:.0f}-{hi:.0f}: jaw {s[:17].mean():.4f}, brows {s[17:27].mean():.4f}, "
+                     f"nose {s[27:36].mean():.4f}, eyes {s[36:48].mean():.4f}, mouth {s[48:].mean():.4f}")
     held = np.where(vis[test], err[test], np.nan)
     arrays = {"triangle": tri_id, "bary": bary.astype(np.float32), "sigma_mm": sigma.astype(np.float32),
               "dense_index": dense_idx, "dense_weight": dense_w.astype(np.float32),
@@ -258,6 +268,7 @@ def solve(data: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]
               "noise_nu": np.float32(nu),
               "pose_bins_deg": np.array(POSE_BINS, np.float32), "map68_index": map_idx,
               "map68_weight": map_w.astype(np.float32), "map68_yaw_centres_deg": centres.astype(np.float32),
+              "map68_sigma": sigma68.astype(np.float32),
               "yaw_template": template.astype(np.float32), "yaw_slope_offset": np.array([slope, offset], np.float64),
               "n_vertices": np.int64(model.n_vertices),
               "n_triangles": np.int64(len(tris)), "found_fraction": np.float32(found.mean()),

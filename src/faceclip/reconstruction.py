@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,12 @@ class ReconstructOptions:
     no_regressor: bool = False
     #: Fewer, lower-resolution fitting steps (landmarks, then closed-form light).
     fast: bool = False
+    #: Weight of the face-recognition identity term in the photometric stage (0: off;
+    #: ``--identity`` gives :data:`faceclip.fit.identity.DEFAULT_IDENTITY_WEIGHT`): the fitted face,
+    #: rendered over the photo, should have the photo's FaceNet embedding. Shapes of one person
+    #: agree better across photos (bald_guys.jpg: nearest shape of the same person 0.75 vs 0.375)
+    #: at several seconds more per face.
+    identity_weight: float = 0.0
     device: str = "cpu"
     face_model: str = "ict"
     face_model_path: str | None = None
@@ -271,6 +278,13 @@ class Reconstructor:
             self._calibration = load_calibration()
             self.dense_points = self._calibration.dense_points(self.model.triangles.cpu().numpy())
             self.fitter.set_dense_points(self.dense_points)
+        self.identity_encoder_path = None
+        if o.identity_weight > 0:
+            from faceclip.fit.identity import identity_term
+            from faceclip.nets.facenet_weights import facenet_cache_path, load_facenet
+
+            self.fitter.extra_terms.append(identity_term(load_facenet(o.device), o.identity_weight))
+            self.identity_encoder_path = facenet_cache_path()
         self.regressor, self.regressor_path = self._load_regressor()
         self.detail_net = self.feature_net = self.feature_net_path = None
         if o.outputs.detail_net:
@@ -390,6 +404,8 @@ class Reconstructor:
         rp = self.regressor_path
         out["regressor"] = {"file": str(rp), "sha256": file_sha256(rp)} if rp else {"file": "none", "sha256": "none"}
         out["identity_network"] = {"file": "none", "sha256": "none"}
+        if self.identity_encoder_path is not None:
+            add("identity_network", self.identity_encoder_path)
         out["clip"] = {"file": "none", "sha256": "none"}
         return out
 
@@ -428,6 +444,21 @@ class Reconstructor:
             result.seconds["landmark_net"] = t_net
         return result, aligned, landmarks68, net_points
 
+    def _calibrated_landmark_weights(self, mesh478: np.ndarray | None) -> tuple[torch.Tensor | None, float]:
+        """(68,) weights of MediaPipe's mapped landmarks and the landmark term's scale for this
+        face's yaw (:meth:`faceclip.detect.calibration.MeshCalibration.landmark_weights`), or
+        ``(None, 1.0)``: other landmarks, no mesh, or ``landmarks.calibrated_weights`` off."""
+        if (mesh478 is None or self.options.front_end.landmarks != "mediapipe"
+                or not self.fitter.config.landmarks.calibrated_weights):
+            return None, 1.0
+        from faceclip.detect.calibration import load_calibration
+
+        cal = self._calibration or load_calibration()
+        got = cal.landmark_weights(cal.yaw_deg(mesh478))
+        if got is None:
+            return None, 1.0
+        return torch.from_numpy(got[0]).float(), got[1]
+
     def fit_face(self, rgb: np.ndarray, landmarks68: np.ndarray, mesh478: np.ndarray | None = None,
                  net_points=None) -> tuple[FitResult, object]:
         """Align and fit one face. Returns the fit and the :class:`AlignedFace`.
@@ -462,6 +493,7 @@ class Reconstructor:
             dense = torch.from_numpy(aligned.transform.image_to_crop(net_points.dense_px)).float()
             dense_sigma = torch.from_numpy(net_points.dense_sigma_px * aligned.transform.scale).float()
             lm_sigma = torch.from_numpy(net_points.sigma_px[:68] * aligned.transform.scale).float()
+        lm_weights, lm_scale = self._calibrated_landmark_weights(mesh478) if net_points is None else (None, 1.0)
         result = self.fitter.fit(
             crop,
             torch.from_numpy(aligned.landmarks.copy()).float(),
@@ -470,6 +502,8 @@ class Reconstructor:
             dense_px=dense,
             dense_sigma_px=dense_sigma,
             landmark_sigma_px=lm_sigma,
+            landmark_weights=lm_weights,
+            landmark_scale=lm_scale,
         )
         if init is not None:
             result.seconds["regress"] = t_reg
@@ -589,7 +623,8 @@ class Reconstructor:
     def _method_name(self) -> str:
         if self.options.method == "regress":
             return "regress"
-        return "fit" + (" (fast)" if self.options.fast else "")
+        return "fit" + (" (fast)" if self.options.fast else "") + (
+            f" + identity term (weight {self.options.identity_weight:g})" if self.options.identity_weight > 0 else "")
 
 
 # ---------------------------------------------------------------------- the record
@@ -948,6 +983,12 @@ def _check_resolved(o: ReconstructOptions) -> None:
                             hint="--landmarks net brings its own dense points")
     if fe.landmark_net and fe.landmarks != "net":
         raise FaceClipError("--landmark-net needs --landmarks net")
+    if not (math.isfinite(o.identity_weight) and o.identity_weight >= 0):
+        raise FaceClipError(f"--identity {o.identity_weight}: the weight must be a non-negative number")
+    if o.identity_weight > 0 and (o.fast or o.method == "regress"):
+        raise FaceClipError("--identity weighs the photometric fitting stage, which "
+                            + ("--fast skips" if o.fast else "--method regress does not run"),
+                            hint="drop --identity, or fit without --fast")
     if o.outputs.texture_px is not None and not 16 <= o.outputs.texture_px <= 8192:
         raise FaceClipError(f"--texture-size {o.outputs.texture_px}: must be between 16 and 8192")
 

@@ -25,6 +25,9 @@ and a linear map from the 478 points to the 68 landmarks of the 2D-detector conv
 ``(C, 68, J)``, one map per head yaw in ``map68_yaw_centres_deg`` (blended linearly; the yaw is
 estimated from the mesh's own 3D points with ``yaw_template`` and ``yaw_slope_offset``). Weights
 sum to 1 per landmark, so each map commutes with translation, rotation and scale of the image.
+``map68_sigma`` ``(3, 68)`` is the spread of each mapped landmark around the true one in each yaw
+bin (RMS per axis, in units of the inter-ocular distance), from which
+:meth:`MeshCalibration.landmark_weights` weights the fit.
 
 Example::
 
@@ -151,6 +154,8 @@ class MeshCalibration:
         self.map68_yaw_centres = np.asarray(arrays.get("map68_yaw_centres_deg", [0.0]), np.float64)
         self.yaw_template = np.asarray(arrays["yaw_template"], np.float64) if "yaw_template" in arrays else None
         self.yaw_slope_offset = np.asarray(arrays.get("yaw_slope_offset", [1.0, 0.0]), np.float64)
+        self.map68_sigma = (np.asarray(arrays["map68_sigma"], np.float64) if "map68_sigma" in arrays
+                            else None)  # (bins, 68); older files have none
         self.n_vertices = int(arrays["n_vertices"])
         self.n_triangles = int(arrays["n_triangles"])
         if self.triangle.shape != (478,) or self.map68_index.shape[0] != 68:
@@ -176,6 +181,29 @@ class MeshCalibration:
             blend = interpolation_weights(self.yaw_deg(m), self.map68_yaw_centres)
             w = np.einsum("c,ckj->kj", blend, self.map68_weight)
         return np.einsum("kj,kjc->kc", w, m[self.map68_index, :2])
+
+    def landmark_weights(self, yaw_deg: float) -> tuple[np.ndarray, float] | None:
+        """How much to trust each of the 68 mapped landmarks of a head at this yaw (degrees).
+
+        The weights are the Gaussian negative log-likelihood's ``1 / sigma^2`` with each
+        landmark's spread in the yaw bin (``map68_sigma``), normalised to sum to 68; ratios are
+        clipped to [0.25, 4] of the median weight so that no few points dominate. The scale is
+        ``(sigma_frontal / sigma_bin)^2`` with the bins' RMS spreads: a turned head's landmarks
+        are less certain (about 2.7x the frontal spread above 40 degrees), so the landmark term
+        counts less against the priors and the photo.
+
+        Returns:
+            ``(68,)`` weights and the scale (1 for frontal heads), or None when the file holds
+            no spreads (made before they were added).
+        """
+        if self.map68_sigma is None:
+            return None
+        j = int(np.searchsorted(self.pose_bins_deg[:, 1], abs(float(yaw_deg)), side="right"))
+        sig = self.map68_sigma[min(j, len(self.map68_sigma) - 1)]
+        w = 1.0 / np.maximum(sig, 1e-6) ** 2
+        w = np.clip(w / np.median(w), 0.25, 4.0)
+        level = np.sqrt((self.map68_sigma ** 2).mean(1))  # (bins,) RMS spread per bin
+        return w * (68.0 / w.sum()), float((level[0] / level[min(j, len(level) - 1)]) ** 2)
 
     def dense_positions(self, mesh_xy: np.ndarray, point_ids: np.ndarray | None = None) -> np.ndarray:
         """``(478, 2)`` MediaPipe points -> ``(K, 2)`` predicted positions of the surface points.

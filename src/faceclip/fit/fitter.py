@@ -198,7 +198,8 @@ class Fitter:
 
     def fit(self, crop_rgb: Tensor, landmarks_px: Tensor, skin_mask: Tensor,
             init: FaceParams | None = None, dense_px: Tensor | None = None,
-            dense_sigma_px: Tensor | None = None, landmark_sigma_px: Tensor | None = None) -> FitResult:
+            dense_sigma_px: Tensor | None = None, landmark_sigma_px: Tensor | None = None,
+            landmark_weights: Tensor | None = None, landmark_scale: float = 1.0) -> FitResult:
         """Fit one face.
 
         Args:
@@ -212,11 +213,15 @@ class Fitter:
                 dense landmark network's); None: the points' own model (calibration sigmas).
             landmark_sigma_px: (68,) each landmark's standard deviation in crop pixels (the
                 network's); with ``config.landmarks.sigma_weighting`` it reweights the 68.
+            landmark_weights: (68,) relative weights of the 68 landmarks replacing the default
+                ones (:meth:`faceclip.detect.calibration.MeshCalibration.landmark_weights`).
+            landmark_scale: factor on ``config.landmarks.weight`` for this face (both stages).
         """
         c = self.config
         forward = self.forward
         problem = FitProblem.from_inputs(forward, crop_rgb, landmarks_px, skin_mask, dense_px=dense_px,
-                                         dense_sigma_px=dense_sigma_px, landmark_sigma_px=landmark_sigma_px)
+                                         dense_sigma_px=dense_sigma_px, landmark_sigma_px=landmark_sigma_px,
+                                         landmark_weights=landmark_weights, landmark_scale=landmark_scale)
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         p = init.detach().to(forward.device) if init is not None else initial_params(forward, c, problem.landmarks)

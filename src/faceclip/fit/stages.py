@@ -80,6 +80,11 @@ class LandmarkStageConfig:
     #: each of the 68 landmarks' weights by ``(median sigma / sigma_k)^2``, clipped to [0.25, 4]
     #: (their sum unchanged).
     sigma_weighting: bool = True
+    #: With MediaPipe's mapped landmarks, weight each of the 68 by ``1 / sigma^2`` of its spread
+    #: at the head's yaw and the whole term by how much less certain a turned head's landmarks
+    #: are (:meth:`faceclip.detect.calibration.MeshCalibration.landmark_weights`; the reconstruction
+    #: passes them to :meth:`Fitter.fit`). Tuning seed 7, n=40: 1.414 -> 1.392 mm.
+    calibrated_weights: bool = True
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
     "w_identity_landmarks": ("landmarks", "identity_prior"),
     "robust_px": ("landmarks", "robust_px"),
     "landmark_sigma_weighting": ("landmarks", "sigma_weighting"),
+    "calibrated_landmark_weights": ("landmarks", "calibrated_weights"),
     "photo_steps": ("photo", "steps"),
     "w_photo": ("photo", "weight"),
     "lr_pose": ("photo", "lr_pose"),
@@ -597,6 +603,11 @@ class FitProblem:
             None (the points' own model, the calibration's sigmas).
         landmark_sigma_px: (68,) float32 standard deviation of each landmark in crop pixels, or
             None (fixed weights).
+        landmark_weights: (68,) float32 relative weights of the 68 landmarks replacing
+            :data:`~faceclip.losses.DEFAULT_LANDMARK_WEIGHTS` (e.g. from the calibration's
+            spread of each mapped point), or None.
+        landmark_scale: factor on ``config.landmarks.weight`` for this face, in both stages
+            (e.g. below 1 for a turned head whose landmarks are less certain).
         prior_identity, prior_expression: (B, n_identity), (B, n_expression) centres of the
             Gaussian priors, or None for zero (the mean face); see :meth:`with_priors`.
     """
@@ -607,20 +618,24 @@ class FitProblem:
     dense: Tensor | None = None
     dense_sigma_px: Tensor | None = None
     landmark_sigma_px: Tensor | None = None
+    landmark_weights: Tensor | None = None
+    landmark_scale: float = 1.0
     prior_identity: Tensor | None = None
     prior_expression: Tensor | None = None
 
     @classmethod
     def from_inputs(cls, forward: FaceForward, crop_rgb: Tensor, landmarks_px: Tensor, skin_mask: Tensor,
                     dense_px: Tensor | None = None, dense_sigma_px: Tensor | None = None,
-                    landmark_sigma_px: Tensor | None = None) -> "FitProblem":
+                    landmark_sigma_px: Tensor | None = None, landmark_weights: Tensor | None = None,
+                    landmark_scale: float = 1.0) -> "FitProblem":
         """Validate one face's inputs (shapes as :meth:`Fitter.fit <faceclip.fit.fitter.Fitter.fit>`:
-        (S, S, 3), (68, 2), (S, S), (K, 2), (K,), (68,)) and batch them.
+        (S, S, 3), (68, 2), (S, S), (K, 2), (K,), (68,), (68,), scalar) and batch them.
 
         Raises:
             ValueError: non-finite crop or landmarks; dense points without
-                :attr:`FaceForward.dense`, of the wrong shape or non-finite; sigmas that are not
-                positive and finite with the right shape; ``dense_sigma_px`` without ``dense_px``.
+                :attr:`FaceForward.dense`, of the wrong shape or non-finite; sigmas or landmark
+                weights that are not positive and finite with the right shape; ``dense_sigma_px``
+                without ``dense_px``; a landmark scale that is not positive and finite.
         """
         dev = forward.device
         crop = crop_rgb.to(dev, torch.float32).unsqueeze(0)
@@ -649,8 +664,16 @@ class FitProblem:
             if sig.shape[0] != 68 or not torch.isfinite(sig).all() or bool((sig <= 0).any()):
                 raise ValueError("landmark_sigma_px must be positive and finite with shape (68,)")
             lm_sig = sig
+        lm_w = None
+        if landmark_weights is not None:
+            lw = torch.as_tensor(landmark_weights, dtype=torch.float32, device=dev).reshape(-1)
+            if lw.shape[0] != 68 or not torch.isfinite(lw).all() or bool((lw <= 0).any()):
+                raise ValueError("landmark_weights must be positive and finite with shape (68,)")
+            lm_w = lw
+        if not (np.isfinite(landmark_scale) and landmark_scale > 0):
+            raise ValueError(f"landmark_scale must be positive and finite, got {landmark_scale}")
         return cls(crop=crop, landmarks=target, skin=skin, dense=dense_t, dense_sigma_px=dense_sig,
-                   landmark_sigma_px=lm_sig)
+                   landmark_sigma_px=lm_sig, landmark_weights=lm_w, landmark_scale=float(landmark_scale))
 
     def with_priors(self, params: FaceParams, centred_on_params: bool = False) -> "FitProblem":
         """A copy with the priors centred on ``params``' identity and expression (copies) when
@@ -796,11 +819,13 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
     dense_target = problem.dense
     prior_identity, prior_expression = problem.priors(p)
     scale = c.crop_px / 224.0
-    w = DEFAULT_LANDMARK_WEIGHTS.to(dev)
+    default_w = DEFAULT_LANDMARK_WEIGHTS.to(dev)
+    w = default_w if problem.landmark_weights is None else problem.landmark_weights * (
+        default_w.sum() / problem.landmark_weights.sum())
     if problem.landmark_sigma_px is not None and c.landmarks.sigma_weighting:
         sig = problem.landmark_sigma_px.clamp_min(0.05)
         w = w * ((sig.median() / sig) ** 2).clamp(0.25, 4.0)  # a few overconfident points cannot dominate
-        w = w * (DEFAULT_LANDMARK_WEIGHTS.to(dev).sum() / w.sum())
+        w = w * (default_w.sum() / w.sum())
     base_w = w / w.sum()
     sizes = [3, 3, forward.model.n_identity, forward.model.n_expression]
     # Translation is solved in cm so that all unknowns have similar scales.
@@ -868,7 +893,7 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
             # Iteratively reweighted: a Cauchy weight per landmark (scale c px) keeps a few
             # badly detected landmarks from bending the whole face.
             w_sqrt = _robust_weights(c, theta, rows, b, base_w, evaluate, dev).sqrt().view(68, 1) * (
-                (c.landmarks.weight ** 0.5) / scale)
+                ((c.landmarks.weight * problem.landmark_scale) ** 0.5) / scale)
             if dense is not None:
                 w_sqrt = torch.cat([w_sqrt * inner_factor, dense_point_weights(
                     forward, c, p, b, float(theta[1]), float(theta[5]) * t_unit,
