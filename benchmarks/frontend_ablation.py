@@ -21,6 +21,8 @@ thing at a time:
 - ``nophoto``: ``default`` without the photometric stage (landmarks only);
 - ``flatweights``: ``default`` without the calibrated landmark weights (the fixed weights and one
   landmark weight for every head pose, as before they were added);
+- ``fixedcontour``: ``default`` with the jaw landmarks on fixed model vertices instead of the
+  sliding silhouette contour;
 - ``identity`` / ``identity<W>``: ``default`` with the FaceNet identity term (``--identity``,
   weight 2 or W);
 - ``reg`` / ``noreg``: ``default`` started from the regressor's prediction / the mean face;
@@ -82,6 +84,8 @@ def _method(variant: str):
         overrides["photo_steps"] = 0
     elif variant == "flatweights":
         overrides["calibrated_landmark_weights"] = 0
+    elif variant == "fixedcontour":
+        pass
     elif variant.startswith("identity"):
         opts.update(identity_weight=float(variant[len("identity"):] or 2.0))
     elif variant not in ("default", "mp68"):
@@ -95,6 +99,14 @@ def _method(variant: str):
     rec = Reconstructor(ReconstructOptions(**opts))
     if overrides:
         rec.fitter.config = rec.fitter.config.with_overrides(**overrides)
+    if variant == "fixedcontour":  # each sliding landmark's only candidate: its own model vertex
+        from dataclasses import replace
+
+        from faceclip.fit.contour import ContourBands
+
+        fwd = rec.fitter.forward
+        own = fwd.model.landmarks68[fwd.bands.landmark_ids].unsqueeze(1)
+        rec.fitter.forward = replace(fwd, bands=ContourBands(fwd.bands.landmark_ids, own, fwd.bands.side))
     if rec.dense_points is not None:
         rec.fitter.set_dense_points(rec.dense_points)  # picks up dense.correlated
     if variant == "nosigma":

@@ -1,7 +1,7 @@
 """Reconstruction speed and landmark accuracy on the photos in ../shared/data/faces.
 
 Usage:
-    .venv/bin/python benchmarks/reconstruct.py [--fast] [--no-regressor] [--all-faces] [--out DIR] [--faces DIR]
+    .venv/bin/python benchmarks/reconstruct.py [--fast] [--no-regressor] [--identity] [--all-faces] [--out DIR] [--faces DIR]
                                                [--busy N]
 
 Reconstructs every photo (the largest face, or all with --all-faces) in one warm process (the
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true")
     ap.add_argument("--all-faces", action="store_true")
     ap.add_argument("--no-regressor", action="store_true", help="fit from the mean face (no regressor start)")
+    ap.add_argument("--identity", action="store_true", help="fit with the FaceNet identity term (reconstruct --identity)")
     ap.add_argument("--faces", default=str(REPO.parent / "shared" / "data" / "faces"))
     ap.add_argument("--out", default=None, help="keep outputs here (default: a temporary folder)")
     ap.add_argument("--busy", type=int, default=0, metavar="N",
@@ -50,7 +51,8 @@ def main() -> None:
         sys.exit(f"no images in {args.faces}")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="faceclip_bench_"))
     t0 = time.perf_counter()
-    rec = Reconstructor(ReconstructOptions(fast=args.fast, all_faces=args.all_faces, no_regressor=args.no_regressor))
+    rec = Reconstructor(ReconstructOptions(fast=args.fast, all_faces=args.all_faces, no_regressor=args.no_regressor,
+                                           identity_weight=2.0 if args.identity else 0.0))
     setup_s = time.perf_counter() - t0
     # Warm-up on the first image (first-call costs: imports, allocator), not counted.
     try:
@@ -58,7 +60,7 @@ def main() -> None:
     except Exception:  # noqa: BLE001 - a warm-up failure shows again below
         pass
     rows, failures = measure(rec, images, out)
-    print(f"mode: {'fast' if args.fast else 'default'}; setup (model, fitter): {setup_s:.2f} s; outputs: {out}")
+    print(f"mode: {'fast' if args.fast else 'default'}{' + identity term' if args.identity else ''}; setup (model, fitter): {setup_s:.2f} s; outputs: {out}")
     print(f"{'image':<22} {'face':>4} {'NME':>7} {'detect':>7} {'fit':>6} {'tex+ov':>7} {'write':>6} {'total':>6}")
     for name, f, wall in rows:
         s = f.seconds

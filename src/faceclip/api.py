@@ -81,7 +81,8 @@ _RECONSTRUCTORS: dict[tuple, object] = {}
 
 
 def reconstruct_array(image, method: str = "fit", fast: bool = False, device: str = "cpu",
-                      checkpoint: str | None = None, landmark_net: str | None = None) -> dict:
+                      checkpoint: str | None = None, landmark_net: str | None = None,
+                      identity_weight: float = 0.0) -> dict:
     """Reconstruct the largest face of an in-memory image (no files written).
 
     Args:
@@ -95,6 +96,8 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
         checkpoint: regressor checkpoint (default: ``$FACECLIP_REGRESSOR`` or the shipped one).
         landmark_net: dense landmark network for ``"fit_net"`` (default:
             ``$FACECLIP_LANDMARK_NET`` or the shipped one).
+        identity_weight: weight of the FaceNet identity term in the fitting (0: off; 2.0 is
+            ``faceclip reconstruct --identity``).
 
     Returns:
         dict with ``vertices_mm`` (V, 3) canonical mesh (model frame), ``triangles`` (F, 3),
@@ -118,11 +121,11 @@ def reconstruct_array(image, method: str = "fit", fast: bool = False, device: st
     from faceclip.nets.regressor import default_checkpoint_path
 
     net = str(landmark_net or default_landmark_net_path()) if method == "fit_net" else None
-    key = (method, fast, device, str(checkpoint or default_checkpoint_path()), net)
+    key = (method, fast, device, str(checkpoint or default_checkpoint_path()), net, float(identity_weight))
     rec = _RECONSTRUCTORS.get(key)
     if rec is None:
         options = ReconstructOptions(fast=fast, device=device, method=method, checkpoint=checkpoint,
-                                     landmark_net=net)
+                                     landmark_net=net, identity_weight=float(identity_weight))
         rec = _RECONSTRUCTORS[key] = Reconstructor(options)
     record = rec.reconstruct_faces(np.ascontiguousarray(image), "image", texture=False, faces=[0])[0]
     return {"vertices_mm": record.vertices_mm.cpu(), "triangles": rec.model.triangles,
