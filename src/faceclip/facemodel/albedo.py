@@ -65,7 +65,7 @@ class AlbedoModel:
     def __call__(self, coeffs: Tensor) -> Tensor:
         """(B, K, 3) coefficients -> (B, V, 3) per-vertex albedo (unclamped)."""
         if self.kind == "harmonic":
-            return self.mean.unsqueeze(0) + torch.einsum("kv,bkc->bvc", self.basis, coeffs)
+            return self.mean.unsqueeze(0) + torch.matmul(self.basis.T, coeffs)  # (V, K) x (B, K, 3)
         # Model basis: one coefficient per component, applied to all three channels' columns.
         return self.mean.unsqueeze(0) + torch.einsum("kvc,bk->bvc", self.basis, coeffs[..., 0])
 

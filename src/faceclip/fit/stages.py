@@ -326,9 +326,15 @@ def _euler_jacobian(angles: Tensor) -> Tensor:
 
 
 def _linear_points(mean: Tensor, id_basis: Tensor, exp_basis: Tensor, p: FaceParams) -> Tensor:
-    """(B, N, 3) points linear in the coefficients: mean (N, 3) + bases (K, N, 3) x coefficients."""
-    return (mean.unsqueeze(0) + torch.einsum("bk,knc->bnc", p.identity, id_basis)
-            + torch.einsum("bk,knc->bnc", p.expression, exp_basis))
+    """(B, N, 3) points linear in the coefficients: mean (N, 3) + bases (K, N, 3) x coefficients.
+
+    Written as two (B, K) x (K, 3N) matrix products on the bases' contiguous memory (einsum
+    rearranged the bases at every call: this runs at every fitting step, forward and backward).
+    """
+    n = mean.shape[0]
+    flat = p.identity @ id_basis.reshape(id_basis.shape[0], 3 * n) + p.expression @ exp_basis.reshape(
+        exp_basis.shape[0], 3 * n)
+    return mean.unsqueeze(0) + flat.view(-1, n, 3)
 
 
 class VertexSubset:
