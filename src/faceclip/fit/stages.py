@@ -81,7 +81,7 @@ class LandmarkStageConfig:
     #: (their sum unchanged).
     sigma_weighting: bool = True
     #: With MediaPipe's mapped landmarks, weight each of the 68 by ``1 / sigma^2`` of its spread
-    #: at the head's yaw and the whole term by how much less certain a turned head's landmarks
+    #: on frontal heads and the whole term by how much less certain a turned head's landmarks
     #: are (:meth:`faceclip.detect.calibration.MeshCalibration.landmark_weights`; the reconstruction
     #: passes them to :meth:`Fitter.fit`). Tuning seed 7, n=40: 1.414 -> 1.399 mm.
     calibrated_weights: bool = True
