@@ -184,7 +184,7 @@ def test_out_is_an_existing_file_fails_before_any_work(ict_cache, home, capsys):
     (["--init", "regressor", "--no-regressor"], "contradict"),
     (["--texture-size", "3"], "between 16 and 8192"),
     (["--identity", "--fast"], "--fast skips"),
-    (["--identity", "-1"], "non-negative"),
+    (["--identity-weight", "-1"], "non-negative"),
     (["--identity", "--method", "regress"], "does not run"),
 ])
 def test_conflicting_flags_are_refused_up_front(tmp_path, capsys, extra, message):

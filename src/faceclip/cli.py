@@ -112,11 +112,20 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         formats=tuple(f.strip().lower() for f in args.formats.split(",") if f.strip()),
         face_model=args.face_model, face_model_path=args.face_model_path, detector=args.detector,
         landmarks=args.landmarks, landmark_net=args.landmark_net, dense=args.dense, method=args.method, init=args.init, checkpoint=args.checkpoint, no_regressor=args.no_regressor,
-        identity_weight=args.identity or 0.0,
+        identity_weight=_identity_weight(args),
     )
     reports = reconstruct_batch(inputs, args.out, options, show_progress=not args.quiet, workers=args.workers,
                                 resume=args.resume, backend=args.backend, address=args.address)
     return _print_reconstruct_summary(reports, args.out)
+
+
+def _identity_weight(args: argparse.Namespace) -> float:
+    """The identity term's weight from ``--identity`` / ``--identity-weight`` (0: off)."""
+    from faceclip.fit.identity import DEFAULT_IDENTITY_WEIGHT
+
+    if args.identity_weight is not None:
+        return args.identity_weight
+    return DEFAULT_IDENTITY_WEIGHT if args.identity else 0.0
 
 
 def _print_reconstruct_summary(reports, out: Path) -> int:
@@ -766,9 +775,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face, not just the largest")
     p.add_argument("--min-face-px", type=float, default=32.0, help="ignore smaller faces (default 32)")
     _frontend_args(p, net=True)
-    p.add_argument("--identity", nargs="?", type=float, const=2.0, default=None, metavar="WEIGHT",
+    p.add_argument("--identity", action="store_true",
                    help="add a face-recognition (FaceNet) identity term to the fitting: shapes of one person agree "
-                        "better across photos, at a few seconds more per face (weight default 2; see docs/front-end.md)")
+                        "better across photos, at a few seconds more per face (see docs/front-end.md)")
+    p.add_argument("--identity-weight", type=float, default=None, metavar="W",
+                   help="the identity term's weight (default 2; implies --identity)")
     p.add_argument("--dense", action="store_true",
                    help="also fit MediaPipe's 432 calibrated dense points, with their uncertainty "
                         "(--landmarks mediapipe, ICT model; see docs/front-end.md)")

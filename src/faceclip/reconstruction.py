@@ -984,7 +984,7 @@ def _check_resolved(o: ReconstructOptions) -> None:
     if fe.landmark_net and fe.landmarks != "net":
         raise FaceClipError("--landmark-net needs --landmarks net")
     if not (math.isfinite(o.identity_weight) and o.identity_weight >= 0):
-        raise FaceClipError(f"--identity {o.identity_weight}: the weight must be a non-negative number")
+        raise FaceClipError(f"--identity-weight {o.identity_weight}: the identity term's weight must be a non-negative number")
     if o.identity_weight > 0 and (o.fast or o.method == "regress"):
         raise FaceClipError("--identity weighs the photometric fitting stage, which "
                             + ("--fast skips" if o.fast else "--method regress does not run"),
