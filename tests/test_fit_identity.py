@@ -76,7 +76,7 @@ def test_fitter_runs_the_identity_term_in_the_photometric_stage(ict_cache):
     with_id = fitter.fit(crop, lm, skin)
     assert "identity" in with_id.losses and "identity" not in plain.losses
     assert math.isfinite(with_id.losses["identity"]) and enc.calls == 1 + 3  # the photo once, a render per step
-    assert not torch.equal(plain.vertices_mm, with_id.vertices_mm)  # it changes the fit
+    assert float((plain.vertices_mm - with_id.vertices_mm).abs().max()) > 1e-4  # it changes the fit (mm; float noise ~1e-5)
 
 
 def test_reconstruct_with_identity_brings_the_render_closer_to_the_photo(ict_cache):

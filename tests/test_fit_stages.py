@@ -138,6 +138,26 @@ def test_landmark_weights_and_scale_decide_how_much_the_landmarks_count(forward,
     assert loose.identity.norm() < 0.7 * even.identity.norm(), (loose.identity.norm(), even.identity.norm())
 
 
+def test_landmark_scale_reaches_the_photometric_stage(forward, config):
+    from dataclasses import replace
+
+    from faceclip.fit.stages import FitProblem, initial_params, landmark_stage, photo_stage
+
+    crop, lm, skin = _face(forward, seed=9, yaw_deg=30.0)
+    problem = FitProblem.from_inputs(forward, crop, lm + 3.0, skin)  # off by 3 px: a landmark loss to see
+    p = initial_params(forward, config, problem.landmarks)
+    problem = problem.with_priors(p)
+    lms = landmark_stage(forward, config, p, problem, steps=5)
+    losses = {}
+    for k in (1.0, 0.5):
+        q = FaceParams(**{n: t.clone() for n, t in p.tensors().items()}, image_size=p.image_size)
+        # one step: the terms are those of the same parameters, before the update
+        losses[k], _ = photo_stage(forward, config, q, replace(problem, landmark_scale=k), lms.landmark_weights,
+                                   lms.dense_weights, steps=1)
+    assert losses[0.5]["landmark"] == pytest.approx(0.5 * losses[1.0]["landmark"], rel=1e-5)
+    assert losses[0.5]["photometric"] == pytest.approx(losses[1.0]["photometric"], rel=1e-6)
+
+
 def test_closed_form_light_and_photo_stage(forward, config):
     from faceclip.fit.stages import (FitProblem, closed_form_light, initial_params, landmark_stage,
                                      photo_stage)

@@ -208,11 +208,33 @@ def test_calibrated_landmark_weights_trust_eyes_over_the_jaw_and_turned_heads_le
     assert scale0 == 1.0
     assert frontal[36:48].mean() > 2 * frontal[0:17].mean()  # eye corners are surer than the silhouette
     assert frontal.max() / np.median(frontal) <= 4.0 + 1e-9 and frontal.min() / np.median(frontal) >= 0.25 - 1e-9
-    scales = [cal.landmark_weights(y)[1] for y in (-10.0, 25.0, -30.0, 55.0)]
-    assert scales[0] == 1.0 and scales[1] == scales[2] and 0.2 < scales[1] < 1.0 and scales[3] < 0.5 * scales[1]
+    scales = [cal.landmark_weights(y)[1] for y in (-10.0, 25.0, -25.0, 35.0, 55.0)]
+    assert scales[0] == 1.0 and scales[1] == scales[2] and 0.2 < scales[1] < 1.0  # turned either way alike
+    assert scales[3] < scales[1] and scales[4] < 0.5 * scales[1]  # falls with the yaw
+    assert abs(cal.landmark_weights(19.9)[1] - cal.landmark_weights(20.1)[1]) < 0.01  # no jump at bin edges
     old = load_calibration.__wrapped__(str(CALIBRATION_FILE))  # a file made before the spreads existed
     old.map68_sigma = None
     assert old.landmark_weights(0.0) is None
+
+
+def test_reconstruction_passes_the_calibrated_weights_for_mediapipe_landmarks_only(ict_cache, astronaut) -> None:
+    import dataclasses
+
+    from faceclip.reconstruction import ReconstructOptions, Reconstructor
+
+    mesh = detect_and_landmark(astronaut, "mediapipe")[0].extra["mesh478"]
+    rec = Reconstructor(ReconstructOptions(fast=True))
+    w, k = rec._calibrated_landmark_weights(mesh)
+    expected = load_calibration().landmark_weights(load_calibration().yaw_deg(mesh))
+    np.testing.assert_allclose(w.numpy(), expected[0], rtol=1e-6)
+    assert k == expected[1]
+    assert rec._calibrated_landmark_weights(None) == (None, 1.0)
+    cfg = rec.fitter.config
+    rec.fitter.config = cfg.with_overrides(calibrated_landmark_weights=False)
+    assert rec._calibrated_landmark_weights(mesh) == (None, 1.0)
+    rec.fitter.config = cfg
+    dlib = Reconstructor(ReconstructOptions(fast=True, landmarks="dlib68"))
+    assert dlib._calibrated_landmark_weights(mesh) == (None, 1.0)  # dlib's 68 points: not the map's spread
 
 
 def test_68_point_map_commutes_with_the_image_and_follows_the_yaw(astronaut: np.ndarray) -> None:

@@ -779,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a face-recognition (FaceNet) identity term to the fitting: shapes of one person agree "
                         "better across photos, at a few seconds more per face (see docs/front-end.md)")
     p.add_argument("--identity-weight", type=float, default=None, metavar="W",
-                   help="the identity term's weight (default 2; implies --identity)")
+                   help="the identity term's weight (default 2; a positive weight implies --identity, 0 turns it off)")
     p.add_argument("--dense", action="store_true",
                    help="also fit MediaPipe's 432 calibrated dense points, with their uncertainty "
                         "(--landmarks mediapipe, ICT model; see docs/front-end.md)")

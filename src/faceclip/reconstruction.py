@@ -184,6 +184,8 @@ class ReconstructOptions:
                     value = dataclasses.replace(value, **by_group[f.name])
             else:
                 value = options.pop(f.name, f.default)
+                if f.name == "identity_weight" and isinstance(value, (int, float)):
+                    value = float(value)  # 2 and 2.0 are one setting (batch signatures, caches)
             object.__setattr__(self, f.name, value)
         if options:
             raise TypeError(f"unknown reconstruction option(s): {', '.join(sorted(options))}")
@@ -983,12 +985,12 @@ def _check_resolved(o: ReconstructOptions) -> None:
                             hint="--landmarks net brings its own dense points")
     if fe.landmark_net and fe.landmarks != "net":
         raise FaceClipError("--landmark-net needs --landmarks net")
-    if not (math.isfinite(o.identity_weight) and o.identity_weight >= 0):
+    if not (isinstance(o.identity_weight, float) and math.isfinite(o.identity_weight) and o.identity_weight >= 0):
         raise FaceClipError(f"--identity-weight {o.identity_weight}: the identity term's weight must be a non-negative number")
     if o.identity_weight > 0 and (o.fast or o.method == "regress"):
         raise FaceClipError("--identity weighs the photometric fitting stage, which "
                             + ("--fast skips" if o.fast else "--method regress does not run"),
-                            hint="drop --identity, or fit without --fast")
+                            hint="drop --identity, or " + ("fit without --fast" if o.fast else "use --method fit"))
     if o.outputs.texture_px is not None and not 16 <= o.outputs.texture_px <= 8192:
         raise FaceClipError(f"--texture-size {o.outputs.texture_px}: must be between 16 and 8192")
 

