@@ -87,7 +87,9 @@ def _method(variant: str):
     elif variant == "fixedcontour":
         pass
     elif variant.startswith("identity"):
-        opts.update(identity_weight=float(variant[len("identity"):] or 2.0))
+        from faceclip.fit.identity import DEFAULT_IDENTITY_WEIGHT
+
+        opts.update(identity_weight=float(variant[len("identity"):] or DEFAULT_IDENTITY_WEIGHT))
     elif variant not in ("default", "mp68"):
         raise SystemExit(f"unknown variant {variant!r}")
     if variant == "inner68":

@@ -31,6 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from faceclip.fit.identity import DEFAULT_IDENTITY_WEIGHT  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT.parent / "shared" / "data" / "faces" / "bald_guys.jpg"
 #: Face centres (image pixels of bald_guys.jpg) of each person's six photos.
@@ -50,7 +52,7 @@ def main() -> int:
     ap.add_argument("--dense", action="store_true", help="also fit the calibrated dense points")
     ap.add_argument("--fast", action="store_true")
     ap.add_argument("--init", default="mean", choices=["mean", "regressor"])
-    ap.add_argument("--identity", nargs="?", type=float, const=2.0, default=0.0, metavar="WEIGHT",
+    ap.add_argument("--identity", nargs="?", type=float, const=DEFAULT_IDENTITY_WEIGHT, default=0.0, metavar="WEIGHT",
                     help="fit with the FaceNet identity term (as faceclip reconstruct --identity)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -44,6 +44,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the faceclip command does (see cli.main)
 
     from faceclip.reconstruction import ReconstructOptions, Reconstructor
+    from faceclip.fit.identity import DEFAULT_IDENTITY_WEIGHT
     from faceclip.io.images import list_image_files
 
     images = list_image_files([Path(args.faces)])
@@ -52,7 +53,7 @@ def main() -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="faceclip_bench_"))
     t0 = time.perf_counter()
     rec = Reconstructor(ReconstructOptions(fast=args.fast, all_faces=args.all_faces, no_regressor=args.no_regressor,
-                                           identity_weight=2.0 if args.identity else 0.0))
+                                           identity_weight=DEFAULT_IDENTITY_WEIGHT if args.identity else 0.0))
     setup_s = time.perf_counter() - t0
     # Warm-up on the first image (first-call costs: imports, allocator), not counted.
     try:

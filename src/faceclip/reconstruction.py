@@ -495,7 +495,7 @@ class Reconstructor:
             dense = torch.from_numpy(aligned.transform.image_to_crop(net_points.dense_px)).float()
             dense_sigma = torch.from_numpy(net_points.dense_sigma_px * aligned.transform.scale).float()
             lm_sigma = torch.from_numpy(net_points.sigma_px[:68] * aligned.transform.scale).float()
-        lm_weights, lm_scale = self._calibrated_landmark_weights(mesh478) if net_points is None else (None, 1.0)
+        lm_weights, lm_scale = self._calibrated_landmark_weights(mesh478)  # (None, 1.0) unless MediaPipe's 68
         result = self.fitter.fit(
             crop,
             torch.from_numpy(aligned.landmarks.copy()).float(),

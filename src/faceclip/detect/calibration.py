@@ -203,12 +203,19 @@ class MeshCalibration:
         """
         if self.map68_sigma is None:
             return None
+        weights, middles, level = self._landmark_weight_tables
+        spread = float(np.interp(abs(float(yaw_deg)), middles, level))
+        return weights.copy(), float((level[0] / spread) ** 2)
+
+    @functools.cached_property
+    def _landmark_weight_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What :meth:`landmark_weights` needs, worked out once: the (68,) frontal weights, the
+        bins' middle yaws (10, 30, 50) and their (bins,) RMS spreads."""
         w = 1.0 / np.maximum(self.map68_sigma[0], 1e-6) ** 2
         w = np.clip(w / np.median(w), 0.25, 4.0)
-        level = np.sqrt((self.map68_sigma ** 2).mean(1))  # (bins,) RMS spread per bin
-        middles = np.minimum(self.pose_bins_deg.mean(1), self.pose_bins_deg[:, 0] + 10.0)  # 10, 30, 50
-        spread = float(np.interp(abs(float(yaw_deg)), middles, level))
-        return w * (68.0 / w.sum()), float((level[0] / spread) ** 2)
+        level = np.sqrt((self.map68_sigma ** 2).mean(1))
+        middles = np.minimum(self.pose_bins_deg.mean(1), self.pose_bins_deg[:, 0] + 10.0)
+        return w * (68.0 / w.sum()), middles, level
 
     def dense_positions(self, mesh_xy: np.ndarray, point_ids: np.ndarray | None = None) -> np.ndarray:
         """``(478, 2)`` MediaPipe points -> ``(K, 2)`` predicted positions of the surface points.
