@@ -65,7 +65,9 @@ class AlbedoModel:
     def __call__(self, coeffs: Tensor) -> Tensor:
         """(B, K, 3) coefficients -> (B, V, 3) per-vertex albedo (unclamped)."""
         if self.kind == "harmonic":
-            return self.mean.unsqueeze(0) + torch.matmul(self.basis.T, coeffs)  # (V, K) x (B, K, 3)
+            # (B, 3, K) x (K, V), transposed back: a wide product is ~2x faster on CPU (forward
+            # and backward) than the tall (V, K) x (B, K, 3), with the same values.
+            return (self.mean.unsqueeze(0) + torch.matmul(coeffs.transpose(1, 2), self.basis).transpose(1, 2)).contiguous()
         # Model basis: one coefficient per component, applied to all three channels' columns.
         return self.mean.unsqueeze(0) + torch.einsum("kvc,bk->bvc", self.basis, coeffs[..., 0])
 

@@ -9,7 +9,7 @@ restricted to a window around the face so that large photos stay cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from faceclip.facemodel.base import FaceModel
 from faceclip.facemodel.params import FaceParams
+from faceclip.render.backend import use_numba
 from faceclip.render.camera import PerspectiveCamera
 from faceclip.render.interpolate import interpolate_vertex_attributes
 from faceclip.render.rasterize import Fragments, rasterize, rasterize_mesh
@@ -117,10 +118,7 @@ def _visibility(cam_win: PerspectiveCamera, win: Window, depth_img: Tensor, pts_
     col = (xy_win[:, 0]).floor().long()
     row = (xy_win[:, 1]).floor().long()
     inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    # Lenient z-test against the farthest rendered depth of the 3x3 neighbourhood (empty pixels
-    # count as nothing), so that texels on steep surfaces are not lost to resampling.
-    finite = torch.where(depth_img > 0, depth_img, torch.full_like(depth_img, -1e9))
-    pooled = torch.nn.functional.max_pool2d(finite[None, None], 3, 1, 1)[0, 0]
+    pooled = _pooled_depth(depth_img)
     z_ref = pooled[row.clamp(0, h - 1), col.clamp(0, w - 1)]
     visible = inside & (cam_pts[:, 2] <= z_ref + tol_mm)
     n_cam = torch.matmul(normals, cam_win.R[0].T)
@@ -140,6 +138,8 @@ class UVRaster:
         frag: fragments of the UV-space rasterization (``face`` indexes the model's triangles).
         fill_rows, fill_cols: (S, S) nearest covered texel of every texel (seam padding).
         face_texel: (N,) bool, texel belongs to the face area.
+        gap, gap_source: flat indices of the uncovered texels and of the nearest covered texel
+            of each (seam padding).
     """
 
     size_px: int
@@ -147,6 +147,13 @@ class UVRaster:
     fill_rows: np.ndarray
     fill_cols: np.ndarray
     face_texel: Tensor
+    gap: np.ndarray = field(init=False)
+    gap_source: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        source = (np.asarray(self.fill_rows) * self.size_px + np.asarray(self.fill_cols)).ravel()
+        self.gap = np.flatnonzero(source != np.arange(source.size))
+        self.gap_source = source[self.gap]
 
 
 _UV_CACHE: dict[tuple, UVRaster] = {}
@@ -204,28 +211,60 @@ def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
     S = size_px
     tri = model.triangles.to(dev)
     raster = uv_raster(model, S)
-    # The UV raster's triangle ids are the model's (one corner triangle per model triangle);
-    # a fresh Fragments keeps its caches from mixing the two index spaces.
     uvf = raster.frag
-    frag = Fragments(pix=uvf.pix, face=uvf.face, bary=uvf.bary, depth=uvf.depth, batch_size=1,
-                     image_size=uvf.image_size)
     verts = vertices_mm.unsqueeze(0)
     normals = vertex_normals(verts, tri)[0]
     irr_v = sh_irradiance(cam_img.to_view(normals.unsqueeze(0)), params.sh.to(dev))[0].clamp_min(0.05)
-    # One interpolation of everything per texel: position, normal, albedo, irradiance (V, 12).
-    attrs = interpolate_vertex_attributes(torch.cat([vertices_mm, normals, albedo, irr_v], 1), frag, tri)
-    pos, alb, irr = attrs[:, 0:3], attrs[:, 6:9], attrs[:, 9:12]
-    nrm = torch.nn.functional.normalize(attrs[:, 3:6], dim=1)
+    vattrs = torch.cat([vertices_mm, normals, albedo, irr_v], 1)  # (V, 12) per-vertex attributes
 
     win = face_window(cam_img, verts, cam_img.image_size)
     cam_win = window_camera(cam_img, win)
     dfrag, _, _ = rasterize_mesh(verts, tri, cam_win, cull_backfaces=True)
     depth_img = dfrag.depth_image[0]
-    # Only the window of the photo is converted (a large photo would cost 12 bytes a pixel).
-    photo_t = torch.tensor(photo[win.y0:win.y0 + win.height, win.x0:win.x0 + win.width], device=dev,
-                           dtype=torch.float32) / 255.0
-    offset = torch.tensor([float(win.x0), float(win.y0)], device=dev)
+    window = photo[win.y0:win.y0 + win.height, win.x0:win.x0 + win.width]
+    tex = np.zeros((S * S, 3), np.uint8)
+    if use_numba(vattrs, cam_win.R):
+        w1 = _texels_numba(vattrs, tri, uvf, cam_win, win, depth_img, window, delight, tex)
+    else:
+        texels, w1 = _texels_torch(vattrs, tri, uvf, cam_win, win, depth_img, window, delight)
+        tex[uvf.pix.cpu().numpy()] = texels
+    tex[raster.gap] = tex[raster.gap_source]  # seam padding: uncovered texels copy the nearest covered one
+    out = tex.reshape(S, S, 3)
+    ft = raster.face_texel.to(dev)
+    photo_fraction = float((w1 > 0.5)[ft].float().mean()) if ft.any() else 0.0
+    return out, photo_fraction
 
+
+def _pooled_depth(depth_img: Tensor) -> Tensor:
+    """(h, w) farthest rendered depth of each pixel's 3x3 neighbourhood (-1e9 where all empty):
+    the lenient z-test of :func:`_visibility`, so that texels on steep surfaces are not lost
+    to resampling."""
+    finite = torch.where(depth_img > 0, depth_img, torch.full_like(depth_img, -1e9))
+    return torch.nn.functional.max_pool2d(finite[None, None], 3, 1, 1)[0, 0]
+
+
+def _texels_torch(vattrs: Tensor, tri: Tensor, uvf, cam_win: PerspectiveCamera, win: Window, depth_img: Tensor,
+                  window: np.ndarray, delight: bool) -> tuple[np.ndarray, Tensor]:
+    """The UV raster's texel colours, PyTorch path.
+
+    Args:
+        vattrs: (V, 12) per-vertex position, normal, albedo, irradiance.
+        uvf: the UV raster's fragments (P texels).
+        window: (h, w, 3) uint8, the photo's window ``win``.
+    Returns:
+        (P, 3) uint8 colours and (P,) direct-view weights.
+    """
+    dev = vattrs.device
+    # The UV raster's triangle ids are the model's (one corner triangle per model triangle);
+    # a fresh Fragments keeps its caches from mixing the two index spaces.
+    frag = Fragments(pix=uvf.pix, face=uvf.face, bary=uvf.bary, depth=uvf.depth, batch_size=1,
+                     image_size=uvf.image_size)
+    attrs = interpolate_vertex_attributes(vattrs, frag, tri)  # one interpolation of everything per texel
+    pos, alb, irr = attrs[:, 0:3], attrs[:, 6:9], attrs[:, 9:12]
+    nrm = torch.nn.functional.normalize(attrs[:, 3:6], dim=1)
+    # Only the window of the photo is converted (a large photo would cost 12 bytes a pixel).
+    photo_t = torch.tensor(window, device=dev, dtype=torch.float32) / 255.0
+    offset = torch.tensor([float(win.x0), float(win.y0)], device=dev)
     # Start from the fallback, then blend in the mirror view and the direct view where seen
     # (sampling the photo only for those texels).
     color = alb if delight else alb * irr
@@ -241,14 +280,24 @@ def unwrap_texture(model: FaceModel, vertices_mm: Tensor, albedo: Tensor, params
             c = c / irr[rows]
         ws = w[seen].unsqueeze(1)
         color = color.index_copy(0, rows, ws * c + (1 - ws) * color[rows])
+    return (color.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8), w1
 
-    tex = torch.zeros(S * S, 3, device=dev)
-    tex[raster.frag.pix] = color.clamp(0, 1)
-    tex_np = (tex.view(S, S, 3).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    out = tex_np[raster.fill_rows, raster.fill_cols]
-    ft = raster.face_texel.to(dev)
-    photo_fraction = float((w1 > 0.5)[ft].float().mean()) if ft.any() else 0.0
-    return out, photo_fraction
+
+def _texels_numba(vattrs: Tensor, tri: Tensor, uvf, cam_win: PerspectiveCamera, win: Window, depth_img: Tensor,
+                  window: np.ndarray, delight: bool, tex: np.ndarray) -> Tensor:
+    """:func:`_texels_torch` in one compiled pass over the texels, writing their colours into
+    ``tex`` ((S * S, 3) uint8) directly; returns the (P,) direct-view weights."""
+    from faceclip.render.backend import kernels, launch
+
+    P = uvf.face.shape[0]
+    w1 = np.empty(P, np.float32)
+    cam = np.array([float(cam_win.fx[0]), float(cam_win.fy[0]), float(cam_win.cx[0]), float(cam_win.cy[0])])
+    launch(kernels().texture_texels, P, vattrs.detach().float().contiguous().numpy(), tri.long().contiguous().numpy(),
+           uvf.face.long().contiguous().numpy(), uvf.bary.float().contiguous().numpy(),
+           uvf.pix.long().contiguous().numpy(), cam_win.R[0].detach().double().numpy(), cam_win.t[0].detach().double().numpy(), cam, 1.0 / win.scale,
+           _pooled_depth(depth_img).float().contiguous().numpy(), np.ascontiguousarray(window), bool(delight), 3.0,
+           tex, w1)
+    return torch.from_numpy(w1)
 
 
 def overlay_triangle_mask(model: FaceModel) -> Tensor:

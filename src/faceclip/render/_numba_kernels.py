@@ -1000,3 +1000,95 @@ def composite_aa_backward(g_out, values, bg, xy, W, P, p_in, p_out, i_in, i_out,
         g_xy[ka[m], 1] += gi * (qx - bx) + go * (ox - bx)
         g_xy[kb[m], 0] += gi * (qy - ay) + go * (oy - ay)
         g_xy[kb[m], 1] += gi * (ax - qx) + go * (ax - ox)
+
+
+# ----------------------------------------------------------------------------- texture unwrap
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _texel_view(px, py, pz, nx, ny, nz, R, t, cam, pooled, tol):  # pragma: no cover
+    """Visibility weight and window pixel (x, y) of one model-space point with unit normal n
+    (see :func:`faceclip.fit.texture._visibility`)."""
+    cx_ = R[0, 0] * px + R[0, 1] * py + R[0, 2] * pz + t[0]
+    cy_ = R[1, 0] * px + R[1, 1] * py + R[1, 2] * pz + t[1]
+    cz_ = R[2, 0] * px + R[2, 1] * py + R[2, 2] * pz + t[2]
+    x = cam[0] * cx_ / cz_ + cam[2]
+    y = cam[1] * cy_ / cz_ + cam[3]
+    h, w = pooled.shape
+    fc = math.floor(x)
+    fr = math.floor(y)
+    if not (fc >= 0.0 and fc < w and fr >= 0.0 and fr < h):
+        return 0.0, x, y
+    if cz_ > pooled[int(fr), int(fc)] + tol:
+        return 0.0, x, y
+    nnx = R[0, 0] * nx + R[0, 1] * ny + R[0, 2] * nz
+    nny = R[1, 0] * nx + R[1, 1] * ny + R[1, 2] * nz
+    nnz = R[2, 0] * nx + R[2, 1] * ny + R[2, 2] * nz
+    d = max(math.sqrt(cx_ * cx_ + cy_ * cy_ + cz_ * cz_), 1e-9)
+    cos = -(nnx * cx_ + nny * cy_ + nnz * cz_) / d
+    return min(max((cos - 0.1) / 0.4, 0.0), 1.0), x, y
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _photo_bilinear(photo, x, y, c):  # pragma: no cover
+    """Channel ``c`` of the (h, w, 3) uint8 ``photo`` at pixel (x, y) (centres at +0.5,
+    clamped), in [0, 1]."""
+    h, w = photo.shape[0], photo.shape[1]
+    xs = min(max(x - 0.5, 0.0), w - 1.0)
+    ys = min(max(y - 0.5, 0.0), h - 1.0)
+    x0 = int(math.floor(xs))
+    y0 = int(math.floor(ys))
+    x1 = min(x0 + 1, w - 1)
+    y1 = min(y0 + 1, h - 1)
+    fx = xs - x0
+    fy = ys - y0
+    top = photo[y0, x0, c] + (photo[y0, x1, c] - np.float64(photo[y0, x0, c])) * fx
+    bot = photo[y1, x0, c] + (photo[y1, x1, c] - np.float64(photo[y1, x0, c])) * fx
+    return (top + (bot - top) * fy) / 255.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def texture_texels(attrs, tri, face, bary, pix, R, t, cam, inv_scale, pooled, photo, delight, tol, out, w_direct,
+                   lo, hi):  # pragma: no cover
+    """The colour of texels lo..hi-1 of a UV texture unwrapped from a photo.
+
+    attrs: (V, 12) float32 per-vertex position (mm), normal, albedo, irradiance; tri (F, 3);
+    face (P,), bary (P, 3) and pix (P,): each texel's triangle, barycentrics and flat index in
+    the texture (the UV raster). R (3, 3),
+    t (3,), cam (4,) = fx, fy, cx, cy: the window camera; ``inv_scale``: photo window pixels per
+    window-render pixel; pooled (h, w): the window render's depth, 3x3 max-pooled (-1e9 where
+    empty); photo (ph, pw, 3) uint8: the photo's window. Writes out (S * S, 3) uint8 at ``pix`` and
+    w_direct (P,) float32: the direct view's weight. Mirrors the PyTorch path of
+    :func:`faceclip.fit.texture.unwrap_texture` (fallback colour, then the mirror view, then
+    the direct view, each blended by its visibility weight).
+    """
+    a = np.empty(12, np.float64)
+    col = np.empty(3, np.float64)
+    for p in range(lo, hi):
+        f = face[p]
+        v0, v1, v2 = tri[f, 0], tri[f, 1], tri[f, 2]
+        b0, b1, b2 = bary[p, 0], bary[p, 1], bary[p, 2]
+        for k in range(12):
+            a[k] = b0 * attrs[v0, k] + b1 * attrs[v1, k] + b2 * attrs[v2, k]
+        nn = max(math.sqrt(a[3] * a[3] + a[4] * a[4] + a[5] * a[5]), 1e-12)
+        nx, ny, nz = a[3] / nn, a[4] / nn, a[5] / nn
+        for c in range(3):
+            col[c] = a[6 + c] if delight else a[6 + c] * a[9 + c]
+        w1, x1, y1 = _texel_view(a[0], a[1], a[2], nx, ny, nz, R, t, cam, pooled, tol)
+        if w1 < 1.0:  # the mirror view (x -> -x) where the direct view is not complete
+            w2, x2, y2 = _texel_view(-a[0], a[1], a[2], -nx, ny, nz, R, t, cam, pooled, tol)
+            if w2 > 0.0:
+                for c in range(3):
+                    s = _photo_bilinear(photo, x2 * inv_scale, y2 * inv_scale, c)
+                    if delight:
+                        s = s / a[9 + c]
+                    col[c] = w2 * s + (1.0 - w2) * col[c]
+        if w1 > 0.0:
+            for c in range(3):
+                s = _photo_bilinear(photo, x1 * inv_scale, y1 * inv_scale, c)
+                if delight:
+                    s = s / a[9 + c]
+                col[c] = w1 * s + (1.0 - w1) * col[c]
+        for c in range(3):
+            out[pix[p], c] = np.uint8(min(max(col[c], 0.0), 1.0) * 255.0 + 0.5)
+        w_direct[p] = w1
