@@ -318,3 +318,29 @@ def test_obj_topology_lines_are_cached_per_layout(tmp_path):
     f_lines = [ln for ln in (tmp_path / "c.obj").read_text().splitlines() if ln.startswith("f ")]
     assert f_lines[0].split()[1].split("/")[0] == "1" and f_lines[0].split()[2].split("/")[0] == "3"
     assert (tmp_path / "a.obj").read_text() != (tmp_path / "b.obj").read_text()
+
+
+def test_export_writes_the_given_texture_losslessly_and_the_mtl_names_it(tmp_path, ict_head):
+    """The OBJ's texture is encoded in a worker thread: the file still holds exactly the texture."""
+    from faceclip.api import export_mesh
+
+    rng = np.random.default_rng(3)
+    tex = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    files = export_mesh(ict_head, ict_head.mean_mm, tmp_path, texture=tex, formats=("obj",))
+    assert [p.name for p in files] == ["mesh.obj", "mesh_texture.png", "mesh.mtl"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "mesh_texture.png").convert("RGB")), tex)
+    assert "map_Kd mesh_texture.png" in (tmp_path / "mesh.mtl").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh.mtl", "mesh.obj", "mesh_texture.png"]
+
+
+def test_encode_png_is_lossless_and_refuses_other_layouts():
+    import io
+
+    from faceclip.io.images import encode_png
+
+    rgb = np.random.default_rng(4).integers(0, 256, (31, 17, 3), dtype=np.uint8)
+    back = np.asarray(Image.open(io.BytesIO(encode_png(rgb))))
+    assert back.shape == rgb.shape and np.array_equal(back, rgb)  # RGB order kept
+    for bad in (rgb[..., 0], rgb.astype(np.float32), rgb[..., :2]):
+        with pytest.raises(ValueError, match="uint8 RGB"):
+            encode_png(bad)

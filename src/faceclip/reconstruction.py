@@ -1023,19 +1023,22 @@ def write_face_outputs(folder: Path, model: FaceModel, result: FitResult, textur
     (see :func:`faceclip.io.outputs.write_result_folder`: a folder the tool did not write, or
     one holding files it did not write, is refused unless ``overwrite``).
     """
-    from PIL import Image
+    from concurrent.futures import ThreadPoolExecutor
 
+    from faceclip.io.images import encode_png
     from faceclip.io.mesh import export_mesh
 
     def write(tmp: Path) -> None:
-        export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture, vertex_colors=result.albedo.cpu().numpy(),
-                    glb_texture_format="jpeg", formats=formats)
-        if detail_atlas_mm is not None:
-            from faceclip.fit.detail import write_face_detail
+        with ThreadPoolExecutor(1, thread_name_prefix="faceclip-png") as pool:
+            overlay_png = pool.submit(encode_png, overlay)  # encoded beside the mesh files (no GIL)
+            export_mesh(model, result.vertices_mm.cpu(), tmp, texture=texture,
+                        vertex_colors=result.albedo.cpu().numpy(), glb_texture_format="jpeg", formats=formats)
+            if detail_atlas_mm is not None:
+                from faceclip.fit.detail import write_face_detail
 
-            write_face_detail(tmp, model, result.vertices_mm, detail_atlas_mm, texture, formats)
-        (tmp / "params.json").write_text(json.dumps(params, indent=1))
-        Image.fromarray(overlay).save(tmp / "overlay.png", compress_level=1)
+                write_face_detail(tmp, model, result.vertices_mm, detail_atlas_mm, texture, formats)
+            (tmp / "params.json").write_text(json.dumps(params, indent=1))
+            (tmp / "overlay.png").write_bytes(overlay_png.result())
 
     meta = {"image": params.get("image"), "face_index": params.get("face_index")}
     return write_result_folder(Path(folder), write, meta=meta, overwrite=overwrite)

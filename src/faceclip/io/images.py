@@ -423,3 +423,24 @@ def list_image_files(paths: list[str | os.PathLike[str]]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an ``(H, W, 3)`` uint8 RGB image, quickly: OpenCV's encoder at zlib level 1
+    with the run-length strategy (lossless; about as fast as Pillow's level 1 and 10% smaller on
+    face textures). It releases the GIL, so encoding in a worker thread overlaps other work.
+    Pillow is the fallback when OpenCV is missing."""
+    rgb = np.ascontiguousarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"encode_png needs (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - OpenCV is a dependency
+        buf = io.BytesIO()
+        Image.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]),
+                            [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:  # pragma: no cover - OpenCV reports no reason
+        raise RuntimeError("OpenCV could not encode the PNG")
+    return data.tobytes()

@@ -16,6 +16,7 @@ half-written mesh.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from faceclip.io.files import atomic_path
+from faceclip.io.images import encode_png
 
 if TYPE_CHECKING:  # io sits below facemodel: the model is only a type here
     from faceclip.facemodel import FaceModel
@@ -200,7 +202,7 @@ def write_obj(
         mtl_name, tex_name = f"{path.stem}.mtl", texture_file or f"{path.stem}_texture.png"
         if texture is not None:
             with atomic_path(path.parent / tex_name) as tmp:
-                _to_uint8_image(texture).save(tmp, format="PNG", compress_level=1)  # fast; ~10% larger than level 6
+                tmp.write_bytes(encode_png(np.asarray(_to_uint8_image(texture))))
             written.append(path.parent / tex_name)
         with atomic_path(path.parent / mtl_name) as tmp:
             tmp.write_text(
@@ -427,11 +429,22 @@ def export_mesh(model: "FaceModel", vertices_mm, out_dir: Path, stem: str = "mes
         raise ValueError(f"mesh formats must be among {', '.join(MESH_FORMATS)}, got {', '.join(formats) or 'none'}")
     normals = vertex_normals(vertices_mm, model.triangles)  # once for all files
     files: list[Path] = []
-    if "obj" in formats:
-        files += write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, texture, normals=normals)
-    if "ply" in formats:
-        files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors, normals=normals))
-    if "glb" in formats:
-        files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
-                               texture_format=glb_texture_format, normals=normals))
+    with ThreadPoolExecutor(1, thread_name_prefix="faceclip-png") as pool:
+        # The OBJ's texture PNG is encoded in a worker thread (the encoder releases the GIL)
+        # while the mesh files are formatted here.
+        textured_obj = "obj" in formats and model.uv is not None
+        png = pool.submit(encode_png, np.asarray(_to_uint8_image(texture))) if textured_obj else None
+        tex_name = f"{stem}_texture.png"
+        if "obj" in formats:
+            obj_files = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, None,
+                                  normals=normals, texture_file=tex_name)
+            files += obj_files[:1] + ([out_dir / tex_name] if textured_obj else []) + obj_files[1:]
+        if "ply" in formats:
+            files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors, normals=normals))
+        if "glb" in formats:
+            files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
+                                   texture_format=glb_texture_format, normals=normals))
+        if png is not None:
+            with atomic_path(out_dir / tex_name) as tmp:
+                tmp.write_bytes(png.result())
     return files
