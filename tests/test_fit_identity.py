@@ -104,6 +104,8 @@ def test_reconstruct_with_identity_brings_the_render_closer_to_the_photo(ict_cac
     record, d_id = distance(rec)
     assert d_id < d_plain - 0.02, (d_plain, d_id)
     assert "identity" in record.fit.losses
+    # the term was measured with 224-px renders; the plain fit renders at the default 160
+    assert rec.fitter.config.render_px == 224 and plain_rec.fitter.config.render_px == 160
     prov = record.provenance
     assert "identity term" in prov.method and prov.weights["identity_network"]["sha256"] != "none"
     assert plain.provenance.weights["identity_network"]["sha256"] == "none"

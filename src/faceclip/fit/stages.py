@@ -193,7 +193,11 @@ class FitConfig:
     """
 
     crop_px: int = 224
-    render_px: int = 224
+    #: Side of the photometric stage's render (the crop is area-resampled to it). 160 rather
+    #: than the crop's 224: a photometric step 10% faster (fit 0.525 -> 0.468 s per face on the
+    #: shared photos), and the same shape error on the tuning seed (7, n=40: 1.373 mm at 224,
+    #: 1.381 at 160, 1.376 at 112).
+    render_px: int = 160
     device: str = "cpu"
     landmarks: LandmarkStageConfig = field(default_factory=LandmarkStageConfig)
     photo: PhotoStageConfig = field(default_factory=PhotoStageConfig)
