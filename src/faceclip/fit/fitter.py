@@ -95,7 +95,10 @@ class Fitter:
 
     @config.setter
     def config(self, value: FitConfig) -> None:
-        self.forward = replace(self.forward, config=value)
+        if value.photo_mesh_fraction != self.forward.config.photo_mesh_fraction:  # another photometric mesh
+            self.forward = replace(FaceForward.build(self.model, value), dense=self.forward.dense)
+        else:
+            self.forward = replace(self.forward, config=value)
 
     @property
     def device(self) -> torch.device:

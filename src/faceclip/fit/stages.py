@@ -149,6 +149,7 @@ class DenseConfig:
 FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
     "crop_px": (None, "crop_px"),
     "render_px": (None, "render_px"),
+    "photo_mesh_fraction": (None, "photo_mesh_fraction"),
     "device": (None, "device"),
     "closed_form_light": (None, "closed_form_light"),
     "landmark_steps": ("landmarks", "steps"),
@@ -198,6 +199,10 @@ class FitConfig:
     #: shared photos), and the same shape error on the tuning seed (7, n=40: 1.373 mm at 224,
     #: 1.381 at 160, 1.376 at 112).
     render_px: int = 160
+    #: The photometric stage renders a coarser, mirror-symmetric triangulation of the face area
+    #: keeping this fraction of its vertices (:mod:`faceclip.fit.coarse_mesh`); 1 renders the
+    #: model's own triangles.
+    photo_mesh_fraction: float = 0.5
     device: str = "cpu"
     landmarks: LandmarkStageConfig = field(default_factory=LandmarkStageConfig)
     photo: PhotoStageConfig = field(default_factory=PhotoStageConfig)
@@ -422,9 +427,12 @@ class FaceForward:
         skin_ids: (Ns,) model vertex ids of the skin region.
         landmark_subset: the vertices of the landmark stage (68 landmarks + contour candidates).
         photo_subset: the vertices of the photometric stage (the above, the rendered triangles'
-            and the skin's with their mirrors); photo_tris (F, 3), photo_skin_rows (Ns,) and
-            photo_mirror_rows (N,) are ``render_tris``, ``skin_ids`` and the albedo mirror map in
-            its rows (rows whose mirror is outside the subset map to themselves).
+            and the skin's with their mirrors); photo_tris (F', 3) are the triangles it renders
+            in its rows (``render_tris``, or their coarser triangulation with
+            ``config.photo_mesh_fraction`` < 1), photo_tri_is_skin (F',) the skin ones among
+            them; photo_skin_rows (Ns',) and photo_mirror_rows (N,) are the skin vertices among
+            the rendered ones and the albedo mirror map in its rows (rows whose mirror is
+            outside the subset map to themselves).
         dense: the dense points' bases (:meth:`with_dense_points`), or None.
     """
 
@@ -439,6 +447,7 @@ class FaceForward:
     landmark_subset: VertexSubset
     photo_subset: VertexSubset
     photo_tris: Tensor
+    photo_tri_is_skin: Tensor
     photo_skin_rows: Tensor
     photo_mirror_rows: Tensor
     dense: DenseBases | None = None
@@ -463,16 +472,27 @@ class FaceForward:
         lm_ids = torch.cat([m.landmarks68, bands.candidates.reshape(-1)])
         lm_sub = VertexSubset(m, albedo_model, lm_ids)
         mirror = albedo_model.mirror.to(device)
-        ph = VertexSubset(m, albedo_model, torch.cat([lm_ids, render_tris.reshape(-1), skin_ids, mirror[skin_ids]]))
-        ph_tris = ph.remap[render_tris]
-        ph_skin = ph.remap[skin_ids]
+        photo_tris = render_tris
+        if config.photo_mesh_fraction < 1.0:
+            from faceclip.fit.coarse_mesh import coarse_face_triangles
+
+            photo_tris = torch.from_numpy(coarse_face_triangles(
+                m.mean_mm.detach().cpu().numpy(), render_tris.cpu().numpy(), mirror.cpu().numpy(),
+                config.photo_mesh_fraction)).to(device)
+        # The skin vertices the photometric stage sees (their mirrors are among them: the coarse
+        # triangulation is symmetric), for the albedo priors.
+        ph_skin_ids = skin_ids[torch.isin(skin_ids, photo_tris.unique())] if config.photo_mesh_fraction < 1.0 else skin_ids
+        ph = VertexSubset(m, albedo_model, torch.cat([lm_ids, photo_tris.reshape(-1), ph_skin_ids, mirror[ph_skin_ids]]))
+        ph_tris = ph.remap[photo_tris]
+        ph_skin = ph.remap[ph_skin_ids]
         # Mirror map in subset rows (rows whose mirror is outside the subset map to themselves).
         local = ph.remap[mirror[ph.vids]]
         rows = torch.arange(len(ph.vids), device=device)
         ph_mirror = torch.where(local >= 0, local, rows)
         return cls(config=config, device=device, model=model, albedo_model=albedo_model, bands=bands,
                    render_tris=render_tris, render_tri_is_skin=render_tri_is_skin, skin_ids=skin_ids,
-                   landmark_subset=lm_sub, photo_subset=ph, photo_tris=ph_tris, photo_skin_rows=ph_skin,
+                   landmark_subset=lm_sub, photo_subset=ph, photo_tris=ph_tris,
+                   photo_tri_is_skin=skin_v[photo_tris].all(1), photo_skin_rows=ph_skin,
                    photo_mirror_rows=ph_mirror)
 
     # ------------------------------------------------------------------ dense points
@@ -554,7 +574,7 @@ class FaceForward:
 
     def render_subset(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, size_px: int | None = None):
         """:meth:`render` for the photo subset's (B, N, 3) vertices and albedo."""
-        return self.render_triangles(params, vertices_mm, albedo, self.photo_tris, self.render_tri_is_skin, size_px)
+        return self.render_triangles(params, vertices_mm, albedo, self.photo_tris, self.photo_tri_is_skin, size_px)
 
     def render_triangles(self, params: FaceParams, vertices_mm: Tensor, albedo: Tensor, tris: Tensor,
                          tri_is_skin: Tensor, size_px: int | None = None):
@@ -584,7 +604,7 @@ class FaceForward:
         verts = sub.vertices(params)
         albedo = sub.albedo(params.albedo)
         rendered, cover, skin = self.render_triangles(params, verts, albedo, self.photo_tris,
-                                                      self.render_tri_is_skin, size_px)
+                                                      self.photo_tri_is_skin, size_px)
         lm = self.project_landmarks(params, verts, sub)
         return SubsetForward(verts, albedo, rendered, cover, skin, lm, self.photo_mirror_rows, self.photo_skin_rows)
 
@@ -997,7 +1017,7 @@ def photo_stage(forward: FaceForward, config: FitConfig, params: FaceParams, pro
         verts = sub.vertices(p)
         albedo = sub.albedo(p.albedo)
         rendered, cover, skin = forward.render_triangles(p, verts, albedo, forward.photo_tris,
-                                                         forward.render_tri_is_skin)
+                                                         forward.photo_tri_is_skin)
         mask = skin & skin_mask
         terms = {
             "landmark": c.landmarks.weight * problem.landmark_scale * landmark_loss(
@@ -1061,7 +1081,7 @@ def closed_form_light(forward: FaceForward, config: FitConfig, params: FaceParam
     normals = cam.to_view(vertex_normals(verts, forward.photo_tris))
     frag, _, _ = rasterize_mesh(verts, forward.photo_tris, cam, cull_backfaces=True)
     n_pix = torch.nn.functional.normalize(interp(normals, frag, forward.photo_tris), dim=1)
-    use = forward.render_tri_is_skin[frag.face] & skin_mask.reshape(-1)[frag.pix]
+    use = forward.photo_tri_is_skin[frag.face] & skin_mask.reshape(-1)[frag.pix]
     base = forward.albedo_model.mean[forward.skin_ids].mean(0)  # (3,) default skin colour
     rmse = []
     for b in range(p.batch_size):

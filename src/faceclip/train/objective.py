@@ -107,7 +107,8 @@ class TrainingObjective(nn.Module):
                  detail: bool = False, coarse: bool = True) -> None:
         super().__init__()
         self.weights = weights or LossWeights()
-        self.fitter = Fitter(model, FitConfig(render_px=render_px, device=str(device)))
+        # The model's own triangles (training's figures were measured with them).
+        self.fitter = Fitter(model, FitConfig(render_px=render_px, photo_mesh_fraction=1.0, device=str(device)))
         self.identity_loss = identity_loss
         self.clip_loss = clip_loss
         self.landmark_weights = DEFAULT_LANDMARK_WEIGHTS.to(self.fitter.device)

@@ -1,0 +1,118 @@
+"""The coarse, mirror-symmetric triangulation of the face area (faceclip.fit.coarse_mesh)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+def _grid(n: int = 10, curved: bool = False):
+    """A (2n+1) x (2n+1) grid over [-20, 20] mm (a plane z = 0, or a cap bulging toward +z),
+    triangles counter-clockwise seen from +z, and the mirror map x -> -x."""
+    xs = np.linspace(-20.0, 20.0, 2 * n + 1)
+    X, Y = np.meshgrid(xs, xs)  # rows: y, columns: x
+    Z = 8.0 - (X ** 2 + Y ** 2) / 100.0 if curved else np.zeros_like(X)
+    v = np.stack([X, Y, Z], -1).reshape(-1, 3)
+    k = 2 * n + 1
+    idx = np.arange(k * k).reshape(k, k)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    f = np.concatenate([np.stack([a, b, d], 1), np.stack([a, d, c], 1)])
+    mirror = idx[:, ::-1].ravel()
+    return v, f, mirror
+
+
+def _normals(v, f):
+    return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+
+
+def _boundary(f):
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
+    u, c = np.unique(e, axis=0, return_counts=True)
+    return u[c == 1]
+
+
+def test_decimating_a_plane_keeps_its_outline_area_orientation_and_symmetry():
+    from faceclip.fit.coarse_mesh import decimate_symmetric
+
+    v, f, mirror = _grid()
+    target = 150
+    out = decimate_symmetric(v, f, mirror, target)
+    kept = np.unique(out)
+    assert target - 2 <= len(kept) <= target + 2 < len(np.unique(f))
+    assert set(mirror[kept]) == set(kept)  # mirror-symmetric vertex set
+    assert set(_boundary(f).ravel()) <= set(kept)  # the outline is kept...
+    n = _normals(v, out)
+    assert (n[:, 2] > 0).all()  # ...no triangle folded over, orientation kept...
+    assert np.isclose(0.5 * n[:, 2].sum(), 40.0 * 40.0)  # ...and the triangles tile the same square
+    assert sorted(map(tuple, np.sort(_boundary(out), 1))) == sorted(map(tuple, np.sort(_boundary(f), 1)))
+
+
+def test_decimating_a_curved_cap_stays_close_to_it():
+    from faceclip.fit.coarse_mesh import decimate_symmetric
+
+    v, f, mirror = _grid(curved=True)
+    out = decimate_symmetric(v, f, mirror, 200)
+    assert (_normals(v, out)[:, 2] > 0).all()  # the cap faces +z everywhere: nothing folded over
+    # Every removed vertex lies near the coarse surface: distance to the nearest kept triangle's plane.
+    kept = np.unique(out)
+    removed = np.setdiff1d(np.unique(f), kept)
+    n = _normals(v, out)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    centre = v[out].mean(1)
+    nearest = np.argmin(((v[removed][:, None, :2] - centre[None, :, :2]) ** 2).sum(-1), 1)
+    dist = np.abs(((v[removed] - centre[nearest]) * n[nearest]).sum(1))
+    assert dist.max() < 0.5  # mm, on a cap 8 mm high
+
+
+def test_the_face_forward_renders_a_coarse_symmetric_face(ict_head):
+    from faceclip.fit.stages import FaceForward, FitConfig
+    from faceclip.facemodel.params import FaceParams
+
+    full = FaceForward.build(ict_head, FitConfig(photo_mesh_fraction=1.0))
+    coarse = FaceForward.build(ict_head, FitConfig())
+    assert coarse.config.photo_mesh_fraction == 0.5
+    n_full = len(full.render_tris.unique())
+    assert len(coarse.photo_subset.vids) < 0.65 * len(full.photo_subset.vids)
+    kept = coarse.photo_subset.vids[coarse.photo_tris.unique()]
+    assert 0.45 * n_full <= len(kept) <= 0.55 * n_full
+    mirror = coarse.albedo_model.mirror
+    assert torch.isin(mirror[kept], kept).all()
+    # every skin row's mirror is a skin row too (the albedo symmetry prior sees pairs)
+    rows = coarse.photo_skin_rows
+    assert torch.isin(coarse.photo_mirror_rows[rows], rows).all()
+    # The two renders of the mean face cover the same pixels and shade them alike.
+    c = full.config
+    p = FaceParams.initial(1, ict_head.n_identity, ict_head.n_expression, full.albedo_model.n_coeffs,
+                           (224, 224), c.focal_px, distance_mm=1500.0)
+    p.angles_rad[0, 1] = 0.4  # a turned head
+    renders = []
+    for fw in (full, coarse):
+        verts = fw.photo_subset.vertices(p)
+        albedo = fw.photo_subset.albedo(p.albedo)
+        renders.append(fw.render_subset(p, verts, albedo))
+    (img_f, cov_f, skin_f), (img_c, cov_c, skin_c) = renders
+    iou = (cov_f & cov_c).sum() / (cov_f | cov_c).sum()
+    assert iou > 0.98
+    both = cov_f & cov_c
+    assert float((img_f - img_c).abs()[both].mean()) < 0.01
+    assert (skin_f & skin_c).sum() / (skin_f | skin_c).sum() > 0.95
+
+
+def test_coarse_triangles_are_cached_on_disk(tmp_path, monkeypatch):
+    from faceclip.fit import coarse_mesh
+    from faceclip.io import mesh
+
+    monkeypatch.setenv("FACECLIP_HOME", str(tmp_path))
+    v, f, mirror = _grid(6)
+    first = coarse_mesh.coarse_face_triangles(v, f, mirror, 0.5)
+    assert list((tmp_path / "models" / "derived").glob("coarse_face_*.npz"))
+    mesh._TOPOLOGY_CACHE.clear()  # a new process: only the disk cache is left
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed instead of loaded")
+
+    monkeypatch.setattr(coarse_mesh, "decimate_symmetric", fail)
+    assert np.array_equal(coarse_mesh.coarse_face_triangles(v, f, mirror, 0.5), first)
+    with pytest.raises(AssertionError, match="recomputed"):
+        coarse_mesh.coarse_face_triangles(v, f, mirror, 0.4)  # another fraction is another mesh
