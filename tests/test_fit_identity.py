@@ -104,8 +104,11 @@ def test_reconstruct_with_identity_brings_the_render_closer_to_the_photo(ict_cac
     record, d_id = distance(rec)
     assert d_id < d_plain - 0.02, (d_plain, d_id)
     assert "identity" in record.fit.losses
-    # the term was measured with 224-px renders; the plain fit renders at the default 160
-    assert rec.fitter.config.render_px == 224 and plain_rec.fitter.config.render_px == 160
+    # the term was measured with 224-px renders of the full mesh after 25 landmark iterations;
+    # the plain fit renders the coarse mesh at 160 after 12
+    assert (rec.fitter.config.render_px, rec.fitter.config.photo_mesh_fraction, rec.fitter.config.landmarks.steps) == (224, 1.0, 25)
+    assert (plain_rec.fitter.config.render_px, plain_rec.fitter.config.photo_mesh_fraction,
+            plain_rec.fitter.config.landmarks.steps) == (160, 0.5, 12)
     prov = record.provenance
     assert "identity term" in prov.method and prov.weights["identity_network"]["sha256"] != "none"
     assert plain.provenance.weights["identity_network"]["sha256"] == "none"
