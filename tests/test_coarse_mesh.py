@@ -65,6 +65,25 @@ def test_decimating_a_curved_cap_stays_close_to_it():
     assert dist.max() < 0.5  # mm, on a cap 8 mm high
 
 
+def test_decimation_keeps_vertices_without_a_mirror_partner():
+    """A hole on one side only (its mirror vertex is in the mesh, it is not) and a mirror map
+    that does not map back: no error, the surface and its outline are kept."""
+    from faceclip.fit.coarse_mesh import decimate_symmetric
+
+    v, f, mirror = _grid()
+    hole = 21 * 10 + 5  # an interior vertex left of the midline; its mirror stays
+    f = f[~(f == hole).any(1)]
+    mirror = mirror.copy()
+    mirror[21 * 4 + 3] = 21 * 4 + 2  # not an involution there
+    out = decimate_symmetric(v, f, mirror, 200)
+    n = _normals(v, out)
+    assert (n[:, 2] > 0).all()
+    assert np.isclose(0.5 * n[:, 2].sum(), 0.5 * _normals(v, f)[:, 2].sum())
+    kept = set(np.unique(out))
+    assert {hole} & kept == set() and {mirror[hole], 21 * 4 + 3, 21 * 4 + 2} <= kept
+    assert len(kept) < len(np.unique(f))
+
+
 def test_the_face_forward_renders_a_coarse_symmetric_face(ict_head):
     from faceclip.fit.stages import FaceForward, FitConfig
     from faceclip.facemodel.params import FaceParams
@@ -116,3 +135,23 @@ def test_coarse_triangles_are_cached_on_disk(tmp_path, monkeypatch):
     assert np.array_equal(coarse_mesh.coarse_face_triangles(v, f, mirror, 0.5), first)
     with pytest.raises(AssertionError, match="recomputed"):
         coarse_mesh.coarse_face_triangles(v, f, mirror, 0.4)  # another fraction is another mesh
+    # A damaged cache file is computed again, not trusted.
+    monkeypatch.undo()
+    monkeypatch.setenv("FACECLIP_HOME", str(tmp_path))
+    mesh._TOPOLOGY_CACHE.clear()
+    (path,) = (tmp_path / "models" / "derived").glob("coarse_face_*.npz")
+    path.write_bytes(path.read_bytes()[:40])
+    assert np.array_equal(coarse_mesh.coarse_face_triangles(v, f, mirror, 0.5), first)
+    with pytest.raises(ValueError, match="photo_mesh_fraction"):
+        coarse_mesh.coarse_face_triangles(v, f, mirror, 0.0)
+
+
+def test_the_full_ict_geometry_builds_a_coarse_face_too(ict_model):
+    """ICT's "full" geometry: some face-area vertices mirror onto the eyes (outside the area)."""
+    from faceclip.fit.stages import FaceForward, FitConfig
+
+    fw = FaceForward.build(ict_model, FitConfig())
+    kept = fw.photo_subset.vids[fw.photo_tris.unique()]
+    n_full = len(fw.render_tris.unique())
+    assert 0.45 * n_full <= len(kept) <= 0.6 * n_full
+    assert fw.photo_tri_is_skin.any()

@@ -344,3 +344,17 @@ def test_encode_png_is_lossless_and_refuses_other_layouts():
     for bad in (rgb[..., 0], rgb.astype(np.float32), rgb[..., :2]):
         with pytest.raises(ValueError, match="uint8 RGB"):
             encode_png(bad)
+
+
+def test_export_writes_no_obj_when_its_texture_cannot_be_encoded(tmp_path, ict_head, monkeypatch):
+    """The OBJ and MTL are written after the texture they name: a failed encode leaves neither."""
+    from faceclip.api import export_mesh
+    from faceclip.io import mesh as mesh_io
+
+    def broken(rgb):
+        raise RuntimeError("encoder failed")
+
+    monkeypatch.setattr(mesh_io, "encode_png", broken)
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        export_mesh(ict_head, ict_head.mean_mm, tmp_path, formats=("obj",))
+    assert not list(tmp_path.glob("mesh.*")) and not list(tmp_path.glob("*.png"))

@@ -266,7 +266,8 @@ class Reconstructor:
         config = dataclasses.replace(FitConfig.fast() if o.fast else FitConfig(), device=o.device)
         if o.identity_weight > 0:
             # The accurate, slow mode (the encoder's passes dominate its time) keeps the settings
-            # its figures were measured with: 224-px renders of the full mesh, 25 landmark iterations.
+            # its figures were measured with: 224-px renders of the full mesh, 25 landmark
+            # iterations from the mean face (a regressor start still takes refine()'s 10 below).
             config = dataclasses.replace(config, render_px=224, photo_mesh_fraction=1.0,
                                          landmarks=dataclasses.replace(config.landmarks, steps=25))
         #: The texture side used (the options' or the mode's default; the options stay as given).

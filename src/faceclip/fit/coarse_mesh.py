@@ -11,8 +11,9 @@ sliced.
 neighbour, which keeps its position), cheapest first by the quadric error of the faces around
 them (Garland and Heckbert 1997) plus a small edge-length term that favours short edges where
 the surface is flat. Collapses are done in mirror pairs (a vertex and its mirror image), so the
-kept vertices stay symmetric, which the albedo symmetry prior needs. The outline and the holes
-(eyes, mouth) are kept: their vertices are never removed. A collapse that would fold a triangle
+kept vertices stay symmetric, which the albedo symmetry prior needs (a vertex whose mirror is
+not in the mesh, or does not map back, is kept as it is). The outline and the holes (eyes,
+mouth) are kept: their vertices are never removed. A collapse that would fold a triangle
 over or break the mesh's manifold structure is skipped.
 """
 
@@ -28,6 +29,8 @@ __all__ = ["decimate_symmetric"]
 LENGTH_WEIGHT = 0.05
 #: A collapse is refused when a moved triangle's normal turns by more than this (cosine).
 MIN_NORMAL_COS = 0.5
+#: Part of the disk cache's key: change it when the algorithm's result changes.
+_VERSION = 1
 
 
 def _plane_quadrics(v: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -61,6 +64,8 @@ def decimate_symmetric(vertices: np.ndarray, triangles: np.ndarray, mirror: np.n
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(triangles, dtype=np.int64).copy()
     mirror = np.asarray(mirror, dtype=np.int64)
+    if mirror.shape != (len(v),) or (len(mirror) and (mirror.min() < 0 or mirror.max() >= len(v))):
+        raise ValueError(f"mirror must map each of the {len(v)} vertices to a vertex")
     used = np.unique(f)
     Q = _plane_quadrics(v, f)
     # Vertex -> faces, and the locked (outline and hole) vertices, with their mirrors.
@@ -71,7 +76,14 @@ def decimate_symmetric(vertices: np.ndarray, triangles: np.ndarray, mirror: np.n
     edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
     uniq, count = np.unique(edges, axis=0, return_counts=True)
     locked = np.zeros(len(v), dtype=bool)
-    locked[uniq[count == 1].reshape(-1)] = True
+    locked[uniq[count != 2].reshape(-1)] = True  # the outline, holes and any non-manifold edge
+    # A vertex whose mirror is not a vertex here, or not mirrored back, has no partner to
+    # collapse with: it stays (as does its mirror).
+    in_mesh = np.zeros(len(v), dtype=bool)
+    in_mesh[used] = True
+    odd = used[~in_mesh[mirror[used]] | (mirror[mirror[used]] != used)]
+    locked[odd] = True
+    locked[mirror[odd]] = True
     locked |= locked[mirror]
     alive_face = np.ones(len(f), dtype=bool)
     removed = np.zeros(len(v), dtype=bool)
@@ -128,7 +140,7 @@ def decimate_symmetric(vertices: np.ndarray, triangles: np.ndarray, mirror: np.n
     def push(u: int, w: int) -> None:
         """Queue the paired collapse u -> w (and mirror(u) -> mirror(w))."""
         mu, mw = int(mirror[u]), int(mirror[w])
-        if locked[u] or removed[u] or removed[w]:
+        if locked[u] or removed[u] or removed[w] or not in_mesh[mw]:
             return
         if (mu == u) != (mw == w) or mu == w:  # midline vertices move along the midline only
             return
@@ -172,6 +184,8 @@ def coarse_face_triangles(vertices: np.ndarray, triangles: np.ndarray, mirror: n
     from faceclip.io.mesh import memo_by_content
     from faceclip.paths import models_dir
 
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"photo_mesh_fraction must be in (0, 1], got {fraction}")
     v = np.ascontiguousarray(vertices, dtype=np.float32)
     t = np.ascontiguousarray(triangles, dtype=np.int64)
     m = np.ascontiguousarray(mirror, dtype=np.int64)
@@ -179,14 +193,17 @@ def coarse_face_triangles(vertices: np.ndarray, triangles: np.ndarray, mirror: n
 
     def compute() -> np.ndarray:
         h = hashlib.sha1()
-        for a in (v, t, m, np.array([target, LENGTH_WEIGHT, MIN_NORMAL_COS])):
+        for a in (v, t, m, np.array([target, LENGTH_WEIGHT, MIN_NORMAL_COS, _VERSION])):
             h.update(a.tobytes())
+            h.update(str(a.shape).encode())
         path = models_dir() / "derived" / f"coarse_face_{h.hexdigest()[:16]}.npz"
         try:
             with np.load(path) as data:
-                return data["triangles"].astype(np.int64)
-        except (OSError, KeyError, ValueError):
-            pass  # not computed yet here (or unreadable): compute it
+                out = data["triangles"].astype(np.int64)
+            if out.ndim == 2 and out.shape[1] == 3 and len(out) and np.isin(out, t).all():
+                return out
+        except Exception:  # noqa: BLE001 - missing, truncated or foreign: compute it again
+            pass
         out = decimate_symmetric(v, t, m, target)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,8 @@ class Fitter:
 
     @property
     def render_tris(self) -> Tensor:
-        """(F, 3) model triangles rendered for the photometric loss."""
+        """(F, 3) model triangles of the photometric loss's face area (the stage renders them, or
+        their coarser triangulation :attr:`FaceForward.photo_tris` with ``photo_mesh_fraction`` < 1)."""
         return self.forward.render_tris
 
     @property

@@ -249,14 +249,15 @@ class FitConfig:
     @staticmethod
     def fast() -> "FitConfig":
         """Landmarks only, then closed-form light and skin colour: no photometric iterations."""
-        return FitConfig(render_px=160, landmarks=LandmarkStageConfig(steps=8), photo=PhotoStageConfig(steps=0))
+        return FitConfig(render_px=160, photo_mesh_fraction=1.0, landmarks=LandmarkStageConfig(steps=8),
+                         photo=PhotoStageConfig(steps=0))
 
     @staticmethod
     def refine() -> "FitConfig":
         """Refinement of a regressor's prediction (what ``faceclip reconstruct`` uses by default).
 
         A start close to the answer needs fewer iterations (10 landmark, 10 photometric steps
-        instead of 25 and 30), and a stronger identity prior (0.2 / 2.0 instead of 0.05 / 0.5)
+        instead of 12 and 30; the choice below was made when the default was 25 and 30), and a stronger identity prior (0.2 / 2.0 instead of 0.05 / 0.5)
         keeps imperfect detector landmarks from bending the shape. Chosen on the first 30 faces
         of the synthetic benchmark (seed 0, REALY-style "all", 1 thread): 15/15 steps 1.92 mm,
         10/10 1.87, 15/15 + stronger prior 1.83, 10/10 + stronger prior 1.82 mm at 0.46 s per
@@ -424,7 +425,7 @@ class FaceForward:
         config: the settings; the camera of :meth:`render` uses ``crop_px`` and ``render_px``.
         device: where every tensor lives.
         model, albedo_model, bands: face model, albedo model and sliding-contour bands on ``device``.
-        render_tris: (F, 3) model triangles rendered for the photometric loss (the narrow face
+        render_tris: (F, 3) model triangles of the photometric loss's face area (the narrow face
             area); render_tri_is_skin: (F,) bool, the skin ones among them.
         skin_ids: (Ns,) model vertex ids of the skin region.
         landmark_subset: the vertices of the landmark stage (68 landmarks + contour candidates).
@@ -432,8 +433,9 @@ class FaceForward:
             and the skin's with their mirrors); photo_tris (F', 3) are the triangles it renders
             in its rows (``render_tris``, or their coarser triangulation with
             ``config.photo_mesh_fraction`` < 1), photo_tri_is_skin (F',) the skin ones among
-            them; photo_skin_rows (Ns',) and photo_mirror_rows (N,) are the skin vertices among
-            the rendered ones and the albedo mirror map in its rows (rows whose mirror is
+            them; photo_skin_rows (Ns',) are the rows of the skin vertices (all of them with the
+            full mesh, those kept with the coarse one) and photo_mirror_rows (N,) the albedo
+            mirror map in its rows (rows whose mirror is
             outside the subset map to themselves).
         dense: the dense points' bases (:meth:`with_dense_points`), or None.
     """
@@ -463,7 +465,7 @@ class FaceForward:
         albedo_model: AlbedoModel = make_albedo_model(model).to(device)
         bands: ContourBands = build_contour_bands(model).to(device)
         m = model
-        # Triangles rendered for the photometric loss: the narrow face area (forehead to chin,
+        # The photometric loss's face area: the narrow face area (forehead to chin,
         # ear to ear; the rest never meets the photo's skin mask) and the skin ones among them.
         face_v = m.region_mask("face_narrow" if "face_narrow" in m.regions else "face")
         render_tris = m.triangles[face_v[m.triangles].all(1)]
@@ -481,8 +483,8 @@ class FaceForward:
             photo_tris = torch.from_numpy(coarse_face_triangles(
                 m.mean_mm.detach().cpu().numpy(), render_tris.cpu().numpy(), mirror.cpu().numpy(),
                 config.photo_mesh_fraction)).to(device)
-        # The skin vertices the photometric stage sees (their mirrors are among them: the coarse
-        # triangulation is symmetric), for the albedo priors.
+        # The skin vertices the photometric stage sees, and their mirrors, for the albedo priors
+        # (with the symmetric coarse triangulation the mirrors are among them already).
         ph_skin_ids = skin_ids[torch.isin(skin_ids, photo_tris.unique())] if config.photo_mesh_fraction < 1.0 else skin_ids
         ph = VertexSubset(m, albedo_model, torch.cat([lm_ids, photo_tris.reshape(-1), ph_skin_ids, mirror[ph_skin_ids]]))
         ph_tris = ph.remap[photo_tris]

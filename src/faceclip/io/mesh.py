@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image
@@ -171,6 +171,7 @@ def write_obj(
     material_name: str = "face",
     normals=True,
     texture_file: str | None = None,
+    texture_png: Callable[[], bytes] | None = None,
 ) -> list[Path]:
     """Write a Wavefront OBJ (+ MTL and texture PNG when ``uv`` and ``texture`` are given).
 
@@ -186,6 +187,9 @@ def write_obj(
         texture_file: the texture's file name beside the OBJ, for the MTL (default
             ``<stem>_texture.png``). With ``texture`` None and ``uv`` given, the MTL refers to
             this file, which is not written (an image another export already wrote).
+        texture_png: instead of ``texture``, a function returning the texture's PNG bytes, called
+            once the OBJ text is formatted (e.g. the ``result`` of a future encoding it in
+            another thread).
 
     Returns:
         The written files, OBJ first.
@@ -198,17 +202,8 @@ def write_obj(
     written: list[Path] = []
     lines = ["# FaceCLIP mesh: millimetres, right-handed, +X subject's left, +Y up, +Z toward viewer"]
     mtl_name = tex_name = None
-    if uv is not None and (texture is not None or texture_file is not None):
+    if uv is not None and (texture is not None or texture_file is not None or texture_png is not None):
         mtl_name, tex_name = f"{path.stem}.mtl", texture_file or f"{path.stem}_texture.png"
-        if texture is not None:
-            with atomic_path(path.parent / tex_name) as tmp:
-                tmp.write_bytes(encode_png(np.asarray(_to_uint8_image(texture))))
-            written.append(path.parent / tex_name)
-        with atomic_path(path.parent / mtl_name) as tmp:
-            tmp.write_text(
-                f"newmtl {material_name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {tex_name}\n"
-            )
-        written.append(path.parent / mtl_name)
         lines.append(f"mtllib {mtl_name}")
     lines.append(_rows("v %.6f %.6f %.6f", v))
     if n is not None:
@@ -233,8 +228,22 @@ def write_obj(
             "f %d//%d %d//%d %d//%d", np.stack([f + 1, f + 1], axis=-1).reshape(len(f), 6))))
     else:
         lines.append(memo_by_content("obj_f", f, compute=lambda: _rows("f %d %d %d", f + 1)))
+    text = "\n".join(line for line in lines if line) + "\n"
+    # The texture and the MTL are written before the OBJ that names them.
+    if mtl_name is not None:
+        png = (texture_png() if texture_png is not None else
+               encode_png(np.asarray(_to_uint8_image(texture))) if texture is not None else None)
+        if png is not None:
+            with atomic_path(path.parent / tex_name) as tmp:
+                tmp.write_bytes(png)
+            written.append(path.parent / tex_name)
+        with atomic_path(path.parent / mtl_name) as tmp:
+            tmp.write_text(
+                f"newmtl {material_name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {tex_name}\n"
+            )
+        written.append(path.parent / mtl_name)
     with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(line for line in lines if line) + "\n")
+        tmp.write_text(text)
     return [path] + written
 
 
@@ -428,23 +437,20 @@ def export_mesh(model: "FaceModel", vertices_mm, out_dir: Path, stem: str = "mes
     if unknown or not formats:
         raise ValueError(f"mesh formats must be among {', '.join(MESH_FORMATS)}, got {', '.join(formats) or 'none'}")
     normals = vertex_normals(vertices_mm, model.triangles)  # once for all files
-    files: list[Path] = []
+    files: dict[str, list[Path]] = {}
     with ThreadPoolExecutor(1, thread_name_prefix="faceclip-png") as pool:
         # The OBJ's texture PNG is encoded in a worker thread (the encoder releases the GIL)
-        # while the mesh files are formatted here.
+        # while the PLY, the GLB and the OBJ's text are made here; the OBJ comes last, as it
+        # waits for the PNG.
         textured_obj = "obj" in formats and model.uv is not None
         png = pool.submit(encode_png, np.asarray(_to_uint8_image(texture))) if textured_obj else None
-        tex_name = f"{stem}_texture.png"
-        if "obj" in formats:
-            obj_files = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, None,
-                                  normals=normals, texture_file=tex_name)
-            files += obj_files[:1] + ([out_dir / tex_name] if textured_obj else []) + obj_files[1:]
         if "ply" in formats:
-            files.append(write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors, normals=normals))
+            files["ply"] = [write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors,
+                                      normals=normals)]
         if "glb" in formats:
-            files.append(write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
-                                   texture_format=glb_texture_format, normals=normals))
-        if png is not None:
-            with atomic_path(out_dir / tex_name) as tmp:
-                tmp.write_bytes(png.result())
-    return files
+            files["glb"] = [write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
+                                      texture_format=glb_texture_format, normals=normals)]
+        if "obj" in formats:
+            files["obj"] = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, None,
+                                     normals=normals, texture_png=png.result if png is not None else None)
+    return [p for fmt in ("obj", "ply", "glb") for p in files.get(fmt, [])]

@@ -1059,7 +1059,7 @@ def texture_texels(attrs, tri, face, bary, pix, R, t, cam, inv_scale, pooled, ph
     window-render pixel; pooled (h, w): the window render's depth, 3x3 max-pooled (-1e9 where
     empty); photo (ph, pw, 3) uint8: the photo's window. Writes out (S * S, 3) uint8 at ``pix`` and
     w_direct (P,) float32: the direct view's weight. Mirrors the PyTorch path of
-    :func:`faceclip.fit.texture.unwrap_texture` (fallback colour, then the mirror view, then
+    :func:`faceclip.fit.texture._texels_torch` (fallback colour, then the mirror view, then
     the direct view, each blended by its visibility weight).
     """
     a = np.empty(12, np.float64)
