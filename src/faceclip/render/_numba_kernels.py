@@ -1047,6 +1047,18 @@ def _photo_bilinear(photo, x, y, c):  # pragma: no cover
     return (top + (bot - top) * fy) / 255.0
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _blend_photo(col, photo, x, y, w, delight, a):  # pragma: no cover
+    """col (3,) <- w * photo(x, y) + (1 - w) * col where w > 0 (divided by the irradiance
+    a[9:12] with ``delight``)."""
+    if w > 0.0:
+        for c in range(3):
+            s = _photo_bilinear(photo, x, y, c)
+            if delight:
+                s = s / a[9 + c]
+            col[c] = w * s + (1.0 - w) * col[c]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def texture_texels(attrs, tri, face, bary, pix, R, t, cam, inv_scale, pooled, photo, delight, tol, out, w_direct,
                    lo, hi):  # pragma: no cover
@@ -1077,18 +1089,8 @@ def texture_texels(attrs, tri, face, bary, pix, R, t, cam, inv_scale, pooled, ph
         w1, x1, y1 = _texel_view(a[0], a[1], a[2], nx, ny, nz, R, t, cam, pooled, tol)
         if w1 < 1.0:  # the mirror view (x -> -x) where the direct view is not complete
             w2, x2, y2 = _texel_view(-a[0], a[1], a[2], -nx, ny, nz, R, t, cam, pooled, tol)
-            if w2 > 0.0:
-                for c in range(3):
-                    s = _photo_bilinear(photo, x2 * inv_scale, y2 * inv_scale, c)
-                    if delight:
-                        s = s / a[9 + c]
-                    col[c] = w2 * s + (1.0 - w2) * col[c]
-        if w1 > 0.0:
-            for c in range(3):
-                s = _photo_bilinear(photo, x1 * inv_scale, y1 * inv_scale, c)
-                if delight:
-                    s = s / a[9 + c]
-                col[c] = w1 * s + (1.0 - w1) * col[c]
+            _blend_photo(col, photo, x2 * inv_scale, y2 * inv_scale, w2, delight, a)
+        _blend_photo(col, photo, x1 * inv_scale, y1 * inv_scale, w1, delight, a)
         for c in range(3):
             out[pix[p], c] = np.uint8(min(max(col[c], 0.0), 1.0) * 255.0 + 0.5)
         w_direct[p] = w1
