@@ -15,7 +15,7 @@ the shape, expression, pose, light and albedo.
 Measured (``benchmarks/identity_consistency.py``, ``benchmarks/frontend_ablation.py``; see
 ``docs/front-end.md``): on the 24 faces of ``bald_guys.jpg`` the nearest reconstructed shape
 belongs to the same person for 0.88 of the faces (0.42 without the term), and on the synthetic
-benchmark (seed 0, n=100) the shape error is 1.281 mm against the default's 1.317 (1.301 with
+benchmark (seed 0, n=100) the shape error is 1.280 mm against the default's 1.317 (1.301 with
 the default's previous, slower settings, which ``--identity`` keeps); the cost is one encoder
 forward and backward pass per photometric step (about 0.12 s on two CPU cores).
 """
