@@ -66,6 +66,22 @@ def test_detail_switch(backend):
     assert plain.glb.name == "mesh.glb"
 
 
+def test_identity_switch(backend):
+    """The identity term: the full fit with FaceNet (params.json says so); refused with fast."""
+    from faceclip.errors import InputError
+
+    s = backend.new_session()
+    with pytest.raises(InputError, match="identity term needs the full fit"):
+        backend.reconstruct(ASTRONAUT, s, fast=True, identity=True)
+    r = backend.reconstruct(ASTRONAUT, s, fast=False, identity=True)
+    params = json.loads((r.folder / "params.json").read_text())
+    assert "identity term" in params["method"] and "identity" in params["loss_terms"]
+    assert params["weights"]["identity_network"]["sha256"] != "none"
+    plain = backend.reconstruct(s / "photo.png", s, fast=False, identity=False)
+    pparams = json.loads((plain.folder / "params.json").read_text())
+    assert "identity" not in pparams["loss_terms"] and pparams["identity"] != params["identity"]
+
+
 def test_face_picker(backend):
     s = backend.new_session()
     r0 = backend.reconstruct(FACES_DIR / "bald_guys.jpg", s, fast=True, face_index=0)
@@ -185,7 +201,8 @@ def test_server_binds_localhost_and_answers_twenty_at_once(server):
         sessions_before = len(list(backend.root.glob("session-*")))
         rss0 = _rss_mb()
         t0 = time.perf_counter()
-        jobs = [clients[k % 4].submit(handle_file(str(ASTRONAUT)), True, False, api_name="/reconstruct") for k in range(20)]
+        jobs = [clients[k % 4].submit(handle_file(str(ASTRONAUT)), True, False, False, api_name="/reconstruct")
+                for k in range(20)]
         results = [j.result(timeout=600) for j in jobs]
         wall = time.perf_counter() - t0
         growth = _rss_mb() - rss0
@@ -203,8 +220,9 @@ def test_server_binds_localhost_and_answers_twenty_at_once(server):
     assert growth < 600  # one job at a time: memory stays bounded
     # The face picker through the server (the client keeps its session's state).
     c = clients[0]
-    first = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, api_name="/reconstruct")
-    picked = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, "face 3", api_name="/pick_face")
+    first = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, False, api_name="/reconstruct")
+    picked = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, False, "face 3",
+                       api_name="/pick_face")
     assert "face 1" in first[4] and "face 3" in picked[4] and Path(picked[0]).read_bytes() != Path(first[0]).read_bytes()
 
 

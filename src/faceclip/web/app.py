@@ -95,7 +95,7 @@ class DemoBackend:
         self._own_root = o.root is None
         self.root = Path(o.root) if o.root else Path(tempfile.mkdtemp(prefix="faceclip-web-"))
         self.root.mkdir(parents=True, exist_ok=True)
-        self._recs: dict[bool, object] = {}  # one pipeline per mode (fast or not)
+        self._recs: dict[tuple[bool, bool], object] = {}  # one pipeline per mode (fast or not, identity term or not)
         self._lock = threading.Lock()  # one reconstruction at a time per process (the fitter keeps state)
 
     # ------------------------------------------------------------------ sessions
@@ -143,15 +143,25 @@ class DemoBackend:
 
     # ------------------------------------------------------------------ work
 
-    def reconstructor(self, fast: bool, detail: bool | None = None):
-        """The (cached) photo pipeline, default or ``--fast``: one per mode, whatever the detail
-        switch (detail is a per-face step, not a model: ``detail`` sets it on the cached pipeline;
-        call with the lock held)."""
+    def reconstructor(self, fast: bool, detail: bool | None = None, identity: bool = False):
+        """The (cached) photo pipeline, default or ``--fast``, with or without the FaceNet identity
+        term (``--identity``): one per mode, whatever the detail switch (detail is a per-face step,
+        not a model: ``detail`` sets it on the cached pipeline; call with the lock held).
+
+        Raises:
+            InputError: ``identity`` with ``fast`` (the term weighs the photometric stage, which
+                the fast mode skips).
+        """
+        from faceclip.fit.identity import DEFAULT_IDENTITY_WEIGHT
         from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
-        key = bool(fast)
+        if identity and fast:
+            raise InputError("the identity term needs the full fit", hint="untick 'fast' to use it")
+        key = (bool(fast), bool(identity))
         if key not in self._recs:
-            self._recs[key] = Reconstructor(ReconstructOptions(fast=key, all_faces=True, overwrite=True))
+            self._recs[key] = Reconstructor(ReconstructOptions(
+                fast=key[0], all_faces=True, overwrite=True,
+                identity_weight=DEFAULT_IDENTITY_WEIGHT if key[1] else 0.0))
         rec = self._recs[key]
         if detail is not None and rec.options.outputs.detail != bool(detail):
             rec.options = dataclasses.replace(rec.options, detail=bool(detail))
@@ -180,9 +190,10 @@ class DemoBackend:
                              hint=exc.hint) from None
 
     def reconstruct(self, path: str | Path, session: Path, fast: bool = True, face_index: int = 0,
-                    detail: bool = False) -> DemoResult:
+                    detail: bool = False, identity: bool = False) -> DemoResult:
         """Reconstruct face ``face_index`` (largest first) of an uploaded photo into ``session``;
-        ``detail``: also the displacement map (the 3D view then shows the normal-mapped mesh)."""
+        ``detail``: also the displacement map (the 3D view then shows the normal-mapped mesh);
+        ``identity``: fit with the FaceNet identity term (not with ``fast``; about 4 s a face)."""
         from PIL import Image
 
         session = Path(session)
@@ -197,7 +208,7 @@ class DemoBackend:
         from faceclip.reconstruction import FaceIndexError
 
         with self._lock:
-            rec = self.reconstructor(fast, detail)
+            rec = self.reconstructor(fast, detail, identity)
             try:
                 out = rec.reconstruct_image(photo, session / "results", base="face", faces=[face_index])[0]
             except FaceIndexError as exc:
@@ -326,7 +337,7 @@ def build_app(backend: DemoBackend):
 
     resets = [gr.update(value=AS_PHOTOGRAPHED), gr.update(value=1.0)] + [gr.update(value=0.0)] * len(PAGE_BLENDSHAPES)
 
-    def run(photo, fast, detail, face_label, session, state_faces, new_photo: bool):
+    def run(photo, fast, detail, identity, face_label, session, state_faces, new_photo: bool):
         if photo is None:
             raise gr.Error("Upload a photo first.", print_exception=False)
         try:
@@ -334,20 +345,21 @@ def build_app(backend: DemoBackend):
             labels = [] if new_photo else (state_faces or [])
             index = labels.index(face_label) if face_label in labels else 0
             r = backend.reconstruct(folder / "photo.png" if not new_photo and (folder / "photo.png").is_file()
-                                    else photo, folder, fast=bool(fast), face_index=index, detail=bool(detail))
+                                    else photo, folder, fast=bool(fast), face_index=index, detail=bool(detail),
+                                    identity=bool(identity))
         except Exception as exc:  # noqa: BLE001 - every failure is one line on the page
             raise fail(exc) from None
         return (str(r.glb), str(r.overlay), str(r.landmarks), str(r.zip), r.summary,
                 gr.update(choices=r.faces, value=r.faces[r.face_index], interactive=len(r.faces) > 1),
                 str(folder), r.faces, r, *resets)
 
-    def on_upload(photo, fast, detail, session):
+    def on_upload(photo, fast, detail, identity, session):
         """A new photo: the largest face."""
-        return run(photo, fast, detail, None, session, None, True)
+        return run(photo, fast, detail, identity, None, session, None, True)
 
-    def on_reconstruct(photo, fast, detail, face_label, session, state_faces):
-        """The same photo again (another face, fast or detail switched): the chosen face."""
-        return run(photo, fast, detail, face_label, session, state_faces, state_faces is None)
+    def on_reconstruct(photo, fast, detail, identity, face_label, session, state_faces):
+        """The same photo again (another face, a switch changed): the chosen face."""
+        return run(photo, fast, detail, identity, face_label, session, state_faces, state_faces is None)
 
     def on_expression(result, expression, strength, session, *values):
         if result is None:
@@ -375,6 +387,9 @@ def build_app(backend: DemoBackend):
                 fast = gr.Checkbox(value=True, label="fast (about 2x faster; landmarks and light only)")
                 detail = gr.Checkbox(value=False, label="detail (wrinkles from the photo's shading; about 1 s more)",
                                      elem_id="detail")
+                identity = gr.Checkbox(value=False, elem_id="identity",
+                                       label="identity term (shapes more true to the person; about 4 s a face; "
+                                             "untick fast)")
                 face = gr.Dropdown(choices=[], label="Face", interactive=False, elem_id="face-picker")
                 go = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
                 gr.Examples(examples=examples, inputs=photo)
@@ -399,11 +414,11 @@ def build_app(backend: DemoBackend):
         outputs = [model3d, overlay, landmarks, download, summary, face, session, faces_state, result_state,
                    expression, strength, *sliders]
         work = {"concurrency_limit": 1, "concurrency_id": "work"}  # one job at a time, edits included
-        photo.upload(on_upload, [photo, fast, detail, session], outputs, api_name="reconstruct", **work)
-        go.click(on_reconstruct, [photo, fast, detail, face, session, faces_state], outputs,
+        photo.upload(on_upload, [photo, fast, detail, identity, session], outputs, api_name="reconstruct", **work)
+        go.click(on_reconstruct, [photo, fast, detail, identity, face, session, faces_state], outputs,
                  api_name="reconstruct_again", **work)
-        face.input(on_reconstruct, [photo, fast, detail, face, session, faces_state], outputs, api_name="pick_face",
-                   **work)
+        face.input(on_reconstruct, [photo, fast, detail, identity, face, session, faces_state], outputs,
+                   api_name="pick_face", **work)
         for control in [expression, strength, *sliders]:
             control.input(on_expression, [result_state, expression, strength, session, *sliders], model3d,
                           trigger_mode="always_last", api_visibility="private", **work)
