@@ -155,3 +155,26 @@ def test_the_full_ict_geometry_builds_a_coarse_face_too(ict_model):
     n_full = len(fw.render_tris.unique())
     assert 0.45 * n_full <= len(kept) <= 0.6 * n_full
     assert fw.photo_tri_is_skin.any()
+
+
+def test_the_shipped_coarse_face_is_found_and_is_what_the_tool_makes(ict_head, tmp_path, monkeypatch):
+    """The default geometry's decimation ships with the package (tools/make_coarse_face.py): a
+    fresh install does not pay the 3 s, and the file is exactly what the algorithm gives."""
+    from faceclip.fit import coarse_mesh
+    from faceclip.fit.stages import FaceForward, FitConfig
+    from faceclip.io import mesh
+
+    fraction = FitConfig().photo_mesh_fraction
+    full = FaceForward.build(ict_head, FitConfig(photo_mesh_fraction=1.0))
+    args = (ict_head.mean_mm.numpy(), full.render_tris.numpy(), full.albedo_model.mirror.numpy())
+    assert coarse_mesh.shipped_file(*args, fraction).is_file()
+    computed = coarse_mesh.decimate_symmetric(*args, int(round(fraction * len(np.unique(args[1])))))
+    monkeypatch.setenv("FACECLIP_HOME", str(tmp_path))  # an empty cache
+    mesh._TOPOLOGY_CACHE.clear()
+
+    def fail(*a, **k):
+        raise AssertionError("recomputed instead of loaded")
+
+    monkeypatch.setattr(coarse_mesh, "decimate_symmetric", fail)
+    assert np.array_equal(coarse_mesh.coarse_face_triangles(*args, fraction), computed)
+    assert not (tmp_path / "models" / "derived").exists()  # nothing had to be written

@@ -20,6 +20,7 @@ over or break the mesh's manifold structure is skipped.
 from __future__ import annotations
 
 import heapq
+from pathlib import Path
 
 import numpy as np
 
@@ -173,16 +174,14 @@ def decimate_symmetric(vertices: np.ndarray, triangles: np.ndarray, mirror: np.n
     return f[alive_face]
 
 
-def coarse_face_triangles(vertices: np.ndarray, triangles: np.ndarray, mirror: np.ndarray,
-                          fraction: float) -> np.ndarray:
-    """:func:`decimate_symmetric` to ``fraction`` of the triangles' vertices, computed once per
-    machine: the result is kept in memory and on disk (``<models dir>/derived/``, keyed by the
-    content of the inputs; a decimation of the ICT face area takes about 3 s)."""
-    import hashlib
+#: Decimations shipped with the package (the default ICT geometry's face area at the default
+#: fraction; ``tools/make_coarse_face.py`` writes it), named as in the disk cache.
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data"
 
-    from faceclip.io.files import atomic_open
-    from faceclip.io.mesh import memo_by_content
-    from faceclip.paths import models_dir
+
+def _inputs(vertices, triangles, mirror, fraction: float):
+    """The inputs as the cache sees them, the target vertex count and the cache file's name."""
+    import hashlib
 
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"photo_mesh_fraction must be in (0, 1], got {fraction}")
@@ -190,20 +189,48 @@ def coarse_face_triangles(vertices: np.ndarray, triangles: np.ndarray, mirror: n
     t = np.ascontiguousarray(triangles, dtype=np.int64)
     m = np.ascontiguousarray(mirror, dtype=np.int64)
     target = int(round(fraction * len(np.unique(t))))
+    h = hashlib.sha1()
+    for a in (v, t, m, np.array([target, LENGTH_WEIGHT, MIN_NORMAL_COS, _VERSION])):
+        h.update(a.tobytes())
+        h.update(str(a.shape).encode())
+    return v, t, m, target, f"coarse_face_{h.hexdigest()[:16]}.npz"
+
+
+def _load(path: Path, t: np.ndarray) -> np.ndarray | None:
+    """A cached decimation of triangles ``t``, or None (missing, truncated or not of ``t``)."""
+    try:
+        with np.load(path) as data:
+            out = data["triangles"].astype(np.int64)
+        if out.ndim == 2 and out.shape[1] == 3 and len(out) and np.isin(out, t).all():
+            return out
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: compute it again
+        pass
+    return None
+
+
+def shipped_file(vertices: np.ndarray, triangles: np.ndarray, mirror: np.ndarray, fraction: float) -> Path:
+    """Where the package keeps (or would keep) the decimation of these inputs."""
+    return SHIPPED_DIR / _inputs(vertices, triangles, mirror, fraction)[4]
+
+
+def coarse_face_triangles(vertices: np.ndarray, triangles: np.ndarray, mirror: np.ndarray,
+                          fraction: float) -> np.ndarray:
+    """:func:`decimate_symmetric` to ``fraction`` of the triangles' vertices, computed once per
+    machine: the result is kept in memory and on disk (``<models dir>/derived/``, keyed by the
+    content of the inputs; a decimation of the ICT face area takes about 3 s). The default
+    geometry's is shipped with the package (:data:`SHIPPED_DIR`)."""
+    from faceclip.io.files import atomic_open
+    from faceclip.io.mesh import memo_by_content
+    from faceclip.paths import models_dir
+
+    v, t, m, target, name = _inputs(vertices, triangles, mirror, fraction)
 
     def compute() -> np.ndarray:
-        h = hashlib.sha1()
-        for a in (v, t, m, np.array([target, LENGTH_WEIGHT, MIN_NORMAL_COS, _VERSION])):
-            h.update(a.tobytes())
-            h.update(str(a.shape).encode())
-        path = models_dir() / "derived" / f"coarse_face_{h.hexdigest()[:16]}.npz"
-        try:
-            with np.load(path) as data:
-                out = data["triangles"].astype(np.int64)
-            if out.ndim == 2 and out.shape[1] == 3 and len(out) and np.isin(out, t).all():
+        path = models_dir() / "derived" / name
+        for known in (SHIPPED_DIR / name, path):
+            out = _load(known, t)
+            if out is not None:
                 return out
-        except Exception:  # noqa: BLE001 - missing, truncated or foreign: compute it again
-            pass
         out = decimate_symmetric(v, t, m, target)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
