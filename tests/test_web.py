@@ -71,8 +71,10 @@ def test_identity_switch(backend):
     from faceclip.errors import InputError
 
     s = backend.new_session()
-    with pytest.raises(InputError, match="identity term needs the full fit"):
+    first = backend.reconstruct(ASTRONAUT, s, fast=True)
+    with pytest.raises(InputError, match="untick 'fast'"):
         backend.reconstruct(ASTRONAUT, s, fast=True, identity=True)
+    assert first.glb.is_file()  # refused before the session's result was touched
     r = backend.reconstruct(ASTRONAUT, s, fast=False, identity=True)
     params = json.loads((r.folder / "params.json").read_text())
     assert "identity term" in params["method"] and "identity" in params["loss_terms"]
@@ -221,7 +223,7 @@ def test_server_binds_localhost_and_answers_twenty_at_once(server):
     # The face picker through the server (the client keeps its session's state).
     c = clients[0]
     first = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, False, api_name="/reconstruct")
-    picked = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, False, "face 3",
+    picked = c.predict(handle_file(str(FACES_DIR / "bald_guys.jpg")), True, False, "face 3", False,
                        api_name="/pick_face")
     assert "face 1" in first[4] and "face 3" in picked[4] and Path(picked[0]).read_bytes() != Path(first[0]).read_bytes()
 

@@ -15,7 +15,11 @@ script makes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "src" / "faceclip" / "data"
 
 
 def main() -> None:
@@ -28,13 +32,19 @@ def main() -> None:
     config = FitConfig()
     full = FaceForward.build(model, config.with_overrides(photo_mesh_fraction=1.0))
     args = (model.mean_mm.numpy(), full.render_tris.numpy(), full.albedo_model.mirror.numpy())
-    path = shipped_file(*args, config.photo_mesh_fraction)
+    # The repository's data folder, whichever faceclip is imported (never site-packages).
+    path = DATA_DIR / shipped_file(*args, config.photo_mesh_fraction).name
     target = int(round(config.photo_mesh_fraction * len(np.unique(args[1]))))
     tris = decimate_symmetric(*args, target)
-    for old in path.parent.glob("coarse_face_*.npz"):
-        old.unlink()
-    np.savez_compressed(path, triangles=tris.astype(np.int32))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:  # np.savez adds no suffix to a file object
+        np.savez_compressed(fh, triangles=tris.astype(np.int32))
+    tmp.replace(path)
     print(f"{path}: {len(tris)} triangles over {len(np.unique(tris))} vertices")
+    for old in sorted(DATA_DIR.glob("coarse_face_*.npz")):  # earlier versions of the default's
+        if old != path:
+            old.unlink()
+            print(f"removed {old}")
 
 
 if __name__ == "__main__":

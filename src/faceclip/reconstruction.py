@@ -160,7 +160,7 @@ class ReconstructOptions:
     #: Weight of the face-recognition identity term in the photometric stage (0: off;
     #: ``--identity`` gives :data:`faceclip.fit.identity.DEFAULT_IDENTITY_WEIGHT`): the fitted face,
     #: rendered over the photo, should have the photo's FaceNet embedding. Shapes of one person
-    #: agree better across photos (bald_guys.jpg: nearest shape of the same person 0.92 vs 0.46)
+    #: agree better across photos (bald_guys.jpg: nearest shape of the same person 0.88 vs 0.42)
     #: at several times the time per face (docs/front-end.md).
     identity_weight: float = 0.0
     device: str = "cpu"

@@ -155,8 +155,7 @@ class DemoBackend:
         from faceclip.fit.identity import DEFAULT_IDENTITY_WEIGHT
         from faceclip.reconstruction import ReconstructOptions, Reconstructor
 
-        if identity and fast:
-            raise InputError("the identity term needs the full fit", hint="untick 'fast' to use it")
+        _check_modes(fast, identity)
         key = (bool(fast), bool(identity))
         if key not in self._recs:
             self._recs[key] = Reconstructor(ReconstructOptions(
@@ -196,6 +195,7 @@ class DemoBackend:
         ``identity``: fit with the FaceNet identity term (not with ``fast``; about 4 s a face)."""
         from PIL import Image
 
+        _check_modes(fast, identity)  # before the session's earlier result is cleared
         session = Path(session)
         self.touch(session)
         photo = session / "photo.png"
@@ -289,6 +289,13 @@ class DemoBackend:
         return "\n".join(lines)
 
 
+def _check_modes(fast: bool, identity: bool) -> None:
+    """Refuse the identity term with the fast mode (it weighs the photometric stage, which the
+    fast mode skips)."""
+    if identity and fast:
+        raise InputError("the identity term needs the full fit: untick 'fast' to use it")
+
+
 # ---------------------------------------------------------------------- the page
 
 HOW_IT_WORKS = """**How it works.** MediaPipe's and dlib's detectors find the faces; MediaPipe's 478-point
@@ -357,7 +364,7 @@ def build_app(backend: DemoBackend):
         """A new photo: the largest face."""
         return run(photo, fast, detail, identity, None, session, None, True)
 
-    def on_reconstruct(photo, fast, detail, identity, face_label, session, state_faces):
+    def on_reconstruct(photo, fast, detail, face_label, identity, session, state_faces):
         """The same photo again (another face, a switch changed): the chosen face."""
         return run(photo, fast, detail, identity, face_label, session, state_faces, state_faces is None)
 
@@ -384,7 +391,7 @@ def build_app(backend: DemoBackend):
                 # decode and convert it; our loader does, with the pixel cap).
                 photo = gr.Image(type="filepath", sources=["upload", "webcam"], label="Photo", image_mode=None,
                                  elem_id="photo")
-                fast = gr.Checkbox(value=True, label="fast (about 2x faster; landmarks and light only)")
+                fast = gr.Checkbox(value=True, label="fast (about 3x faster; landmarks and light only)")
                 detail = gr.Checkbox(value=False, label="detail (wrinkles from the photo's shading; about 1 s more)",
                                      elem_id="detail")
                 identity = gr.Checkbox(value=False, elem_id="identity",
@@ -415,9 +422,10 @@ def build_app(backend: DemoBackend):
                    expression, strength, *sliders]
         work = {"concurrency_limit": 1, "concurrency_id": "work"}  # one job at a time, edits included
         photo.upload(on_upload, [photo, fast, detail, identity, session], outputs, api_name="reconstruct", **work)
-        go.click(on_reconstruct, [photo, fast, detail, identity, face, session, faces_state], outputs,
+        # The identity switch comes last among the visible inputs: older clients' calls keep their order.
+        go.click(on_reconstruct, [photo, fast, detail, face, identity, session, faces_state], outputs,
                  api_name="reconstruct_again", **work)
-        face.input(on_reconstruct, [photo, fast, detail, identity, face, session, faces_state], outputs,
+        face.input(on_reconstruct, [photo, fast, detail, face, identity, session, faces_state], outputs,
                    api_name="pick_face", **work)
         for control in [expression, strength, *sliders]:
             control.input(on_expression, [result_state, expression, strength, session, *sliders], model3d,
