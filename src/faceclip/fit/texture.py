@@ -9,7 +9,7 @@ restricted to a window around the face so that large photos stay cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -136,7 +136,6 @@ class UVRaster:
     Attributes:
         size_px: texture side S.
         frag: fragments of the UV-space rasterization (``face`` indexes the model's triangles).
-        fill_rows, fill_cols: (S, S) nearest covered texel of every texel (seam padding).
         face_texel: (N,) bool, texel belongs to the face area.
         gap, gap_source: flat indices of the uncovered texels and of the nearest covered texel
             of each (seam padding).
@@ -144,16 +143,9 @@ class UVRaster:
 
     size_px: int
     frag: object
-    fill_rows: np.ndarray
-    fill_cols: np.ndarray
     face_texel: Tensor
-    gap: np.ndarray = field(init=False)
-    gap_source: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        source = (np.asarray(self.fill_rows) * self.size_px + np.asarray(self.fill_cols)).ravel()
-        self.gap = np.flatnonzero(source != np.arange(source.size))
-        self.gap_source = source[self.gap]
+    gap: np.ndarray
+    gap_source: np.ndarray
 
 
 _UV_CACHE: dict[tuple, UVRaster] = {}
@@ -182,8 +174,10 @@ def uv_raster(model: FaceModel, size_px: int) -> UVRaster:
         rows, cols = np.indices((S, S))
     else:
         _, (rows, cols) = distance_transform_edt(~covered, return_indices=True)
+    source = (rows * S + cols).ravel()  # flat index of each texel's nearest covered texel
+    gap = np.flatnonzero(source != np.arange(S * S))
     face_tri = model.region_mask("face")[tri].all(1)
-    raster = UVRaster(S, frag, rows, cols, face_tri[frag.face])
+    raster = UVRaster(S, frag, face_tri[frag.face], gap, source[gap])
     _UV_CACHE[key] = raster
     return raster
 
@@ -294,7 +288,8 @@ def _texels_numba(vattrs: Tensor, tri: Tensor, uvf, cam_win: PerspectiveCamera, 
     cam = np.array([float(cam_win.fx[0]), float(cam_win.fy[0]), float(cam_win.cx[0]), float(cam_win.cy[0])])
     launch(kernels().texture_texels, P, vattrs.detach().float().contiguous().numpy(), tri.long().contiguous().numpy(),
            uvf.face.long().contiguous().numpy(), uvf.bary.float().contiguous().numpy(),
-           uvf.pix.long().contiguous().numpy(), cam_win.R[0].detach().double().numpy(), cam_win.t[0].detach().double().numpy(), cam, 1.0 / win.scale,
+           uvf.pix.long().contiguous().numpy(), cam_win.R[0].detach().double().numpy(),
+           cam_win.t[0].detach().double().numpy(), cam, 1.0 / win.scale,
            _pooled_depth(depth_img).float().contiguous().numpy(), np.ascontiguousarray(window), bool(delight), 3.0,
            tex, w1)
     return torch.from_numpy(w1)

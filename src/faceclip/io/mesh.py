@@ -104,13 +104,18 @@ def _normals_arg(normals, vertices: np.ndarray, triangles: np.ndarray) -> np.nda
     return n / length
 
 
-def _to_uint8_image(texture: np.ndarray) -> Image.Image:
+def _to_uint8_rgb(texture: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 of a uint8 or float [0, 1] texture."""
     t = _np(texture)
     if t.dtype != np.uint8:
         t = (np.clip(t, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if t.ndim != 3 or t.shape[2] != 3:
         raise ValueError(f"texture must be (H, W, 3), got {t.shape}")
-    return Image.fromarray(t, "RGB")
+    return t
+
+
+def _to_uint8_image(texture: np.ndarray) -> Image.Image:
+    return Image.fromarray(_to_uint8_rgb(texture), "RGB")
 
 
 def _rows(fmt: str, values: np.ndarray) -> str:
@@ -232,7 +237,7 @@ def write_obj(
     # The texture and the MTL are written before the OBJ that names them.
     if mtl_name is not None:
         png = (texture_png() if texture_png is not None else
-               encode_png(np.asarray(_to_uint8_image(texture))) if texture is not None else None)
+               encode_png(_to_uint8_rgb(texture)) if texture is not None else None)
         if png is not None:
             with atomic_path(path.parent / tex_name) as tmp:
                 tmp.write_bytes(png)
@@ -443,7 +448,7 @@ def export_mesh(model: "FaceModel", vertices_mm, out_dir: Path, stem: str = "mes
         # while the PLY, the GLB and the OBJ's text are made here; the OBJ comes last, as it
         # waits for the PNG.
         textured_obj = "obj" in formats and model.uv is not None
-        png = pool.submit(encode_png, np.asarray(_to_uint8_image(texture))) if textured_obj else None
+        png = pool.submit(encode_png, _to_uint8_rgb(texture)) if textured_obj else None
         if "ply" in formats:
             files["ply"] = [write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors,
                                       normals=normals)]
