@@ -214,3 +214,31 @@ def test_pose_from_landmarks_recovers_a_known_pose(ict_head):
     bad[:] = np.nan  # a broken detector
     _, t3, ok3 = pose_from_landmarks(obj, bad, K, distance_mm=500.0)
     assert not ok3 and np.isfinite(t3).all()
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+def test_fit_runs_on_the_configured_threads_and_restores_them(ict_cache, fitter, threads):
+    """A CPU fit runs PyTorch on ``config.threads`` threads (0: the caller's setting), and the
+    caller's setting is back afterwards, also when the fit raises."""
+    from faceclip.fit.fitter import FitConfig, Fitter, LossTerm
+
+    seen = []
+
+    def record(ctx):
+        seen.append(torch.get_num_threads())
+        return ctx["params"].expression.sum() * 0.0
+
+    crop, lm, skin, _, _ = _synthetic_face(fitter, seed=3, yaw_deg=0.0)
+    cfg = FitConfig().with_overrides(landmark_steps=2, photo_steps=2, render_px=64, threads=threads)
+    fit = Fitter(fitter.model, cfg, extra_terms=[LossTerm("record", 1.0, record)])
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        fit.fit(crop, lm, skin)
+        assert seen == [1, 1] if threads == 1 else seen == [3, 3]
+        assert torch.get_num_threads() == 3
+        with pytest.raises(ValueError, match="NaN"):
+            fit.fit(torch.full((224, 224, 3), float("nan")), lm, skin)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

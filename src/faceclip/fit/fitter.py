@@ -37,7 +37,9 @@ a long lens, nearly orthographic) and the principal point at the crop centre.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
@@ -68,6 +70,21 @@ from faceclip.fit.stages import (
 
 __all__ = ["DEFAULT_FOCAL_224", "DenseConfig", "FaceForward", "FitConfig", "FitProblem", "FitResult", "Fitter",
            "LandmarkStageConfig", "LossTerm", "PhotoStageConfig", "PriorConfig", "SubsetForward"]
+
+@contextlib.contextmanager
+def fit_threads(config: FitConfig) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``config.threads`` for a CPU fit, restored after
+    (nothing changes on other devices or with ``threads`` 0)."""
+    before = torch.get_num_threads()
+    change = config.threads > 0 and torch.device(config.device).type == "cpu" and config.threads != before
+    if change:
+        torch.set_num_threads(config.threads)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
+
 
 class Fitter:
     """Fits one face model; construct once, call :meth:`fit` per face.
@@ -221,6 +238,13 @@ class Fitter:
                 ones (:meth:`faceclip.detect.calibration.MeshCalibration.landmark_weights`).
             landmark_scale: factor on ``config.landmarks.weight`` for this face (both stages).
         """
+        with fit_threads(self.config):
+            return self._fit(crop_rgb, landmarks_px, skin_mask, init, dense_px, dense_sigma_px, landmark_sigma_px,
+                             landmark_weights, landmark_scale)
+
+    def _fit(self, crop_rgb: Tensor, landmarks_px: Tensor, skin_mask: Tensor, init: FaceParams | None,
+             dense_px: Tensor | None, dense_sigma_px: Tensor | None, landmark_sigma_px: Tensor | None,
+             landmark_weights: Tensor | None, landmark_scale: float) -> FitResult:
         c = self.config
         forward = self.forward
         problem = FitProblem.from_inputs(forward, crop_rgb, landmarks_px, skin_mask, dense_px=dense_px,

@@ -153,6 +153,7 @@ FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
     "render_px": (None, "render_px"),
     "photo_mesh_fraction": (None, "photo_mesh_fraction"),
     "device": (None, "device"),
+    "threads": (None, "threads"),
     "closed_form_light": (None, "closed_form_light"),
     "landmark_steps": ("landmarks", "steps"),
     "w_landmark": ("landmarks", "weight"),
@@ -206,6 +207,12 @@ class FitConfig:
     #: model's own triangles.
     photo_mesh_fraction: float = 0.5
     device: str = "cpu"
+    #: PyTorch's intra-op threads during a fit on the CPU (restored afterwards); 0 leaves
+    #: PyTorch's own setting. One thread, because a fit is thousands of small operations and
+    #: each multi-threaded one wakes and waits for the other threads: on the 2-core machine the
+    #: default fit took 0.24 s per face with 2 threads and 0.17 s with 1
+    #: (``benchmarks/reconstruct.py``), and a second core stays free for the PNG encoding.
+    threads: int = 1
     landmarks: LandmarkStageConfig = field(default_factory=LandmarkStageConfig)
     photo: PhotoStageConfig = field(default_factory=PhotoStageConfig)
     priors: PriorConfig = field(default_factory=PriorConfig)
