@@ -79,6 +79,9 @@ def test_manifest_lists_every_face_and_failure(reference):
     assert len(ok) == len(PHOTOS) - 1 + 1
     for rec in ok:
         assert (reference / rec["folder"] / "mesh.glb").is_file() and rec["seconds"]["fit"] >= 0
+    # Each line carries the time it was written (Unix seconds), in the order the lines were written.
+    written = [rec["finished"] for lines in entries.values() for rec in lines]
+    assert all(abs(t - time.time()) < 3600 for t in written) and written == sorted(written)
 
 
 def test_sigkilled_run_resumes_to_the_same_results(reference, photos, tmp_path):

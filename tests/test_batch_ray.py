@@ -93,8 +93,8 @@ def _same_results(out: Path, ref: Path) -> None:
 
 
 def _lines(manifest: dict[str, list[dict]]) -> list[list[dict]]:
-    """Manifest lines per photo (sorted by file name), without timings, reasons and the photo's path."""
-    drop = ("seconds", "reason", "image", "image_abs")
+    """Manifest lines per photo (sorted by file name), without timings and times, reasons and the photo's path."""
+    drop = ("seconds", "finished", "reason", "image", "image_abs")
     return [[{f: v for f, v in rec.items() if f not in drop} for rec in manifest[k]]
             for k in sorted(manifest, key=lambda k: k.rsplit("/", 1)[-1])]
 

@@ -311,7 +311,8 @@ class _Manifest:
 
     def _records(self, report: ImageReport) -> list[dict]:
         """The manifest lines of one photo's report."""
-        base = {"image": str(report.image), "image_abs": _key(report.image), "options_sha": self.sha}
+        base = {"image": str(report.image), "image_abs": _key(report.image), "options_sha": self.sha,
+                "finished": round(time.time(), 3)}
         if report.error is not None:
             return [{**base, "status": "failed", "face_index": None, "reason": report.error,
                      "seconds": round(report.seconds, 4)}]

@@ -1,8 +1,7 @@
 """Binary glTF 2.0 with morph targets and a morph-weight animation (written here, read back).
 
-trimesh writes static meshes (:func:`faceclip.io.mesh.write_glb`) but neither morph targets nor
-animations, so this module writes the container itself, following the glTF 2.0 specification
-(Khronos): one mesh with ``POSITION``, ``NORMAL``, ``TEXCOORD_0``, indices, a base-colour
+The container is :mod:`faceclip.io.glb`'s (shared with the static meshes of
+:func:`faceclip.io.mesh.write_glb`), following the glTF 2.0 specification (Khronos): one mesh with ``POSITION``, ``NORMAL``, ``TEXCOORD_0``, indices, a base-colour
 texture (JPEG or PNG), one morph target per blendshape (``POSITION`` offsets, names in
 ``mesh.extras.targetNames``, which Blender and three.js use as shape-key names), default
 weights, and optionally one animation whose ``weights`` channel plays the blendshape weights
@@ -24,53 +23,9 @@ import numpy as np
 from PIL import Image
 
 from faceclip.io.files import atomic_path
+from faceclip.io.glb import (ARRAY_BUFFER, BIN_CHUNK, ELEMENT_ARRAY_BUFFER, FLOAT, GLB_MAGIC, JSON_CHUNK, UINT32,
+                             GlbBuilder, glb_bytes)
 from faceclip.io.mesh import _check_mesh, _to_uint8_image, split_by_uv, vertex_normals
-
-_GLB_MAGIC = 0x46546C67
-_JSON_CHUNK = 0x4E4F534A
-_BIN_CHUNK = 0x004E4942
-_FLOAT, _UINT32 = 5126, 5125
-_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
-
-
-class _Builder:
-    """Accumulates buffer views and accessors of one binary buffer (4-byte aligned)."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.length = 0
-        self.views: list[dict] = []
-        self.accessors: list[dict] = []
-
-    def view(self, data: bytes, target: int | None = None) -> int:
-        pad = (-self.length) % 4
-        if pad:
-            self.chunks.append(b"\0" * pad)
-            self.length += pad
-        v = {"buffer": 0, "byteOffset": self.length, "byteLength": len(data)}
-        if target is not None:
-            v["target"] = target
-        self.chunks.append(data)
-        self.length += len(data)
-        self.views.append(v)
-        return len(self.views) - 1
-
-    def accessor(self, array: np.ndarray, kind: str, target: int | None = None, bounds: bool = False) -> int:
-        """``array`` (N,) or (N, C) float32 / uint32 -> accessor index."""
-        comp = _UINT32 if array.dtype == np.uint32 else _FLOAT
-        a = np.ascontiguousarray(array, dtype=np.uint32 if comp == _UINT32 else np.float32)
-        acc = {"bufferView": self.view(a.tobytes(), target), "componentType": comp, "count": int(a.shape[0]),
-               "type": kind}
-        if bounds:
-            flat = a.reshape(a.shape[0], -1)
-            acc["min"] = [float(x) for x in flat.min(0)]
-            acc["max"] = [float(x) for x in flat.max(0)]
-        self.accessors.append(acc)
-        return len(self.accessors) - 1
-
-    def blob(self) -> bytes:
-        data = b"".join(self.chunks)
-        return data + b"\0" * ((-len(data)) % 4)
 
 
 def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, texture, targets_mm,
@@ -110,12 +65,12 @@ def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, t
         raise ValueError("vertices, targets and weights must be finite")
     v2, f2, uv2, src = split_by_uv(v, f, np.asarray(uv_corners))
     normals = vertex_normals(v, f)[src]
-    b = _Builder()
-    attrs = {"POSITION": b.accessor(v2, "VEC3", _ARRAY_BUFFER, bounds=True),
-             "NORMAL": b.accessor(normals, "VEC3", _ARRAY_BUFFER),
-             "TEXCOORD_0": b.accessor(np.stack([uv2[:, 0], 1.0 - uv2[:, 1]], 1), "VEC2", _ARRAY_BUFFER)}
-    indices = b.accessor(f2.reshape(-1).astype(np.uint32), "SCALAR", _ELEMENT_ARRAY_BUFFER)
-    target_acc = [{"POSITION": b.accessor(t[i][src], "VEC3", _ARRAY_BUFFER, bounds=True)} for i in range(k)]
+    b = GlbBuilder()
+    attrs = {"POSITION": b.accessor(v2, "VEC3", ARRAY_BUFFER, bounds=True),
+             "NORMAL": b.accessor(normals, "VEC3", ARRAY_BUFFER),
+             "TEXCOORD_0": b.accessor(np.stack([uv2[:, 0], 1.0 - uv2[:, 1]], 1), "VEC2", ARRAY_BUFFER)}
+    indices = b.accessor(f2.reshape(-1).astype(np.uint32), "SCALAR", ELEMENT_ARRAY_BUFFER)
+    target_acc = [{"POSITION": b.accessor(t[i][src], "VEC3", ARRAY_BUFFER, bounds=True)} for i in range(k)]
     image = _to_uint8_image(texture)
     buf = io.BytesIO()
     jpeg = texture_format.lower() in ("jpeg", "jpg")
@@ -166,14 +121,7 @@ def write_morph_glb(path: str | Path, base_vertices_mm, triangles, uv_corners, t
             "znear": float(camera["znear"]), "zfar": float(camera["zfar"])}}]
         gltf["nodes"].append({"camera": 0, "name": "camera"})
         gltf["scenes"][0]["nodes"].append(len(gltf["nodes"]) - 1)
-    gltf["bufferViews"], gltf["accessors"] = b.views, b.accessors
-    binary = b.blob()
-    gltf["buffers"] = [{"byteLength": len(binary)}]
-    js = json.dumps(gltf, separators=(",", ":")).encode()
-    js += b" " * ((-len(js)) % 4)
-    total = 12 + 8 + len(js) + 8 + len(binary)
-    data = (struct.pack("<III", _GLB_MAGIC, 2, total) + struct.pack("<II", len(js), _JSON_CHUNK) + js
-            + struct.pack("<II", len(binary), _BIN_CHUNK) + binary)
+    data = glb_bytes(gltf, b)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -213,17 +161,17 @@ def read_glb_json(path: str | Path) -> tuple[dict, bytes]:
     if len(data) < 20:
         raise ValueError(f"{path}: too short for GLB")
     magic, version, total = struct.unpack_from("<III", data, 0)
-    if magic != _GLB_MAGIC or version != 2 or total != len(data):
+    if magic != GLB_MAGIC or version != 2 or total != len(data):
         raise ValueError(f"{path}: not a GLB 2.0 file")
     n, kind = struct.unpack_from("<II", data, 12)
-    if kind != _JSON_CHUNK:
+    if kind != JSON_CHUNK:
         raise ValueError(f"{path}: first chunk is not JSON")
     gltf = json.loads(data[20:20 + n])
     rest = 20 + n
     binary = b""
     if rest < len(data):
         m, kind = struct.unpack_from("<II", data, rest)
-        binary = data[rest + 8:rest + 8 + m] if kind == _BIN_CHUNK else b""
+        binary = data[rest + 8:rest + 8 + m] if kind == BIN_CHUNK else b""
     return gltf, binary
 
 
@@ -231,7 +179,7 @@ def _accessor(gltf: dict, binary: bytes, i: int) -> np.ndarray:
     acc = gltf["accessors"][i]
     view = gltf["bufferViews"][acc["bufferView"]]
     width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[acc["type"]]
-    dtype = {_FLOAT: np.float32, _UINT32: np.uint32}[acc["componentType"]]
+    dtype = {FLOAT: np.float32, UINT32: np.uint32}[acc["componentType"]]
     start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
     a = np.frombuffer(binary, dtype=dtype, count=acc["count"] * width, offset=start)
     return a.reshape(acc["count"], width) if width > 1 else a

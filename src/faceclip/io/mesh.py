@@ -15,7 +15,6 @@ half-written mesh.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -24,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from faceclip.io.files import atomic_path
-from faceclip.io.images import encode_png
+from faceclip.io.glb import ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, GlbBuilder, glb_bytes
+from faceclip.io.images import encode_jpeg, encode_png
 
 if TYPE_CHECKING:  # io sits below facemodel: the model is only a type here
     from faceclip.facemodel import FaceModel
@@ -253,27 +253,41 @@ def write_obj(
 
 
 def write_ply(path: str | Path, vertices_mm, triangles, vertex_colors=None, normals=True) -> Path:
-    """Write a binary PLY with optional per-vertex colours ((V, 3) uint8 or float in [0, 1]).
+    """Write a binary (little-endian) PLY with optional per-vertex colours ((V, 3) uint8 or float
+    in [0, 1], written as ``red green blue alpha`` bytes).
 
     ``normals`` as in :func:`write_obj` (written as the vertex properties ``nx ny nz``).
+    Positions and normals are float32, faces ``list uchar int vertex_indices``.
     """
-    import trimesh
-
     v = _np(vertices_mm).astype(np.float64)
     f = _np(triangles).astype(np.int64)
     _check_mesh(v, f)
     n = _normals_arg(normals, v, f)
-    mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if n is not None:
+        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
     if vertex_colors is not None:
         c = _np(vertex_colors)
         if c.dtype != np.uint8:
             c = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
-        mesh.visual.vertex_colors = np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], axis=1)
+        if c.shape != (len(v), 3):
+            raise ValueError(f"vertex_colors must be (V, 3) like the vertices, got {c.shape}")
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1"), ("alpha", "u1")]
+    rows = np.empty(len(v), dtype=fields)
+    rows["x"], rows["y"], rows["z"] = v.T
     if n is not None:
-        mesh.vertex_normals = n  # set last: trimesh keeps them in a cache that edits clear
+        rows["nx"], rows["ny"], rows["nz"] = n.T
+    if vertex_colors is not None:
+        rows["red"], rows["green"], rows["blue"], rows["alpha"] = c[:, 0], c[:, 1], c[:, 2], 255
+    faces = np.empty(len(f), dtype=[("n", "u1"), ("v", "<i4", (3,))])
+    faces["n"], faces["v"] = 3, f
+    names = {"<f4": "float", "u1": "uchar"}
+    header = ["ply", "format binary_little_endian 1.0", "comment written by faceclip", f"element vertex {len(v)}"]
+    header += [f"property {names[t]} {name}" for name, t in fields]
+    header += [f"element face {len(f)}", "property list uchar int vertex_indices", "end_header"]
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(trimesh.exchange.ply.export_ply(mesh, encoding="binary", vertex_normal=n is not None))
+        tmp.write_bytes("\n".join(header).encode("ascii") + b"\n" + rows.tobytes() + faces.tobytes())
     return path
 
 
@@ -299,63 +313,87 @@ def split_by_uv(vertices: np.ndarray, triangles: np.ndarray, uv_corners: np.ndar
 
 
 def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, vertex_colors=None,
-              texture_format: str = "png", normals=True, normal_texture=None) -> Path:
+              texture_format: str = "png", normals=True, normal_texture=None,
+              encoded_texture: bytes | Callable[[], bytes] | None = None) -> Path:
     """Write binary glTF 2.0: textured when ``uv`` and ``texture`` are given, else vertex colours.
 
     Positions are written in mm as they are (glTF nominally uses metres; importers that honour
     this show a 1000x larger object: scale by 0.001 on import if needed). ``texture_format``
     ``"jpeg"`` embeds the texture as a quality-95 JPEG (several times faster to encode and
-    smaller than PNG, at a small loss); ``"png"`` is lossless. ``normals`` as in
+    smaller than PNG, at a small loss); ``"png"`` is lossless. ``encoded_texture``: the texture
+    already encoded in that format (bytes, or a callable that returns them, such as a future's
+    ``result``), embedded as it is instead of encoding ``texture`` here. ``normals`` as in
     :func:`write_obj` (a ``NORMAL`` attribute, float32 unit vectors; computed on the mesh as
     given, so the copies of a vertex split along UV seams share one normal).
     ``normal_texture``: an (H, W, 3) uint8 tangent-space normal map (OpenGL convention, +Y =
     +v; see :func:`faceclip.io.detail.tangent_normal_map`) for the material's ``normalTexture``,
     always embedded as PNG; it needs ``uv`` (with it, ``texture`` may be None: no base colour
     texture). No ``TANGENT`` attribute is written: viewers derive MikkTSpace tangents.
+    Vertex colours (without a texture) are a float ``COLOR_0`` attribute, which glTF multiplies
+    into the base colour. The file is assembled by :mod:`faceclip.io.glb`.
     """
-    import trimesh
-
     v = _np(vertices_mm).astype(np.float64)
     f = _np(triangles).astype(np.int64)
     _check_mesh(v, f)
     n = _normals_arg(normals, v, f)
     if normal_texture is not None and uv is None:
         raise ValueError("normal_texture needs uv")
-    if uv is not None and (texture is not None or normal_texture is not None):
-        v2, f2, uv2, src = split_by_uv(v, f, _np(uv))
-        image = None if texture is None else _to_uint8_image(texture)
-        if image is not None and texture_format.lower() in ("jpeg", "jpg"):
-            # trimesh embeds JPEG-format images as JPEG (encoding once more at high quality).
-            buf = io.BytesIO()
-            image.save(buf, format="JPEG", quality=95)
-            buf.seek(0)
-            image = Image.open(buf)
-        normal_image = None
+    fmt = texture_format.lower()
+    if fmt not in ("png", "jpeg", "jpg"):
+        raise ValueError(f"texture_format must be 'png' or 'jpeg', got {texture_format!r}")
+    jpeg = fmt != "png"
+    images: list[tuple[bytes, str]] = []  # (encoded image, MIME type)
+    material: dict = {"name": "face", "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 0.9}}
+    b = GlbBuilder()
+    has_colour = texture is not None or encoded_texture is not None
+    if uv is not None and (has_colour or normal_texture is not None):
+        nt = None
         if normal_texture is not None:
             nt = _np(normal_texture)
             if nt.dtype != np.uint8 or nt.ndim != 3 or nt.shape[2] != 3:
                 raise ValueError(f"normal_texture must be (H, W, 3) uint8, got {nt.shape} {nt.dtype}")
-            normal_image = Image.fromarray(np.ascontiguousarray(nt), "RGB")
-        visual = trimesh.visual.TextureVisuals(
-            uv=uv2, material=trimesh.visual.material.PBRMaterial(
-                baseColorTexture=image, normalTexture=normal_image, metallicFactor=0.0, roughnessFactor=0.9)
-        )
-        mesh = trimesh.Trimesh(vertices=v2, faces=f2, visual=visual, process=False)
-        if n is not None:
-            n = n[src]
+        v, f, uv2, src = split_by_uv(v, f, _np(uv))
+        n = None if n is None else n[src]
+        texcoord = np.stack([uv2[:, 0], 1.0 - uv2[:, 1]], 1)  # glTF's v runs down the image
+        if has_colour:
+            data = encoded_texture() if callable(encoded_texture) else encoded_texture
+            if data is None:
+                data = encode_jpeg(_to_uint8_rgb(texture)) if jpeg else encode_png(_to_uint8_rgb(texture))
+            images.append((data, "image/jpeg" if jpeg else "image/png"))
+            material["pbrMetallicRoughness"]["baseColorTexture"] = {"index": len(images) - 1}
+        if nt is not None:
+            images.append((encode_png(nt), "image/png"))
+            material["normalTexture"] = {"index": len(images) - 1}
     else:
-        mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
-        if vertex_colors is not None:
-            c = _np(vertex_colors)
-            if c.dtype != np.uint8:
-                c = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
-            mesh.visual.vertex_colors = c
+        texcoord = None
+    attrs = {"POSITION": b.accessor(v, "VEC3", ARRAY_BUFFER, bounds=True)}
     if n is not None:
-        mesh.vertex_normals = n  # set last: trimesh keeps them in a cache that edits clear
-    scene = trimesh.Scene(mesh)
+        attrs["NORMAL"] = b.accessor(n, "VEC3", ARRAY_BUFFER)
+    if texcoord is not None:
+        attrs["TEXCOORD_0"] = b.accessor(texcoord, "VEC2", ARRAY_BUFFER)
+    elif vertex_colors is not None:
+        c = _np(vertex_colors)
+        c = c / 255.0 if c.dtype == np.uint8 else np.clip(c, 0.0, 1.0)
+        if c.shape != (len(v), 3):
+            raise ValueError(f"vertex_colors must be (V, 3) like the vertices, got {c.shape}")
+        attrs["COLOR_0"] = b.accessor(c, "VEC3", ARRAY_BUFFER)
+    indices = b.accessor(f.reshape(-1).astype(np.uint32), "SCALAR", ELEMENT_ARRAY_BUFFER)
+    gltf: dict = {
+        "asset": {"version": "2.0", "generator": "faceclip"},
+        "scene": 0, "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0, "name": "face"}],
+        "meshes": [{"name": "face", "primitives": [{"attributes": attrs, "indices": indices, "material": 0,
+                                                    "mode": 4}]}],
+        "materials": [material],
+    }
+    if images:
+        gltf["images"] = [{"bufferView": b.view(data), "mimeType": mime} for data, mime in images]
+        gltf["textures"] = [{"source": i, "sampler": 0} for i in range(len(images))]
+        gltf["samplers"] = [{"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}]
     path = Path(path)
+    data = glb_bytes(gltf, b)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(trimesh.exchange.gltf.export_glb(scene, include_normals=n is not None))
+        tmp.write_bytes(data)
     return path
 
 
@@ -444,17 +482,22 @@ def export_mesh(model: "FaceModel", vertices_mm, out_dir: Path, stem: str = "mes
     normals = vertex_normals(vertices_mm, model.triangles)  # once for all files
     files: dict[str, list[Path]] = {}
     with ThreadPoolExecutor(1, thread_name_prefix="faceclip-png") as pool:
-        # The OBJ's texture PNG is encoded in a worker thread (the encoder releases the GIL)
-        # while the PLY, the GLB and the OBJ's text are made here; the OBJ comes last, as it
-        # waits for the PNG.
-        textured_obj = "obj" in formats and model.uv is not None
-        png = pool.submit(encode_png, _to_uint8_rgb(texture)) if textured_obj else None
+        # The textures (the GLB's first, it is the quicker) are encoded in a worker thread (the
+        # encoders release the GIL) while the PLY, the GLB's arrays and the OBJ's text are made
+        # here; the OBJ comes last, as it waits for its PNG.
+        rgb = _to_uint8_rgb(texture) if model.uv is not None else None
+        glb_png = glb_texture_format.lower() == "png"
+        glb_image = (pool.submit(encode_png if glb_png else encode_jpeg, rgb)
+                     if "glb" in formats and rgb is not None else None)
+        png = (glb_image if glb_png and glb_image is not None else pool.submit(encode_png, rgb)
+               if "obj" in formats and rgb is not None else None)
         if "ply" in formats:
             files["ply"] = [write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors,
                                       normals=normals)]
         if "glb" in formats:
             files["glb"] = [write_glb(out_dir / f"{stem}.glb", vertices_mm, model.triangles, model.uv, texture,
-                                      texture_format=glb_texture_format, normals=normals)]
+                                      texture_format=glb_texture_format, normals=normals,
+                                      encoded_texture=glb_image.result if glb_image is not None else None)]
         if "obj" in formats:
             files["obj"] = write_obj(out_dir / f"{stem}.obj", vertices_mm, model.triangles, model.uv, None,
                                      normals=normals, texture_png=png.result if png is not None else None)
