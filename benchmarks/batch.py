@@ -47,7 +47,8 @@ def run(photos: Path, out: Path, extra: list[str]) -> float:
 def steady_rate(out: Path, processes: int) -> float:
     """Faces per second once every process has finished its first photo: from the manifest's
     ``finished`` times, (lines after the ``processes``-th) / (last time - ``processes``-th time)."""
-    times = sorted(json.loads(line)["finished"] for line in (out / "results.jsonl").read_text().splitlines()[1:])
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()[1:]]
+    times = sorted(rec["finished"] for rec in lines if "finished" in rec)  # none before 2026-12-05
     if len(times) <= processes or times[-1] <= times[processes - 1]:
         return float("nan")
     return (len(times) - processes) / (times[-1] - times[processes - 1])
