@@ -341,3 +341,24 @@ def test_list_image_files_expands_folders(tmp_path: Path) -> None:
     other.write_bytes(b"x")
     found = list_image_files([tmp_path, other])
     assert [p.name for p in found] == ["a.PNG", "b.jpg", "c.weird"]
+
+
+def test_encoders_png_lossless_and_jpeg_close() -> None:
+    """encode_png round-trips exactly (noise and a smooth ramp, odd sizes); encode_jpeg stays
+    within a few levels on a smooth image; both refuse what is not (H, W, 3) uint8."""
+    from faceclip.io.images import encode_jpeg, encode_png
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:67, 0:93]
+    smooth = np.stack([xx * 2, yy * 3, (xx + yy) % 256], -1).astype(np.uint8)
+    noise = rng.integers(0, 256, (31, 45, 3), dtype=np.uint8)
+    for img in (smooth, noise):
+        back = np.asarray(Image.open(io.BytesIO(encode_png(img))).convert("RGB"))
+        assert np.array_equal(back, img)
+    back = np.asarray(Image.open(io.BytesIO(encode_jpeg(smooth))).convert("RGB")).astype(float)
+    assert back.shape == smooth.shape and np.abs(back - smooth).mean() < 3.0
+    for bad in (smooth.astype(np.float32), smooth[..., 0]):
+        with pytest.raises(ValueError):
+            encode_png(bad)
+        with pytest.raises(ValueError):
+            encode_jpeg(bad)
