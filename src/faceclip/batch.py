@@ -493,6 +493,9 @@ def _init_worker(options: ReconstructOptions, threads: int) -> None:
     """Load the models once per worker. A failure is kept and raised by the first task (an
     initializer that raises would make the pool start new workers forever)."""
     global _WORKER, _WORKER_ERROR
+    from faceclip.quick_exit import end_promptly_at_exit
+
+    end_promptly_at_exit()  # the pool's shutdown waits for its workers to exit: skip their teardown
     try:
         _WORKER = _make_reconstructor(options, threads)
     except Exception as exc:  # noqa: BLE001 - re-raised in _work, reported by the caller
