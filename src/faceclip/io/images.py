@@ -33,6 +33,7 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -425,22 +426,35 @@ def list_image_files(paths: list[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
-    """JPEG bytes of an ``(H, W, 3)`` uint8 RGB image (OpenCV's encoder, which releases the GIL;
-    Pillow when OpenCV is missing), 4:2:0 chroma as both default to."""
+def _encode(rgb: np.ndarray, fmt: str, cv_params: Callable[[object], list[int]], pil_options: dict) -> bytes:
+    """``(H, W, 3)`` uint8 RGB -> ``fmt`` ("PNG" or "JPEG") bytes by OpenCV with the parameters
+    ``cv_params(cv2)`` gives, or by Pillow with ``pil_options`` when OpenCV is missing."""
     rgb = np.ascontiguousarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"encode_jpeg needs (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        raise ValueError(f"encoding {fmt} needs (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
     try:
         import cv2
     except ImportError:  # pragma: no cover - OpenCV is a dependency
         buf = io.BytesIO()
-        Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality)
+        Image.fromarray(rgb, "RGB").save(buf, format=fmt, **pil_options)
         return buf.getvalue()
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    ok, data = cv2.imencode(".png" if fmt == "PNG" else ".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), cv_params(cv2))
     if not ok:  # pragma: no cover - OpenCV reports no reason
-        raise RuntimeError("OpenCV could not encode the JPEG")
+        raise RuntimeError(f"OpenCV could not encode the {fmt}")
     return data.tobytes()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes of an ``(H, W, 3)`` uint8 RGB image (OpenCV's encoder, which releases the GIL;
+    Pillow when OpenCV is missing), 4:2:0 chroma as both default to."""
+    return _encode(rgb, "JPEG", lambda cv2: [cv2.IMWRITE_JPEG_QUALITY, int(quality)], {"quality": quality})
+
+
+def _png_params(cv2) -> list[int]:
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11: one filter instead of libpng's trying all
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
+    return params
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -450,19 +464,4 @@ def encode_png(rgb: np.ndarray) -> bytes:
     instead of 32 ms with libpng's adaptive choice, at the same size). It releases the GIL, so
     encoding in a worker thread overlaps other work. Pillow is the fallback when OpenCV is
     missing."""
-    rgb = np.ascontiguousarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"encode_png needs (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - OpenCV is a dependency
-        buf = io.BytesIO()
-        Image.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=1)
-        return buf.getvalue()
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11: one filter instead of libpng's trying all
-        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), params)
-    if not ok:  # pragma: no cover - OpenCV reports no reason
-        raise RuntimeError("OpenCV could not encode the PNG")
-    return data.tobytes()
+    return _encode(rgb, "PNG", _png_params, {"compress_level": 1})
