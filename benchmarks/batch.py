@@ -14,8 +14,9 @@ included), checks both produced the same folders, and prints faces per second fo
 
 Start-up (imports, model loading, each process's first photo) is a fixed cost of a few seconds
 that a folder of 48 photos does not hide. Each pair therefore also reports the steady rate, from
-the ``finished`` times of the manifest lines: faces after each process's first one, over the time
-from the N-th line to the last, and the line before the last gives the median of its ratios.
+the ``finished`` times of the manifest lines: the lines after the N-th (taken as the end of each
+process's first photo; the shared photos have one face each), over the time from the N-th line to
+the last, and the line before the last gives the median of its ratios.
 """
 
 from __future__ import annotations

@@ -242,3 +242,23 @@ def test_fit_runs_on_the_configured_threads_and_restores_them(ict_cache, fitter,
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_overlapping_fit_thread_settings_restore_the_callers_count_at_the_end():
+    """Fits that overlap (several threads of one process) share one setting: the first one's
+    count holds until the last one ends, then the caller's is back."""
+    from faceclip.fit.fitter import FitConfig, fit_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with fit_threads(FitConfig(threads=1)):
+            assert torch.get_num_threads() == 1
+            with fit_threads(FitConfig(threads=2)):
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+        with fit_threads(FitConfig(threads=0)):
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

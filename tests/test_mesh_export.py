@@ -358,3 +358,33 @@ def test_export_writes_no_obj_when_its_texture_cannot_be_encoded(tmp_path, ict_h
     with pytest.raises(RuntimeError, match="encoder failed"):
         export_mesh(ict_head, ict_head.mean_mm, tmp_path, formats=("obj",))
     assert not list(tmp_path.glob("mesh.*")) and not list(tmp_path.glob("*.png"))
+
+
+def test_glb_vertex_colours_load_as_vertex_colours(tmp_path, sphere):
+    """Without a texture, the colours are COLOR_0 with glTF's default material, which trimesh
+    (like Blender) reads as per-vertex colours."""
+    v, f, _, _ = sphere
+    colours = np.random.default_rng(1).random((len(v), 3))
+    write_glb(tmp_path / "c.glb", v, f, vertex_colors=colours)
+    mesh = trimesh.load(tmp_path / "c.glb", force="mesh", process=False)
+    assert mesh.visual.kind == "vertex"
+    back = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float)
+    assert back.shape == (len(v), 3) and np.abs(back - colours * 255).max() <= 1.0
+    acc, data = _glb_primitive(tmp_path / "c.glb")
+    assert np.allclose(data["COLOR_0"], colours, atol=1e-6)
+
+
+def test_glb_embeds_an_encoded_texture_as_given_and_checks_its_arguments(tmp_path, quad_mesh):
+    v, f, uv, tex = quad_mesh
+    from faceclip.io.images import encode_jpeg
+
+    jpeg = encode_jpeg(tex)
+    calls = []
+    write_glb(tmp_path / "e.glb", v, f, uv, tex, texture_format="jpeg",
+              encoded_texture=lambda: calls.append(1) or jpeg)
+    assert calls == [1] and jpeg in (tmp_path / "e.glb").read_bytes()
+    with pytest.raises(ValueError, match="texture_format"):
+        write_glb(tmp_path / "x.glb", v, f, uv, tex, texture_format="webp")
+    with pytest.raises(ValueError, match="at least one triangle"):
+        write_glb(tmp_path / "x.glb", v, np.zeros((0, 3), np.int64))
+    assert not (tmp_path / "x.glb").exists()

@@ -54,3 +54,21 @@ def test_the_command_exits_with_its_status():
     bad = subprocess.run([sys.executable, "-m", "faceclip.cli", "reconstruct", "/nonexistent/photo.jpg", "--out",
                           "/nonexistent/out"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such file" in bad.stderr, bad.stderr
+
+
+def test_under_a_profiler_the_command_exits_normally_and_the_profile_is_written(tmp_path):
+    out = tmp_path / "prof.out"
+    res = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "faceclip.cli", "--version"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("faceclip "), res.stderr
+    assert out.is_file() and out.stat().st_size > 0
+
+
+def test_a_worker_thread_still_running_is_waited_for():
+    res = _python("""
+        import threading, time
+        from faceclip.quick_exit import leave_now
+        threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()
+        leave_now(0)
+    """)
+    assert res.returncode == 0 and "thread done" in res.stdout, res.stderr

@@ -9,8 +9,7 @@ Layers, lowest first. A module imports only from its own subpackage, from lower 
 the top layer, from other applications (``tests/test_architecture.py`` checks it, with no import
 cycle between files):
 
-    errors, paths, conventions, quick_exit  (leaves: the error types, where files live, the crop's
-        constants, ending a process promptly)
+    errors, paths, conventions, quick_exit  (leaves: errors, file places, crop constants, exiting)
     render, io  (cameras, rasterizer, shading; images, meshes, atomic files, URLs)
     facemodel  (FaceModel, FaceParams, the crop camera's conventions, albedo models, caches)
     nets  (architectures, and finding / installing their weights)

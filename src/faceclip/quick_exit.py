@@ -6,7 +6,9 @@ MediaPipe are torn down and their native state is freed one object at a time. Fa
 none of it, since every result is complete (written atomically) before a command returns. So
 the ``faceclip`` command and the batch worker processes end with ``os._exit`` once the exit
 handlers have run (temporary folders, logging) and standard output and error are flushed.
-Library code never calls these: only the command's entry point and the workers it starts.
+Only the command's entry point calls :func:`leave_now`, and only the worker processes of a
+batch (:func:`faceclip.batch.reconstruct_batch` with ``workers`` > 1) install
+:func:`end_promptly_at_exit`.
 """
 
 from __future__ import annotations
@@ -14,29 +16,38 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 from typing import NoReturn
 
 __all__ = ["end_promptly_at_exit", "leave_now"]
 
 
-def _flush() -> None:
+def _flush() -> bool:
+    """Flush standard output and error; False when one could not be written (a closed pipe)."""
+    ok = True
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said there
-            pass
+        except (OSError, ValueError):
+            ok = False
+    return ok
 
 
 def leave_now(code: int) -> NoReturn:
-    """End the process with exit status ``code``: the exit handlers run (all of them, as at a
-    normal exit), standard output and error are flushed, and the interpreter's teardown is
-    skipped."""
+    """End the process with exit status ``code`` as a normal exit would, without the
+    interpreter's teardown: other threads are waited for, the exit handlers run, standard output
+    and error are flushed (status 120, as Python gives, when that fails on a successful run).
+    Under a profiler or tracer (``python -m cProfile``) it exits the normal way, so that their
+    reports are written."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     try:
+        threading._shutdown()  # what a normal exit does first: wait for non-daemon threads
         atexit._run_exitfuncs()
     finally:
-        _flush()
-        os._exit(code)
+        flushed = _flush()
+        os._exit(120 if code == 0 and not flushed else code)
 
 
 def _end_now() -> None:

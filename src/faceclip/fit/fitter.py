@@ -38,6 +38,7 @@ a long lens, nearly orthographic) and the principal point at the crop centre.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -71,19 +72,32 @@ from faceclip.fit.stages import (
 __all__ = ["DEFAULT_FOCAL_224", "DenseConfig", "FaceForward", "FitConfig", "FitProblem", "FitResult", "Fitter",
            "LandmarkStageConfig", "LossTerm", "PhotoStageConfig", "PriorConfig", "SubsetForward"]
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"active": 0, "saved": 0}
+
+
 @contextlib.contextmanager
 def fit_threads(config: FitConfig) -> Iterator[None]:
     """PyTorch's intra-op thread count set to ``config.threads`` for a CPU fit, restored after
-    (nothing changes on other devices or with ``threads`` 0)."""
-    before = torch.get_num_threads()
-    change = config.threads > 0 and torch.device(config.device).type == "cpu" and config.threads != before
-    if change:
-        torch.set_num_threads(config.threads)
+    (nothing changes on other devices or with ``threads`` 0). The setting is the process's: fits
+    running at once in several threads share it, the first one's count holds until the last one
+    ends, and the caller's count is restored then."""
+    if config.threads <= 0 or torch.device(config.device).type != "cpu":
+        yield
+        return
+    with _THREADS_LOCK:
+        if _THREADS_STATE["active"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+            if config.threads != _THREADS_STATE["saved"]:
+                torch.set_num_threads(config.threads)
+        _THREADS_STATE["active"] += 1
     try:
         yield
     finally:
-        if change:
-            torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _THREADS_STATE["active"] -= 1
+            if _THREADS_STATE["active"] == 0 and torch.get_num_threads() != _THREADS_STATE["saved"]:
+                torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 class Fitter:

@@ -210,8 +210,8 @@ class FitConfig:
     #: PyTorch's intra-op threads during a fit on the CPU (restored afterwards); 0 leaves
     #: PyTorch's own setting. One thread, because a fit is thousands of small operations and
     #: each multi-threaded one wakes and waits for the other threads: on the 2-core machine the
-    #: default fit took 0.24 s per face with 2 threads and 0.17 s with 1
-    #: (``benchmarks/reconstruct.py``), and a second core stays free for the PNG encoding.
+    #: default fit took 0.24 s per face with 2 threads and 0.16 s with 1
+    #: (``benchmarks/reconstruct.py``; ``--identity`` 3.23 -> 2.37 s). Measured on 2 cores only.
     threads: int = 1
     landmarks: LandmarkStageConfig = field(default_factory=LandmarkStageConfig)
     photo: PhotoStageConfig = field(default_factory=PhotoStageConfig)

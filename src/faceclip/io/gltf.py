@@ -1,6 +1,6 @@
 """Binary glTF 2.0 with morph targets and a morph-weight animation (written here, read back).
 
-The container is :mod:`faceclip.io.glb`'s (shared with the static meshes of
+The container is :mod:`faceclip.io.glb`'s (shared with
 :func:`faceclip.io.mesh.write_glb`), following the glTF 2.0 specification (Khronos): one mesh with ``POSITION``, ``NORMAL``, ``TEXCOORD_0``, indices, a base-colour
 texture (JPEG or PNG), one morph target per blendshape (``POSITION`` offsets, names in
 ``mesh.extras.targetNames``, which Blender and three.js use as shape-key names), default

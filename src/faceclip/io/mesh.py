@@ -329,12 +329,15 @@ def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, v
     +v; see :func:`faceclip.io.detail.tangent_normal_map`) for the material's ``normalTexture``,
     always embedded as PNG; it needs ``uv`` (with it, ``texture`` may be None: no base colour
     texture). No ``TANGENT`` attribute is written: viewers derive MikkTSpace tangents.
-    Vertex colours (without a texture) are a float ``COLOR_0`` attribute, which glTF multiplies
-    into the base colour. The file is assembled by :mod:`faceclip.io.glb`.
+    Vertex colours (without a texture) are a float ``COLOR_0`` attribute with glTF's default
+    material, which multiplies them into its white base colour. The file is assembled by
+    :mod:`faceclip.io.glb`.
     """
     v = _np(vertices_mm).astype(np.float64)
     f = _np(triangles).astype(np.int64)
     _check_mesh(v, f)
+    if len(f) == 0:
+        raise ValueError("a GLB needs at least one triangle")
     n = _normals_arg(normals, v, f)
     if normal_texture is not None and uv is None:
         raise ValueError("normal_texture needs uv")
@@ -382,10 +385,13 @@ def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, v
         "asset": {"version": "2.0", "generator": "faceclip"},
         "scene": 0, "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0, "name": "face"}],
-        "meshes": [{"name": "face", "primitives": [{"attributes": attrs, "indices": indices, "material": 0,
-                                                    "mode": 4}]}],
-        "materials": [material],
+        "meshes": [{"name": "face", "primitives": [{"attributes": attrs, "indices": indices, "mode": 4}]}],
     }
+    if texcoord is not None or vertex_colors is None:
+        # A mesh with vertex colours keeps glTF's default material, which multiplies them in (and
+        # which importers such as trimesh read as vertex colours).
+        gltf["meshes"][0]["primitives"][0]["material"] = 0
+        gltf["materials"] = [material]
     if images:
         gltf["images"] = [{"bufferView": b.view(data), "mimeType": mime} for data, mime in images]
         gltf["textures"] = [{"source": i, "sampler": 0} for i in range(len(images))]
@@ -479,6 +485,8 @@ def export_mesh(model: "FaceModel", vertices_mm, out_dir: Path, stem: str = "mes
     unknown = set(formats) - set(MESH_FORMATS)
     if unknown or not formats:
         raise ValueError(f"mesh formats must be among {', '.join(MESH_FORMATS)}, got {', '.join(formats) or 'none'}")
+    if glb_texture_format.lower() not in ("png", "jpeg", "jpg"):
+        raise ValueError(f"glb_texture_format must be 'png' or 'jpeg', got {glb_texture_format!r}")
     normals = vertex_normals(vertices_mm, model.triangles)  # once for all files
     files: dict[str, list[Path]] = {}
     with ThreadPoolExecutor(1, thread_name_prefix="faceclip-png") as pool:
