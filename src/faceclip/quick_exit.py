@@ -43,7 +43,9 @@ def leave_now(code: int) -> NoReturn:
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
     try:
-        threading._shutdown()  # what a normal exit does first: wait for non-daemon threads
+        wait_for_threads = getattr(threading, "_shutdown", None)  # CPython's first step of an exit
+        if wait_for_threads is not None:
+            wait_for_threads()
         atexit._run_exitfuncs()
     finally:
         flushed = _flush()
