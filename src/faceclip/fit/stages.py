@@ -264,8 +264,9 @@ class FitConfig:
         """Refinement of a regressor's prediction (what ``faceclip reconstruct`` uses by default).
 
         A start close to the answer needs fewer iterations (10 landmark, 10 photometric steps
-        instead of 12 and 30; the choice below was made when the default was 25 and 30), and a stronger identity prior (0.2 / 2.0 instead of 0.05 / 0.5)
-        keeps imperfect detector landmarks from bending the shape. Chosen on the first 30 faces
+        instead of 12 and 30; the choice below was made when the default was 25 and 30), and a
+        stronger identity prior (0.2 / 2.0 instead of 0.05 / 0.5) keeps imperfect detector
+        landmarks from bending the shape. Chosen on the first 30 faces
         of the synthetic benchmark (seed 0, REALY-style "all", 1 thread): 15/15 steps 1.92 mm,
         10/10 1.87, 15/15 + stronger prior 1.83, 10/10 + stronger prior 1.82 mm at 0.46 s per
         face; priors centred on the prediction (``priors.from_init``) were worse (2.06-2.12).

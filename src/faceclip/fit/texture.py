@@ -102,8 +102,12 @@ def _bilinear(image: Tensor, xy: Tensor) -> Tensor:
     return torch.lerp(top, bot, fy)
 
 
+#: A texel counts as seen when it lies at most this far (mm) behind the rendered depth.
+DEPTH_TOLERANCE_MM = 3.0
+
+
 def _visibility(cam_win: PerspectiveCamera, win: Window, depth_img: Tensor, pts_mm: Tensor,
-                normals: Tensor, tol_mm: float = 3.0) -> tuple[Tensor, Tensor]:
+                normals: Tensor, tol_mm: float = DEPTH_TOLERANCE_MM) -> tuple[Tensor, Tensor]:
     """Visibility weight in [0, 1] and photo pixel coordinates of model-space points.
 
     Args:
@@ -290,7 +294,8 @@ def _texels_numba(vattrs: Tensor, tri: Tensor, uvf, cam_win: PerspectiveCamera, 
            uvf.face.long().contiguous().numpy(), uvf.bary.float().contiguous().numpy(),
            uvf.pix.long().contiguous().numpy(), cam_win.R[0].detach().double().numpy(),
            cam_win.t[0].detach().double().numpy(), cam, 1.0 / win.scale,
-           _pooled_depth(depth_img).float().contiguous().numpy(), np.ascontiguousarray(window), bool(delight), 3.0,
+           _pooled_depth(depth_img).float().contiguous().numpy(), np.ascontiguousarray(window), bool(delight),
+           DEPTH_TOLERANCE_MM,
            tex, w1)
     return torch.from_numpy(w1)
 

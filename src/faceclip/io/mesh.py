@@ -312,6 +312,14 @@ def split_by_uv(vertices: np.ndarray, triangles: np.ndarray, uv_corners: np.ndar
     )
 
 
+def _is_jpeg(texture_format: str) -> bool:
+    """True for ``"jpeg"`` / ``"jpg"``, False for ``"png"`` (any case); ValueError otherwise."""
+    fmt = texture_format.lower()
+    if fmt not in ("png", "jpeg", "jpg"):
+        raise ValueError(f"texture_format must be 'png' or 'jpeg', got {texture_format!r}")
+    return fmt != "png"
+
+
 def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, vertex_colors=None,
               texture_format: str = "png", normals=True, normal_texture=None,
               encoded_texture: bytes | Callable[[], bytes] | None = None) -> Path:
@@ -341,10 +349,7 @@ def write_glb(path: str | Path, vertices_mm, triangles, uv=None, texture=None, v
     n = _normals_arg(normals, v, f)
     if normal_texture is not None and uv is None:
         raise ValueError("normal_texture needs uv")
-    fmt = texture_format.lower()
-    if fmt not in ("png", "jpeg", "jpg"):
-        raise ValueError(f"texture_format must be 'png' or 'jpeg', got {texture_format!r}")
-    jpeg = fmt != "png"
+    jpeg = _is_jpeg(texture_format)
     images: list[tuple[bytes, str]] = []  # (encoded image, MIME type)
     material: dict = {"name": "face", "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 0.9}}
     b = GlbBuilder()
@@ -485,20 +490,20 @@ def export_mesh(model: "FaceModel", vertices_mm, out_dir: Path, stem: str = "mes
     unknown = set(formats) - set(MESH_FORMATS)
     if unknown or not formats:
         raise ValueError(f"mesh formats must be among {', '.join(MESH_FORMATS)}, got {', '.join(formats) or 'none'}")
-    if glb_texture_format.lower() not in ("png", "jpeg", "jpg"):
-        raise ValueError(f"glb_texture_format must be 'png' or 'jpeg', got {glb_texture_format!r}")
+    glb_jpeg = _is_jpeg(glb_texture_format)
     normals = vertex_normals(vertices_mm, model.triangles)  # once for all files
     files: dict[str, list[Path]] = {}
     with ThreadPoolExecutor(1, thread_name_prefix="faceclip-png") as pool:
         # The textures (the GLB's first, it is the quicker) are encoded in a worker thread (the
         # encoders release the GIL) while the PLY, the GLB's arrays and the OBJ's text are made
         # here; the OBJ comes last, as it waits for its PNG.
-        rgb = _to_uint8_rgb(texture) if model.uv is not None else None
-        glb_png = glb_texture_format.lower() == "png"
-        glb_image = (pool.submit(encode_png if glb_png else encode_jpeg, rgb)
-                     if "glb" in formats and rgb is not None else None)
-        png = (glb_image if glb_png and glb_image is not None else pool.submit(encode_png, rgb)
-               if "obj" in formats and rgb is not None else None)
+        glb_image = png = None
+        if model.uv is not None:
+            rgb = _to_uint8_rgb(texture)
+            if "glb" in formats:
+                glb_image = pool.submit(encode_jpeg if glb_jpeg else encode_png, rgb)
+            if "obj" in formats:
+                png = glb_image if glb_image is not None and not glb_jpeg else pool.submit(encode_png, rgb)
         if "ply" in formats:
             files["ply"] = [write_ply(out_dir / f"{stem}.ply", vertices_mm, model.triangles, vertex_colors,
                                       normals=normals)]
