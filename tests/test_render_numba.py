@@ -96,14 +96,30 @@ def test_gradcheck_numba_barycentrics() -> None:
     assert torch.autograd.gradcheck(fn, (xy64, z64), eps=1e-6, atol=1e-5)
 
 
+def _vertex_ids(g: torch.Generator, M: int, seg: torch.Tensor, shared: bool) -> torch.Tensor:
+    """(3, N) random rows of an (M, C) attribute for the fragments of segments ``seg`` (S+1,).
+
+    A batch-shared attribute may be read by every segment. A per-image one obeys the kernels'
+    contract, as the rasterizer's fragments do: each segment (image) reads its own rows only, here
+    the S consecutive blocks of ``M // S`` rows. (Random rows shared by the segments of a
+    non-shared attribute race in the parallel backward and make gradcheck flaky.)
+    """
+    N, S = int(seg[-1]), seg.shape[0] - 1
+    if shared:
+        return torch.randint(0, M, (3, N), generator=g)
+    per = M // S
+    image = torch.repeat_interleave(torch.arange(S), seg.diff())
+    return image * per + torch.randint(0, per, (3, N), generator=g)
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_gradcheck_numba_interpolation(shared: bool) -> None:
     g = torch.Generator().manual_seed(0)
     M, N, C = 7, 15, 3
     attr = torch.rand(M, C, generator=g, dtype=torch.float64, requires_grad=True)
     bary = torch.rand(N, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    vid = torch.randint(0, M, (3, N), generator=g)
     seg = torch.tensor([0, 6, 15])
+    vid = _vertex_ids(g, M, seg, shared)
     assert torch.autograd.gradcheck(lambda a, b: _numba_ops.interpolate(a, b, vid, seg, shared), (attr, bary))
 
 
@@ -204,18 +220,18 @@ def test_gradcheck_numba_projection_and_match_torch(restore_backend) -> None:
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("shared_a", [False, True])
-def test_gradcheck_numba_interpolation_product(shared_a: bool) -> None:
+@pytest.mark.parametrize("shared_a, shared_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gradcheck_numba_interpolation_product(shared_a: bool, shared_b: bool) -> None:
     g = torch.Generator().manual_seed(1)
     M, N, C = 7, 15, 3
     a = torch.rand(M, C, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.rand(M, C, generator=g, dtype=torch.float64, requires_grad=True)
     bary = torch.rand(N, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    va, vb = torch.randint(0, M, (3, N), generator=g), torch.randint(0, M, (3, N), generator=g)
     seg = torch.tensor([0, 6, 15])
+    va, vb = _vertex_ids(g, M, seg, shared_a), _vertex_ids(g, M, seg, shared_b)
 
     def fn(a_, b_, bary_):
-        return _numba_ops.InterpolateProduct.apply(a_, b_, bary_, va, vb, seg, shared_a, False)
+        return _numba_ops.InterpolateProduct.apply(a_, b_, bary_, va, vb, seg, shared_a, shared_b)
 
     assert torch.autograd.gradcheck(fn, (a, b, bary))
 
