@@ -186,6 +186,32 @@ def test_manifest_temporary_never_follows_a_link(ict_cache, tmp_path):
     assert not (out / MANIFEST_NAME).is_symlink()
 
 
+def test_ctrl_c_stops_the_workers_promptly_and_lists_what_they_finished(ict_cache, tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) during a --workers 2 run ends
+    it with 130 without working through the rest of the folder, and every result folder on
+    disk is in the manifest (none half-written)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(40):
+        shutil.copy(FACES_DIR / "2008_001009.jpg", photos / f"p{i:02d}.jpg")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "faceclip.cli", "reconstruct", str(photos), "--out", str(out),
+                             *FAST, "--workers", "2"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    manifest = out / MANIFEST_NAME
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and (
+            not manifest.exists() or manifest.read_text().count("\n") < 2):  # header + one photo
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    folders = {p.name for p in out.iterdir() if p.is_dir()}
+    listed = {rec["folder"] for recs in read_manifest(out).values() for rec in recs if rec["status"] == "ok"}
+    assert folders == listed and 1 <= len(folders) < 20, (folders, listed)
+
+
 def test_a_killed_worker_fails_its_photo_instead_of_hanging(ict_cache, photos, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -207,6 +233,10 @@ def test_a_killed_worker_fails_its_photo_instead_of_hanging(ict_cache, photos, t
     stdout, stderr = proc.communicate(timeout=300)  # must not hang
     assert proc.returncode == 2
     assert "worker process died" in stderr and "--resume" in stderr
+    # the killed process held at most two photos; this process did the others
+    lines = [rec for recs in read_manifest(out).values() for rec in recs]
+    died = [rec for rec in lines if "worker process died" in rec.get("reason", "")]
+    assert 1 <= len(died) <= 2 and sum(rec["status"] == "ok" for rec in lines) >= 2, lines
     res = _cli("reconstruct", str(photos), "--out", str(out), *FAST, "--resume")
     assert res.returncode == 2 and "dogs.jpg" in res.stderr and "worker process died" not in res.stderr
 

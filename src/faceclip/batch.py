@@ -26,9 +26,10 @@ The job of ``faceclip reconstruct`` over a list of photos::
   clear message. While it holds the lock, a
   run removes every temporary folder it finds there (a killed run's, from any host); where the
   filesystem has no locks it warns and removes only those of processes that no longer exist.
-- **Workers** (``workers=N``): N processes, each loading the models once and using
-  ``cpu_count // N`` threads, so N workers do not oversubscribe the cores. Every photo's
-  computation is the same function as in a single process (:func:`reconstruct_item`).
+- **Workers** (``workers=N``): N workers, each loading the models once and using
+  ``cpu_count // N`` threads, so N workers do not oversubscribe the cores: this process (in a
+  thread) and N - 1 spawned processes. Every photo's computation is the same function as in a
+  single process (:func:`reconstruct_item`).
 - **Backends**: ``backend="local"`` (the above) or ``backend="ray"``: the same function runs on
   Ray actors, each loading the models once, on a local Ray instance or on the cluster at
   ``address`` (:mod:`faceclip.distributed`); this process still plans the names, writes the
@@ -48,13 +49,16 @@ import dataclasses
 import functools
 import json
 import logging
+import collections
 import multiprocessing
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -527,20 +531,107 @@ def _run_here(options: ReconstructOptions, tasks: list[_Task], finish: Callable[
 
 def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
               finish: Callable[[int, ImageReport], None]) -> None:
-    """The tasks on a pool of ``workers`` processes, each loading the models once."""
-    ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start is unsafe
+    """The tasks on ``workers`` workers: this process and ``workers - 1`` spawned processes,
+    each loading the models once.
+
+    This process works too, in a thread (its main thread hands out the tasks and records the
+    results): one process fewer to start, and one copy of the models fewer in memory. Tasks go
+    out in input order to whichever worker is free; a spawned process holds at most one task
+    besides its current one, and none while fewer tasks than workers are left (no photo waits
+    behind another near the end). A spawned process that dies fails its photos (``--resume``
+    retries them); the remaining photos are done by this process.
+    """
+    import cv2
+    import torch
+
     n = min(workers, len(tasks))
-    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                             initargs=(options, _threads_per_worker(n))) as pool:
-        futures = {pool.submit(_work, task): task for task in tasks}
-        for fut in as_completed(futures):
-            task = futures[fut]
-            try:
-                _, report = fut.result()
-            except BrokenProcessPool:  # a worker was killed (out of memory, a signal)
-                report = ImageReport(task[1], error="a worker process died (killed, or out of memory); "
-                                                    "run again with --resume to retry")
-            finish(task[0], report)
+    threads = _threads_per_worker(n)
+    todo = collections.deque(tasks)
+    todo_lock = threading.Lock()
+    stop = threading.Event()
+    results: queue.SimpleQueue = queue.SimpleQueue()  # finished futures, (task, report) or _HERE_DONE
+
+    def take() -> _Task | None:
+        with todo_lock:
+            return todo.popleft() if todo and not stop.is_set() else None
+
+    def work_here() -> None:
+        try:
+            rec = Reconstructor(options)
+            while (task := take()) is not None:
+                results.put((task, _run_task(rec, task)))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+            results.put(exc)
+        results.put(_HERE_DONE)
+
+    saved = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(threads)  # the process's setting: this thread's and the worker thread's
+    cv2.setNumThreads(threads)
+    ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start is unsafe
+    in_flight: dict[Future, _Task] = {}
+    here: threading.Thread | None = None
+    try:
+        with ProcessPoolExecutor(n - 1, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(options, threads)) as pool:
+            broken = False
+
+            def feed() -> None:
+                want = (n - 1) * (2 if len(todo) >= n else 1)
+                while not broken and len(in_flight) < want and (task := take()) is not None:
+                    fut = pool.submit(_work, task)
+                    in_flight[fut] = task
+                    fut.add_done_callback(results.put)
+
+            feed()  # first: the spawned processes start while this one loads its models
+            here = threading.Thread(target=work_here, name="faceclip-batch-worker", daemon=True)
+            here.start()
+            here_running = True
+            while here_running or in_flight:
+                item = results.get()
+                if item is _HERE_DONE:
+                    here_running = False
+                elif isinstance(item, BaseException):
+                    raise item
+                elif isinstance(item, Future):
+                    task = in_flight.pop(item)
+                    try:
+                        _, report = item.result()
+                    except BrokenProcessPool:  # a worker was killed (out of memory, a signal)
+                        broken = True
+                        report = ImageReport(task[1], error="a worker process died (killed, or out of memory); "
+                                                            "run again with --resume to retry")
+                    finish(task[0], report)
+                    feed()
+                else:
+                    task, report = item
+                    finish(task[0], report)
+                    feed()
+    finally:
+        stop.set()
+        if here is not None:  # on an error or Ctrl-C: its current photo is finished, not left half-written
+            here.join()
+        _record_finished(results, in_flight, finish)  # photos done after the error or Ctrl-C
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])
+
+
+#: Put on the results queue of :func:`_run_pool` when this process's worker has ended.
+_HERE_DONE = object()
+
+
+def _record_finished(results: queue.SimpleQueue, in_flight: dict[Future, _Task],
+                     finish: Callable[[int, ImageReport], None]) -> None:
+    """Pass the photos still on :func:`_run_pool`'s results queue that were completed to
+    ``finish`` (after an error or Ctrl-C stopped the main loop), so the manifest lists them."""
+    while True:
+        try:
+            item = results.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, tuple):
+            finish(item[0][0], item[1])
+        elif isinstance(item, Future) and item in in_flight and not item.cancelled() and item.exception() is None:
+            finish(in_flight.pop(item)[0], item.result()[1])
 
 
 def _run_ray(options: ReconstructOptions, tasks: list[_Task], workers: int, address: str | None,
