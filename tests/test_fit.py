@@ -160,6 +160,29 @@ def test_albedo_model_harmonics_and_mirror(fitter):
     assert float(brightness.min()) < 0.15 and float(brightness.max()) > 0.5
 
 
+def test_mirror_map_is_cached_and_a_bad_file_is_recomputed(tmp_path, monkeypatch):
+    from faceclip.facemodel import albedo
+    from faceclip.paths import models_dir
+
+    monkeypatch.setenv("FACECLIP_HOME", str(tmp_path / "home"))
+    g = np.random.default_rng(0)
+    half = g.normal(size=(50, 3)) * 30 + np.array([40.0, 0.0, 0.0])
+    v = np.concatenate([half, half * np.array([-1.0, 1.0, 1.0])])  # symmetric: i <-> i + 50
+    want = np.concatenate([np.arange(50, 100), np.arange(50)])
+    first = albedo.cached_mirror_map("toy", v)
+    files = list(models_dir().glob("mirror_toy_*.npy"))
+    assert np.array_equal(first, want) and len(files) == 1
+    np.save(files[0], np.zeros(3, dtype=np.int64))  # a stored map that does not fit: recomputed
+    assert np.array_equal(albedo.cached_mirror_map("toy", v), want)
+    assert np.array_equal(np.load(files[0]), want)
+    calls = []
+    monkeypatch.setattr(albedo, "mirror_map", lambda x: calls.append(1) or want)
+    assert np.array_equal(albedo.cached_mirror_map("toy", v), want) and not calls  # read, not computed
+    other = v + np.array([0.0, 1.0, 0.0])  # other vertices: another file
+    albedo.cached_mirror_map("toy", other)
+    assert calls and len(list(models_dir().glob("mirror_toy_*.npy"))) == 2
+
+
 def test_image_camera_matches_crop_mapping(fitter):
     """Projecting with the photo camera equals projecting in the crop and mapping back."""
     from faceclip.detect.align import SimilarityTransform

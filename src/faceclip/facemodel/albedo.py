@@ -84,6 +84,33 @@ def mirror_map(vertices_mm: np.ndarray) -> np.ndarray:
     return cKDTree(vertices_mm).query(mirrored)[1].astype(np.int64)
 
 
+def cached_mirror_map(name: str, vertices_mm: np.ndarray) -> np.ndarray:
+    """:func:`mirror_map`, kept in ``$FACECLIP_HOME/models/mirror_<name>_<hash of the vertices>.npy``.
+
+    The KD-tree's import (scipy.spatial) and query take 0.25 s of every process's start-up; the
+    stored map is read in a millisecond. A file that does not hold a valid map is recomputed.
+    """
+    v = np.ascontiguousarray(vertices_mm, dtype=np.float64)
+    path = models_dir() / f"mirror_{name}_{hashlib.sha1(v.tobytes()).hexdigest()[:16]}.npy"
+    try:
+        stored = np.load(path, allow_pickle=False)
+        if stored.shape == (len(v),) and stored.dtype == np.int64 and len(v) and 0 <= stored.min() and \
+                stored.max() < len(v):
+            return stored
+    except (OSError, ValueError):
+        pass
+    mirror = mirror_map(v)
+    try:
+        from faceclip.io.files import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, mirror)
+    except OSError as exc:  # a read-only home only costs recomputation
+        log.debug("could not cache the mirror map in %s: %s", path, exc)
+    return mirror
+
+
 def cotangent_laplacian(vertices: np.ndarray, triangles: np.ndarray):
     """Cotangent stiffness matrix L (V, V) and lumped (barycentric) mass matrix M (scipy sparse).
 
@@ -213,7 +240,7 @@ def make_albedo_model(model: FaceModel, n_harmonics: int = 80) -> AlbedoModel:
     if key in _CACHE:
         return _CACHE[key].to(model.device)
     disk = models_dir() / f"albedo_{model.name}_{key[:16]}.npz"
-    mirror = torch.from_numpy(mirror_map(mean_np))
+    mirror = torch.from_numpy(cached_mirror_map(model.name, mean_np))
     if model.albedo_mean is not None and model.albedo_basis is not None:
         am = AlbedoModel("basis", model.albedo_mean.cpu(), model.albedo_basis.cpu(),
                          torch.ones(model.n_albedo), mirror)
