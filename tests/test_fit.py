@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -172,8 +173,12 @@ def test_mirror_map_is_cached_and_a_bad_file_is_recomputed(tmp_path, monkeypatch
     first = albedo.cached_mirror_map("toy", v)
     files = list(models_dir().glob("mirror_toy_*.npy"))
     assert np.array_equal(first, want) and len(files) == 1
-    np.save(files[0], np.zeros(3, dtype=np.int64))  # a stored map that does not fit: recomputed
-    assert np.array_equal(albedo.cached_mirror_map("toy", v), want)
+    short, archive = io.BytesIO(), io.BytesIO()
+    np.save(short, np.zeros(3, dtype=np.int64))  # a map that does not fit
+    np.savez(archive, a=want)  # not an array file
+    for bad in (short.getvalue(), b"\x93NUMPY\x01", archive.getvalue()):  # ..., a truncated file, ...
+        files[0].write_bytes(bad)
+        assert np.array_equal(albedo.cached_mirror_map("toy", v), want)  # recomputed
     assert np.array_equal(np.load(files[0]), want)
     calls = []
     monkeypatch.setattr(albedo, "mirror_map", lambda x: calls.append(1) or want)

@@ -94,10 +94,10 @@ def cached_mirror_map(name: str, vertices_mm: np.ndarray) -> np.ndarray:
     path = models_dir() / f"mirror_{name}_{hashlib.sha1(v.tobytes()).hexdigest()[:16]}.npy"
     try:
         stored = np.load(path, allow_pickle=False)
-        if stored.shape == (len(v),) and stored.dtype == np.int64 and len(v) and 0 <= stored.min() and \
-                stored.max() < len(v):
+        if isinstance(stored, np.ndarray) and stored.shape == (len(v),) and stored.dtype == np.int64 and \
+                len(v) and 0 <= stored.min() and stored.max() < len(v):
             return stored
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         pass
     mirror = mirror_map(v)
     try:
