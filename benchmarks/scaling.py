@@ -66,7 +66,12 @@ def rate(procs: list[subprocess.Popen], command: str) -> float:
     for p in procs:
         p.stdin.write(command + "\n")
         p.stdin.flush()
-    res = [json.loads(p.stdout.readline()) for p in procs]
+    res = []
+    for p in procs:
+        line = p.stdout.readline()
+        if not line.startswith("{"):
+            sys.exit(f"benchmarks/scaling.py: a process stopped (exit {p.wait()}); its error is above")
+        res.append(json.loads(line))
     return sum(r["faces"] for r in res) / (max(r["end"] for r in res) - min(r["start"] for r in res))
 
 

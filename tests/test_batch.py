@@ -212,6 +212,34 @@ def test_ctrl_c_stops_the_workers_promptly_and_lists_what_they_finished(ict_cach
     assert folders == listed and 1 <= len(folders) < 20, (folders, listed)
 
 
+def test_ctrl_c_while_a_result_is_recorded_waits_for_the_end_of_it():
+    from faceclip.batch import _ctrl_c_deferred
+
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # delivered here, and held
+            done.append("recorded")
+    assert done == ["recorded"] and signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_spawned_workers_leave_this_process_its_share_of_a_small_batch():
+    from faceclip.batch import _pool_share
+
+    def first_hand_out(workers: int, photos: int) -> int:  # as _run_pool's feed() does it
+        held, left = 0, photos
+        while left and held < _pool_share(workers, left):
+            held, left = held + 1, left - 1
+        return held
+
+    assert first_hand_out(2, 2) == 1  # two photos, two workers: one each
+    assert first_hand_out(3, 3) == 2 and first_hand_out(4, 5) == 3
+    assert first_hand_out(2, 40) == 2  # one running and one queued per spawned process
+    assert first_hand_out(4, 100) == 6
+
+
 def test_a_killed_worker_fails_its_photo_instead_of_hanging(ict_cache, photos, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

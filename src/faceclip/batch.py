@@ -45,22 +45,25 @@ The job of ``faceclip reconstruct`` over a list of photos::
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
-import collections
 import multiprocessing
+import multiprocessing.context
 import os
 import queue
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from faceclip.errors import FaceClipError
@@ -529,6 +532,30 @@ def _run_here(options: ReconstructOptions, tasks: list[_Task], finish: Callable[
         finish(task[0], _run_task(rec, task))
 
 
+#: The report of a photo whose worker process died.
+_WORKER_DIED = "a worker process died (killed, or out of memory); run again with --resume to retry"
+
+
+class _SpawnProcessIgnoringCtrlC(multiprocessing.context.SpawnProcess):
+    """A spawned process that ignores SIGINT from its start: the ignored disposition is
+    inherited through ``exec``, and Python then installs no KeyboardInterrupt handler. Ctrl-C,
+    which a terminal sends to the whole process group, is left to the parent, which lets each
+    worker finish the photos it holds (no traceback from a worker, no photo cut short)."""
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():  # signal.signal works there only
+            return super().start()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _SpawnContextIgnoringCtrlC(multiprocessing.context.SpawnContext):
+    Process = _SpawnProcessIgnoringCtrlC
+
+
 def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
               finish: Callable[[int, ImageReport], None]) -> None:
     """The tasks on ``workers`` workers: this process and ``workers - 1`` spawned processes,
@@ -537,9 +564,11 @@ def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
     This process works too, in a thread (its main thread hands out the tasks and records the
     results): one process fewer to start, and one copy of the models fewer in memory. Tasks go
     out in input order to whichever worker is free; a spawned process holds at most one task
-    besides its current one, and none while fewer tasks than workers are left (no photo waits
-    behind another near the end). A spawned process that dies fails its photos (``--resume``
-    retries them); the remaining photos are done by this process.
+    besides its current one, and none while fewer tasks than workers are left. If a spawned
+    process dies, the pool breaks: the photos the spawned processes held fail (``--resume``
+    retries them) and this process does the rest. On Ctrl-C or an error no more photos are
+    started; the photos in progress, and those queued on the spawned processes, are finished and
+    recorded before the exception goes on.
     """
     import cv2
     import torch
@@ -549,7 +578,8 @@ def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
     todo = collections.deque(tasks)
     todo_lock = threading.Lock()
     stop = threading.Event()
-    results: queue.SimpleQueue = queue.SimpleQueue()  # finished futures, (task, report) or _HERE_DONE
+    pool_broken = threading.Event()
+    results: queue.SimpleQueue = queue.SimpleQueue()  # finished futures, (task, report), an error or _HERE_DONE
 
     def take() -> _Task | None:
         with todo_lock:
@@ -567,71 +597,120 @@ def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
     saved = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(threads)  # the process's setting: this thread's and the worker thread's
     cv2.setNumThreads(threads)
-    ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start is unsafe
     in_flight: dict[Future, _Task] = {}
     here: threading.Thread | None = None
     try:
-        with ProcessPoolExecutor(n - 1, mp_context=ctx, initializer=_init_worker,
+        with ProcessPoolExecutor(n - 1, mp_context=_SpawnContextIgnoringCtrlC(), initializer=_init_worker,
                                  initargs=(options, threads)) as pool:
-            broken = False
 
             def feed() -> None:
-                want = (n - 1) * (2 if len(todo) >= n else 1)
-                while not broken and len(in_flight) < want and (task := take()) is not None:
-                    fut = pool.submit(_work, task)
+                while not pool_broken.is_set() and len(in_flight) < _pool_share(n, len(todo)):
+                    task = take()
+                    if task is None:
+                        return
+                    try:
+                        fut = pool.submit(_work, task)
+                    except BrokenProcessPool:  # a process died since the last result
+                        pool_broken.set()
+                        with todo_lock:
+                            todo.appendleft(task)
+                        return
                     in_flight[fut] = task
                     fut.add_done_callback(results.put)
 
-            feed()  # first: the spawned processes start while this one loads its models
-            here = threading.Thread(target=work_here, name="faceclip-batch-worker", daemon=True)
-            here.start()
-            here_running = True
-            while here_running or in_flight:
-                item = results.get()
-                if item is _HERE_DONE:
-                    here_running = False
-                elif isinstance(item, BaseException):
-                    raise item
-                elif isinstance(item, Future):
-                    task = in_flight.pop(item)
-                    try:
-                        _, report = item.result()
-                    except BrokenProcessPool:  # a worker was killed (out of memory, a signal)
-                        broken = True
-                        report = ImageReport(task[1], error="a worker process died (killed, or out of memory); "
-                                                            "run again with --resume to retry")
-                    finish(task[0], report)
-                    feed()
-                else:
-                    task, report = item
-                    finish(task[0], report)
-                    feed()
+            current = None  # a result taken from the queue and not yet recorded
+            try:
+                feed()  # first: the spawned processes start while this one loads its models
+                here = threading.Thread(target=work_here, name="faceclip-batch-worker", daemon=True)
+                here.start()
+                here_running = True
+                while here_running or in_flight:
+                    current = results.get()
+                    with _ctrl_c_deferred():  # a result is recorded whole, then more work goes out
+                        item, current = current, None
+                        if item is _HERE_DONE:
+                            here_running = False
+                            continue
+                        if isinstance(item, BaseException):
+                            raise item
+                        if isinstance(item, Future):
+                            task = in_flight.pop(item)
+                            try:
+                                _, report = item.result()
+                            except BrokenProcessPool:  # a process was killed (out of memory, a signal)
+                                pool_broken.set()
+                                report = ImageReport(task[1], error=_WORKER_DIED)
+                        else:
+                            task, report = item
+                        finish(task[0], report)
+                        feed()
+                for task in todo:  # handed back by feed() after this process's worker had ended
+                    finish(task[0], ImageReport(task[1], error=_WORKER_DIED))
+            except BaseException:
+                stop.set()  # no more photos start here or on the pool, which finishes those it holds
+                if current is not None:  # Ctrl-C came between taking it and recording it
+                    results.put(current)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     finally:
-        stop.set()
-        if here is not None:  # on an error or Ctrl-C: its current photo is finished, not left half-written
-            here.join()
-        _record_finished(results, in_flight, finish)  # photos done after the error or Ctrl-C
-        torch.set_num_threads(saved[0])
-        cv2.setNumThreads(saved[1])
+        try:
+            stop.set()
+            if here is not None:  # its current photo is finished, not left half-written
+                here.join()
+            _record_finished(results, in_flight, finish)  # photos done after the error or Ctrl-C
+        finally:
+            torch.set_num_threads(saved[0])
+            cv2.setNumThreads(saved[1])
+
+
+def _pool_share(workers: int, left: int) -> int:
+    """How many photos the ``workers - 1`` spawned processes of :func:`_run_pool` may hold when
+    ``left`` photos are not yet handed out: one running and one queued each, so none waits for
+    the results to come back, but only one each once fewer than ``workers`` are left, so that
+    this process gets its share of a small batch and of a batch's end."""
+    return (workers - 1) * (2 if left >= workers else 1)
 
 
 #: Put on the results queue of :func:`_run_pool` when this process's worker has ended.
 _HERE_DONE = object()
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives during the block until its end, where the previous
+    handler gets it (Python's raises KeyboardInterrupt). In the main thread only; elsewhere, and
+    where SIGINT has no Python handler, the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)
+
+
 def _record_finished(results: queue.SimpleQueue, in_flight: dict[Future, _Task],
                      finish: Callable[[int, ImageReport], None]) -> None:
-    """Pass the photos still on :func:`_run_pool`'s results queue that were completed to
-    ``finish`` (after an error or Ctrl-C stopped the main loop), so the manifest lists them."""
+    """Pass the photos on :func:`_run_pool`'s results queue that were completed to ``finish``
+    (after an error or Ctrl-C stopped its loop), so that the manifest lists them. A failure to
+    record one is logged: the error that stopped the run is the one reported."""
     while True:
         try:
             item = results.get_nowait()
         except queue.Empty:
             return
-        if isinstance(item, tuple):
-            finish(item[0][0], item[1])
-        elif isinstance(item, Future) and item in in_flight and not item.cancelled() and item.exception() is None:
-            finish(in_flight.pop(item)[0], item.result()[1])
+        try:
+            if isinstance(item, tuple):
+                finish(item[0][0], item[1])
+            elif isinstance(item, Future) and item in in_flight and not item.cancelled() and item.exception() is None:
+                finish(in_flight.pop(item)[0], item.result()[1])
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.warning("could not record a finished photo", exc_info=True)
+            return
 
 
 def _run_ray(options: ReconstructOptions, tasks: list[_Task], workers: int, address: str | None,

@@ -84,6 +84,10 @@ def mirror_map(vertices_mm: np.ndarray) -> np.ndarray:
     return cKDTree(vertices_mm).query(mirrored)[1].astype(np.int64)
 
 
+#: Part of the mirror-map files' key: change it when :func:`mirror_map` changes.
+_MIRROR_VERSION = b"mirror_map 1"
+
+
 def cached_mirror_map(name: str, vertices_mm: np.ndarray) -> np.ndarray:
     """:func:`mirror_map`, kept in ``$FACECLIP_HOME/models/mirror_<name>_<hash of the vertices>.npy``.
 
@@ -91,11 +95,14 @@ def cached_mirror_map(name: str, vertices_mm: np.ndarray) -> np.ndarray:
     stored map is read in a millisecond. A file that does not hold a valid map is recomputed.
     """
     v = np.ascontiguousarray(vertices_mm, dtype=np.float64)
-    path = models_dir() / f"mirror_{name}_{hashlib.sha1(v.tobytes()).hexdigest()[:16]}.npy"
+    key = hashlib.sha1(_MIRROR_VERSION + v.tobytes()).hexdigest()[:16]
+    path = models_dir() / f"mirror_{name}_{key}.npy"
     try:
         stored = np.load(path, allow_pickle=False)
-        if isinstance(stored, np.ndarray) and stored.shape == (len(v),) and stored.dtype == np.int64 and \
-                len(v) and 0 <= stored.min() and stored.max() < len(v):
+        if not isinstance(stored, np.ndarray):  # an archive: not ours
+            stored.close()
+        elif stored.shape == (len(v),) and stored.dtype == np.int64 and len(v) and 0 <= stored.min() and \
+                stored.max() < len(v):
             return stored
     except (OSError, ValueError, EOFError):
         pass
