@@ -240,24 +240,62 @@ def test_the_spawned_workers_leave_this_process_its_share_of_a_small_batch():
     assert first_hand_out(4, 100) == 6
 
 
+def _spawned_workers(pid: int) -> list[int]:
+    """The pool processes that process ``pid`` has spawned (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        pids = [int(x) for x in children.read_text().split()]
+    except OSError:
+        return []
+    found = []
+    for p in pids:
+        try:
+            if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text():
+                found.append(p)
+        except OSError:
+            pass
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:"))
+    except (OSError, StopIteration):
+        return False
+    return "Z" not in state.split()[1]  # a zombie has ended
+
+
+def test_a_killed_run_leaves_no_worker_process_behind(ict_cache, photos, tmp_path):
+    """SIGKILL of the faceclip process (the out-of-memory killer, say) ends its pool processes too:
+    they would wait for work forever, and they ignore Ctrl-C."""
+    proc = subprocess.Popen([sys.executable, "-m", "faceclip.cli", "reconstruct", str(photos), "--out",
+                             str(tmp_path / "out"), *FAST, "--workers", "2"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not _spawned_workers(proc.pid):
+        time.sleep(0.05)
+    workers = _spawned_workers(proc.pid)
+    assert proc.poll() is None and workers, "no worker started"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_running(w) for w in workers)
+
+
 def test_a_killed_worker_fails_its_photo_instead_of_hanging(ict_cache, photos, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "faceclip.cli", "reconstruct", str(photos), "--out", str(out),
                              *FAST, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-
-    def spawned() -> list[int]:
-        pids = [int(x) for x in children.read_text().split()] if children.exists() else []
-        return [p for p in pids if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
-
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not spawned():
+    while time.time() < deadline and proc.poll() is None and not _spawned_workers(proc.pid):
         time.sleep(0.05)
-    assert proc.poll() is None and spawned(), "no worker to kill"
+    assert proc.poll() is None and _spawned_workers(proc.pid), "no worker to kill"
     time.sleep(0.5)
-    os.kill(spawned()[0], signal.SIGKILL)
+    os.kill(_spawned_workers(proc.pid)[0], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)  # must not hang
     assert proc.returncode == 2
     assert "worker process died" in stderr and "--resume" in stderr

@@ -496,6 +496,22 @@ def _make_reconstructor(options: ReconstructOptions, threads: int) -> Reconstruc
     return Reconstructor(options)
 
 
+def _end_with_parent() -> None:
+    """End this worker process as soon as the process that started it has ended (killed with
+    SIGKILL, say): a pool worker would otherwise wait for work forever, and it ignores Ctrl-C."""
+    import multiprocessing.connection
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="faceclip-parent-watch", daemon=True).start()
+
+
 def _init_worker(options: ReconstructOptions, threads: int) -> None:
     """Load the models once per worker. A failure is kept and raised by the first task (an
     initializer that raises would make the pool start new workers forever)."""
@@ -503,6 +519,7 @@ def _init_worker(options: ReconstructOptions, threads: int) -> None:
     from faceclip.quick_exit import end_promptly_at_exit
 
     end_promptly_at_exit()  # the pool's shutdown waits for its workers to exit: skip their teardown
+    _end_with_parent()
     try:
         _WORKER = _make_reconstructor(options, threads)
     except Exception as exc:  # noqa: BLE001 - re-raised in _work, reported by the caller
@@ -543,8 +560,8 @@ class _SpawnProcessIgnoringCtrlC(multiprocessing.context.SpawnProcess):
     worker finish the photos it holds (no traceback from a worker, no photo cut short)."""
 
     def start(self) -> None:
-        if threading.current_thread() is not threading.main_thread():  # signal.signal works there only
-            return super().start()
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+            return super().start()  # signal.signal works in the main thread only, and cannot restore None
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             super().start()
@@ -677,10 +694,11 @@ _HERE_DONE = object()
 
 @contextlib.contextmanager
 def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives during the block until its end, where the previous
-    handler gets it (Python's raises KeyboardInterrupt). In the main thread only; elsewhere, and
-    where SIGINT has no Python handler, the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
+    """Hold a Ctrl-C (SIGINT) that arrives during the block until its end, where it is raised
+    again for the previous disposition (Python's handler raises KeyboardInterrupt). In the main
+    thread only; elsewhere, and where SIGINT's handler was not set from Python, the block runs as
+    is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
     caught: list[int] = []
@@ -689,8 +707,8 @@ def _ctrl_c_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if caught and callable(previous):
-            previous(signal.SIGINT, None)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _record_finished(results: queue.SimpleQueue, in_flight: dict[Future, _Task],
@@ -710,7 +728,6 @@ def _record_finished(results: queue.SimpleQueue, in_flight: dict[Future, _Task],
                 finish(in_flight.pop(item)[0], item.result()[1])
         except Exception:  # noqa: BLE001 - see the docstring
             log.warning("could not record a finished photo", exc_info=True)
-            return
 
 
 def _run_ray(options: ReconstructOptions, tasks: list[_Task], workers: int, address: str | None,
