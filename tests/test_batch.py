@@ -240,6 +240,45 @@ def test_the_spawned_workers_leave_this_process_its_share_of_a_small_batch():
     assert first_hand_out(4, 100) == 6
 
 
+def test_a_photo_lost_by_a_broken_pool_is_reported_not_waited_for(monkeypatch):
+    """A pool that broke while a photo was being submitted leaves a future that never completes
+    (CPython 3.11 sets its broken flag without its lock): the run reports the photo failed instead
+    of waiting for ever. The pool and the photos' work are stand-ins."""
+    from concurrent.futures import Future
+
+    import faceclip.batch as batch
+    from faceclip.reconstruction import ImageReport, ReconstructOptions
+
+    class BrokenWhileSubmitting:
+        _broken = "a worker process died"
+
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+        def submit(self, fn, task) -> Future:
+            return Future()  # never completed
+
+        def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+            return None
+
+    monkeypatch.setattr(batch, "ProcessPoolExecutor", BrokenWhileSubmitting)
+    monkeypatch.setattr(batch, "Reconstructor", lambda options: None)
+    monkeypatch.setattr(batch, "_run_task", lambda rec, task: ImageReport(task[1]))
+    monkeypatch.setattr(batch, "_LOST_AFTER_S", 0.2)
+    tasks = [(i, Path(f"p{i}.jpg"), Path("out"), f"p{i}") for i in range(5)]
+    got: dict[int, ImageReport] = {}
+    batch._run_pool(ReconstructOptions(), tasks, 2, got.__setitem__)
+    assert sorted(got) == list(range(5))
+    lost = sorted(i for i, r in got.items() if r.error)
+    assert lost == [0, 1] and all("worker process died" in got[i].error for i in lost)
+
+
 def _spawned_workers(pid: int) -> list[int]:
     """The pool processes that process ``pid`` has spawned (Linux /proc)."""
     children = Path(f"/proc/{pid}/task/{pid}/children")

@@ -642,7 +642,13 @@ def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
                 here.start()
                 here_running = True
                 while here_running or in_flight:
-                    current = results.get()
+                    try:
+                        current = results.get(timeout=_LOST_AFTER_S)
+                    except queue.Empty:
+                        if getattr(pool, "_broken", False):  # CPython's flag, set when a process died
+                            _fail_lost(in_flight, finish)
+                            pool_broken.set()
+                        continue
                     with _ctrl_c_deferred():  # a result is recorded whole, then more work goes out
                         item, current = current, None
                         if item is _HERE_DONE:
@@ -651,7 +657,9 @@ def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
                         if isinstance(item, BaseException):
                             raise item
                         if isinstance(item, Future):
-                            task = in_flight.pop(item)
+                            task = in_flight.pop(item, None)
+                            if task is None:  # already reported lost by _fail_lost
+                                continue
                             try:
                                 _, report = item.result()
                             except BrokenProcessPool:  # a process was killed (out of memory, a signal)
@@ -686,6 +694,24 @@ def _pool_share(workers: int, left: int) -> int:
     the results to come back, but only one each once fewer than ``workers`` are left, so that
     this process gets its share of a small batch and of a batch's end."""
     return (workers - 1) * (2 if left >= workers else 1)
+
+
+#: Seconds without any result after which :func:`_run_pool` checks whether its pool broke.
+_LOST_AFTER_S = 5.0
+
+
+def _fail_lost(in_flight: dict[Future, _Task], finish: Callable[[int, ImageReport], None]) -> None:
+    """Report the photos of a broken pool that will never complete as failed.
+
+    When a process dies, the pool fails the work it holds; but CPython 3.11 marks the pool broken
+    without holding its lock, so a photo submitted at that instant can be left with a future that
+    no one completes. Called once the pool has been broken for :data:`_LOST_AFTER_S` seconds with
+    no result, by which time every other future has been failed.
+    """
+    for fut in [f for f in in_flight if not f.done()]:
+        task = in_flight.pop(fut)
+        fut.cancel()
+        finish(task[0], ImageReport(task[1], error=_WORKER_DIED))
 
 
 #: Put on the results queue of :func:`_run_pool` when this process's worker has ended.
