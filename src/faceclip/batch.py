@@ -553,6 +553,13 @@ def _run_here(options: ReconstructOptions, tasks: list[_Task], finish: Callable[
 _WORKER_DIED = "a worker process died (killed, or out of memory); run again with --resume to retry"
 
 
+def _sigint_settable() -> bool:
+    """Whether this thread can change SIGINT's handler and put the present one back: only the
+    main thread can, and not when the handler was set outside Python (``signal.signal`` cannot
+    restore ``None``)."""
+    return threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None
+
+
 class _SpawnProcessIgnoringCtrlC(multiprocessing.context.SpawnProcess):
     """A spawned process that ignores SIGINT from its start: the ignored disposition is
     inherited through ``exec``, and Python then installs no KeyboardInterrupt handler. Ctrl-C,
@@ -560,8 +567,8 @@ class _SpawnProcessIgnoringCtrlC(multiprocessing.context.SpawnProcess):
     worker finish the photos it holds (no traceback from a worker, no photo cut short)."""
 
     def start(self) -> None:
-        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-            return super().start()  # signal.signal works in the main thread only, and cannot restore None
+        if not _sigint_settable():
+            return super().start()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             super().start()
@@ -587,9 +594,6 @@ def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
     started; the photos in progress, and those queued on the spawned processes, are finished and
     recorded before the exception goes on.
     """
-    import cv2
-    import torch
-
     n = min(workers, len(tasks))
     threads = _threads_per_worker(n)
     todo = collections.deque(tasks)
@@ -611,81 +615,91 @@ def _run_pool(options: ReconstructOptions, tasks: list[_Task], workers: int,
             results.put(exc)
         results.put(_HERE_DONE)
 
-    saved = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(threads)  # the process's setting: this thread's and the worker thread's
-    cv2.setNumThreads(threads)
     in_flight: dict[Future, _Task] = {}
     here: threading.Thread | None = None
-    try:
-        with ProcessPoolExecutor(n - 1, mp_context=_SpawnContextIgnoringCtrlC(), initializer=_init_worker,
-                                 initargs=(options, threads)) as pool:
-
-            def feed() -> None:
-                while not pool_broken.is_set() and len(in_flight) < _pool_share(n, len(todo)):
-                    task = take()
-                    if task is None:
-                        return
-                    try:
-                        fut = pool.submit(_work, task)
-                    except BrokenProcessPool:  # a process died since the last result
-                        pool_broken.set()
-                        with todo_lock:
-                            todo.appendleft(task)
-                        return
-                    in_flight[fut] = task
-                    fut.add_done_callback(results.put)
-
-            current = None  # a result taken from the queue and not yet recorded
-            try:
-                feed()  # first: the spawned processes start while this one loads its models
-                here = threading.Thread(target=work_here, name="faceclip-batch-worker", daemon=True)
-                here.start()
-                here_running = True
-                while here_running or in_flight:
-                    try:
-                        current = results.get(timeout=_LOST_AFTER_S)
-                    except queue.Empty:
-                        if getattr(pool, "_broken", False):  # CPython's flag, set when a process died
-                            _fail_lost(in_flight, finish)
-                            pool_broken.set()
-                        continue
-                    with _ctrl_c_deferred():  # a result is recorded whole, then more work goes out
-                        item, current = current, None
-                        if item is _HERE_DONE:
-                            here_running = False
-                            continue
-                        if isinstance(item, BaseException):
-                            raise item
-                        if isinstance(item, Future):
-                            task = in_flight.pop(item, None)
-                            if task is None:  # already reported lost by _fail_lost
-                                continue
-                            try:
-                                _, report = item.result()
-                            except BrokenProcessPool:  # a process was killed (out of memory, a signal)
-                                pool_broken.set()
-                                report = ImageReport(task[1], error=_WORKER_DIED)
-                        else:
-                            task, report = item
-                        finish(task[0], report)
-                        feed()
-                for task in todo:  # handed back by feed() after this process's worker had ended
-                    finish(task[0], ImageReport(task[1], error=_WORKER_DIED))
-            except BaseException:
-                stop.set()  # no more photos start here or on the pool, which finishes those it holds
-                if current is not None:  # Ctrl-C came between taking it and recording it
-                    results.put(current)
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-    finally:
+    with _thread_counts(threads):  # the process's: this thread's and the worker thread's
         try:
+            with ProcessPoolExecutor(n - 1, mp_context=_SpawnContextIgnoringCtrlC(), initializer=_init_worker,
+                                     initargs=(options, threads)) as pool:
+
+                def feed() -> None:
+                    while not pool_broken.is_set() and len(in_flight) < _pool_share(n, len(todo)):
+                        task = take()
+                        if task is None:
+                            return
+                        try:
+                            fut = pool.submit(_work, task)
+                        except BrokenProcessPool:  # a process died since the last result
+                            pool_broken.set()
+                            with todo_lock:
+                                todo.appendleft(task)
+                            return
+                        in_flight[fut] = task
+                        fut.add_done_callback(results.put)
+
+                current = None  # a result taken from the queue and not yet recorded
+                try:
+                    feed()  # first: the spawned processes start while this one loads its models
+                    here = threading.Thread(target=work_here, name="faceclip-batch-worker", daemon=True)
+                    here.start()
+                    here_running = True
+                    while here_running or in_flight:
+                        try:
+                            current = results.get(timeout=_LOST_AFTER_S)
+                        except queue.Empty:
+                            if getattr(pool, "_broken", False):  # CPython's flag, set when a process died
+                                _fail_lost(in_flight, finish)
+                                pool_broken.set()
+                            continue
+                        with _ctrl_c_deferred():  # a result is recorded whole, then more work goes out
+                            item, current = current, None
+                            if item is _HERE_DONE:
+                                here_running = False
+                                continue
+                            if isinstance(item, BaseException):
+                                raise item
+                            if isinstance(item, Future):
+                                task = in_flight.pop(item, None)
+                                if task is None:  # already reported lost by _fail_lost
+                                    continue
+                                try:
+                                    _, report = item.result()
+                                except BrokenProcessPool:  # a process was killed (out of memory, a signal)
+                                    pool_broken.set()
+                                    report = ImageReport(task[1], error=_WORKER_DIED)
+                            else:
+                                task, report = item
+                            finish(task[0], report)
+                            feed()
+                    for task in todo:  # handed back by feed() after this process's worker had ended
+                        finish(task[0], ImageReport(task[1], error=_WORKER_DIED))
+                except BaseException:
+                    stop.set()  # no more photos start here or on the pool, which finishes those it holds
+                    if current is not None:  # Ctrl-C came between taking it and recording it
+                        results.put(current)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        finally:
             stop.set()
             if here is not None:  # its current photo is finished, not left half-written
                 here.join()
-            _record_finished(results, in_flight, finish)  # photos done after the error or Ctrl-C
-        finally:
-            torch.set_num_threads(saved[0])
-            cv2.setNumThreads(saved[1])
+            _record_finished(results, in_flight, finish)  # photos done after an error or Ctrl-C
+
+
+@contextlib.contextmanager
+def _thread_counts(threads: int) -> Iterator[None]:
+    """PyTorch's and OpenCV's thread counts set to ``threads`` for the block, then restored."""
+    import cv2
+    import torch
+
+    saved = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])
 
 
 def _pool_share(workers: int, left: int) -> int:
@@ -724,7 +738,7 @@ def _ctrl_c_deferred() -> Iterator[None]:
     again for the previous disposition (Python's handler raises KeyboardInterrupt). In the main
     thread only; elsewhere, and where SIGINT's handler was not set from Python, the block runs as
     is."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+    if not _sigint_settable():
         yield
         return
     caught: list[int] = []

@@ -108,14 +108,19 @@ def cached_mirror_map(name: str, vertices_mm: np.ndarray) -> np.ndarray:
         pass
     mirror = mirror_map(v)
     try:
-        from faceclip.io.files import atomic_path
-
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, mirror)
+        _store(path, lambda f: np.save(f, mirror))
     except OSError as exc:  # a read-only home only costs recomputation
         log.debug("could not cache the mirror map in %s: %s", path, exc)
     return mirror
+
+
+def _store(path, write) -> None:
+    """``write(file)`` into ``path`` atomically (a temporary file renamed onto it)."""
+    from faceclip.io.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
 
 
 def cotangent_laplacian(vertices: np.ndarray, triangles: np.ndarray):
@@ -222,11 +227,7 @@ def _load_or_compute(path, compute) -> tuple[np.ndarray, np.ndarray]:
     # Same precision as a later read from the cache, so a fresh and a cached run agree exactly.
     basis, weights = basis.astype(np.float32), weights.astype(np.float32)
     try:
-        from faceclip.io.files import atomic_path
-
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, basis=basis, weights=weights)
+        _store(path, lambda f: np.savez(f, basis=basis, weights=weights))
     except OSError as exc:  # a read-only home only costs recomputation
         log.warning("could not cache albedo harmonics in %s: %s", path, exc)
     return basis, weights
